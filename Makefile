@@ -1,0 +1,40 @@
+# Two commands on a fresh machine: `make generate` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP_RUNTIME := $(VENV)/.runtime-installed
+STAMP_TEST    := $(VENV)/.test-installed
+# The CPU build of torch, installed before anything that asks for `torch`, so
+# pip never resolves a multi-GB CUDA build.
+TORCH_CPU ?= torch==2.13.0
+
+N      ?= 10000
+ENERGY ?= 1GeV:1TeV
+OUT    ?= showers.h5
+
+.PHONY: generate test venv clean
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+
+$(STAMP_RUNTIME): pyproject.toml | $(VENV)/bin/python
+	$(PIP) install --quiet -e .
+	touch $@
+
+$(STAMP_TEST): pyproject.toml | $(VENV)/bin/python
+	$(PIP) install --quiet $(TORCH_CPU)
+	$(PIP) install --quiet -e ".[train,plots,validate,dask,test]"
+	touch $@ $(STAMP_RUNTIME)
+
+venv: $(STAMP_RUNTIME)
+
+generate: $(STAMP_RUNTIME)
+	$(VENV)/bin/fastsim generate -n $(N) --energy $(ENERGY) -o $(OUT) --force
+
+test: $(STAMP_TEST)
+	$(PY) -m pytest
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache
