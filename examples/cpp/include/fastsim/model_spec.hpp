@@ -1,0 +1,59 @@
+// The fastsim model contract as C++ sees it: the fields of the fastsim.spec
+// JSON document (format "fastsim-decoder/1") a host needs to drive a decoder.
+#pragma once
+
+#include <cstddef>
+#include <string>
+#include <vector>
+
+namespace fastsim {
+
+/// The ONNX metadata_props key holding the spec document.
+inline constexpr const char* kSpecKey = "fastsim.spec";
+/// The one spec format this code understands.
+inline constexpr const char* kSpecFormat = "fastsim-decoder/1";
+
+/// One physical condition input, e.g. incident_energy in MeV on [1e3, 1e6].
+struct ConditionSpec {
+  std::string name;
+  std::string unit;
+  double min = 0.0;
+  double max = 0.0;
+  std::string sampling;  // "log-uniform", "uniform", ... (how Python samples it)
+};
+
+/// The output tensor: energy per voxel.
+struct OutputSpec {
+  std::string name;
+  std::string unit;
+  std::size_t n_voxels = 0;
+  std::string dtype = "float32";  // or "float16" for a half-precision variant
+};
+
+/// Graph tensor names of the three contract roles (default: z, conditions, showers).
+struct IoNames {
+  std::string z = "z";
+  std::string conditions = "conditions";
+  std::string showers = "showers";
+};
+
+/// The parsed fastsim.spec document (fields a host needs; the rest is kept in json).
+struct ModelSpec {
+  std::string format;
+  std::string name;
+  std::string version;
+  std::size_t latent_dim = 0;
+  std::string prior = "standard_normal";
+  std::vector<ConditionSpec> conditions;
+  OutputSpec output;
+  IoNames io_names;
+  std::string json;  // the document as read
+
+  /// Parse and check a spec document; throws SpecError naming the bad field.
+  static ModelSpec from_json(const std::string& text);
+
+  /// Index of the condition called `name`; throws ConditionError listing the names.
+  std::size_t condition_index(const std::string& name) const;
+};
+
+}  // namespace fastsim

@@ -1,0 +1,165 @@
+// ModelSpec::from_json: parses and checks the fastsim.spec document with the
+// same rules and messages as the Python runtime (fastsim/spec.py).
+#include "fastsim/model_spec.hpp"
+
+#include <cmath>
+#include <set>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "fastsim/errors.hpp"
+
+namespace fastsim {
+namespace {
+
+using Json = nlohmann::json;
+
+SpecError fail(const std::string& where, const std::string& expected, const Json& given) {
+  return SpecError("spec: " + where + " must be " + expected + ", got " + given.dump());
+}
+
+const Json& object_at(const Json& block, const std::string& key, const std::string& where) {
+  if (!block.contains(key)) throw SpecError("spec: missing required key '" + key + "' in " + where);
+  return block.at(key);
+}
+
+std::string string_at(const Json& block, const std::string& key, const std::string& where,
+                      const char* fallback = nullptr) {
+  if (!block.contains(key)) {
+    if (fallback != nullptr) return fallback;
+    throw SpecError("spec: missing required key '" + key + "' in " + where);
+  }
+  const Json& value = block.at(key);
+  if (!value.is_string() || value.get<std::string>().empty()) {
+    throw fail(where + "." + key, "a non-empty string", value);
+  }
+  return value.get<std::string>();
+}
+
+double number_at(const Json& block, const std::string& key, const std::string& where) {
+  const Json& value = object_at(block, key, where);
+  if (!value.is_number() || !std::isfinite(value.get<double>())) {
+    throw fail(where + "." + key, "a finite number", value);
+  }
+  return value.get<double>();
+}
+
+std::size_t positive_int_at(const Json& block, const std::string& key, const std::string& where) {
+  const Json& value = object_at(block, key, where);
+  if (!value.is_number_integer() || value.get<long long>() <= 0) {
+    throw fail(where == "spec" ? key : where + "." + key, "a positive integer", value);
+  }
+  return static_cast<std::size_t>(value.get<long long>());
+}
+
+ConditionSpec parse_condition(const Json& block, std::size_t index) {
+  const std::string where = "conditions[" + std::to_string(index) + "]";
+  if (!block.is_object()) throw fail(where, "a JSON object", block);
+  ConditionSpec condition;
+  condition.name = string_at(block, "name", where);
+  condition.unit = string_at(block, "unit", where);
+  condition.min = number_at(block, "min", where);
+  condition.max = number_at(block, "max", where);
+  condition.sampling = string_at(block, "sampling", where, "uniform");
+  const std::string named = "conditions['" + condition.name + "']";
+  if (condition.sampling != "uniform" && condition.sampling != "log-uniform") {
+    throw fail(named + ".sampling", "one of [uniform, log-uniform]", condition.sampling);
+  }
+  if (!(condition.min < condition.max)) {
+    throw fail(named + ".min/max", "finite with min < max", Json::array({condition.min, condition.max}));
+  }
+  if (condition.sampling == "log-uniform" && condition.min <= 0) {
+    throw fail(named + ".min", "> 0 for log-uniform sampling", condition.min);
+  }
+  return condition;
+}
+
+OutputSpec parse_output(const Json& block) {
+  if (!block.is_object()) throw fail("output", "a JSON object", block);
+  OutputSpec output;
+  output.name = string_at(block, "name", "output", "showers");
+  output.unit = string_at(block, "unit", "output", "MeV");
+  output.n_voxels = positive_int_at(block, "n_voxels", "output");
+  output.dtype = string_at(block, "dtype", "output", "float32");
+  if (output.dtype != "float32" && output.dtype != "float16") {
+    throw fail("output.dtype", "one of [float32, float16]", output.dtype);
+  }
+  return output;
+}
+
+IoNames parse_io_names(const Json& block) {
+  if (!block.is_object()) throw fail("io_names", "a JSON object", block);
+  IoNames names;
+  for (const auto& [role, value] : block.items()) {
+    if (!value.is_string()) throw fail("io_names." + role, "a string", value);
+    if (role == "z") {
+      names.z = value.get<std::string>();
+    } else if (role == "conditions") {
+      names.conditions = value.get<std::string>();
+    } else if (role == "showers") {
+      names.showers = value.get<std::string>();
+    } else {
+      throw fail("io_names", "keys among [conditions, showers, z]", role);
+    }
+  }
+  return names;
+}
+
+}  // namespace
+
+ModelSpec ModelSpec::from_json(const std::string& text) {
+  Json doc;
+  try {
+    doc = Json::parse(text);
+  } catch (const Json::parse_error& error) {
+    throw SpecError(std::string("spec: not valid JSON (") + error.what() + ")");
+  }
+  if (!doc.is_object()) throw fail("document", "a JSON object", doc);
+
+  ModelSpec spec;
+  spec.json = text;
+  spec.format = string_at(doc, "format", "spec", kSpecFormat);
+  if (spec.format != kSpecFormat) throw fail("format", std::string("'") + kSpecFormat + "'", spec.format);
+  spec.name = string_at(doc, "name", "spec", "unnamed");
+  if (doc.contains("version")) {
+    const Json& version = doc.at("version");
+    spec.version = version.is_string() ? version.get<std::string>() : version.dump();
+  } else {
+    spec.version = "0.0.0";
+  }
+  spec.latent_dim = positive_int_at(doc, "latent_dim", "spec");
+  if (doc.contains("prior")) {
+    const Json& prior = doc.at("prior");
+    if (!prior.is_object()) throw fail("prior", "a JSON object", prior);
+    const Json kind = prior.value("kind", Json());
+    if (kind != "standard_normal") throw fail("prior.kind", "one of [standard_normal]", kind);
+  }
+
+  const Json& conditions = object_at(doc, "conditions", "spec");
+  if (!conditions.is_array() || conditions.empty()) {
+    throw fail("conditions", "a non-empty list of conditions", conditions);
+  }
+  std::set<std::string> seen;
+  for (std::size_t i = 0; i < conditions.size(); ++i) {
+    spec.conditions.push_back(parse_condition(conditions[i], i));
+    if (!seen.insert(spec.conditions.back().name).second) {
+      throw fail("conditions", "uniquely named", spec.conditions.back().name);
+    }
+  }
+  spec.output = parse_output(object_at(doc, "output", "spec"));
+  if (doc.contains("io_names")) spec.io_names = parse_io_names(doc.at("io_names"));
+  return spec;
+}
+
+std::size_t ModelSpec::condition_index(const std::string& condition_name) const {
+  std::string names;
+  for (std::size_t i = 0; i < conditions.size(); ++i) {
+    if (conditions[i].name == condition_name) return i;
+    names += (i ? ", " : "") + conditions[i].name;
+  }
+  throw ConditionError("condition '" + condition_name + "' is not an input of model '" + name +
+                       "' (its conditions: " + names + ")");
+}
+
+}  // namespace fastsim

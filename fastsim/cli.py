@@ -1,0 +1,259 @@
+"""The ``fastsim`` command line: thin click commands that parse, call the library and report.
+
+Every command turns bad input into one line on stderr and exit status 2 (see
+:func:`main`); the work itself lives in the library modules.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+
+from fastsim._version import __version__
+from fastsim.errors import FastsimError
+
+__all__ = ["cli", "main"]
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+def _echo_json(doc: Any) -> None:
+    click.echo(json.dumps(doc, indent=2, default=str))
+
+
+def _progress_bar(total: int, initial: int, quiet: bool):
+    """A tqdm bar with rate and ETA on stderr; off with --quiet or when stderr is not a terminal."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, unit="shower", unit_scale=True, dynamic_ncols=True,
+                disable=quiet or not sys.stderr.isatty(), file=sys.stderr)
+
+
+@click.group(name="fastsim", context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="fastsim", message="%(prog)s %(version)s")
+def cli() -> None:
+    """Fast calorimeter shower simulation with an ONNX decoder.
+
+    \b
+    $ fastsim generate -n 100000 --energy 10GeV:1TeV -o showers.h5
+    $ fastsim info calo-electron
+    """
+
+
+@cli.command()
+@click.option("-n", "--n-showers", "n", type=int, default=None,
+              help="Number of showers to generate (default: one per value of an --energy FILE).")
+@click.option("--energy", default=None, metavar="VALUE|LO:HI|FILE",
+              help="Incident energy: a constant (50GeV), a range sampled with the model's law (10GeV:1TeV), "
+                   "or per-shower values from .npy/.csv/.h5 (MeV). Units MeV, GeV, TeV; a bare number is MeV. "
+                   "Default: the model's training range.")
+@click.option("-o", "--output", required=True, type=click.Path(),
+              help="Output file: .h5 (CaloChallenge layout), .npz or .npy; with --shards/--dask, a folder.")
+@click.option("--model", default="default", show_default=True, metavar="NAME|PATH",
+              help="Bundled model name (see `fastsim models`) or path to an .onnx file.")
+@click.option("--spec", "spec_file", default=None, type=click.Path(dir_okay=False),
+              help="Spec JSON for a model without embedded fastsim.spec metadata (default: MODEL.onnx.json).")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Random seed; the same seed gives the same showers for any batch size or thread count.")
+@click.option("--batch-size", default=None, type=click.IntRange(min=1),
+              help="Showers per ONNX Runtime call (default: 2048).")
+@click.option("--device", default="auto", show_default=True,
+              type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]),
+              help="Execution device; a missing GPU is an error, never a silent CPU fallback.")
+@click.option("--threads", default=None, type=click.IntRange(min=1),
+              help="ONNX Runtime intra-op threads (default: one per physical core).")
+@click.option("--format", "fmt", default=None, type=click.Choice(["h5", "npz", "npy"]),
+              help="Output format (default: from the output suffix).")
+@click.option("--compression", default=None, metavar="none|gzip[:LEVEL]|lzf",
+              help="Compression of the output datasets (HDF5: gzip or lzf; .npz: gzip).")
+@click.option("--force", is_flag=True, help="Overwrite an existing output file.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run (same arguments) from its last chunk.")
+@click.option("--allow-extrapolation", is_flag=True,
+              help="Allow energies outside the model's training range (with a warning).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary line.")
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable JSON summary on stdout.")
+@click.option("--shards", default=None, type=click.IntRange(min=1),
+              help="Split the run into this many shard files in the folder -o, with a manifest; running the "
+                   "same command again resumes (default with --dask: ~100k showers a shard).")
+@click.option("--dask", "dask_address", default=None, metavar="ADDRESS|local:W",
+              help="Generate the shards on a Dask cluster: a scheduler address (tcp://HOST:PORT) or local:W "
+                   "for W local worker processes. Needs the dask extra.")
+def generate(n, energy, output, model, spec_file, seed, batch_size, device, threads, fmt, compression, force,
+             resume, allow_extrapolation, quiet, as_json, shards, dask_address) -> None:
+    """Generate showers into an HDF5 (CaloChallenge layout), .npz or .npy file.
+
+    \b
+    $ fastsim generate -n 100000 --energy 10GeV:1TeV -o showers.h5
+    $ fastsim generate --energy energies.npy --model my.onnx -o out.h5 --json
+    $ fastsim generate -n 10000000 --shards 100 --dask tcp://scheduler:8786 -o showers/
+    """
+    import warnings
+
+    import fastsim
+    from fastsim.generator import DEFAULT_BATCH_SIZE
+    from fastsim.io import check_output_path, partial_progress
+
+    if shards is not None or dask_address is not None:
+        from fastsim import distributed
+
+        if fmt not in (None, "h5"):
+            raise click.BadParameter(f"shards are HDF5 files, got {fmt!r}", param_hint="'--format'")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", fastsim.FastsimWarning)
+            summary = distributed.generate(
+                model, n, output, energy, seed=seed, shards=shards, client=dask_address, spec=spec_file,
+                device=device, threads=threads, batch_size=batch_size, compression=compression,
+                allow_extrapolation=allow_extrapolation, force=force,
+                progress=not (quiet or as_json) and sys.stderr.isatty())
+        for warning in caught:
+            click.echo(f"fastsim: warning: {warning.message}", err=True)
+        if as_json:
+            _echo_json(summary)
+        elif not quiet:
+            click.echo(f"wrote {summary['n']} showers in {summary['shards']} shards to {summary['out']} "
+                       f"({len(summary['generated'])} generated, {len(summary['skipped'])} already done) in "
+                       f"{summary['seconds']:.2f} s ({summary['showers_per_s']:.0f} showers/s, "
+                       f"{summary['workers']} workers)", err=True)
+        return
+
+    # Cheap checks first: a bad output path fails before the model is loaded.
+    check_output_path(output, force=force, resume=resume, fmt=fmt)
+    generator = fastsim.load(model, spec=spec_file, device=device, threads=threads)
+    conditions = {}
+    if energy is not None:
+        from fastsim.conditions import energy_condition
+
+        conditions[energy_condition(generator.spec).name] = energy
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", fastsim.FastsimWarning)
+        plan = generator.plan(n, conditions or None, allow_extrapolation=allow_extrapolation)
+    for warning in caught:
+        click.echo(f"fastsim: warning: {warning.message}", err=True)
+    bar = _progress_bar(plan.n, partial_progress(output) if resume else 0, quiet or as_json)
+    try:
+        summary = generator.write(output, conditions=plan, seed=seed, batch_size=batch_size or DEFAULT_BATCH_SIZE,
+                                  fmt=fmt, compression=compression, resume=resume, force=force,
+                                  on_batch=bar.update)
+    except KeyboardInterrupt:
+        click.echo("fastsim: interrupted; run the same command with --resume to continue", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    finally:
+        bar.close()
+    if as_json:
+        _echo_json(summary)
+    elif not quiet:
+        resumed = f" (resumed after {summary['resumed_from']})" if summary["resumed_from"] else ""
+        click.echo(f"wrote {summary['n']} showers to {summary['output']}{resumed} in {summary['seconds']:.2f} s "
+                   f"({summary['showers_per_s']:.0f} showers/s, {summary['provider']})", err=True)
+
+
+@cli.command()
+@click.argument("model", default="default", metavar="[MODEL]")
+@click.option("--spec", "spec_file", default=None, type=click.Path(dir_okay=False),
+              help="Spec JSON for a model without embedded fastsim.spec metadata.")
+@click.option("--json", "as_json", is_flag=True, help="Print the information as JSON.")
+def info(model, spec_file, as_json) -> None:
+    """Show a model's spec, graph inputs/outputs and the available execution providers.
+
+    \b
+    $ fastsim info calo-electron
+    $ fastsim info path/to/model.onnx --json
+    """
+    import fastsim
+    from fastsim.session import available_providers
+
+    generator = fastsim.load(model, spec=spec_file, device="cpu", threads=1)
+    tensors = {
+        "inputs": [{"name": a.name, "shape": a.shape, "type": a.type} for a in generator.session.get_inputs()],
+        "outputs": [{"name": a.name, "shape": a.shape, "type": a.type} for a in generator.session.get_outputs()],
+    }
+    doc = {"path": str(generator.path), "sha256": generator.sha256, "spec": generator.spec.to_dict(),
+           **tensors, "providers": available_providers()}
+    if as_json:
+        _echo_json(doc)
+        return
+    spec = generator.spec
+    click.echo(f"{spec.name} {spec.version}  ({doc['path']})")
+    click.echo(f"  format      {spec.format}, sha256 {doc['sha256'][:16]}...")
+    click.echo(f"  latent      {spec.latent_dim} ({spec.prior.get('kind')})")
+    for cond in spec.conditions:
+        click.echo(f"  condition   {cond.name} [{cond.min:g}, {cond.max:g}] {cond.unit}, {cond.sampling}")
+    geometry = spec.output.geometry
+    layers = geometry.get("layers", [])
+    geo = f", {geometry.get('kind', '?')} geometry, {len(layers)} layers" if geometry else ""
+    click.echo(f"  output      {spec.output.name}: {spec.n_voxels} voxels in {spec.output.unit} "
+               f"({spec.output.dtype}){geo}")
+    for kind in ("inputs", "outputs"):
+        for arg in doc[kind]:
+            click.echo(f"  {kind[:-1]:<11} {arg['name']} {arg['shape']} {arg['type']}")
+    if spec.training:
+        click.echo(f"  training    {json.dumps(spec.training)}")
+    if spec.metrics:
+        click.echo(f"  metrics     {json.dumps(spec.metrics)}")
+    click.echo(f"  producer    {spec.producer or '?'}")
+    click.echo(f"providers available: {', '.join(doc['providers'])}")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the list as JSON.")
+def models(as_json) -> None:
+    """List the bundled models (and those in FASTSIM_MODEL_PATH).
+
+    \b
+    $ fastsim models
+    """
+    from fastsim.models import DEFAULT_MODEL, bundled_models
+    from fastsim.spec import read_spec
+
+    rows = []
+    for model in bundled_models():
+        try:
+            spec = read_spec(model.path)
+            version, summary = spec.version, f"{spec.n_voxels} voxels, latent {spec.latent_dim}"
+        except FastsimError as exc:
+            version, summary = "?", f"unreadable: {exc}"
+        rows.append({"name": model.name, "version": version, "default": model.name == DEFAULT_MODEL,
+                     "path": str(model.path), "card": str(model.card) if model.card else None,
+                     "summary": summary})
+    if as_json:
+        _echo_json(rows)
+        return
+    if not rows:
+        click.echo("no bundled models installed (set FASTSIM_MODEL_PATH or pass --model PATH)")
+    for row in rows:
+        mark = " (default)" if row["default"] else ""
+        click.echo(f"{row['name']}{mark}  {row['version']}  {row['summary']}  {row['path']}")
+
+
+def _one_line(message: str) -> str:
+    return " ".join(str(message).split())
+
+
+def main(args: list[str] | None = None) -> None:
+    """Entry point: run the command; bad input becomes one line on stderr and exit status 2."""
+    try:
+        code = cli.main(args=args, prog_name="fastsim", standalone_mode=False)
+    except click.ClickException as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError" and getattr(exc, "ctx", None) is not None:
+            click.echo(exc.ctx.get_help())  # `fastsim` alone shows the help, as click does
+            sys.exit(0)
+        click.echo(f"fastsim: error: {_one_line(exc.format_message())}", err=True)
+        code = EXIT_USAGE
+    except FastsimError as exc:
+        click.echo(f"fastsim: error: {_one_line(str(exc))}", err=True)
+        code = EXIT_USAGE
+    except click.Abort:
+        click.echo("fastsim: aborted", err=True)
+        code = EXIT_INTERRUPTED
+    except KeyboardInterrupt:
+        click.echo("fastsim: interrupted", err=True)
+        code = EXIT_INTERRUPTED
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,358 @@
+"""Condition values: constants, ranges, per-sample arrays and files; units; range checks.
+
+A user states conditions (for the default model: the incident energy) as
+
+- a constant: ``50_000`` (MeV) or ``"50GeV"``;
+- a range sampled with the spec's law (uniform / log-uniform): ``"10GeV:1TeV"``,
+  ``(10_000, 1_000_000)`` or :class:`Range`;
+- per-sample values: a list or numpy array, or a file (``.npy``, ``.csv``, or an
+  HDF5 file with an ``incident_energies`` dataset), in the spec's unit (MeV).
+
+:func:`plan_conditions` turns that into a :class:`ConditionPlan` for a run of
+``n`` samples, checked against the spec's training ranges (an error, or a
+:class:`~fastsim.errors.FastsimWarning` with ``allow_extrapolation=True``).
+Sampled values come from the block-wise uniforms of :mod:`fastsim.prior`, so
+they depend only on (seed, sample index).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from fastsim.errors import ArgumentError, ConditionError, FastsimWarning
+from fastsim.spec import ConditionSpec, ModelSpec
+
+__all__ = [
+    "ENERGY_UNITS",
+    "ConditionPlan",
+    "Constant",
+    "Range",
+    "Values",
+    "energy_condition",
+    "load_values",
+    "parse_condition",
+    "parse_quantity",
+    "plan_conditions",
+]
+
+#: Energy units and their size in MeV. A bare number is in the condition's own unit.
+ENERGY_UNITS = {"ev": 1e-6, "kev": 1e-3, "mev": 1.0, "gev": 1e3, "tev": 1e6}
+_FILE_SUFFIXES = (".npy", ".csv", ".txt", ".h5", ".hdf5")
+_QUANTITY = re.compile(r"^\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|[-+]?inf|nan)\s*([A-Za-z]*)\s*$",
+                       re.IGNORECASE)
+# Boundaries compared with a little slack: float32 round trips of e.g. 1 TeV must pass.
+_RANGE_RTOL = 1e-6
+
+
+@dataclass(frozen=True)
+class Constant:
+    """The same value for every sample."""
+
+    value: float
+
+
+@dataclass(frozen=True)
+class Range:
+    """Values drawn in [lo, hi] with ``sampling`` (None: the spec's law for that condition)."""
+
+    lo: float
+    hi: float
+    sampling: str | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class Values:
+    """One value per sample, aligned with the samples of the run."""
+
+    array: np.ndarray
+    source: str = "array"
+
+
+def _unit_scale(unit: str, condition_unit: str) -> float | None:
+    """Factor from ``unit`` to ``condition_unit``; None if they are not comparable."""
+    if unit.lower() == condition_unit.lower() or unit == "":
+        return 1.0
+    if unit.lower() in ENERGY_UNITS and condition_unit.lower() in ENERGY_UNITS:
+        return ENERGY_UNITS[unit.lower()] / ENERGY_UNITS[condition_unit.lower()]
+    return None
+
+
+def parse_quantity(text: str, unit: str = "MeV", *, argument: str = "energy") -> float:
+    """Parse ``"50GeV"``, ``"50 GeV"`` or ``"5e4"`` into a number in ``unit`` (a bare number is in ``unit``)."""
+    match = _QUANTITY.match(str(text))
+    scale = _unit_scale(match.group(2), unit) if match else None
+    if match is None or scale is None:
+        units = "MeV, GeV, TeV" if unit.lower() in ENERGY_UNITS else unit
+        raise ConditionError(
+            f"{argument}: expected a number with an optional unit ({units}), e.g. '50GeV', got {text!r}"
+        )
+    return float(match.group(1)) * scale
+
+
+def load_values(path: str | os.PathLike, *, argument: str = "energy") -> np.ndarray:
+    """Read per-sample values from ``.npy``, ``.csv``/``.txt`` or HDF5 (``incident_energies``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConditionError(f"{argument}: file {str(path)!r} does not exist")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".npy":
+            values = np.load(path, mmap_mode="r", allow_pickle=False)
+        elif suffix in (".csv", ".txt"):
+            values = _read_csv(path)
+        elif suffix in (".h5", ".hdf5"):
+            values = _read_hdf5(path, argument)
+        else:
+            raise ConditionError(
+                f"{argument}: file {str(path)!r} has an unknown type; expected .npy, .csv or .h5"
+            )
+    except ConditionError:
+        raise
+    except (OSError, ValueError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConditionError(f"{argument}: cannot read values from {str(path)!r}: {reason}") from None
+    if not np.issubdtype(values.dtype, np.number) or np.issubdtype(values.dtype, np.complexfloating):
+        raise ConditionError(f"{argument}: file {str(path)!r} holds {values.dtype} values, expected numbers")
+    if values.ndim == 2 and values.shape[1] == 1:
+        values = values[:, 0]
+    if values.ndim not in (1, 2) or len(values) == 0:
+        raise ConditionError(f"{argument}: file {str(path)!r} holds an array of shape {values.shape}, "
+                             "expected one value per sample (N,) or (N, n_conditions)")
+    return values
+
+
+def _read_csv(path: Path) -> np.ndarray:
+    try:
+        return np.loadtxt(path, delimiter=",", ndmin=1, dtype=np.float64)
+    except ValueError:
+        # One header line is common in CSV exports.
+        return np.loadtxt(path, delimiter=",", ndmin=1, dtype=np.float64, skiprows=1)
+
+
+def _read_hdf5(path: Path, argument: str) -> np.ndarray:
+    import h5py
+
+    with h5py.File(path, "r") as fh:
+        if "incident_energies" not in fh:
+            raise ConditionError(f"{argument}: HDF5 file {str(path)!r} has no 'incident_energies' dataset "
+                                 f"(it has {sorted(fh.keys())})")
+        return np.asarray(fh["incident_energies"][...], dtype=np.float64)
+
+
+def parse_condition(value: Any, unit: str = "MeV", *, argument: str = "energy") -> Constant | Range | Values:
+    """Interpret one condition as a Constant, Range or per-sample Values.
+
+    Strings: ``"50GeV"`` (constant), ``"10GeV:1TeV"`` (range) or a file path.
+    A tuple ``(lo, hi)`` is a range; a list or array is one value per sample.
+    """
+    if isinstance(value, (Constant, Range, Values)):
+        return value
+    if isinstance(value, os.PathLike):
+        return Values(np.asarray(load_values(value, argument=argument)), source=os.fspath(value))
+    if isinstance(value, str):
+        text = value.strip()
+        if text.lower().endswith(_FILE_SUFFIXES) or os.path.isfile(text):
+            return Values(np.asarray(load_values(text, argument=argument)), source=text)
+        if ":" in text:
+            parts = text.split(":")
+            if len(parts) != 2:
+                raise ConditionError(f"{argument}: expected a range LO:HI like '10GeV:1TeV', got {value!r}")
+            return Range(parse_quantity(parts[0], unit, argument=argument),
+                         parse_quantity(parts[1], unit, argument=argument))
+        return Constant(parse_quantity(text, unit, argument=argument))
+    if isinstance(value, tuple):
+        if len(value) != 2:
+            raise ConditionError(f"{argument}: a tuple means a range (lo, hi), got {len(value)} items")
+        lo, hi = (parse_quantity(v, unit, argument=argument) if isinstance(v, str) else _as_float(v, argument)
+                  for v in value)
+        return Range(lo, hi)
+    if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
+        return Constant(float(value))
+    if isinstance(value, (list, np.ndarray)):
+        array = np.asarray(value)
+        if not np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_:
+            raise ConditionError(f"{argument}: expected numbers, got an array of {array.dtype}")
+        if array.ndim == 0:
+            return Constant(float(array))
+        return Values(array)
+    raise ConditionError(
+        f"{argument}: expected a number, 'LO:HI', (lo, hi), an array or a file, got {type(value).__name__}"
+    )
+
+
+def _as_float(value: Any, argument: str) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ConditionError(f"{argument}: expected a number, got {value!r}") from None
+
+
+def energy_condition(spec: ModelSpec) -> ConditionSpec:
+    """The condition an energy option (``--energy``) sets: ``incident_energy``, else the first in an energy unit."""
+    for cond in spec.conditions:
+        if cond.name == "incident_energy":
+            return cond
+    for cond in spec.conditions:
+        if cond.unit.lower() in ENERGY_UNITS:
+            return cond
+    return spec.conditions[0]
+
+
+@dataclass(frozen=True, eq=False)
+class ConditionPlan:
+    """How each condition of a run of ``n`` samples gets its values.
+
+    ``sources[j]`` is the Constant, Range or Values of ``spec.conditions[j]``;
+    ``offset`` is the position of this plan's first sample within the run it
+    was planned for (non-zero after :meth:`subset`, e.g. when resuming).
+    """
+
+    spec: ModelSpec
+    sources: tuple[Constant | Range | Values, ...]
+    n: int
+    offset: int = 0
+
+    def values(self, uniforms: np.ndarray, local_start: int, local_stop: int) -> np.ndarray:
+        """Conditions for samples [local_start, local_stop) of this plan, float32 (k, n_conditions).
+
+        ``uniforms`` are the prior's condition uniforms for the same samples,
+        shape (k, n_conditions); only ranged conditions use them.
+        """
+        k = local_stop - local_start
+        out = np.empty((k, len(self.sources)), dtype=np.float64)
+        for j, (cond, source) in enumerate(zip(self.spec.conditions, self.sources)):
+            if isinstance(source, Constant):
+                out[:, j] = source.value
+            elif isinstance(source, Range):
+                u = uniforms[:, j]
+                if (source.sampling or cond.sampling) == "log-uniform":
+                    lo, hi = math.log(source.lo), math.log(source.hi)
+                    out[:, j] = np.exp(lo + u * (hi - lo))
+                else:
+                    out[:, j] = source.lo + u * (source.hi - source.lo)
+            else:
+                begin = self.offset + local_start
+                out[:, j] = source.array[begin:begin + k]
+        return out.astype(np.float32)
+
+    def subset(self, offset: int) -> ConditionPlan:
+        """The plan for samples [offset, n) of this one (resuming after ``offset`` samples)."""
+        if not 0 <= offset <= self.n:
+            raise ValueError(f"offset {offset} outside [0, {self.n}]")
+        return ConditionPlan(self.spec, self.sources, self.n - offset, self.offset + offset)
+
+    def describe(self) -> dict:
+        """A JSON-able description that identifies the conditions (per-sample arrays by sha256)."""
+        doc = {}
+        for cond, source in zip(self.spec.conditions, self.sources):
+            if isinstance(source, Constant):
+                doc[cond.name] = {"kind": "constant", "value": source.value, "unit": cond.unit}
+            elif isinstance(source, Range):
+                doc[cond.name] = {"kind": "range", "lo": source.lo, "hi": source.hi, "unit": cond.unit,
+                                  "sampling": source.sampling or cond.sampling}
+            else:
+                part = np.ascontiguousarray(source.array[self.offset:self.offset + self.n], dtype=np.float64)
+                doc[cond.name] = {"kind": "values", "n": int(part.shape[0]), "unit": cond.unit,
+                                  "sha256": hashlib.sha256(part.tobytes()).hexdigest()}
+        return doc
+
+
+def _check_values(cond: ConditionSpec, values: np.ndarray, argument: str, allow_extrapolation: bool) -> None:
+    finite = np.isfinite(values)
+    if not finite.all():
+        index = int(np.argmin(finite))
+        raise ConditionError(f"{argument}: values must be finite, got {values[index]} at index {index}")
+    is_energy = cond.unit.lower() in ENERGY_UNITS
+    if is_energy and (values <= 0).any():
+        index = int(np.argmax(values <= 0))
+        raise ConditionError(f"{argument}: energies must be > 0 {cond.unit}, got {values[index]} at index {index}")
+    lo, hi = float(values.min()), float(values.max())
+    slack = _RANGE_RTOL * max(abs(cond.min), abs(cond.max))
+    if lo < cond.min - slack or hi > cond.max + slack:
+        message = (f"{argument}: values span [{lo:g}, {hi:g}] {cond.unit}, outside the model's training "
+                   f"range [{cond.min:g}, {cond.max:g}] {cond.unit}")
+        if not allow_extrapolation:
+            raise ConditionError(message + "; pass allow_extrapolation=True (CLI: --allow-extrapolation) "
+                                           "to extrapolate")
+        warnings.warn(message + "; extrapolating", FastsimWarning, stacklevel=4)
+
+
+def plan_conditions(
+    spec: ModelSpec,
+    conditions: Any = None,
+    n: int | None = None,
+    *,
+    allow_extrapolation: bool = False,
+) -> ConditionPlan:
+    """Plan the conditions of a run of ``n`` samples (``n`` may be None when per-sample values give it).
+
+    ``conditions`` is None (every condition sampled over its training range),
+    one condition's value (applied to the energy condition, see
+    :func:`energy_condition`), a (n, n_conditions) array, or a mapping from
+    condition names to values.
+    """
+    if isinstance(conditions, ConditionPlan):
+        if n is not None and n != conditions.n:
+            raise ConditionError(f"conditions: the plan is for {conditions.n} samples, asked for n={n}")
+        return conditions
+    named: dict[str, Any] = {}
+    if conditions is None:
+        pass
+    elif isinstance(conditions, Mapping):
+        unknown = sorted(set(conditions) - set(spec.condition_names))
+        if unknown:
+            raise ConditionError(f"conditions: unknown condition(s) {unknown}; the model takes "
+                                 f"{list(spec.condition_names)}")
+        named = dict(conditions)
+    else:
+        parsed = parse_condition(conditions, energy_condition(spec).unit, argument=energy_condition(spec).name)
+        if isinstance(parsed, Values) and parsed.array.ndim == 2:
+            if parsed.array.shape[1] != spec.n_conditions:
+                raise ConditionError(f"conditions: array has {parsed.array.shape[1]} columns, the model takes "
+                                     f"{spec.n_conditions} ({list(spec.condition_names)})")
+            named = {c.name: Values(parsed.array[:, j], parsed.source) for j, c in enumerate(spec.conditions)}
+        else:
+            named = {energy_condition(spec).name: parsed}
+
+    sources = []
+    for cond in spec.conditions:
+        source = parse_condition(named[cond.name], cond.unit, argument=cond.name) if cond.name in named \
+            else Range(cond.min, cond.max)
+        if isinstance(source, Values) and source.array.ndim != 1:
+            raise ConditionError(f"{cond.name}: expected one value per sample (N,), got shape {source.array.shape}")
+        sources.append(source)
+
+    lengths = {len(s.array) for s in sources if isinstance(s, Values)}
+    if len(lengths) > 1:
+        raise ConditionError(f"conditions: per-sample arrays differ in length {sorted(lengths)}")
+    if n is None:
+        if not lengths:
+            raise ArgumentError("n: the number of samples is required unless per-sample conditions give it")
+        n = lengths.pop()
+    elif lengths and lengths != {n}:
+        raise ConditionError(f"conditions: {lengths.pop()} per-sample values given for n={n} samples")
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n <= 0:
+        raise ArgumentError(f"n: expected a positive number of samples, got {n!r}")
+
+    for cond, source in zip(spec.conditions, sources):
+        if isinstance(source, Constant):
+            _check_values(cond, np.array([source.value]), cond.name, allow_extrapolation)
+        elif isinstance(source, Range):
+            sampling = source.sampling or cond.sampling
+            if not source.lo < source.hi:
+                raise ConditionError(f"{cond.name}: range must have lo < hi, got {source.lo:g}:{source.hi:g}")
+            if sampling not in ("uniform", "log-uniform"):
+                raise ConditionError(f"{cond.name}: sampling must be 'uniform' or 'log-uniform', got {sampling!r}")
+            _check_values(cond, np.array([source.lo, source.hi]), cond.name, allow_extrapolation)
+        else:
+            _check_values(cond, np.asarray(source.array, dtype=np.float64), cond.name, allow_extrapolation)
+    return ConditionPlan(spec, tuple(sources), int(n))

@@ -1,0 +1,208 @@
+"""Reading shower files in the CaloChallenge HDF5 layout, lazily and validated.
+
+A file holds ``incident_energies`` (N, 1) in MeV and ``showers`` (N, n_voxels) in
+MeV. This module owns opening such a file, checking its structure up front (keys,
+shapes, lengths, the voxel count against a geometry, the incident energies) and
+streaming the showers in chunks, each checked as it is read for negative or
+non-finite values. The real dataset-2 files are 100k x 6480, so nothing here reads
+the whole showers dataset unless asked to.
+
+Every problem is a :class:`fastsim.errors.DataError` naming the file and dataset.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from fastsim.errors import DataError
+from fastsim.geometry import CylindricalGeometry, GeometryError, default_geometry
+
+__all__ = ["DEFAULT_CHUNK_SIZE", "ShowerFile", "open_showers"]
+
+#: Showers per chunk when iterating (about 26 MB of float32 for 6480 voxels).
+DEFAULT_CHUNK_SIZE = 1000
+
+ENERGIES_KEY = "incident_energies"
+SHOWERS_KEY = "showers"
+
+
+class ShowerFile:
+    """An open CaloChallenge shower file; use :func:`open_showers` to make one."""
+
+    def __init__(self, path: str | os.PathLike, geometry: CylindricalGeometry | None = None) -> None:
+        import h5py
+
+        self.path = Path(path)
+        self._file = None
+        if not self.path.exists():
+            raise DataError(f"{self.path}: no such shower file")
+        try:
+            self._file = h5py.File(self.path, "r")
+        except OSError as exc:
+            raise DataError(f"{self.path}: not a readable HDF5 file ({exc})") from None
+        try:
+            self._open(geometry)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self, geometry: CylindricalGeometry | None) -> None:
+        import h5py
+
+        f = self._file
+        missing = [key for key in (ENERGIES_KEY, SHOWERS_KEY) if key not in f]
+        if missing:
+            present = ", ".join(sorted(f.keys())) or "nothing"
+            raise DataError(
+                f"{self.path}: missing dataset {' and '.join(repr(m) for m in missing)} "
+                f"(CaloChallenge layout needs {ENERGIES_KEY!r} and {SHOWERS_KEY!r}; found {present})"
+            )
+        for key in (ENERGIES_KEY, SHOWERS_KEY):
+            if not isinstance(f[key], h5py.Dataset) or f[key].dtype.kind not in "fiu":
+                raise DataError(f"{self.path}: {key!r} must be a numeric dataset, got {f[key]!r}")
+        self._showers = f[SHOWERS_KEY]
+        energies_ds = f[ENERGIES_KEY]
+
+        if self._showers.ndim != 2:
+            raise DataError(f"{self.path}: dataset {SHOWERS_KEY!r} must be 2-D (N, n_voxels), got shape {self._showers.shape}")
+        if not (energies_ds.ndim == 1 or (energies_ds.ndim == 2 and energies_ds.shape[1] == 1)):
+            raise DataError(f"{self.path}: dataset {ENERGIES_KEY!r} must have shape (N, 1), got {energies_ds.shape}")
+        if energies_ds.shape[0] != self._showers.shape[0]:
+            raise DataError(
+                f"{self.path}: datasets disagree in length: {ENERGIES_KEY!r} has {energies_ds.shape[0]} rows, "
+                f"{SHOWERS_KEY!r} has {self._showers.shape[0]}"
+            )
+        try:
+            energies = np.asarray(energies_ds[()], dtype=np.float64).reshape(-1)
+        except OSError as exc:
+            raise DataError(f"{self.path}: cannot read dataset {ENERGIES_KEY!r} ({exc})") from None
+        bad = np.flatnonzero(~(np.isfinite(energies) & (energies > 0)))
+        if bad.size:
+            raise DataError(
+                f"{self.path}: dataset {ENERGIES_KEY!r} must hold finite energies > 0 MeV; "
+                f"row {bad[0]} is {energies[bad[0]]!r} ({bad.size} bad rows)"
+            )
+        self._energies = energies
+        self._shape = (int(self._showers.shape[0]), int(self._showers.shape[1]))
+
+        self.geometry = geometry if geometry is not None else self._find_geometry()
+        if self.geometry is not None and self.geometry.n_voxels != self.n_voxels:
+            raise DataError(
+                f"{self.path}: dataset {SHOWERS_KEY!r} has {self.n_voxels} voxels per shower, "
+                f"the geometry has {self.geometry.n_voxels}"
+            )
+
+    def _find_geometry(self) -> CylindricalGeometry | None:
+        # the binning XML beside the file, as the simulator writes it, else dataset 2 if it fits
+        candidates = []
+        named = self._file.attrs.get("binning")
+        if isinstance(named, (str, bytes)):
+            candidates.append(self.path.parent / (named.decode() if isinstance(named, bytes) else named))
+        candidates.append(self.path.with_suffix(".xml"))
+        for xml in candidates:
+            if xml.is_file():
+                try:
+                    return CylindricalGeometry.from_xml(xml)
+                except GeometryError:
+                    continue
+        default = default_geometry()
+        return default if default.n_voxels == self.n_voxels else None
+
+    # -- sizes -------------------------------------------------------------
+    @property
+    def n(self) -> int:
+        """Number of showers."""
+        return self._shape[0]
+
+    def __len__(self) -> int:
+        return self.n
+
+    @property
+    def n_voxels(self) -> int:
+        return self._shape[1]
+
+    @property
+    def incident_energies(self) -> np.ndarray:
+        """Incident energies (N,) float64 in MeV (read and checked when the file was opened)."""
+        return self._energies
+
+    @property
+    def attrs(self) -> dict:
+        """The file's HDF5 attributes (seed, generator, ...), as a plain dict."""
+        if self._file is None:
+            raise DataError(f"{self.path}: the file is closed")
+        return dict(self._file.attrs)
+
+    # -- reading -----------------------------------------------------------
+    def _range(self, start: int, stop: int | None) -> tuple[int, int]:
+        stop = self.n if stop is None else stop
+        for name, value in (("start", start), ("stop", stop)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise DataError(f"{self.path}: {name} must be an integer, got {value!r}")
+        if not 0 <= start <= stop <= self.n:
+            raise DataError(f"{self.path}: rows {start}:{stop} are outside 0:{self.n}")
+        return int(start), int(stop)
+
+    def _read_rows(self, lo: int, hi: int) -> np.ndarray:
+        if self._file is None:
+            raise DataError(f"{self.path}: the file is closed")
+        try:
+            block = np.asarray(self._showers[lo:hi], dtype=np.float32)
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{self.path}: cannot read dataset {SHOWERS_KEY!r} rows {lo}:{hi} ({exc})") from None
+        finite = np.isfinite(block)
+        if not finite.all():
+            row = lo + int(np.argwhere(~finite)[0, 0])
+            raise DataError(f"{self.path}: dataset {SHOWERS_KEY!r} has a non-finite value in row {row}")
+        if (block < 0).any():
+            row = lo + int(np.argwhere(block < 0)[0, 0])
+            raise DataError(f"{self.path}: dataset {SHOWERS_KEY!r} has a negative energy in row {row}")
+        return block
+
+    def iter_chunks(
+        self, chunk_size: int = DEFAULT_CHUNK_SIZE, start: int = 0, stop: int | None = None
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Yield (energies (k,) float64, showers (k, n_voxels) float32) for rows start:stop."""
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
+            raise DataError(f"{self.path}: chunk_size must be an integer >= 1, got {chunk_size!r}")
+        start, stop = self._range(start, stop)
+        for lo in range(start, stop, chunk_size):
+            hi = min(lo + chunk_size, stop)
+            yield self._energies[lo:hi].copy(), self._read_rows(lo, hi)
+
+    def read(self, start: int = 0, stop: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """All of rows start:stop at once: (energies (k,) float64, showers (k, n_voxels) float32)."""
+        start, stop = self._range(start, stop)
+        return self._energies[start:stop].copy(), self._read_rows(start, stop)
+
+    # -- lifetime ----------------------------------------------------------
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __enter__(self) -> ShowerFile:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"ShowerFile({str(self.path)!r}, n={self.n}, n_voxels={self.n_voxels})" if self._file else "ShowerFile(closed)"
+
+
+def open_showers(path: str | os.PathLike, geometry: CylindricalGeometry | None = None) -> ShowerFile:
+    """Open a CaloChallenge shower file for lazy, validated reading.
+
+    ``geometry`` is checked against the voxel count; without one, the binning XML
+    beside the file (or dataset 2, when the voxel count fits) is used when found.
+
+    >>> with open_showers("data/electrons_train.h5") as f:
+    ...     for energies, showers in f.iter_chunks(1000):
+    ...         ...
+    """
+    return ShowerFile(path, geometry)

@@ -1,0 +1,282 @@
+"""Loading a decoder and generating showers: :func:`load`, :class:`Generator`.
+
+``load`` finds the model (:mod:`fastsim.models`), reads its spec
+(:mod:`fastsim.spec`), builds the session (:mod:`fastsim.session`) and checks
+the spec against the graph. A :class:`Generator` draws latents and sampled
+conditions block-wise (:mod:`fastsim.prior`), so sample ``start + i`` depends
+only on ``(seed, start + i)``, and decodes them in batches; ``iter_batches``
+streams fixed-size chunks so that outputs larger than memory can be written
+as they are produced.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
+
+import numpy as np
+
+from fastsim.conditions import ConditionPlan, plan_conditions
+from fastsim.errors import ArgumentError, ConditionError
+from fastsim.io import ShowerWriter, write_batches
+from fastsim.models import resolve_model
+from fastsim.prior import BLOCK_SIZE, BlockStreams
+from fastsim.session import make_session
+from fastsim.spec import ModelSpec, check_graph, read_metadata, read_spec
+
+__all__ = ["DEFAULT_BATCH_SIZE", "Generator", "load"]
+
+#: Showers per session run by default: large enough to keep the cores busy, small enough
+#: (~50 MB for 6480 voxels) that a few batches in flight stay cheap.
+DEFAULT_BATCH_SIZE = 2048
+
+
+def _positive_int(value: Any, name: str, *, zero: bool = False) -> int:
+    ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool) and (value >= 0 if zero else value > 0)
+    if not ok:
+        raise ArgumentError(f"{name}: expected a {'non-negative' if zero else 'positive'} integer, got {value!r}")
+    return int(value)
+
+
+def _join(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    if len(parts) == 1:
+        return parts[0]
+    return np.concatenate([c for c, _ in parts]), np.concatenate([s for _, s in parts])
+
+
+class Generator:
+    """A loaded decoder: its spec, session and provider, and the generation methods."""
+
+    def __init__(self, session: Any, spec: ModelSpec, path: Path, provider: str, threads: int | None = None):
+        self.session = session
+        self.spec = spec
+        self.path = Path(path)
+        self.provider = provider
+        self.threads = threads
+        self._inputs = (spec.io_names["z"], spec.io_names["conditions"])
+        self._output = spec.io_names["showers"]
+
+    def __repr__(self) -> str:
+        return f"Generator({self.spec.name!r} {self.spec.version}, path={str(self.path)!r}, provider={self.provider!r})"
+
+    @cached_property
+    def sha256(self) -> str:
+        """sha256 of the model file (identifies the model in output files and for resume)."""
+        digest = hashlib.sha256()
+        with open(self.path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+        return digest.hexdigest()
+
+    def decode(self, z: np.ndarray, conditions: np.ndarray) -> np.ndarray:
+        """One raw session run: latents (k, latent_dim) and conditions (k, n_conditions) -> showers."""
+        z = np.ascontiguousarray(z, dtype=np.float32)
+        conditions = np.ascontiguousarray(conditions, dtype=np.float32)
+        if z.ndim != 2 or z.shape[1] != self.spec.latent_dim:
+            raise ArgumentError(f"z: expected shape (k, {self.spec.latent_dim}), got {z.shape}")
+        if conditions.ndim != 2 or conditions.shape != (len(z), self.spec.n_conditions):
+            raise ArgumentError(f"conditions: expected shape ({len(z)}, {self.spec.n_conditions}), "
+                                f"got {conditions.shape}")
+        return self.session.run([self._output], {self._inputs[0]: z, self._inputs[1]: conditions})[0]
+
+    def plan(self, n: int | None = None, conditions: Any = None, *, allow_extrapolation: bool = False,
+             **named: Any) -> ConditionPlan:
+        """Check and plan the conditions of ``n`` samples (see :func:`fastsim.conditions.plan_conditions`).
+
+        Conditions may also be given by name, e.g. ``incident_energy=50_000``.
+        """
+        if named:
+            if conditions is not None and not isinstance(conditions, Mapping):
+                raise ConditionError(f"conditions: give either conditions=... or named conditions "
+                                     f"({', '.join(named)}), not both")
+            conditions = {**(conditions or {}), **named}
+        return plan_conditions(self.spec, conditions, n, allow_extrapolation=allow_extrapolation)
+
+    def iter_batches(
+        self,
+        n: int | None = None,
+        conditions: Any = None,
+        *,
+        seed: int = 0,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        start: int = 0,
+        allow_extrapolation: bool = False,
+        **named: Any,
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Yield ``(conditions, showers)`` chunks of at most ``batch_size`` samples, in order.
+
+        Arguments are checked now, not at the first ``next()``. ``start`` is the
+        global index of the first sample (for shards and resumed runs).
+        Memory use is independent of ``n``.
+        """
+        plan = self.plan(n, conditions, allow_extrapolation=allow_extrapolation, **named)
+        seed = _positive_int(seed, "seed", zero=True)
+        batch_size = _positive_int(batch_size, "batch_size")
+        start = _positive_int(start, "start", zero=True)
+        streams = BlockStreams(seed, self.spec.latent_dim, self.spec.n_conditions)
+        return self._batches(plan, streams, start, batch_size)
+
+    def _batches(self, plan: ConditionPlan, streams: BlockStreams, start: int, batch_size: int):
+        # Session runs cover whole prior blocks on the global block grid, whatever the batch
+        # size: ONNX Runtime's kernels can round differently for small or oddly sized runs,
+        # and this keeps each sample's bits independent of batch size and start.
+        end = start + plan.n
+        run_rows = -(-batch_size // BLOCK_SIZE) * BLOCK_SIZE
+        pending: list[tuple[np.ndarray, np.ndarray]] = []
+        n_pending = 0
+        for first in range(start - start % BLOCK_SIZE, end, run_rows):
+            last = first + run_rows
+            lo, hi = max(first, start), min(last, end)
+            conditions = np.empty((run_rows, self.spec.n_conditions), dtype=np.float32)
+            conditions[lo - first:hi - first] = plan.values(streams.uniforms(lo, hi), lo - start, hi - start)
+            # Rows outside [start, end) only pad the run; give them valid conditions.
+            conditions[:lo - first] = conditions[lo - first]
+            conditions[hi - first:] = conditions[hi - first - 1]
+            showers = self.decode(streams.latents(first, last), conditions)
+            showers = showers[lo - first:hi - first].astype(np.float32, copy=False)
+            conditions = conditions[lo - first:hi - first]
+            pos = 0
+            while pos < len(showers):
+                if not pending and len(showers) - pos >= batch_size:
+                    yield conditions[pos:pos + batch_size], showers[pos:pos + batch_size]
+                    pos += batch_size
+                    continue
+                take = min(batch_size - n_pending, len(showers) - pos)
+                pending.append((conditions[pos:pos + take], showers[pos:pos + take]))
+                n_pending += take
+                pos += take
+                if n_pending == batch_size:
+                    yield _join(pending)
+                    pending, n_pending = [], 0
+        if pending:
+            yield _join(pending)
+
+    def generate(
+        self,
+        n: int | None = None,
+        conditions: Any = None,
+        *,
+        seed: int = 0,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        start: int = 0,
+        allow_extrapolation: bool = False,
+        **named: Any,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Generate ``n`` showers; returns ``(conditions (n, n_conditions), showers (n, n_voxels))``, float32, MeV.
+
+        ``conditions``: None (sampled over the training range with the spec's
+        law), a constant (``50_000`` or ``"50GeV"``), a range (``"10GeV:1TeV"``
+        or ``(lo, hi)``), per-sample values (array or file), or a mapping by
+        condition name. The same seed gives the same showers for any batch size.
+        """
+        batches = self.iter_batches(n, conditions, seed=seed, batch_size=batch_size, start=start,
+                                    allow_extrapolation=allow_extrapolation, **named)
+        n_total = self.plan(n, conditions, allow_extrapolation=True, **named).n if n is None else n
+        all_conditions = np.empty((n_total, self.spec.n_conditions), dtype=np.float32)
+        showers = np.empty((n_total, self.spec.n_voxels), dtype=np.float32)
+        pos = 0
+        for batch_conditions, batch_showers in batches:
+            all_conditions[pos:pos + len(batch_conditions)] = batch_conditions
+            showers[pos:pos + len(batch_showers)] = batch_showers
+            pos += len(batch_showers)
+        return all_conditions, showers
+
+    def write(
+        self,
+        path: str | os.PathLike,
+        n: int | None = None,
+        conditions: Any = None,
+        *,
+        seed: int = 0,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        start: int = 0,
+        fmt: str | None = None,
+        compression: str | None = None,
+        resume: bool = False,
+        force: bool = False,
+        allow_extrapolation: bool = False,
+        on_batch: Callable[[int], None] | None = None,
+        **named: Any,
+    ) -> dict:
+        """Generate ``n`` showers straight into a file (HDF5, .npz or .npy; see :mod:`fastsim.io`).
+
+        Memory stays flat in ``n``; decoding overlaps writing. With
+        ``resume=True`` an interrupted run of the same arguments is continued
+        and the result is bitwise identical to an uninterrupted one.
+        ``on_batch(k)`` is called as each batch of k showers is done (progress bars).
+        Returns a summary: n, seconds, showers_per_s, provider, output, seed, model, ...
+        """
+        plan = self.plan(n, conditions, allow_extrapolation=allow_extrapolation, **named)
+        seed = _positive_int(seed, "seed", zero=True)
+        batch_size = _positive_int(batch_size, "batch_size")
+        start = _positive_int(start, "start", zero=True)
+        attrs = {
+            "spec": self.spec.to_json(),
+            "model": self.spec.name,
+            "model_sha256": self.sha256,
+            "seed": seed,
+            "start": start,
+            "conditions": plan.describe(),
+        }
+        began = time.perf_counter()
+        writer = ShowerWriter(path, n=plan.n, n_voxels=self.spec.n_voxels,
+                              condition_names=self.spec.condition_names, attrs=attrs, fmt=fmt,
+                              compression=compression, resume=resume, force=force)
+        resumed_from = writer.done
+        with writer:
+            if writer.done < plan.n:
+                batches = self.iter_batches(conditions=plan.subset(writer.done), seed=seed,
+                                            batch_size=batch_size, start=start + writer.done)
+                write_batches(writer, batches, on_batch=on_batch)
+        seconds = time.perf_counter() - began
+        generated = plan.n - resumed_from
+        return {
+            "n": plan.n,
+            "generated": generated,
+            "resumed_from": resumed_from,
+            "seconds": round(seconds, 6),
+            "showers_per_s": round(generated / seconds, 3) if seconds > 0 else None,
+            "provider": self.provider,
+            "output": str(writer.path),
+            "format": writer.format,
+            "seed": seed,
+            "start": start,
+            "model": self.spec.name,
+            "model_path": str(self.path),
+            "model_sha256": self.sha256,
+            "batch_size": batch_size,
+            "conditions": plan.describe(),
+        }
+
+
+def load(
+    model: str | os.PathLike = "default",
+    *,
+    spec: ModelSpec | Mapping | str | os.PathLike | None = None,
+    device: str = "auto",
+    threads: int | None = None,
+    optimization: str = "all",
+    provider_options: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Generator:
+    """Load a decoder by bundled name or path and check it against its spec.
+
+    ``spec``: the model's own metadata or ``MODEL.onnx.json`` sidecar when None;
+    otherwise a :class:`ModelSpec`, its dict, or a path to its JSON file.
+    ``device``: ``"auto"`` (CUDA if available, else CPU; see ``Generator.provider``),
+    ``"cpu"``, ``"cuda"`` or ``"tensorrt"`` -- never a silent fallback.
+    ``threads``: ONNX Runtime intra-op threads (None: one per physical core).
+    """
+    path = resolve_model(model)
+    if spec is None or isinstance(spec, (str, os.PathLike)):
+        model_spec = read_spec(path, sidecar=spec)
+    else:
+        read_metadata(path)  # raises ModelError when the file is not ONNX
+        model_spec = spec if isinstance(spec, ModelSpec) else ModelSpec.from_dict(spec)
+    session, provider = make_session(path, device, threads, optimization=optimization,
+                                     provider_options=provider_options)
+    check_graph(model_spec, session.get_inputs(), session.get_outputs())
+    return Generator(session, model_spec, path, provider, threads)

@@ -1,0 +1,444 @@
+"""Writing generated showers: CaloChallenge HDF5 (or .npy/.npz), atomically, resumably.
+
+:class:`ShowerWriter` writes rows ``[0, n)`` of one output file -- global
+samples ``[start, start + n)`` of a run -- to ``NAME.partial`` and renames it
+to ``NAME`` only when every row is written, so no half-written file ever looks
+finished. HDF5 files follow the CaloChallenge layout: ``incident_energies``
+(N, 1) and ``showers`` (N, n_voxels), float32 MeV, chunked, optionally gzip or
+lzf compressed, with the run's description in file attributes (``fastsim.*``:
+spec, seed, n, start, conditions, model sha256, fastsim version).
+
+Resuming: after each batch the data are flushed, then the attribute
+``fastsim.progress`` (rows complete) is updated and flushed, so the attribute
+never claims rows that are not on disk. ``ShowerWriter(..., resume=True)``
+reopens the partial file, checks it describes the same run, and continues
+after the last complete row; because sample i depends only on (seed, i), the
+result is bitwise identical to an uninterrupted run.
+
+:func:`write_batches` overlaps decoding with writing: a single background
+thread writes while the caller's iterator decodes the next batch (ONNX Runtime
+releases the GIL), with a bounded queue so memory stays flat in n.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import threading
+import zipfile
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+import numpy as np
+
+from fastsim._version import __version__
+from fastsim.errors import ArgumentError, OutputError
+
+__all__ = [
+    "ATTR_PREFIX",
+    "FORMATS",
+    "PARTIAL_SUFFIX",
+    "ShowerWriter",
+    "check_output_path",
+    "output_format",
+    "parse_compression",
+    "partial_path",
+    "partial_progress",
+    "read_output",
+    "write_batches",
+]
+
+FORMATS = ("h5", "npz", "npy")
+PARTIAL_SUFFIX = ".partial"
+ATTR_PREFIX = "fastsim."
+_SUFFIX_FORMATS = {".h5": "h5", ".hdf5": "h5", ".hdf": "h5", ".npz": "npz", ".npy": "npy"}
+# Target size of one HDF5 chunk of showers; rows per chunk is a power of two so that
+# the usual power-of-two batch sizes write whole chunks.
+_CHUNK_BYTES = 1 << 20
+# Attributes that must agree for a partial file to be resumed.
+_RUN_KEYS = ("seed", "n", "start", "model_sha256", "conditions", "n_voxels", "n_conditions")
+
+
+def output_format(path: str | os.PathLike, fmt: str | None = None) -> str:
+    """The output format: ``fmt`` if given, else from the file suffix (.h5/.hdf5, .npz, .npy)."""
+    if fmt is not None:
+        if fmt not in FORMATS:
+            raise ArgumentError(f"format: expected one of {list(FORMATS)}, got {fmt!r}")
+        return fmt
+    suffix = Path(path).suffix.lower()
+    if suffix not in _SUFFIX_FORMATS:
+        raise ArgumentError(f"output: cannot tell the format from {str(path)!r}; use a .h5, .npz or .npy "
+                            "suffix or pass the format explicitly")
+    return _SUFFIX_FORMATS[suffix]
+
+
+def parse_compression(compression: str | None, fmt: str = "h5") -> tuple[str | None, int | None]:
+    """``None``/``"none"``, ``"gzip"``, ``"gzip:LEVEL"`` or ``"lzf"`` -> (filter, level)."""
+    if compression is None or compression == "none":
+        return None, None
+    name, _, level_text = str(compression).partition(":")
+    level = None
+    if level_text:
+        if not level_text.isdigit() or not 0 <= int(level_text) <= 9:
+            raise ArgumentError(f"compression: gzip level must be 0-9, got {level_text!r}")
+        level = int(level_text)
+    if name not in ("gzip", "lzf") or (name == "lzf" and level_text):
+        raise ArgumentError(f"compression: expected none, gzip, gzip:LEVEL (0-9) or lzf, got {compression!r}")
+    if fmt == "npy":
+        raise ArgumentError("compression: .npy output cannot be compressed; use .h5 or .npz")
+    if fmt == "npz" and name != "gzip":
+        raise ArgumentError(f"compression: .npz supports gzip (deflate) only, got {compression!r}")
+    return name, (4 if name == "gzip" and level is None else level)
+
+
+def partial_path(path: str | os.PathLike) -> Path:
+    """Where ``path`` is written until complete: ``NAME.partial``."""
+    path = Path(path)
+    return path.with_name(path.name + PARTIAL_SUFFIX)
+
+
+def partial_progress(path: str | os.PathLike) -> int:
+    """Rows already complete in the partial HDF5 file of ``path`` (0 if there is none or it is unreadable)."""
+    partial = partial_path(path)
+    if not partial.is_file():
+        return 0
+    try:
+        import h5py
+
+        with h5py.File(partial, "r") as fh:
+            return int(fh.attrs.get(ATTR_PREFIX + "progress", 0))
+    except (OSError, ValueError, TypeError):
+        return 0
+
+
+def _companion(path: Path) -> Path:
+    """For .npy output, the incident energies go to ``NAME.incident_energies.npy``."""
+    return path.with_name(path.stem + ".incident_energies.npy")
+
+
+def check_output_path(path: str | os.PathLike, *, force: bool = False, resume: bool = False,
+                      fmt: str | None = None) -> Path:
+    """Check that ``path`` can be written: its folder exists and is writable, it is not in the way."""
+    path = Path(path)
+    fmt = output_format(path, fmt)
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise OutputError(f"output: folder {str(folder)!r} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputError(f"output: folder {str(folder)!r} is not writable")
+    if path.is_dir():
+        raise OutputError(f"output: {str(path)!r} is a folder, expected a file name")
+    if resume and fmt != "h5":
+        raise OutputError(f"resume: only HDF5 output (.h5) can be resumed, got {fmt!r} output")
+    if resume and force:
+        raise OutputError("resume/force: give one of --resume and --force, not both")
+    targets = [path] + ([_companion(path)] if fmt == "npy" else [])
+    existing = [str(p) for p in targets if p.exists()]
+    if existing and not force:
+        hint = "pass --force to overwrite" + ("" if resume else " or --resume to continue a partial run")
+        raise OutputError(f"output: {existing[0]!r} already exists; {hint}")
+    if resume and not partial_path(path).is_file():
+        raise OutputError(f"resume: no partial run to resume ({str(partial_path(path))!r} does not exist)")
+    return path
+
+
+def _chunk_rows(n: int, n_voxels: int) -> int:
+    rows = 1
+    while rows * 2 * n_voxels * 4 <= _CHUNK_BYTES:
+        rows *= 2
+    return max(1, min(rows, n))
+
+
+def _encode(value: Any) -> Any:
+    """HDF5 attribute value: dicts and lists as JSON text, numbers and strings as they are."""
+    if isinstance(value, (dict, list, tuple)):
+        return json.dumps(value, sort_keys=True)
+    return value
+
+
+class ShowerWriter:
+    """Writes rows [0, n) of one output file, in order, to ``NAME.partial``; renames on :meth:`close`.
+
+    ``attrs`` describe the run and are stored as ``fastsim.*`` HDF5 attributes
+    (for .npy/.npz they are not stored); the keys ``seed``, ``n``, ``start``,
+    ``model_sha256``, ``conditions`` identify it for resuming. ``condition_names``
+    are the columns of the conditions; the column named ``incident_energy`` (else
+    the first) becomes ``incident_energies`` and, with several conditions, all of
+    them are also stored as ``conditions``.
+
+    With ``resume=True`` an existing partial HDF5 file of the same run is
+    continued from :attr:`done`. Use as a context manager: on an error the
+    partial file is kept when rows were written (so it can be resumed),
+    removed otherwise.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        n: int,
+        n_voxels: int,
+        condition_names: tuple[str, ...] = ("incident_energy",),
+        attrs: Mapping[str, Any] | None = None,
+        fmt: str | None = None,
+        compression: str | None = None,
+        resume: bool = False,
+        force: bool = False,
+    ) -> None:
+        self.path = check_output_path(path, force=force, resume=resume, fmt=fmt)
+        self.format = output_format(self.path, fmt)
+        self.partial = partial_path(self.path)
+        self.n, self.n_voxels = int(n), int(n_voxels)
+        self.condition_names = tuple(condition_names)
+        self.energy_column = (self.condition_names.index("incident_energy")
+                              if "incident_energy" in self.condition_names else 0)
+        self.attrs = {**dict(attrs or {}), "n": self.n, "n_voxels": self.n_voxels,
+                      "n_conditions": len(self.condition_names),
+                      "condition_names": list(self.condition_names), "version": __version__}
+        self.compression, self.compression_level = parse_compression(compression, self.format)
+        self.done = 0
+        self._file: Any = None
+        self._closed = False
+        if resume:
+            self._reopen()
+        else:
+            self._create()
+
+    # -- opening ---------------------------------------------------------------------------
+    def _create(self) -> None:
+        if self.partial.exists():
+            self.partial.unlink()
+        try:
+            if self.format == "h5":
+                self._create_h5()
+            elif self.format == "npz":
+                self._create_npz()
+            else:
+                self._create_npy()
+        except OSError as exc:
+            self._discard()
+            raise OutputError(f"output: cannot create {str(self.partial)!r}: {exc.strerror or exc}") from None
+
+    def _create_h5(self) -> None:
+        import h5py
+
+        self._file = h5py.File(self.partial, "w", libver="earliest")
+        options: dict[str, Any] = {}
+        if self.compression:
+            options = {"compression": self.compression, "compression_opts": self.compression_level}
+        rows = _chunk_rows(self.n, self.n_voxels)
+        self._file.create_dataset("incident_energies", shape=(self.n, 1), dtype="float32",
+                                  chunks=(min(self.n, 1 << 16), 1), **options)
+        self._file.create_dataset("showers", shape=(self.n, self.n_voxels), dtype="float32",
+                                  chunks=(rows, self.n_voxels), **options)
+        if len(self.condition_names) > 1:
+            self._file.create_dataset("conditions", shape=(self.n, len(self.condition_names)), dtype="float32",
+                                      chunks=(min(self.n, 1 << 14), len(self.condition_names)), **options)
+        for key, value in self.attrs.items():
+            self._file.attrs[ATTR_PREFIX + key] = _encode(value)
+        self._file.attrs[ATTR_PREFIX + "progress"] = 0
+        self._file.flush()
+
+    def _create_npy(self) -> None:
+        self._file = open(self.partial, "wb")
+        np.lib.format.write_array_header_2_0(
+            self._file, {"descr": "<f4", "fortran_order": False, "shape": (self.n, self.n_voxels)})
+        self._energies = np.empty((self.n,), dtype=np.float32)
+
+    def _create_npz(self) -> None:
+        method = zipfile.ZIP_DEFLATED if self.compression else zipfile.ZIP_STORED
+        self._zip = zipfile.ZipFile(self.partial, "w", compression=method, allowZip64=True,
+                                    compresslevel=self.compression_level)
+        self._file = self._zip.open("showers.npy", "w", force_zip64=True)
+        np.lib.format.write_array_header_2_0(
+            self._file, {"descr": "<f4", "fortran_order": False, "shape": (self.n, self.n_voxels)})
+        # Energies are small (4 bytes a shower): kept in memory and stored after the showers.
+        self._energies = np.empty((self.n, len(self.condition_names)), dtype=np.float32)
+
+    def _reopen(self) -> None:
+        import h5py
+
+        try:
+            self._file = h5py.File(self.partial, "r+")
+        except OSError as exc:
+            raise OutputError(f"resume: cannot reopen {str(self.partial)!r}: {str(exc).splitlines()[0]}") from None
+        try:
+            stored = {key: self._file.attrs.get(ATTR_PREFIX + key) for key in _RUN_KEYS}
+            progress = self._file.attrs.get(ATTR_PREFIX + "progress")
+            showers = self._file.get("showers")
+            problems = []
+            for key in _RUN_KEYS:
+                want = _encode(self.attrs.get(key))
+                have = stored[key]
+                have = have.item() if isinstance(have, np.generic) else have
+                if have != want:
+                    problems.append(f"{key} is {have!r} in the file, {want!r} now")
+            if progress is None or showers is None or showers.shape != (self.n, self.n_voxels):
+                problems.append("the file has no fastsim progress record")
+            if problems:
+                raise OutputError(f"resume: {str(self.partial)!r} is from a different run: " + "; ".join(problems)
+                                  + "; pass --force to start again")
+            self.done = int(progress)
+            if self.compression is None:
+                self.compression = showers.compression
+        except BaseException:
+            self._file.close()
+            self._file = None
+            raise
+
+    # -- writing ---------------------------------------------------------------------------
+    def write(self, conditions: np.ndarray, showers: np.ndarray) -> None:
+        """Append rows: conditions (k, n_conditions) and showers (k, n_voxels)."""
+        k = len(showers)
+        if self.done + k > self.n:
+            raise OutputError(f"output: {self.done + k} rows written to a file of {self.n}")
+        conditions = np.asarray(conditions, dtype=np.float32).reshape(k, -1)
+        showers = np.ascontiguousarray(showers, dtype=np.float32)
+        rows = slice(self.done, self.done + k)
+        try:
+            if self.format == "h5":
+                self._file["showers"][rows] = showers
+                self._file["incident_energies"][rows] = conditions[:, self.energy_column:self.energy_column + 1]
+                if "conditions" in self._file:
+                    self._file["conditions"][rows] = conditions
+                # Data first, then the progress record: the record never runs ahead of the data.
+                self._file.flush()
+                self._file.attrs[ATTR_PREFIX + "progress"] = self.done + k
+                self._file.flush()
+            elif self.format == "npz":
+                self._file.write(showers.tobytes())
+                self._energies[rows] = conditions
+            else:
+                self._file.write(showers.tobytes())
+                self._energies[rows] = conditions[:, self.energy_column]
+        except OSError as exc:
+            raise OutputError(f"output: writing {str(self.partial)!r} failed: {exc.strerror or exc}") from None
+        self.done += k
+
+    def close(self) -> Path:
+        """Finish the file (all n rows must be written) and rename it to its final name."""
+        if self._closed:
+            return self.path
+        if self.done != self.n:
+            raise OutputError(f"output: only {self.done} of {self.n} rows written to {str(self.partial)!r}")
+        if self.format == "h5":
+            self._file.attrs[ATTR_PREFIX + "complete"] = True
+            self._file.close()
+        elif self.format == "npz":
+            self._file.close()
+            names = self.condition_names
+            with self._zip.open("incident_energies.npy", "w", force_zip64=True) as entry:
+                np.lib.format.write_array(entry, self._energies[:, self.energy_column:self.energy_column + 1])
+            if len(names) > 1:
+                with self._zip.open("conditions.npy", "w", force_zip64=True) as entry:
+                    np.lib.format.write_array(entry, self._energies)
+            self._zip.close()
+        else:
+            self._file.close()
+            companion = partial_path(_companion(self.path))
+            with open(companion, "wb") as fh:
+                np.lib.format.write_array(fh, self._energies.reshape(-1, 1))
+            os.replace(companion, _companion(self.path))
+        self._file = None
+        os.replace(self.partial, self.path)
+        self._closed = True
+        return self.path
+
+    def abort(self) -> None:
+        """Stop writing. An HDF5 partial file with rows in it is kept for resuming; otherwise removed."""
+        if self._closed:
+            return
+        keep = self.format == "h5" and self.done > 0
+        try:
+            if self._file is not None:
+                self._file.close()
+            if self.format == "npz":
+                self._zip.close()
+        except Exception:  # the file is being thrown away or was already broken
+            keep = False
+        self._file = None
+        self._closed = True
+        if not keep:
+            self._discard()
+
+    def _discard(self) -> None:
+        for path in (self.partial, partial_path(_companion(self.path))):
+            if path.exists():
+                path.unlink()
+
+    def __enter__(self) -> ShowerWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+_DONE = object()
+
+
+def write_batches(
+    writer: ShowerWriter,
+    batches: Iterable[tuple[np.ndarray, np.ndarray]],
+    *,
+    on_batch: Callable[[int], None] | None = None,
+    queue_size: int = 2,
+) -> int:
+    """Write every batch to ``writer`` from one background thread while ``batches`` produces the next.
+
+    ``on_batch(k)`` is called (in the caller's thread) after each batch of k
+    rows is handed over. Returns the number of rows written. An error in the
+    writer thread is raised here; the writer itself is not closed.
+    """
+    pending: queue.Queue = queue.Queue(maxsize=queue_size)
+    failure: list[BaseException] = []
+
+    def drain() -> None:
+        while True:
+            item = pending.get()
+            if item is _DONE:
+                return
+            if failure:
+                continue  # keep draining so the producer never blocks
+            try:
+                writer.write(*item)
+            except BaseException as exc:  # re-raised in the caller's thread
+                failure.append(exc)
+
+    thread = threading.Thread(target=drain, name="fastsim-writer", daemon=True)
+    thread.start()
+    written = 0
+    try:
+        for conditions, showers in batches:
+            if failure:
+                break
+            pending.put((conditions, showers))
+            written += len(showers)
+            if on_batch is not None:
+                on_batch(len(showers))
+    finally:
+        pending.put(_DONE)
+        thread.join()
+    if failure:
+        raise failure[0]
+    return written
+
+
+def read_output(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """Read a whole output file (.h5, .npz or .npy) as (incident_energies (N, 1), showers (N, n_voxels))."""
+    path = Path(path)
+    fmt = output_format(path)
+    if not path.is_file():
+        raise OutputError(f"output: {str(path)!r} does not exist")
+    if fmt == "h5":
+        import h5py
+
+        with h5py.File(path, "r") as fh:
+            return fh["incident_energies"][...], fh["showers"][...]
+    if fmt == "npz":
+        with np.load(path) as archive:
+            return archive["incident_energies"], archive["showers"]
+    return np.load(_companion(path)), np.load(path)

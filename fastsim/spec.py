@@ -1,0 +1,429 @@
+"""The model contract: what a fastsim decoder takes, returns and means.
+
+This module owns :class:`ModelSpec` (the ``fastsim.spec`` JSON document of
+DESIGN.md, format ``fastsim-decoder/1``), reading it from an ONNX file's
+``metadata_props`` or from a ``MODEL.onnx.json`` sidecar, writing it into a
+model, and checking it against the graph's inputs and outputs.
+
+Reading the metadata does not need ``onnx`` or a session: the ONNX file is a
+protobuf ``ModelProto`` and the few top-level fields needed here are read
+directly, which also lets us tell a non-ONNX file from a model early.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from fastsim.errors import ModelError, SpecError
+
+__all__ = [
+    "DEFAULT_IO_NAMES",
+    "FORMAT",
+    "SAMPLING_LAWS",
+    "SPEC_KEY",
+    "ConditionSpec",
+    "ModelSpec",
+    "OutputSpec",
+    "check_graph",
+    "embed_spec",
+    "read_metadata",
+    "read_spec",
+    "sidecar_path",
+]
+
+FORMAT = "fastsim-decoder/1"
+SPEC_KEY = "fastsim.spec"
+SAMPLING_LAWS = ("uniform", "log-uniform")
+#: Contract role -> graph tensor name, for models that follow the contract's names.
+DEFAULT_IO_NAMES = {"z": "z", "conditions": "conditions", "showers": "showers"}
+_PRIOR_KINDS = ("standard_normal",)
+_OUTPUT_DTYPES = ("float32", "float16")
+_ORT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64"}
+
+
+def _fail(where: str, expected: str, given: Any) -> SpecError:
+    return SpecError(f"spec: {where} must be {expected}, got {given!r}")
+
+
+def _number(block: Mapping, key: str, where: str) -> float:
+    value = block.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise _fail(f"{where}.{key}", "a finite number", value)
+    return float(value)
+
+
+def _string(block: Mapping, key: str, where: str, default: str | None = None) -> str:
+    value = block.get(key, default)
+    if not isinstance(value, str) or not value:
+        raise _fail(f"{where}.{key}", "a non-empty string", value)
+    return value
+
+
+def _mapping(value: Any, where: str) -> dict:
+    if not isinstance(value, Mapping):
+        raise _fail(where, "a JSON object", value)
+    return dict(value)
+
+
+@dataclass(frozen=True)
+class ConditionSpec:
+    """One conditioning input: its name, physical unit, training range and sampling law."""
+
+    name: str
+    unit: str
+    min: float
+    max: float
+    sampling: str = "uniform"
+
+    def __post_init__(self) -> None:
+        where = f"conditions[{self.name!r}]"
+        if self.sampling not in SAMPLING_LAWS:
+            raise _fail(f"{where}.sampling", f"one of {list(SAMPLING_LAWS)}", self.sampling)
+        if not (math.isfinite(self.min) and math.isfinite(self.max)) or not self.min < self.max:
+            raise _fail(f"{where}.min/max", "finite with min < max", (self.min, self.max))
+        if self.sampling == "log-uniform" and self.min <= 0:
+            raise _fail(f"{where}.min", "> 0 for log-uniform sampling", self.min)
+
+    @classmethod
+    def from_dict(cls, block: Any, index: int = 0) -> ConditionSpec:
+        where = f"conditions[{index}]"
+        block = _mapping(block, where)
+        return cls(
+            name=_string(block, "name", where),
+            unit=_string(block, "unit", where),
+            min=_number(block, "min", where),
+            max=_number(block, "max", where),
+            sampling=_string(block, "sampling", where, "uniform"),
+        )
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "unit": self.unit, "min": self.min, "max": self.max,
+                "sampling": self.sampling}
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """The decoder's output: deposited energy per voxel, its unit, width, geometry and dtype."""
+
+    name: str = "showers"
+    unit: str = "MeV"
+    n_voxels: int = 0
+    geometry: dict = field(default_factory=dict)
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.n_voxels, bool) or not isinstance(self.n_voxels, int) or self.n_voxels <= 0:
+            raise _fail("output.n_voxels", "a positive integer", self.n_voxels)
+        if self.dtype not in _OUTPUT_DTYPES:
+            raise _fail("output.dtype", f"one of {list(_OUTPUT_DTYPES)}", self.dtype)
+
+    @classmethod
+    def from_dict(cls, block: Any) -> OutputSpec:
+        block = _mapping(block, "output")
+        return cls(
+            name=_string(block, "name", "output", "showers"),
+            unit=_string(block, "unit", "output", "MeV"),
+            n_voxels=block.get("n_voxels"),
+            geometry=_mapping(block.get("geometry", {}), "output.geometry"),
+            dtype=_string(block, "dtype", "output", "float32"),
+        )
+
+    def to_dict(self) -> dict:
+        block = {"name": self.name, "unit": self.unit, "n_voxels": self.n_voxels,
+                 "geometry": copy.deepcopy(self.geometry)}
+        if self.dtype != "float32":
+            block["dtype"] = self.dtype
+        return block
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The ``fastsim.spec`` document: everything a host needs to drive a decoder.
+
+    ``io_names`` maps the contract's roles ``z``, ``conditions`` and ``showers``
+    to the graph's tensor names, for models exported elsewhere with other names.
+    """
+
+    latent_dim: int
+    conditions: tuple[ConditionSpec, ...]
+    output: OutputSpec
+    name: str = "unnamed"
+    version: str = "0.0.0"
+    prior: dict = field(default_factory=lambda: {"kind": "standard_normal"})
+    io_names: dict = field(default_factory=lambda: dict(DEFAULT_IO_NAMES))
+    training: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+    producer: str = ""
+    format: str = FORMAT
+
+    def __post_init__(self) -> None:
+        if self.format != FORMAT:
+            raise _fail("format", repr(FORMAT), self.format)
+        if isinstance(self.latent_dim, bool) or not isinstance(self.latent_dim, int) or self.latent_dim <= 0:
+            raise _fail("latent_dim", "a positive integer", self.latent_dim)
+        if not isinstance(self.conditions, tuple) or not self.conditions:
+            raise _fail("conditions", "a non-empty list of conditions", self.conditions)
+        names = [c.name for c in self.conditions]
+        if len(set(names)) != len(names):
+            raise _fail("conditions", "uniquely named", names)
+        if self.prior.get("kind") not in _PRIOR_KINDS:
+            raise _fail("prior.kind", f"one of {list(_PRIOR_KINDS)}", self.prior.get("kind"))
+        unknown = set(self.io_names) - set(DEFAULT_IO_NAMES)
+        if unknown:
+            raise _fail("io_names", f"keys among {sorted(DEFAULT_IO_NAMES)}", sorted(unknown))
+        # Fill in the roles a partial mapping leaves out, so lookups never fail.
+        object.__setattr__(self, "io_names", {**DEFAULT_IO_NAMES, **self.io_names})
+
+    @property
+    def n_conditions(self) -> int:
+        return len(self.conditions)
+
+    @property
+    def n_voxels(self) -> int:
+        return self.output.n_voxels
+
+    @property
+    def condition_names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.conditions)
+
+    def condition(self, name: str) -> ConditionSpec:
+        for cond in self.conditions:
+            if cond.name == name:
+                return cond
+        raise KeyError(name)
+
+    @classmethod
+    def from_dict(cls, doc: Any) -> ModelSpec:
+        """Build a spec from the parsed JSON document, naming the first bad key."""
+        doc = _mapping(doc, "document")
+        for key in ("latent_dim", "conditions", "output"):
+            if key not in doc:
+                raise SpecError(f"spec: missing required key {key!r}")
+        raw_conditions = doc["conditions"]
+        if not isinstance(raw_conditions, Sequence) or isinstance(raw_conditions, (str, bytes)):
+            raise _fail("conditions", "a list of objects", raw_conditions)
+        version = doc.get("version", "0.0.0")
+        return cls(
+            format=doc.get("format", FORMAT),
+            name=_string(doc, "name", "spec", "unnamed"),
+            version=str(version),
+            latent_dim=doc["latent_dim"],
+            prior=_mapping(doc.get("prior", {"kind": "standard_normal"}), "prior"),
+            conditions=tuple(ConditionSpec.from_dict(c, i) for i, c in enumerate(raw_conditions)),
+            output=OutputSpec.from_dict(doc["output"]),
+            io_names=_mapping(doc.get("io_names", {}), "io_names"),
+            training=_mapping(doc.get("training", {}), "training"),
+            metrics=_mapping(doc.get("metrics", {}), "metrics"),
+            producer=str(doc.get("producer", "")),
+        )
+
+    def to_dict(self) -> dict:
+        doc = {
+            "format": self.format,
+            "name": self.name,
+            "version": self.version,
+            "latent_dim": self.latent_dim,
+            "prior": copy.deepcopy(self.prior),
+            "conditions": [c.to_dict() for c in self.conditions],
+            "output": self.output.to_dict(),
+            "training": copy.deepcopy(self.training),
+            "metrics": copy.deepcopy(self.metrics),
+            "producer": self.producer,
+        }
+        # The contract's key set stays as in DESIGN.md unless a mapping is needed.
+        if self.io_names != DEFAULT_IO_NAMES:
+            doc["io_names"] = dict(self.io_names)
+        return doc
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> ModelSpec:
+        try:
+            doc = json.loads(text)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise SpecError(f"spec: not valid JSON ({exc})") from None
+        return cls.from_dict(doc)
+
+    def to_json(self, indent: int | None = None) -> str:
+        return json.dumps(self.to_dict(), indent=indent, sort_keys=False)
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike) -> ModelSpec:
+        """Read a spec JSON file (a sidecar or ``--spec FILE``)."""
+        path = Path(path)
+        try:
+            text = path.read_bytes()
+        except OSError as exc:
+            raise SpecError(f"spec file {str(path)!r} cannot be read: {exc.strerror or exc}") from None
+        try:
+            return cls.from_json(text)
+        except SpecError as exc:
+            raise SpecError(f"{exc} (in {str(path)!r})") from None
+
+    def replace(self, **changes: Any) -> ModelSpec:
+        """A copy with some fields changed (the dataclass is frozen)."""
+        doc = self.to_dict()
+        doc["io_names"] = dict(self.io_names)
+        for key, value in changes.items():
+            doc[key] = value.to_dict() if hasattr(value, "to_dict") else value
+        if "conditions" in changes:
+            doc["conditions"] = [c.to_dict() if hasattr(c, "to_dict") else c for c in changes["conditions"]]
+        return ModelSpec.from_dict(doc)
+
+
+# --- reading the ONNX file ---------------------------------------------------------------
+
+def _varint(buf: memoryview, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        if pos >= len(buf) or shift > 63:
+            raise ValueError("truncated varint")
+        byte = buf[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return result, pos
+        shift += 7
+
+
+def _fields(buf: memoryview):
+    """Yield (field number, wire type, value) of a protobuf message's top-level fields."""
+    pos = 0
+    while pos < len(buf):
+        key, pos = _varint(buf, pos)
+        number, wire = key >> 3, key & 7
+        if number == 0:
+            raise ValueError("field number 0")
+        if wire == 0:
+            value, pos = _varint(buf, pos)
+        elif wire == 1:
+            value, pos = None, pos + 8
+        elif wire == 2:
+            size, pos = _varint(buf, pos)
+            value, pos = buf[pos:pos + size], pos + size
+        elif wire == 5:
+            value, pos = None, pos + 4
+        else:
+            raise ValueError(f"unsupported wire type {wire}")
+        if pos > len(buf):
+            raise ValueError("truncated field")
+        yield number, wire, value
+
+
+# ModelProto field numbers (onnx.proto): ir_version = 1, graph = 7, metadata_props = 14.
+_IR_VERSION, _GRAPH, _METADATA_PROPS = 1, 7, 14
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """Return the ``metadata_props`` of an ONNX file, raising ModelError if it is not ONNX."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"model file {str(path)!r} does not exist")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ModelError(f"model file {str(path)!r} cannot be read: {exc.strerror or exc}") from None
+    metadata: dict[str, str] = {}
+    seen_ir = seen_graph = False
+    try:
+        for number, wire, value in _fields(memoryview(data)):
+            if number == _IR_VERSION and wire == 0:
+                seen_ir = True
+            elif number == _GRAPH and wire == 2:
+                seen_graph = True
+            elif number == _METADATA_PROPS and wire == 2:
+                entry = {n: bytes(v).decode("utf-8") for n, w, v in _fields(value) if w == 2}
+                metadata[entry.get(1, "")] = entry.get(2, "")
+    except (ValueError, UnicodeDecodeError):
+        seen_ir = False
+    if not (seen_ir and seen_graph):
+        raise ModelError(f"model file {str(path)!r} is not an ONNX model (no ModelProto with a graph)")
+    return metadata
+
+
+def sidecar_path(model_path: str | os.PathLike) -> Path:
+    """The sidecar spec for ``MODEL.onnx`` is ``MODEL.onnx.json``."""
+    model_path = Path(model_path)
+    return model_path.with_name(model_path.name + ".json")
+
+
+def read_spec(path: str | os.PathLike, sidecar: str | os.PathLike | None = None) -> ModelSpec:
+    """Read a model's spec: an explicit ``sidecar`` file, else the embedded entry, else ``MODEL.onnx.json``."""
+    metadata = read_metadata(path)
+    if sidecar is not None:
+        return ModelSpec.from_file(sidecar)
+    if SPEC_KEY in metadata:
+        try:
+            return ModelSpec.from_json(metadata[SPEC_KEY])
+        except SpecError as exc:
+            raise SpecError(f"{exc} (in the {SPEC_KEY!r} metadata of {str(path)!r})") from None
+    implicit = sidecar_path(path)
+    if implicit.is_file():
+        return ModelSpec.from_file(implicit)
+    raise SpecError(
+        f"model {str(path)!r} has no {SPEC_KEY!r} metadata and no sidecar {implicit.name!r}; "
+        "pass the spec with --spec FILE (Python: spec=...)"
+    )
+
+
+def embed_spec(model: Any, spec: ModelSpec) -> Any:
+    """Write ``spec`` into an ``onnx.ModelProto``'s metadata (replacing any previous one); returns it."""
+    kept = [(p.key, p.value) for p in model.metadata_props if p.key != SPEC_KEY]
+    del model.metadata_props[:]
+    for key, value in kept:
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    entry = model.metadata_props.add()
+    entry.key, entry.value = SPEC_KEY, spec.to_json()
+    return model
+
+
+# --- checking the spec against the graph -------------------------------------------------
+
+def _dim_ok(actual: Any, expected: int | None) -> bool:
+    """A graph dimension matches if it is symbolic/unknown or equals the expected size."""
+    if expected is None or not isinstance(actual, int) or actual <= 0:
+        return True
+    return actual == expected
+
+
+def check_graph(spec: ModelSpec, inputs: Sequence[Any], outputs: Sequence[Any]) -> None:
+    """Check the spec against the graph's inputs/outputs (objects with name, shape, type).
+
+    Every disagreement is collected and reported in one SpecError.
+    """
+    problems: list[str] = []
+    graph_inputs = {arg.name: arg for arg in inputs}
+    graph_outputs = {arg.name: arg for arg in outputs}
+    expected = [
+        ("input", "z", graph_inputs, spec.latent_dim, ("float32",)),
+        ("input", "conditions", graph_inputs, spec.n_conditions, ("float32",)),
+        ("output", "showers", graph_outputs, spec.n_voxels, (spec.output.dtype,)),
+    ]
+    for kind, role, available, width, dtypes in expected:
+        name = spec.io_names[role]
+        arg = available.get(name)
+        if arg is None:
+            problems.append(f"{kind} {name!r} (role {role!r}) not in graph {kind}s {sorted(available)}")
+            continue
+        shape = list(arg.shape) if arg.shape is not None else None
+        if shape is None or len(shape) != 2:
+            problems.append(f"{kind} {name!r} has shape {shape}, expected rank 2 [N, {width}]")
+        elif isinstance(shape[0], int) and shape[0] > 0:
+            problems.append(f"{kind} {name!r} has a fixed batch dimension {shape[0]}, expected a dynamic one")
+        if shape is not None and len(shape) == 2 and not _dim_ok(shape[1], width):
+            what = {"z": "latent_dim", "conditions": "number of conditions", "showers": "output.n_voxels"}[role]
+            problems.append(f"{kind} {name!r} has width {shape[1]}, spec {what} is {width}")
+        dtype = _ORT_DTYPES.get(arg.type, arg.type)
+        if dtype not in dtypes:
+            problems.append(f"{kind} {name!r} has dtype {dtype}, expected {' or '.join(dtypes)}")
+    extra = sorted(set(graph_inputs) - {spec.io_names["z"], spec.io_names["conditions"]})
+    if extra:
+        problems.append(f"graph has inputs the contract does not feed: {extra}")
+    if problems:
+        raise SpecError("model does not match its spec: " + "; ".join(problems))

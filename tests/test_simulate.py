@@ -1,0 +1,238 @@
+"""The reference simulator: physics properties, reproducibility and the `simulate` command."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fastsim.dataset import open_showers
+from fastsim.errors import ConditionError, OutputError
+from fastsim.geometry import CylindricalGeometry, Layer, default_geometry
+from training.simulate import (
+    BLOCK_SIZE,
+    SIW,
+    EnergyRule,
+    gamma_cdf,
+    iter_simulate,
+    parse_energy,
+    simulate,
+    write_dataset,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+GEOMETRY = default_geometry()
+X0_PER_LAYER = GEOMETRY.layer_thickness_mm / SIW.x0_mm
+
+
+def _response(energies, showers):
+    return showers.sum(axis=1, dtype=np.float64) / energies
+
+
+def _profile_peak(showers):
+    """Depth (X0) of the maximum of the mean longitudinal profile, parabola through the top 3 layers."""
+    profile = GEOMETRY.reshape(showers).sum(axis=(2, 3), dtype=np.float64).mean(axis=0)
+    k = int(profile.argmax())
+    y0, y1, y2 = profile[k - 1 : k + 2]
+    return (k + 0.5 + 0.5 * (y0 - y2) / (y0 - 2 * y1 + y2)) * X0_PER_LAYER
+
+
+@pytest.fixture(scope="module")
+def scan():
+    """1500 showers at each of five energies (GeV), seed 11."""
+    return {e: simulate(1500, f"{e}GeV", seed=11) for e in (2, 5, 10, 20, 50)}
+
+
+# ---------------------------------------------------------------------------- physics
+def test_response_is_just_below_one(scan):
+    for e_gev, (energies, showers) in scan.items():
+        response = _response(energies, showers).mean()
+        assert 0.95 < response < 1.0, (e_gev, response)
+
+
+def test_resolution_stochastic_term(scan):
+    # sigma^2 - b^2 = a^2 / E with the 1 % constant term; fit a^2 by least squares in 1/E
+    inv_e = np.array([1.0 / e for e in scan])
+    rel_var = np.array([np.var(r := _response(*scan[e])) / r.mean() ** 2 for e in scan])
+    a2 = np.sum(inv_e * (rel_var - SIW.constant**2)) / np.sum(inv_e**2)
+    assert 0.150 < np.sqrt(a2) < 0.185
+    # and each point is within 10 % of 16.5 %/sqrt(E) (+) 1 %
+    expected = np.sqrt(0.165**2 * inv_e + 0.01**2)
+    np.testing.assert_allclose(np.sqrt(rel_var), expected, rtol=0.1)
+
+
+def test_depth_of_maximum_grows_one_x0_per_e_fold():
+    _, low = simulate(800, "1GeV", seed=3)
+    _, high = simulate(256, "1TeV", seed=3)
+    t_low, t_high = _profile_peak(low), _profile_peak(high)
+    slope = (t_high - t_low) / np.log(1000.0)
+    assert 0.9 < slope < 1.1
+    # and where GFlash puts it: T = ln(E/E_c) - 0.812 - 0.43 (sampling correction)
+    assert t_low == pytest.approx(np.log(1000 / SIW.critical_mev) - 1.238, abs=0.35)
+    assert t_high == pytest.approx(np.log(1e6 / SIW.critical_mev) - 1.238, abs=0.35)
+
+
+def test_ninety_percent_within_one_moliere_radius(scan):
+    _, showers = scan[20]
+    rings = GEOMETRY.reshape(showers).sum(axis=(0, 1, 2), dtype=np.float64)
+    inner = rings[:2].sum() / rings.sum()  # r < 9.3 mm, R_M = 9.5 mm
+    assert 0.86 < inner < 0.94
+    # the energy per ring falls with radius (core, then the tail)
+    assert np.all(np.diff(rings) < 0)
+
+
+def test_longitudinal_shape_fluctuates_shower_by_shower(scan):
+    # the correlated (ln T, ln alpha) fluctuations move the centre of gravity by ~1 X0;
+    # spot and sampling noise alone would give a few tenths of that
+    _, showers = scan[50]
+    layers = GEOMETRY.reshape(showers).sum(axis=(2, 3), dtype=np.float64)
+    cog = (layers * (np.arange(45) + 0.5)).sum(axis=1) / layers.sum(axis=1) * X0_PER_LAYER
+    assert 0.7 < cog.std() < 1.3
+    # showers that start late also peak late: first-layers energy anticorrelates with depth
+    early = layers[:, :5].sum(axis=1) / layers.sum(axis=1)
+    assert np.corrcoef(early, cog)[0, 1] < -0.5
+
+
+def test_sparsity_falls_with_energy():
+    sparsity = [(simulate(128, e, seed=2)[1] == 0).mean() for e in ("1GeV", "10GeV", "100GeV", "1TeV")]
+    assert np.all(np.diff(sparsity) < -0.02), sparsity
+    assert sparsity[0] > 0.95 and sparsity[-1] < 0.6
+
+
+def test_threshold_and_output_types(scan):
+    energies, showers = scan[2]
+    assert energies.dtype == np.float64 and showers.dtype == np.float32
+    assert showers.shape == (1500, 6480)
+    hits = showers[showers > 0]
+    assert hits.min() >= SIW.threshold_mev
+    assert np.all(showers >= 0) and np.all(np.isfinite(showers))
+
+
+def test_gamma_cdf_matches_scipy():
+    from scipy.special import gammainc
+
+    rng = np.random.default_rng(0)
+    a = rng.uniform(1.05, 15, (50, 1))
+    x = np.concatenate([np.zeros((50, 1)), rng.uniform(0, 1, (50, 1)) * rng.uniform(0, 150, (50, 200))], axis=1)
+    np.testing.assert_allclose(gamma_cdf(a, x), gammainc(a, x), rtol=0, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------- energies
+def test_log_uniform_energies_cover_the_range():
+    energies, _ = simulate(512, "1GeV:1TeV", seed=4)
+    assert energies.min() >= 1e3 and energies.max() <= 1e6
+    logs = np.log10(energies / 1e3)
+    assert abs(logs.mean() - 1.5) < 0.1 and abs(logs.std() - 3 / np.sqrt(12)) < 0.1
+
+
+def test_list_energies_cycle_by_index():
+    energies, _ = simulate(5, "10GeV,20GeV,30GeV", seed=0, start=4)
+    assert energies.tolist() == [20e3, 30e3, 10e3, 20e3, 30e3]
+
+
+@pytest.mark.parametrize(
+    ("text", "rule"),
+    [("50GeV", EnergyRule("fixed", (5e4,))), ("2000", EnergyRule("fixed", (2e3,))),
+     ("1 GeV : 1TeV", EnergyRule("log-uniform", (1e3, 1e6))), ("1GeV,0.5TeV", EnergyRule("list", (1e3, 5e5)))],
+)
+def test_parse_energy(text, rule):
+    assert parse_energy(text) == rule
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [("5XeV", "unknown unit 'XeV'"), ("fast", "cannot read 'fast'"), ("1TeV:1GeV", "low < high"),
+     ("1MeV", "between 100 MeV and 1e\\+07 MeV"), ("1:2:3", "LOW:HIGH"), ("nan", "cannot read 'nan'"),
+     (float("nan"), "between"), ([1e3, float("inf")], "between")],
+)
+def test_bad_energies_are_clear_errors(text, message):
+    with pytest.raises(ConditionError, match=message):
+        simulate(1, text)
+
+
+# ---------------------------------------------------------------------------- reproducibility
+def test_same_seed_is_bitwise_identical_and_seeds_differ():
+    a = simulate(40, "1GeV:1TeV", seed=9)
+    b = simulate(40, "1GeV:1TeV", seed=9)
+    c = simulate(40, "1GeV:1TeV", seed=10)
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+    assert not np.array_equal(a[0], c[0])
+    assert (a[1] != c[1]).mean() > 0.05
+
+
+@pytest.mark.parametrize("chunk_size", [1, 50, BLOCK_SIZE, 333])
+def test_any_chunking_gives_the_same_showers(chunk_size):
+    n = 2 * BLOCK_SIZE + 77
+    energies, showers = simulate(n, "1GeV:100GeV", seed=5)
+    chunks = list(iter_simulate(n, "1GeV:100GeV", seed=5, chunk_size=chunk_size))
+    assert np.array_equal(np.concatenate([c[0] for c in chunks]), energies)
+    assert np.array_equal(np.concatenate([c[1] for c in chunks]), showers)
+    # a window anywhere reproduces the same rows
+    _, window = simulate(60, "1GeV:100GeV", seed=5, start=BLOCK_SIZE - 20)
+    assert np.array_equal(window, showers[BLOCK_SIZE - 20 : BLOCK_SIZE + 40])
+
+
+def test_other_uniform_geometries_are_supported_and_non_uniform_refused():
+    coarse = CylindricalGeometry(tuple(Layer((0.0, 10.0, 20.0, 80.0), 4) for _ in range(30)), layer_thickness_mm=4.0)
+    energies, showers = simulate(64, "20GeV", seed=1, geometry=coarse)
+    assert showers.shape == (64, coarse.n_voxels)
+    assert 0.97 < _response(energies, showers).mean() < 1.0  # 80 mm contains nearly everything
+    mixed = CylindricalGeometry((Layer((0.0, 1.0), 1), Layer((0.0, 2.0, 3.0), 1)))
+    with pytest.raises(ConditionError, match="uniform geometry"):
+        simulate(1, "1GeV", geometry=mixed)
+
+
+# ---------------------------------------------------------------------------- writer and command
+def test_write_dataset_is_the_simulation_and_reads_back(tmp_path):
+    h5, xml = write_dataset(tmp_path / "e.h5", 300, "1GeV:1TeV", seed=2, chunk_size=70, progress=False)
+    assert xml == tmp_path / "e.xml" and CylindricalGeometry.from_xml(xml) == GEOMETRY
+    energies, showers = simulate(300, "1GeV:1TeV", seed=2)
+    with open_showers(h5) as f:
+        assert f.geometry == GEOMETRY and f.attrs["seed"] == 2
+        got_e, got_s = f.read()
+    assert np.array_equal(got_e, energies) and np.array_equal(got_s, showers)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e.h5", "e.xml"]
+    with pytest.raises(OutputError, match="already exists"):
+        write_dataset(h5, 3, progress=False)
+
+
+def _run(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "training", *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+def test_simulate_command_writes_file_and_binning(tmp_path):
+    out = tmp_path / "sim.h5"
+    result = _run("simulate", "-n", "150", "--seed", "7", "--energy", "10GeV,1TeV", "-o", str(out), "--chunk-size", "64", cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "sim.xml").is_file()
+    energies, showers = simulate(150, "10GeV,1TeV", seed=7)
+    with open_showers(out) as f:
+        got_e, got_s = f.read()
+    assert np.array_equal(got_e, energies) and np.array_equal(got_s, showers)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(["-n", "0"], "'-n' / '--n-showers'"), (["-n", "5", "--energy", "3 bananas"], "energy: "),
+     (["-n", "5", "--energy", "1GeV:20TeV"], "between 100 MeV"), (["-n", "5", "--seed", "-1"], "--seed"),
+     (["-n", "5", "--chunk-size", "0"], "--chunk-size")],
+)
+def test_simulate_command_bad_input_is_one_line_exit_2(tmp_path, args, message):
+    out = tmp_path / "bad.h5"
+    result = _run("simulate", *args, "-o", str(out), cwd=ROOT)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error:") and message in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_simulate_command_refuses_to_overwrite(tmp_path):
+    out = tmp_path / "x.h5"
+    out.write_bytes(b"precious")
+    result = _run("simulate", "-n", "3", "-o", str(out), cwd=ROOT)
+    assert result.returncode == 2 and "already exists" in result.stderr
+    assert out.read_bytes() == b"precious"

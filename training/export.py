@@ -1,0 +1,244 @@
+"""Export a trained run's decoder to a self-describing ONNX file, and check it.
+
+``export(run, output)`` traces :class:`~training.model.PhysicalDecoder` -- the
+decoder with the latent prior, condition normalisation, response, threshold
+and MeV scaling inside -- to ONNX (opset 17, IR version 9, dynamic batch axis,
+inputs ``z`` [N, latent_dim] and ``conditions`` [N, 1] in MeV, output
+``showers`` [N, n_voxels] in MeV), writes the ``fastsim.spec`` document into
+``metadata_props``, and refuses to publish the file unless
+
+* ``onnx.checker`` accepts it (full check, with shape inference),
+* ``fastsim.load`` accepts it (the runtime's own spec-vs-graph validation),
+* torch and ONNX Runtime agree on the same z and energies across the
+  training range: at most 1e-4 relative on each shower's summed energy and
+  1e-3 on every voxel clear of the threshold (fp32 only; reduced precisions
+  report their difference from fp32 instead).
+
+The file is written under a temporary name and renamed only after all checks
+pass. ``--precision`` picks the variant: ``fp32``; ``fp16`` (the network in
+float16, inputs/outputs and the MeV post-processing kept float32 because
+showers reach 1e6 MeV, past float16's range); ``int8`` is delegated to
+:mod:`training.quantize` when present.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import fastsim
+from fastsim.spec import ConditionSpec, ModelSpec, OutputSpec, embed_spec
+from training.model import PhysicalDecoder, count_parameters, decoder_flops
+from training.train import load_checkpoint, physical_decoder_from_checkpoint
+
+__all__ = ["ExportError", "PRECISIONS", "OPSET", "IR_VERSION", "build_spec", "export", "parity", "sha256"]
+
+OPSET = 17
+IR_VERSION = 9
+PRECISIONS = ("fp32", "fp16", "int8")
+SUM_TOLERANCE = 1e-4
+VOXEL_TOLERANCE = 1e-3
+
+
+class ExportError(ValueError):
+    """The exported graph failed a check; nothing was published."""
+
+
+def sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def build_spec(checkpoint: dict, decoder: PhysicalDecoder, *, name: str, version: str,
+               precision: str, metrics: dict | None = None) -> ModelSpec:
+    """The ``fastsim.spec`` document for a checkpoint's decoder."""
+    config = json.loads(checkpoint["config_json"])
+    data_info = json.loads(checkpoint["data_json"])
+    data = config["data"]
+    vae = decoder.vae
+    training = {
+        "data": config.get("description") or f"reference simulator showers from {Path(data_info['train']).name}",
+        "data_files": {"train": data_info["train"], "validation": data_info["validation"]},
+        "n_showers": data_info["n_train"],
+        "n_validation": data_info["n_validation"],
+        "epochs": int(checkpoint["epoch"]) + 1,
+        "seed": config["train"]["seed"],
+        "train_seconds": round(float(checkpoint["train_seconds"]), 1),
+        "validation_fom": float(checkpoint["fom"]),
+        "hyperparameters": {"model": config["model"], "train": config["train"], "data": data},
+        "architecture": "conditional VAE decoder (MLP trunk; response, layer-softmax and "
+                        "within-layer-softmax heads), aggregate-posterior prior folded in",
+        "parameters": count_parameters(vae.trunk) + count_parameters(vae.v_head)
+        + count_parameters(vae.layer_head) + count_parameters(vae.voxel_head),
+        "flops_per_shower": decoder_flops(vae),
+        "precision": precision,
+        "voxel_threshold_mev": data["threshold"],
+    }
+    return ModelSpec(
+        name=name,
+        version=version,
+        latent_dim=vae.config.latent_dim,
+        prior={"kind": "standard_normal"},
+        conditions=(ConditionSpec("incident_energy", "MeV", float(data["e_min"]), float(data["e_max"]),
+                                  "log-uniform"),),
+        output=OutputSpec(name="showers", unit="MeV", n_voxels=vae.n_layers * vae.voxels_per_layer,
+                          geometry=json.loads(checkpoint["geometry_json"]), dtype="float32"),
+        training=training,
+        metrics=dict(metrics or {}),
+        producer=f"fastsim {fastsim.__version__}",
+    )
+
+
+def _trace(decoder: PhysicalDecoder, path: Path) -> None:
+    d = decoder.prior_mean.shape[0]
+    z = torch.zeros(2, d)
+    conditions = torch.full((2, 1), 1e4)
+    with warnings.catch_warnings():
+        # The TorchScript exporter announces its own deprecation; the graph it
+        # writes for this plain MLP is clean and needs no onnxscript.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            decoder, (z, conditions), os.fspath(path), dynamo=False, opset_version=OPSET,
+            input_names=["z", "conditions"], output_names=["showers"],
+            dynamic_axes={"z": {0: "N"}, "conditions": {0: "N"}, "showers": {0: "N"}},
+            do_constant_folding=True,
+        )
+
+
+def _to_fp16(model):
+    """Run every Gemm in float16 (weights stored float16, a Cast on each side).
+
+    Everything else -- condition handling, log-softmaxes, MeV scaling,
+    threshold, sums -- stays float32: a 1 TeV shower holds 1e6 MeV, past
+    float16's range, and a summed energy must not lose 1e-3 to rounding.
+    """
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = model.graph
+    initializers = {init.name: init for init in graph.initializer}
+    nodes, cast_inputs = [], set()
+    for node in graph.node:
+        if node.op_type != "Gemm" or not all(x in initializers for x in node.input[1:]):
+            nodes.append(node)
+            continue
+        for name in node.input[1:]:
+            init = initializers[name]
+            init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float16), name))
+        half_in, half_out = node.input[0] + "_fp16", node.output[0] + "_fp16"
+        if half_in not in cast_inputs:  # the three heads share one input: cast it once
+            cast_inputs.add(half_in)
+            nodes.append(helper.make_node("Cast", [node.input[0]], [half_in], name=node.name + "_cast_in",
+                                          to=TensorProto.FLOAT16))
+        gemm = helper.make_node("Gemm", [half_in, *node.input[1:]], [half_out], name=node.name)
+        gemm.attribute.extend(node.attribute)
+        nodes.append(gemm)
+        nodes.append(helper.make_node("Cast", [half_out], [node.output[0]], name=node.name + "_cast_out",
+                                      to=TensorProto.FLOAT))
+    del graph.node[:]
+    graph.node.extend(nodes)
+    del graph.value_info[:]  # stale float32 annotations; the checker re-infers them
+    return model
+
+
+def _ort_run(path: Path, z: np.ndarray, conditions: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(os.fspath(path), options, providers=["CPUExecutionProvider"])
+    return session.run(["showers"], {"z": z, "conditions": conditions})[0]
+
+
+def parity(decoder: PhysicalDecoder, path: Path, *, n: int = 200, seed: int = 123) -> dict:
+    """Compare torch and ONNX Runtime on the same z and energies spanning the training range."""
+    spec_min, spec_max = decoder.log_e_min, decoder.log_e_min + 2.0 / decoder.c_scale
+    energy = np.exp(np.linspace(spec_min, spec_max, n)).astype(np.float32)[:, None]
+    z = np.random.default_rng(seed).standard_normal((n, decoder.prior_mean.shape[0])).astype(np.float32)
+    with torch.no_grad():
+        expected = decoder(torch.from_numpy(z), torch.from_numpy(energy)).numpy().astype(np.float64)
+    got = _ort_run(path, z, energy).astype(np.float64)
+    sum_err = np.abs(got.sum(1) - expected.sum(1)) / np.maximum(expected.sum(1), 1e-30)
+    # Voxels within 1 % of the threshold may legitimately land on either side of it.
+    clear = expected > decoder.threshold * 1.01
+    voxel_err = np.abs(got - expected)[clear] / expected[clear]
+    flipped = int(((expected > 0) != (got > 0)).sum())
+    return {
+        "n": n,
+        "max_rel_error_sum": float(sum_err.max()),
+        "max_rel_error_voxel": float(voxel_err.max()) if voxel_err.size else 0.0,
+        "mean_rel_error_voxel": float(voxel_err.mean()) if voxel_err.size else 0.0,
+        "threshold_flips": flipped,
+        "voxels_compared": int(clear.sum()),
+    }
+
+
+def export(run: str | os.PathLike, output: str | os.PathLike, *, precision: str = "fp32",
+           checkpoint: str = "best.pt", name: str | None = None, version: str = "1.0.0",
+           metrics: dict | None = None, log=print) -> dict:
+    """Export ``run``'s decoder to ``output`` (see the module docstring); returns a report dict."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"--precision: expected one of {list(PRECISIONS)}, got {precision!r}")
+    run = Path(run)
+    ckpt_path = run / checkpoint if run.is_dir() else run
+    if not ckpt_path.is_file():
+        raise ValueError(f"RUN: no checkpoint {ckpt_path} (expected a run folder holding {checkpoint} or a .pt file)")
+    output = Path(output)
+    if output.suffix != ".onnx":
+        raise ValueError(f"--output: expected a path ending in .onnx, got {os.fspath(output)!r}")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    ckpt = load_checkpoint(ckpt_path)
+    decoder = physical_decoder_from_checkpoint(ckpt)
+    name = name or output.stem
+    spec = build_spec(ckpt, decoder, name=name, version=version, precision=precision, metrics=metrics)
+
+    partial = output.with_name(f".{output.stem}.partial.onnx")
+    fp32_path = output.with_name(f".{output.stem}.fp32.partial.onnx")
+    try:
+        import onnx
+
+        _trace(decoder, fp32_path)
+        model = onnx.load(os.fspath(fp32_path))
+        if precision == "fp16":
+            model = _to_fp16(model)
+        # IR 9 keeps the file loadable by ONNX Runtime releases before 1.20.
+        model.ir_version = IR_VERSION
+        model.producer_name, model.producer_version = "fastsim", fastsim.__version__
+        model.doc_string = f"fastsim decoder {name} {version} ({precision}); spec in metadata_props[{'fastsim.spec'!r}]"
+        embed_spec(model, spec)
+        onnx.checker.check_model(model, full_check=True)
+        onnx.save(model, os.fspath(partial))
+        if precision == "int8":
+            from training.quantize import quantize_model  # owned by the benchmark engineer
+
+            quantize_model(partial, partial)
+
+        fastsim.load(os.fspath(partial), device="cpu", threads=1)  # the runtime's own spec check
+        report = {"output": os.fspath(output), "precision": precision, "opset": OPSET, "ir_version": IR_VERSION,
+                  "latent_dim": spec.latent_dim, "parameters": spec.training["parameters"],
+                  "flops_per_shower": spec.training["flops_per_shower"]}
+        checks = parity(decoder, partial)
+        report["parity"] = checks
+        if precision == "fp32":
+            if checks["max_rel_error_sum"] > SUM_TOLERANCE or checks["max_rel_error_voxel"] > VOXEL_TOLERANCE:
+                raise ExportError(
+                    f"torch/ONNX Runtime parity failed: max relative error {checks['max_rel_error_sum']:.2e} "
+                    f"on summed energy (limit {SUM_TOLERANCE:g}), {checks['max_rel_error_voxel']:.2e} per voxel "
+                    f"(limit {VOXEL_TOLERANCE:g})")
+        os.replace(partial, output)
+    finally:
+        for leftover in (partial, fp32_path):
+            leftover.unlink(missing_ok=True)
+    report["sha256"] = sha256(output)
+    report["bytes"] = output.stat().st_size
+    log(f"exported {output} ({report['bytes'] / 1e6:.2f} MB, {precision}, sha256 {report['sha256'][:16]}...): "
+        f"parity max rel. error {checks['max_rel_error_sum']:.2e} (sum), {checks['max_rel_error_voxel']:.2e} (voxel)")
+    return report

@@ -1,0 +1,475 @@
+"""The training loop: config, epochs, checkpoints, loss curves, early stopping.
+
+``train(config, data, out)`` trains a :class:`~training.model.ShowerVAE` on a
+CaloChallenge file and writes a run folder::
+
+    runs/NAME/config.json     the resolved config (+ data description)
+    runs/NAME/last.pt         checkpoint after the latest epoch (for --resume)
+    runs/NAME/best.pt         checkpoint with the best validation figure of merit
+    runs/NAME/history.csv     per-epoch losses and validation figures (+ .json, + .png)
+
+Checkpoints are plain dicts of tensors and numbers, loadable with
+``torch.load(path, weights_only=True)``.
+
+Early stopping watches a figure of merit on generated showers, not the loss:
+after every epoch the aggregate posterior of the training sample is fitted
+with a Gaussian (mean + Cholesky factor, the prior the export folds into the
+graph), the physical decoder draws one shower per validation energy, and
+:func:`fastsim.validate.quick_figure_of_merit` compares them with the
+validation showers (lower is better).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import time
+import tomllib
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fastsim.geometry import CylindricalGeometry, default_geometry
+from training.data import ResponseFit, ShowerTensors, load_showers
+from training.model import ModelConfig, PhysicalDecoder, ShowerVAE, count_parameters, decoder_flops
+
+__all__ = [
+    "DataConfig",
+    "TrainConfig",
+    "fit_latent_prior",
+    "generate_showers",
+    "load_checkpoint",
+    "load_config",
+    "physical_decoder_from_checkpoint",
+    "response_table",
+    "train",
+]
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """The ``[data]`` table: condition range, threshold, validation split."""
+
+    e_min: float = 1000.0
+    e_max: float = 1_000_000.0
+    threshold: float = 0.01515
+    max_showers: int = 0  # 0 = all
+    val_fraction: float = 0.1  # used only when no separate validation file is given
+    max_val_showers: int = 0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The ``[train]`` table: optimisation, loss weights, stopping."""
+
+    epochs: int = 30
+    batch_size: int = 512
+    lr: float = 2e-3
+    lr_final_fraction: float = 0.05
+    weight_decay: float = 0.0
+    beta: float = 0.05
+    kl_warmup_epochs: float = 2.0
+    u_weight: float = 50.0
+    shape_weight: float = 1.0
+    seed: int = 1
+    patience: int = 8
+    prior: str = "aggregate"  # or "standard"
+    fom_showers: int = 10000
+    prior_fit_showers: int = 20000
+    threads: int = 0  # 0 = torch default
+    max_minutes: float = 0.0  # 0 = no wall-time cap
+
+
+def _table(cls, data: dict, name: str):
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"[{name}] config: unknown key(s) {unknown}; expected some of {sorted(known)}")
+    return cls(**data)
+
+
+def load_config(path: str | os.PathLike | None, overrides: dict | None = None) -> dict:
+    """Read a TOML config into {"name", "data", "model", "train"} dataclasses.
+
+    ``overrides`` maps "table.key" to a value (command-line options).
+    """
+    raw: dict = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                raw = tomllib.load(f)
+        except FileNotFoundError:
+            raise ValueError(f"--config: file {os.fspath(path)!r} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ValueError(f"--config: {os.fspath(path)!r} is not valid TOML: {exc}") from None
+    unknown = sorted(set(raw) - {"name", "description", "data", "model", "train"})
+    if unknown:
+        raise ValueError(f"config: unknown table(s) {unknown}; expected name, description, data, model, train")
+    tables = {k: dict(raw.get(k, {})) for k in ("data", "model", "train")}
+    for dotted, value in (overrides or {}).items():
+        table, key = dotted.split(".")
+        tables[table][key] = value
+    return {
+        "name": raw.get("name", "calo-electron"),
+        "description": raw.get("description", ""),
+        "data": _table(DataConfig, tables["data"], "data"),
+        "model": ModelConfig.from_dict(tables["model"]),
+        "train": _table(TrainConfig, tables["train"], "train"),
+    }
+
+
+def _config_to_dict(config: dict) -> dict:
+    return {
+        "name": config["name"],
+        "description": config["description"],
+        "data": asdict(config["data"]),
+        "model": config["model"].to_dict(),
+        "train": asdict(config["train"]),
+    }
+
+
+def _config_from_dict(data: dict) -> dict:
+    return {
+        "name": data["name"],
+        "description": data.get("description", ""),
+        "data": DataConfig(**data["data"]),
+        "model": ModelConfig(**data["model"]),
+        "train": TrainConfig(**data["train"]),
+    }
+
+
+# -- latent prior and generation ------------------------------------------------
+
+
+@torch.no_grad()
+def fit_latent_prior(vae: ShowerVAE, tensors: ShowerTensors, n_max: int, seed: int,
+                     batch_size: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and Cholesky factor of the aggregate posterior q(z) = E_x q(z | x)."""
+    vae.eval()
+    n = min(tensors.n, n_max) if n_max > 0 else tensors.n
+    gen = torch.Generator().manual_seed(seed)
+    device = next(vae.parameters()).device
+    samples = []
+    for start in range(0, n, batch_size):
+        sl = slice(start, min(n, start + batch_size))
+        mean, log_var = vae.encode(tensors.condition[sl].to(device), tensors.v[sl].to(device),
+                                   tensors.fractions[sl].to(device))
+        eps = torch.randn(mean.shape, generator=gen).to(device)
+        samples.append((mean + eps * torch.exp(0.5 * log_var)).double().cpu())
+    z = torch.cat(samples)
+    mu = z.mean(0)
+    cov = torch.cov(z.T) + 1e-6 * torch.eye(z.shape[1], dtype=z.dtype)
+    return mu.float(), torch.linalg.cholesky(cov).float()
+
+
+@torch.no_grad()
+def generate_showers(decoder: PhysicalDecoder, energy_mev: np.ndarray, seed: int,
+                     batch_size: int = 2048) -> np.ndarray:
+    """Showers (N, n_voxels) float32 MeV for the given incident energies, z ~ N(0, I)."""
+    decoder.eval()
+    device = decoder.prior_mean.device
+    gen = torch.Generator().manual_seed(seed)
+    d = decoder.prior_mean.shape[0]
+    out = []
+    for start in range(0, len(energy_mev), batch_size):
+        e = torch.as_tensor(np.asarray(energy_mev[start:start + batch_size], np.float32)[:, None])
+        z = torch.randn((e.shape[0], d), generator=gen)
+        out.append(decoder(z.to(device), e.to(device)).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, decoder.vae.n_layers * decoder.vae.voxels_per_layer), np.float32)
+
+
+def _reference_showers(tensors: ShowerTensors, response: ResponseFit, n: int, e_min: float, e_max: float) -> np.ndarray:
+    """MeV showers rebuilt from the stored factorisation (float16 fractions: 1e-3 relative)."""
+    c = tensors.condition[:n, 0].double().numpy()
+    u = np.exp(response.mean(c) + response.sigma(c) * tensors.v[:n, 0].double().numpy())
+    return (tensors.fractions[:n].float().numpy() * (tensors.energy[:n].numpy() * u)[:, None]).astype(np.float32)
+
+
+def response_table(energy: np.ndarray, gen_total: np.ndarray, ref_total: np.ndarray, n_bins: int = 10,
+                   e_min: float | None = None, e_max: float | None = None) -> list[dict]:
+    """Per log-energy bin: mean response and relative resolution of generated / reference."""
+    e_min = float(energy.min()) if e_min is None else e_min
+    e_max = float(energy.max()) if e_max is None else e_max
+    edges = np.geomspace(e_min, e_max, n_bins + 1)
+    which = np.clip(np.searchsorted(edges, energy, side="right") - 1, 0, n_bins - 1)
+    rows = []
+    for k in range(n_bins):
+        sel = which == k
+        if sel.sum() < 2:
+            continue
+        g = gen_total[sel] / energy[sel]
+        r = ref_total[sel] / energy[sel]
+        rows.append({
+            "e_low": float(edges[k]), "e_high": float(edges[k + 1]), "n": int(sel.sum()),
+            "response_ratio": float(g.mean() / r.mean()),
+            "resolution_ratio": float((g.std() / g.mean()) / (r.std() / r.mean())),
+        })
+    return rows
+
+
+def _reference_features(energy: np.ndarray, reference: np.ndarray, geometry: CylindricalGeometry, threshold: float):
+    """The validation showers' features, computed once and reused every epoch."""
+    from fastsim.features import compute_features
+
+    return compute_features((energy, reference), geometry, threshold=threshold)
+
+
+def _figure_of_merit(energy: np.ndarray, generated: np.ndarray, reference_features,
+                     geometry: CylindricalGeometry, threshold: float) -> float:
+    from fastsim.validate import quick_figure_of_merit
+
+    return float(quick_figure_of_merit((energy, generated), reference_features, geometry=geometry,
+                                       threshold=threshold))
+
+
+# -- checkpoints -------------------------------------------------------------------
+
+
+def _atomic_save(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """Load a checkpoint written by :func:`train` (safe: ``weights_only=True``)."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def physical_decoder_from_checkpoint(checkpoint: dict, geometry: CylindricalGeometry | None = None) -> PhysicalDecoder:
+    """Rebuild the physical-units decoder (prior folded in) from a checkpoint dict."""
+    config = _config_from_dict(json.loads(checkpoint["config_json"]))
+    geometry = geometry or CylindricalGeometry.from_dict(json.loads(checkpoint["geometry_json"]))
+    vae = _build_vae(config["model"], geometry)
+    vae.load_state_dict(checkpoint["model"])
+    data = config["data"]
+    decoder = PhysicalDecoder(vae, ResponseFit.from_dict(json.loads(checkpoint["response_json"])),
+                              e_min=data.e_min, e_max=data.e_max, threshold=data.threshold,
+                              prior_mean=checkpoint["prior_mean"], prior_chol=checkpoint["prior_chol"])
+    return decoder.eval()
+
+
+def _build_vae(model_config: ModelConfig, geometry: CylindricalGeometry) -> ShowerVAE:
+    if not geometry.uniform:
+        raise ValueError("geometry: the VAE needs every layer binned the same way (a uniform geometry); "
+                         f"got layers with {sorted({layer.n_voxels for layer in geometry.layers})} voxels")
+    return ShowerVAE(model_config, geometry.n_layers, geometry.layers[0].n_voxels)
+
+
+# -- the loop ----------------------------------------------------------------------
+
+
+def _write_history(out: Path, history: list[dict]) -> None:
+    if not history:
+        return
+    keys = list(history[0])
+    for row in history[1:]:
+        keys += [k for k in row if k not in keys]
+    tmp = out / "history.csv.tmp"
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(history)
+    os.replace(tmp, out / "history.csv")
+    (out / "history.json").write_text(json.dumps(history, indent=1))
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # plots are optional; the CSV/JSON are the record
+        return
+    epochs = [row["epoch"] for row in history]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for key, style in [("train_loss", "-"), ("val_loss", "--")]:
+        axes[0].plot(epochs, [row[key] for row in history], style, label=key)
+    axes[0].set_ylabel("loss (per shower)")
+    for key in ["train_shape", "val_shape"]:
+        axes[1].plot(epochs, [row[key] for row in history], label=key)
+    axes[1].set_ylabel("shape cross-entropy")
+    axes[2].plot(epochs, [row["fom"] for row in history], "o-", label="validation FOM")
+    axes[2].set_ylabel("figure of merit (lower is better)")
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "history.png.tmp.png", dpi=90)
+    plt.close(fig)
+    os.replace(out / "history.png.tmp.png", out / "history.png")
+
+
+def _evaluate_loss(vae: ShowerVAE, tensors: ShowerTensors, tcfg: TrainConfig, beta: float, device) -> dict:
+    vae.eval()
+    sums: dict[str, float] = {}
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(tcfg.seed + 7)
+        for start in range(0, tensors.n, 4096):
+            sl = slice(start, start + 4096)
+            terms = vae.loss(tensors.condition[sl].to(device), tensors.v[sl].to(device),
+                             tensors.fractions[sl].to(device), beta=beta, u_weight=tcfg.u_weight,
+                             shape_weight=tcfg.shape_weight)
+            k = tensors.condition[sl].shape[0]
+            for key, value in terms.items():
+                sums[key] = sums.get(key, 0.0) + float(value) * k
+    return {key: value / tensors.n for key, value in sums.items()}
+
+
+def train(config: dict, data: str | os.PathLike, out: str | os.PathLike, *,
+          validation: str | os.PathLike | None = None, resume: bool = False,
+          geometry: CylindricalGeometry | None = None, progress: bool = True,
+          log=print) -> dict:
+    """Train per ``config`` (see :func:`load_config`) on ``data``; returns a summary dict."""
+    from tqdm import tqdm
+
+    dcfg: DataConfig = config["data"]
+    tcfg: TrainConfig = config["train"]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if tcfg.threads > 0:
+        torch.set_num_threads(tcfg.threads)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    geometry = geometry or default_geometry()
+    torch.manual_seed(tcfg.seed)
+
+    t_load = time.perf_counter()
+    max_train = dcfg.max_showers or None
+    train_set, response = load_showers(data, e_min=dcfg.e_min, e_max=dcfg.e_max, geometry=geometry,
+                                       max_showers=max_train)
+    if validation is not None:
+        val_set, _ = load_showers(validation, e_min=dcfg.e_min, e_max=dcfg.e_max, response=response,
+                                  geometry=geometry, max_showers=dcfg.max_val_showers or None)
+    else:
+        n_val = max(1, int(round(train_set.n * dcfg.val_fraction)))
+        if n_val >= train_set.n:
+            raise ValueError(f"--data: {train_set.n} showers are too few to split off a validation set")
+        val_set = ShowerTensors(*(getattr(train_set, k)[-n_val:] for k in ("energy", "condition", "v", "fractions")), 0)
+        train_set = ShowerTensors(*(getattr(train_set, k)[:-n_val] for k in ("energy", "condition", "v", "fractions")),
+                                  train_set.n_dropped)
+    log(f"data: {train_set.n} training showers ({train_set.n_dropped} empty dropped), "
+        f"{val_set.n} validation showers, loaded in {time.perf_counter() - t_load:.0f} s")
+
+    vae = _build_vae(config["model"], geometry)
+    vae.fit_input_scaling(train_set.condition, train_set.v, train_set.fractions)
+    vae.to(device)
+    optimiser = torch.optim.Adam(vae.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+    steps_per_epoch = math.ceil(train_set.n / tcfg.batch_size)
+    total_steps = steps_per_epoch * tcfg.epochs
+    warmup_steps = max(1, int(tcfg.kl_warmup_epochs * steps_per_epoch))
+
+    def lr_at(step: int) -> float:
+        frac = min(1.0, step / max(1, total_steps))
+        return tcfg.lr * (tcfg.lr_final_fraction + (1 - tcfg.lr_final_fraction) * 0.5 * (1 + math.cos(math.pi * frac)))
+
+    config_dict = _config_to_dict(config)
+    data_info = {"train": os.fspath(data), "validation": os.fspath(validation) if validation else None,
+                 "n_train": train_set.n, "n_validation": val_set.n, "n_dropped": train_set.n_dropped}
+    meta = {
+        "config_json": json.dumps(config_dict),
+        "response_json": json.dumps(response.to_dict()),
+        "geometry_json": json.dumps(geometry.to_dict()),
+        "data_json": json.dumps(data_info),
+    }
+    (out / "config.json").write_text(json.dumps({**config_dict, "data_files": data_info,
+                                                  "response": response.to_dict()}, indent=1))
+
+    history: list[dict] = []
+    start_epoch, best_fom, best_epoch, elapsed_before = 0, math.inf, -1, 0.0
+    if resume and (out / "last.pt").exists():
+        ckpt = load_checkpoint(out / "last.pt")
+        vae.load_state_dict(ckpt["model"])
+        optimiser.load_state_dict(ckpt["optimizer"])
+        torch.set_rng_state(ckpt["rng_state"])
+        history = json.loads(ckpt["history_json"])
+        start_epoch, best_fom, best_epoch = ckpt["epoch"] + 1, ckpt["best_fom"], ckpt["best_epoch"]
+        elapsed_before = ckpt["train_seconds"]
+        log(f"resumed from {out / 'last.pt'} after epoch {ckpt['epoch']}")
+    elif resume:
+        log(f"--resume: no checkpoint in {out}, starting afresh")
+
+    n_fom = min(val_set.n, tcfg.fom_showers)
+    fom_energy = val_set.energy[:n_fom].numpy()
+    fom_reference = _reference_showers(val_set, response, n_fom, dcfg.e_min, dcfg.e_max)
+    fom_reference_features = _reference_features(fom_energy, fom_reference, geometry, dcfg.threshold)
+    log(f"model: {count_parameters(vae)} parameters ({count_parameters(vae.trunk) + count_parameters(vae.v_head) + count_parameters(vae.layer_head) + count_parameters(vae.voxel_head)} in the decoder), "
+        f"{decoder_flops(vae) / 1e6:.2f} MFLOP per decoded shower; device {device}, {torch.get_num_threads()} threads")
+
+    t_start = time.perf_counter()
+    epochs_without_gain = history[-1]["epoch"] - best_epoch if history else 0
+    for epoch in range(start_epoch, tcfg.epochs):
+        t_epoch = time.perf_counter()
+        vae.train()
+        perm = torch.randperm(train_set.n, generator=torch.Generator().manual_seed(tcfg.seed * 100003 + epoch))
+        sums = {"loss": 0.0, "response": 0.0, "shape": 0.0, "kl": 0.0}
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{tcfg.epochs}", disable=not progress,
+                   mininterval=5.0, leave=False)
+        for i in bar:
+            step = epoch * steps_per_epoch + i
+            for group in optimiser.param_groups:
+                group["lr"] = lr_at(step)
+            beta = tcfg.beta * min(1.0, step / warmup_steps)
+            idx = perm[i * tcfg.batch_size:(i + 1) * tcfg.batch_size]
+            terms = vae.loss(train_set.condition[idx].to(device), train_set.v[idx].to(device),
+                             train_set.fractions[idx].to(device), beta=beta, u_weight=tcfg.u_weight,
+                             shape_weight=tcfg.shape_weight)
+            optimiser.zero_grad(set_to_none=True)
+            terms["loss"].backward()
+            torch.nn.utils.clip_grad_norm_(vae.parameters(), 10.0)
+            optimiser.step()
+            for key in sums:
+                sums[key] += float(terms[key].detach()) * len(idx)
+            if i % 20 == 0:
+                bar.set_postfix(loss=f"{float(terms['loss'].detach()):.3f}", kl=f"{float(terms['kl'].detach()):.1f}")
+        bar.close()
+        train_terms = {key: value / train_set.n for key, value in sums.items()}
+        val_terms = _evaluate_loss(vae, val_set, tcfg, tcfg.beta, device)
+
+        if tcfg.prior == "aggregate":
+            prior_mean, prior_chol = fit_latent_prior(vae, train_set, tcfg.prior_fit_showers, tcfg.seed)
+        else:
+            d = config["model"].latent_dim
+            prior_mean, prior_chol = torch.zeros(d), torch.eye(d)
+        decoder = PhysicalDecoder(vae, response, e_min=dcfg.e_min, e_max=dcfg.e_max, threshold=dcfg.threshold,
+                                  prior_mean=prior_mean.to(device), prior_chol=prior_chol.to(device))
+        generated = generate_showers(decoder, fom_energy, seed=tcfg.seed + 1)
+        fom = _figure_of_merit(fom_energy, generated, fom_reference_features, geometry, dcfg.threshold)
+        table = response_table(fom_energy, generated.sum(1), fom_reference.sum(1), e_min=dcfg.e_min, e_max=dcfg.e_max)
+        worst_resp = max(abs(r["response_ratio"] - 1) for r in table)
+        worst_res = max(abs(r["resolution_ratio"] - 1) for r in table)
+
+        elapsed = elapsed_before + time.perf_counter() - t_start
+        row = {"epoch": epoch, "lr": lr_at((epoch + 1) * steps_per_epoch), "seconds": round(time.perf_counter() - t_epoch, 1),
+               **{f"train_{k}": v for k, v in train_terms.items()}, **{f"val_{k}": v for k, v in val_terms.items()},
+               "fom": fom, "worst_response_dev": worst_resp, "worst_resolution_dev": worst_res}
+        history.append(row)
+        improved = fom < best_fom
+        if improved:
+            best_fom, best_epoch = fom, epoch
+        ckpt = {
+            "epoch": epoch, "model": {k: v.cpu() for k, v in vae.state_dict().items()},
+            "optimizer": optimiser.state_dict(), "rng_state": torch.get_rng_state(),
+            "prior_mean": prior_mean.cpu(), "prior_chol": prior_chol.cpu(),
+            "best_fom": best_fom, "best_epoch": best_epoch, "fom": fom, "train_seconds": elapsed,
+            "history_json": json.dumps(history), **meta,
+        }
+        _atomic_save(ckpt, out / "last.pt")
+        if improved:
+            _atomic_save({k: v for k, v in ckpt.items() if k != "optimizer"}, out / "best.pt")
+        _write_history(out, history)
+        log(f"epoch {epoch + 1}/{tcfg.epochs}: loss {train_terms['loss']:.4f} (val {val_terms['loss']:.4f}), "
+            f"shape {val_terms['shape']:.4f}, response {val_terms['response']:.4f}, kl {val_terms['kl']:.2f}, "
+            f"FOM {fom:.5f}{' *' if improved else ''}, worst response {worst_resp:.4f}, "
+            f"worst resolution {worst_res:.4f} [{row['seconds']:.0f} s]")
+        epochs_without_gain = 0 if improved else epochs_without_gain + 1
+        if epochs_without_gain >= tcfg.patience:
+            log(f"early stop: no FOM gain for {tcfg.patience} epochs (best {best_fom:.5f} at epoch {best_epoch + 1})")
+            break
+        epoch_seconds = time.perf_counter() - t_epoch
+        if tcfg.max_minutes > 0 and elapsed + epoch_seconds > 60 * tcfg.max_minutes:
+            log(f"stopping: another epoch would pass the {tcfg.max_minutes} min wall-time cap")
+            break
+    return {"best_fom": best_fom, "best_epoch": best_epoch, "epochs_run": len(history),
+            "train_seconds": elapsed_before + time.perf_counter() - t_start, "out": os.fspath(out)}
