@@ -5,14 +5,15 @@ fill the conditions (a constant incident energy) and run the decoder once.
 C++: ``fastsim-cpp MODEL --n N --energy E --batch 4096 --threads T --json``
 (its own timer covers drawing and Run, not loading the model). Python:
 ``Generator.generate(N, incident_energy=E, batch_size=4096)`` wall time after
-a warm-up call. Each figure is the median of ``--repeats`` runs; the ratio
-compares medians taken in the same run on the same machine. For reference the
+a warm-up call. The runs alternate (C++, Python, C++, ...) so that a shared
+machine's changing load hits both alike; each figure is the median of
+``--repeats`` runs and the ratio compares those medians. For reference the
 C++ demo is also timed at batch 1, one shower per Run, the pattern of
 examples that call the model once per Geant4 particle. The model is the
 bundled exported/calo-electron.onnx, or, before it exists, the synthetic
 decoder of the same shape (benchmarks/synthetic_decoder.py), as recorded.
 
-    .venv/bin/python benchmarks/bench_embedding.py --threads 1,2 --n 32768
+    .venv/bin/python benchmarks/bench_embedding.py --threads 1,2 --n 16384
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import fastsim  # noqa: E402
 from fastsim.bench import machine_info  # noqa: E402
 
-__all__ = ["main", "measure_cpp", "measure_python"]
+__all__ = ["cpp_rate", "main", "measure", "python_rate"]
 
 BUNDLED = ROOT / "exported" / "calo-electron.onnx"
 RESULTS = ROOT / "benchmarks" / "results"
@@ -50,27 +51,35 @@ def build_demo(build_dir: Path) -> Path:
     return Path(result.stdout.strip().splitlines()[-1])
 
 
-def measure_cpp(demo: Path, model: Path, *, n: int, batch: int, threads: int, energy: float,
-                repeats: int) -> dict:
-    rates = []
-    for seed in range(repeats + 1):  # the first run warms the page cache; not counted
-        out = subprocess.run([str(demo), str(model), "--n", str(n), "--energy", repr(energy), "--batch", str(batch),
-                              "--threads", str(threads), "--seed", str(seed), "--json"],
-                             capture_output=True, text=True, check=True)
-        if seed:
-            rates.append(json.loads(out.stdout)["showers_per_second"])
-    return {"median_showers_per_s": statistics.median(rates), "runs_showers_per_s": rates}
+def cpp_rate(demo: Path, model: Path, *, n: int, batch: int, threads: int, energy: float, seed: int) -> float:
+    """Showers/s of one fastsim-cpp run (its own timer: drawing latents and Run, not loading)."""
+    out = subprocess.run([str(demo), str(model), "--n", str(n), "--energy", repr(energy), "--batch", str(batch),
+                          "--threads", str(threads), "--seed", str(seed), "--json"],
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)["showers_per_second"]
 
 
-def measure_python(model: Path, *, n: int, batch: int, threads: int, energy: float, repeats: int) -> dict:
+def python_rate(generator, *, n: int, batch: int, energy: float, seed: int) -> float:
+    """Showers/s of one Generator.generate call (wall time)."""
+    start = time.perf_counter()
+    generator.generate(n, incident_energy=energy, batch_size=batch, seed=seed)
+    return n / (time.perf_counter() - start)
+
+
+def measure(demo: Path, model: Path, *, n: int, single_n: int, batch: int, threads: int, energy: float,
+            repeats: int) -> dict:
+    """C++ and Python runs interleaved, so the machine's load drifts over both alike."""
     generator = fastsim.load(model, device="cpu", threads=threads)
     generator.generate(batch, incident_energy=energy, batch_size=batch)  # warm-up
-    rates = []
+    cpp_rate(demo, model, n=batch, batch=batch, threads=threads, energy=energy, seed=0)  # page cache
+    runs: dict[str, list[float]] = {"cpp": [], "python": [], "cpp_batch_1": []}
     for seed in range(repeats):
-        start = time.perf_counter()
-        generator.generate(n, incident_energy=energy, batch_size=batch, seed=seed)
-        rates.append(n / (time.perf_counter() - start))
-    return {"median_showers_per_s": statistics.median(rates), "runs_showers_per_s": rates}
+        runs["cpp"].append(cpp_rate(demo, model, n=n, batch=batch, threads=threads, energy=energy, seed=seed))
+        runs["python"].append(python_rate(generator, n=n, batch=batch, energy=energy, seed=seed))
+        runs["cpp_batch_1"].append(cpp_rate(demo, model, n=single_n, batch=1, threads=threads, energy=energy,
+                                            seed=seed))
+    return {key: {"median_showers_per_s": statistics.median(rates), "runs_showers_per_s": rates}
+            for key, rates in runs.items()}
 
 
 def toolchain(build_dir: Path) -> dict:
@@ -128,7 +137,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=None,
                         help="decoder to time (default: exported/calo-electron.onnx, else a synthetic stand-in)")
-    parser.add_argument("--n", type=int, default=32768, help="showers per timed run")
+    parser.add_argument("--n", type=int, default=16384, help="showers per timed run")
     parser.add_argument("--batch", type=int, default=4096, help="showers per ONNX Runtime Run")
     parser.add_argument("--threads", default="1,2", help="comma-separated intra-op thread counts")
     parser.add_argument("--single-n", type=int, default=1024,
@@ -154,11 +163,10 @@ def main(argv: list[str] | None = None) -> None:
         loadavg_before = [round(x, 2) for x in os.getloadavg()]
         results = []
         for threads in (int(t) for t in args.threads.split(",")):
-            common = dict(n=args.n, batch=args.batch, threads=threads, energy=args.energy, repeats=args.repeats)
-            cpp = measure_cpp(demo, model, **common)
-            python = measure_python(model, **common)
-            single = measure_cpp(demo, model, **{**common, "n": args.single_n, "batch": 1})
-            results.append({"threads": threads, "cpp": cpp, "python": python, "cpp_batch_1": single,
+            row = measure(demo, model, n=args.n, single_n=args.single_n, batch=args.batch, threads=threads,
+                          energy=args.energy, repeats=args.repeats)
+            cpp, python = row["cpp"], row["python"]
+            results.append({"threads": threads, **row,
                             "cpp_over_python": cpp["median_showers_per_s"] / python["median_showers_per_s"]})
             print(f"threads {threads}: C++ {cpp['median_showers_per_s']:,.0f}/s, "
                   f"Python {python['median_showers_per_s']:,.0f}/s", file=sys.stderr)

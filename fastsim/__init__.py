@@ -16,24 +16,33 @@ from fastsim.errors import (
     ProviderError,
     SpecError,
 )
+from fastsim.dataset import ShowerFile, open_showers
+from fastsim.distributed import open_dataset  # imports dask only when a cluster is used
 from fastsim.generator import Generator, load
+from fastsim.geometry import CylindricalGeometry, Layer, default_geometry
 from fastsim.models import bundled_models
 from fastsim.spec import ModelSpec, read_spec
 
 __all__ = [
     "ArgumentError",
     "ConditionError",
+    "CylindricalGeometry",
     "DataError",
     "FastsimError",
     "FastsimWarning",
     "Generator",
+    "Layer",
     "ModelError",
     "ModelSpec",
     "OutputError",
     "ProviderError",
+    "ShowerFile",
     "SpecError",
     "__version__",
     "bundled_models",
+    "default_geometry",
     "load",
+    "open_dataset",
+    "open_showers",
     "read_spec",
 ]

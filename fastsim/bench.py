@@ -12,8 +12,11 @@ This module owns the numbers ``fastsim bench`` and ``benchmarks/`` report:
 - decode throughput (showers/s) of an ONNX Runtime session over batch size,
   thread count and precision, as a fraction of the limit.
 
-Every ratio compares the same statistic (the median of repeated timings) of
-two measurements taken in one run on one machine. Nothing here asserts a speed.
+Limits are the best of repeated timings (a limit is the most the hardware
+does; on a shared machine the best repeat is the one least disturbed);
+throughputs are the median of repeated calls. A fraction of the limit is
+therefore never overstated by a disturbed limit measurement. Ratios are taken
+between measurements of one run on one machine. Nothing here asserts a speed.
 """
 
 from __future__ import annotations
@@ -38,12 +41,16 @@ __all__ = [
     "DEFAULT_BATCH_SIZES",
     "PRECISIONS",
     "DecodePoint",
+    "compute_limit",
+    "copy_bandwidth",
     "decode_inputs",
     "format_table",
     "machine_info",
     "matmul_limit",
+    "measure_decode",
     "model_flops",
     "physical_cores",
+    "run",
     "sgemm_limit",
     "sweep",
     "time_calls",
@@ -147,8 +154,8 @@ def time_calls(fn: Callable[[], Any], *, min_time: float = 0.3, min_calls: int =
     """Time ``fn()`` repeatedly (after ``warmup`` untimed calls) for ``min_time`` s and ``min_calls`` calls.
 
     Returns the median, best and mean seconds per call and the number of calls.
-    The median is the headline: on a shared machine it is robust to the odd
-    preempted call, and the same statistic is used on both sides of a ratio.
+    Throughputs quote the median (robust to the odd preempted call); limits
+    quote the best (see the module docstring).
     """
     for _ in range(warmup):
         fn()
@@ -210,16 +217,15 @@ def _numpy_sgemm(threads: int, size: int, repeats: int, extra_env: dict[str, str
     if proc.returncode != 0:
         raise FastsimError(f"sgemm measurement failed: {proc.stderr.strip().splitlines()[-1:]}")
     result = json.loads(proc.stdout)
-    median = statistics.median(result["times"])
     return {
-        "flop_per_s": 2.0 * size**3 / median,
-        "best_flop_per_s": 2.0 * size**3 / min(result["times"]),
+        "flop_per_s": 2.0 * size**3 / min(result["times"]),
+        "median_flop_per_s": 2.0 * size**3 / statistics.median(result["times"]),
         "blas": result["blas"],
         "env": extra_env,
     }
 
 
-def sgemm_limit(threads: int, *, size: int = 2048, repeats: int = 5) -> dict[str, Any]:
+def sgemm_limit(threads: int, *, size: int = 2048, repeats: int = 10) -> dict[str, Any]:
     """Large-matrix float32 matmul FLOP/s with numpy on ``threads`` threads of these cores.
 
     OpenBLAS builds with runtime kernel selection do not always recognise new
@@ -244,10 +250,14 @@ def sgemm_limit(threads: int, *, size: int = 2048, repeats: int = 5) -> dict[str
     }
 
 
-def matmul_limit(threads: int, *, size: int = 2048, repeats: int = 5) -> dict[str, Any] | None:
-    """Large-matrix float32 MatMul FLOP/s inside ONNX Runtime (its own GEMM kernels), or None without onnx."""
+def matmul_limit(threads: int | None, *, size: int = 2048, repeats: int = 10,
+                 device: str = "cpu") -> dict[str, Any] | None:
+    """Large-matrix float32 MatMul FLOP/s inside ONNX Runtime (its own GEMM kernels), or None without onnx.
+
+    ``device="cuda"`` measures the GPU's matmul with the CUDA provider, inputs
+    and output bound on the device so no copy is timed (TF32 off: a float32 limit).
+    """
     try:
-        import onnx
         from onnx import TensorProto, helper, numpy_helper
     except ImportError:
         return None
@@ -264,26 +274,61 @@ def matmul_limit(threads: int, *, size: int = 2048, repeats: int = 5) -> dict[st
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = min(model.ir_version, 9)
     options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    if threads:
+        options.intra_op_num_threads = threads
+    if device == "cpu":
+        providers: list = ["CPUExecutionProvider"]
+    else:
+        options.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
+        providers = [("CUDAExecutionProvider", {"use_tf32": "0"})]
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=providers)
+    expected = "CPUExecutionProvider" if device == "cpu" else "CUDAExecutionProvider"
+    if session.get_providers()[0] != expected:
+        raise FastsimError(f"matmul limit: asked for {device} but ONNX Runtime used {session.get_providers()[0]}")
     a = rng.standard_normal((size, size), dtype=np.float32)
-    out = np.empty((size, size), np.float32)
     binding = session.io_binding()
-    binding.bind_cpu_input("a", a)
-    binding.bind_output("c", "cpu", 0, np.float32, out.shape, out.ctypes.data)
-    timing = time_calls(lambda: session.run_with_iobinding(binding), min_time=0.0, min_calls=repeats)
-    del onnx
+    if device == "cpu":
+        out = np.empty((size, size), np.float32)
+        binding.bind_cpu_input("a", a)
+        binding.bind_output("c", "cpu", 0, np.float32, out.shape, out.ctypes.data)
+    else:
+        binding.bind_ortvalue_input("a", ort.OrtValue.ortvalue_from_numpy(a, device, 0))
+        binding.bind_ortvalue_output("c", ort.OrtValue.ortvalue_from_shape_and_type((size, size), np.float32,
+                                                                                     device, 0))
+
+    def call() -> None:
+        session.run_with_iobinding(binding)
+        if device != "cpu":
+            binding.synchronize_outputs()
+
+    timing = time_calls(call, min_time=0.0, min_calls=repeats)
     return {
-        "flop_per_s": 2.0 * size**3 / timing["median_s"],
-        "best_flop_per_s": 2.0 * size**3 / timing["best_s"],
-        "source": "onnxruntime MatMul",
+        "flop_per_s": 2.0 * size**3 / timing["best_s"],
+        "median_flop_per_s": 2.0 * size**3 / timing["median_s"],
+        "source": f"onnxruntime MatMul ({device})",
         "threads": threads,
         "size": size,
     }
 
 
-def compute_limit(threads: int, *, size: int = 2048, repeats: int = 5) -> dict[str, Any]:
-    """The sgemm limit on ``threads`` threads: the best of numpy's and ONNX Runtime's large matmul."""
+def copy_bandwidth(*, device: str = "cuda", megabytes: int = 256, repeats: int = 5) -> dict[str, Any]:
+    """Device-to-host copy bandwidth (bytes/s) of a device buffer into pageable host memory, via ONNX Runtime.
+
+    This is the bound a decode whose output is copied to host memory meets:
+    showers/s <= bandwidth / bytes per shower. Pinned host memory (not
+    reachable from ONNX Runtime's Python API) can be faster; it is not measured here.
+    """
+    import onnxruntime as ort
+
+    n = megabytes * 2**20 // 4
+    source = ort.OrtValue.ortvalue_from_shape_and_type((n,), np.float32, device, 0)
+    timing = time_calls(source.numpy, min_time=0.0, min_calls=repeats)
+    return {"bytes_per_s": 4 * n / timing["best_s"], "median_bytes_per_s": 4 * n / timing["median_s"],
+            "bytes": 4 * n, "host_memory": "pageable", "source": "OrtValue.numpy()"}
+
+
+def compute_limit(threads: int, *, size: int = 2048, repeats: int = 10) -> dict[str, Any]:
+    """The CPU sgemm limit on ``threads`` threads: the best of numpy's and ONNX Runtime's large matmul."""
     numpy_limit = sgemm_limit(threads, size=size, repeats=repeats)
     ort_limit = matmul_limit(threads, size=size, repeats=repeats)
     best = numpy_limit
@@ -436,15 +481,15 @@ def variant_path(path: str | os.PathLike, precision: str) -> Path:
 
 @dataclass
 class DecodePoint:
-    """One measured point of a sweep: a model variant at one batch size and thread count."""
+    """One point of a sweep: a model variant at one batch size and thread count (None where skipped)."""
 
     precision: str
-    threads: int
+    threads: int | None
     batch_size: int
-    showers_per_s: float
-    us_per_shower: float
-    best_showers_per_s: float
-    calls: int
+    showers_per_s: float | None = None
+    us_per_shower: float | None = None
+    best_showers_per_s: float | None = None
+    calls: int = 0
     mode: str = "iobinding"
     fraction_of_limit: float | None = None
     skipped: str | None = None
@@ -515,18 +560,20 @@ def sweep(
     precisions: Sequence[str] = ("fp32",),
     device: str = "cpu",
     mode: str = "iobinding",
+    output_device: str = "cpu",
     min_time: float = 0.3,
     limits: dict[int, float] | None = None,
     flops_per_shower: float | None = None,
     max_memory: int | None = None,
     progress: Callable[[DecodePoint], None] | None = None,
 ) -> list[DecodePoint]:
-    """Decode throughput over batch size x threads x precision for one model.
+    """Decode throughput over precision x threads x batch size for one model.
 
-    ``limits`` maps a thread count to its FLOP/s limit; with ``flops_per_shower``
-    each point gets ``fraction_of_limit``. Batch sizes whose output and
-    intermediates would not fit in ``max_memory`` bytes (default: half the
-    available memory) are recorded as skipped, not run.
+    Sessions come from :func:`fastsim.session.make_session`, as ``fastsim
+    generate`` builds them. ``limits`` maps a thread count to its FLOP/s limit;
+    with ``flops_per_shower`` each point gets ``fraction_of_limit``. Batch sizes
+    whose output and intermediates would not fit in ``max_memory`` bytes
+    (default: half the available memory) are recorded as skipped, not run.
     """
     from fastsim.models import resolve_model
     from fastsim.session import make_session
@@ -535,24 +582,27 @@ def sweep(
     base = resolve_model(model)
     threads = list(threads) if threads else [physical_cores()]
     budget = max_memory if max_memory is not None else _available_memory() // 2
+    for precision in precisions:  # every variant must exist before anything is timed
+        if not variant_path(base, precision).is_file():
+            raise ModelError(f"precision {precision!r}: no variant file {str(variant_path(base, precision))!r} "
+                             f"beside {str(base)!r}")
     points: list[DecodePoint] = []
     for precision in precisions:
         path = variant_path(base, precision)
-        if not path.is_file():
-            raise ModelError(f"precision {precision!r}: no variant file {str(path)!r} beside {str(base)!r}")
         spec = read_spec(path)
         for n_threads in threads:
             session, provider = make_session(path, device=device, threads=n_threads)
             for batch in batch_sizes:
-                # Output plus a few same-sized intermediates (softmax, products).
+                # The output plus a few same-sized intermediates (softmaxes, products).
                 need = 4 * batch * _output_bytes(spec)
+                point = DecodePoint(precision, n_threads, batch, mode=mode, extra={"provider": provider})
                 if need > budget:
-                    point = DecodePoint(precision, n_threads, batch, math.nan, math.nan, math.nan, 0, mode,
-                                        skipped=f"needs ~{need / 2**30:.1f} GiB > budget {budget / 2**30:.1f} GiB")
+                    point.skipped = f"needs ~{need / 2**30:.1f} GiB > budget {budget / 2**30:.1f} GiB"
                 else:
-                    figures = measure_decode(session, spec, batch, mode=mode, min_time=min_time)
-                    point = DecodePoint(precision, n_threads, batch, mode=mode, **figures,
-                                        extra={"provider": provider})
+                    figures = measure_decode(session, spec, batch, mode=mode, output_device=output_device,
+                                             min_time=min_time)
+                    for key, value in figures.items():
+                        setattr(point, key, value)
                     limit = (limits or {}).get(n_threads)
                     if limit and flops_per_shower:
                         point.fraction_of_limit = point.showers_per_s * flops_per_shower / limit
@@ -563,6 +613,103 @@ def sweep(
     return points
 
 
+def _parse_list(text: str | Sequence, name: str, kind: type = int) -> list:
+    """'1,4,16' -> [1, 4, 16], naming the option in the error."""
+    items = text.split(",") if isinstance(text, str) else list(text)
+    values = []
+    for item in items:
+        try:
+            value = kind(item.strip()) if isinstance(item, str) else kind(item)
+        except ValueError:
+            value = None
+        if value is None or (kind is int and value <= 0):
+            raise FastsimError(f"{name}: expected a comma-separated list of positive integers, got {text!r}")
+        values.append(value)
+    if not values:
+        raise FastsimError(f"{name}: expected at least one value, got {text!r}")
+    return values
+
+
+def run(
+    model: str | os.PathLike = "default",
+    *,
+    batch_sizes: Sequence[int] | str = DEFAULT_BATCH_SIZES,
+    threads: Sequence[int] | str | None = None,
+    precisions: Sequence[str] | str = ("fp32",),
+    device: str = "cpu",
+    mode: str = "iobinding",
+    min_time: float = 0.3,
+    limit: bool = True,
+    limit_size: int = 2048,
+    max_memory: int | None = None,
+    progress: Callable[[DecodePoint], None] | None = None,
+) -> dict[str, Any]:
+    """The whole ``fastsim bench`` measurement as one JSON-ready document.
+
+    Machine and versions, the model (path, sha256, FLOPs per shower), the
+    limits (CPU: sgemm per thread count; GPU: matmul and device-to-host copy
+    bandwidth), and the sweep points with their fraction of the limit.
+    """
+    from fastsim.models import resolve_model
+    from fastsim.spec import read_spec
+
+    batch_sizes = _parse_list(batch_sizes, "batch sizes")
+    threads = _parse_list(threads, "threads") if threads else sorted({1, physical_cores()})
+    precisions = [p.strip() for p in precisions.split(",")] if isinstance(precisions, str) else list(precisions)
+    for precision in precisions:
+        variant_path("x.onnx", precision)  # validates the name
+    if device not in ("cpu", "cuda"):
+        raise FastsimError(f"device: expected 'cpu' or 'cuda', got {device!r}")
+    path = resolve_model(model)
+    spec = read_spec(path)
+    doc: dict[str, Any] = {
+        "kind": "fastsim-bench/1",
+        "machine": machine_info(),
+        "model": {"path": str(path), "name": spec.name, "version": spec.version, "sha256": _sha256(path),
+                  "n_voxels": spec.n_voxels},
+        "settings": {"batch_sizes": batch_sizes, "threads": threads, "precisions": precisions, "device": device,
+                     "mode": mode, "min_time_s": min_time, "statistic": "throughput: median of calls; limits: best of repeats"},
+    }
+    try:
+        flops = model_flops(path)
+        doc["model"]["flops_per_shower"] = flops["flops_per_shower"]
+        doc["model"]["flops_by_op"] = flops["by_op"]
+    except FastsimError as exc:
+        flops = None
+        doc["model"]["flops_per_shower"] = None
+        doc["model"]["flops_note"] = str(exc)
+    limits: dict[int, float] = {}
+    if limit and device == "cpu":
+        doc["limits"] = {str(t): compute_limit(t, size=limit_size) for t in threads}
+        limits = {t: doc["limits"][str(t)]["flop_per_s"] for t in threads}
+    elif limit:
+        doc["limits"] = {"matmul": matmul_limit(None, size=limit_size, device=device),
+                         "device_to_host": copy_bandwidth(device=device)}
+        gpu_flops = (doc["limits"]["matmul"] or {}).get("flop_per_s")
+        limits = {t: gpu_flops for t in threads} if gpu_flops else {}
+    points = sweep(path, batch_sizes=batch_sizes, threads=threads, precisions=precisions, device=device,
+                   mode=mode, min_time=min_time, limits=limits,
+                   flops_per_shower=flops["flops_per_shower"] if flops else None,
+                   max_memory=max_memory, progress=progress)
+    doc["points"] = [p.to_dict() for p in points]
+    measured = [p for p in points if p.showers_per_s]
+    if measured:
+        best = max(measured, key=lambda p: p.showers_per_s)
+        doc["best"] = best.to_dict()
+    doc["machine"]["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
+    return doc
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def format_table(points: Iterable[DecodePoint]) -> str:
     """A Markdown table of sweep points: showers/s, µs/shower and fraction of the limit."""
     lines = [
@@ -570,7 +717,7 @@ def format_table(points: Iterable[DecodePoint]) -> str:
         "|---|---:|---:|---:|---:|---:|",
     ]
     for p in points:
-        if p.skipped:
+        if p.skipped or p.showers_per_s is None:
             lines.append(f"| {p.precision} | {p.threads} | {p.batch_size} | skipped: {p.skipped} | | |")
             continue
         fraction = "n/a" if p.fraction_of_limit is None else f"{p.fraction_of_limit:.2f}"

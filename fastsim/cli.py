@@ -45,7 +45,7 @@ def cli() -> None:
 
 
 @cli.command()
-@click.option("-n", "--n-showers", "n", type=int, default=None,
+@click.option("-n", "--n-showers", "n", type=click.IntRange(min=1), default=None,
               help="Number of showers to generate (default: one per value of an --energy FILE).")
 @click.option("--energy", default=None, metavar="VALUE|LO:HI|FILE",
               help="Incident energy: a constant (50GeV), a range sampled with the model's law (10GeV:1TeV), "
@@ -117,7 +117,7 @@ def generate(n, energy, output, model, spec_file, seed, batch_size, device, thre
             click.echo(f"wrote {summary['n']} showers in {summary['shards']} shards to {summary['out']} "
                        f"({len(summary['generated'])} generated, {len(summary['skipped'])} already done) in "
                        f"{summary['seconds']:.2f} s ({summary['showers_per_s']:.0f} showers/s, "
-                       f"{summary['workers']} workers)", err=True)
+                       + (f"{summary['workers']} Dask workers)" if dask_address else "in this process)"), err=True)
         return
 
     # Cheap checks first: a bad output path fails before the model is loaded.
@@ -130,7 +130,12 @@ def generate(n, energy, output, model, spec_file, seed, batch_size, device, thre
         conditions[energy_condition(generator.spec).name] = energy
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", fastsim.FastsimWarning)
-        plan = generator.plan(n, conditions or None, allow_extrapolation=allow_extrapolation)
+        try:
+            plan = generator.plan(n, conditions or None, allow_extrapolation=allow_extrapolation)
+        except fastsim.ConditionError as exc:
+            raise fastsim.ConditionError(f"--energy: {exc}" if energy is not None else str(exc)) from None
+        except fastsim.ArgumentError:
+            raise click.UsageError("-n/--n-showers is required unless --energy FILE gives one energy per shower")
     for warning in caught:
         click.echo(f"fastsim: warning: {warning.message}", err=True)
     bar = _progress_bar(plan.n, partial_progress(output) if resume else 0, quiet or as_json)
@@ -227,6 +232,109 @@ def models(as_json) -> None:
     for row in rows:
         mark = " (default)" if row["default"] else ""
         click.echo(f"{row['name']}{mark}  {row['version']}  {row['summary']}  {row['path']}")
+
+
+@cli.command()
+@click.argument("generated", metavar="GENERATED.h5")
+@click.argument("reference", metavar="REFERENCE.h5")
+@click.option("-o", "--output-dir", default="validation", show_default=True, type=click.Path(file_okay=False),
+              help="Report folder: metrics.json, report.md and PNG plots.")
+@click.option("--geometry", "geometry_xml", default=None, type=click.Path(dir_okay=False),
+              help="CaloChallenge binning XML (default: the files' own, else dataset 2).")
+@click.option("-n", "--n-showers", "n_max", default=None, type=click.IntRange(min=1),
+              help="Read at most this many showers from each file (default: all).")
+@click.option("--metrics", "groups", default="all", show_default=True, metavar="GROUP[,GROUP...]",
+              help="Metric groups: all, or some of separation, wasserstein, energy-bins, fpd, kpd, classifier, "
+                   "classifier-voxel.")
+@click.option("--classifier-showers", default=20_000, show_default=True, type=click.IntRange(min=50),
+              help="Showers per sample for the high-level classifier test (the voxel one uses a quarter).")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Seed of the subsampling and classifier training.")
+@click.option("--no-plots", is_flag=True, help="Write metrics.json and report.md only (no matplotlib needed).")
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON on stdout instead of a table.")
+def validate(generated, reference, output_dir, geometry_xml, n_max, groups, classifier_showers, seed, no_plots,
+             as_json) -> None:
+    """Compare generated showers with reference showers: CaloChallenge metrics, report and plots.
+
+    \b
+    $ fastsim validate generated.h5 reference.h5 -o report/
+    $ fastsim validate gen.h5 ref.h5 -n 20000 --metrics separation,classifier --json
+    """
+    from fastsim.geometry import CylindricalGeometry
+    from fastsim.validate import format_energy_table, format_table, write_report
+
+    geometry = CylindricalGeometry.from_xml(geometry_xml) if geometry_xml else None
+    result = write_report(generated, reference, output_dir, geometry, groups, n_max, plots=not no_plots,
+                          classifier_n=classifier_showers, voxel_classifier_n=max(50, classifier_showers // 4),
+                          seed=seed)
+    if as_json:
+        _echo_json(result)
+        return
+    click.echo(format_table(result))
+    energy = format_energy_table(result)
+    if energy:
+        click.echo("")
+        click.echo(energy)
+    click.echo(f"\nreport written to {output_dir}/ (metrics.json, report.md"
+               f"{', plots' if not no_plots else ''})", err=True)
+
+
+@cli.command()
+@click.argument("model", default="default", metavar="[MODEL]")
+@click.option("--batch-sizes", default="1,4,16,64,256,1024,4096,16384,65536", show_default=True,
+              help="Comma-separated batch sizes to sweep (sizes that would not fit in memory are skipped).")
+@click.option("--threads", default=None, metavar="N[,N...]",
+              help="Comma-separated intra-op thread counts (default: 1 and the physical cores).")
+@click.option("--precision", default="fp32", show_default=True, metavar="fp32[,int8,fp16]",
+              help="Comma-separated precisions; a variant is the file NAME-int8.onnx / NAME-fp16.onnx beside MODEL.")
+@click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]),
+              help="Execution device; the limit is sgemm FLOP/s on CPU, matmul and copy bandwidth on CUDA.")
+@click.option("--mode", default="iobinding", show_default=True, type=click.Choice(["iobinding", "run"]),
+              help="iobinding: preallocated output buffer, as generation uses; run: a new array per call.")
+@click.option("--min-time", default=0.3, show_default=True, type=click.FloatRange(min=0.0),
+              help="Seconds each point is timed for (at least 3 calls; the median counts).")
+@click.option("--no-limit", is_flag=True, help="Do not measure the hardware limit (no fraction column).")
+@click.option("--json", "as_json", is_flag=True, help="Print the full result document as JSON on stdout.")
+@click.option("-o", "--output", default=None, type=click.Path(dir_okay=False),
+              help="Also write the JSON result document to this file.")
+def bench(model, batch_sizes, threads, precision, device, mode, min_time, no_limit, as_json, output) -> None:
+    """Measure decode throughput: showers/s, µs/shower and fraction of the hardware limit.
+
+    Sweeps batch size x threads x precision with ONNX Runtime and reports each
+    point against the large-matrix sgemm FLOP/s measured on the same cores.
+
+    \b
+    $ fastsim bench
+    $ fastsim bench calo-electron --batch-sizes 64,1024 --threads 1,2 --precision fp32,int8
+    """
+    from fastsim import bench as bench_lib
+
+    def show(point) -> None:
+        if not as_json:
+            click.echo(f"  {point.precision} threads={point.threads} batch={point.batch_size}: "
+                       + (f"skipped ({point.skipped})" if point.skipped else
+                          f"{point.showers_per_s:,.0f} showers/s, {point.us_per_shower:.2f} µs/shower"),
+                       err=True)
+
+    doc = bench_lib.run(model, batch_sizes=batch_sizes, threads=threads, precisions=precision, device=device,
+                        mode=mode, min_time=min_time, limit=not no_limit, progress=show)
+    if output:
+        with open(output, "w") as fh:
+            json.dump(doc, fh, indent=2)
+    if as_json:
+        _echo_json(doc)
+        return
+    machine, spec = doc["machine"], doc["model"]
+    click.echo(f"{spec['name']} {spec['version']} ({spec['path']})")
+    click.echo(f"machine: {machine['cpu']}, {machine['physical_cores']} physical cores, "
+               f"load average {machine['loadavg'][0]:.2f}; onnxruntime {machine['versions']['onnxruntime']}")
+    flops = spec.get("flops_per_shower")
+    click.echo(f"model FLOPs per shower: {flops / 1e6:.3f} M" if flops else
+               f"model FLOPs per shower: unknown ({spec.get('flops_note')})")
+    for key, limit in (doc.get("limits") or {}).items():
+        if limit and "flop_per_s" in limit:
+            click.echo(f"limit ({key} threads): {limit['flop_per_s'] / 1e9:.1f} GFLOP/s sgemm, {limit['source']}")
+    click.echo(bench_lib.format_table(bench_lib.DecodePoint(**p) for p in doc["points"]))
 
 
 def _one_line(message: str) -> str:

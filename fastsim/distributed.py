@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import math
 import os
 import re
 import socket
@@ -179,33 +178,21 @@ def _describe_mismatch(old: dict, new: dict) -> str:
     return "; ".join(parts)
 
 
-def _prepare_output(out: Path, force: bool) -> dict | None:
-    """Check ``out`` can be written; return its manifest if a run is already there."""
+def _inspect_output(out: Path, force: bool) -> dict | None:
+    """Check that ``out`` can hold the run (changing nothing); return the manifest of a run already there."""
     if out.exists() and not out.is_dir():
         raise OutputError(f"out: {str(out)!r} exists and is not a folder; a sharded run writes a folder of shards")
     if not out.exists():
         parent = out.parent
         if not parent.is_dir():
-            raise OutputError(f"out: parent folder {str(parent)!r} does not exist")
-        try:
-            out.mkdir()
-        except OSError as exc:
-            raise OutputError(f"out: cannot create folder {str(out)!r} ({exc.strerror or exc})") from None
-    probe = out / f".write-test.{uuid.uuid4().hex}"
-    try:
-        probe.touch()
-        probe.unlink()
-    except OSError as exc:
-        raise OutputError(f"out: folder {str(out)!r} is not writable ({exc.strerror or exc})") from None
-    for stale in out.iterdir():
-        # Partial shards of an interrupted run are never complete; drop them.
-        if _PARTIAL_FILE.match(stale.name):
-            with contextlib.suppress(OSError):
-                stale.unlink()
+            state = "is not a folder" if parent.exists() else "does not exist"
+            raise OutputError(f"out: parent folder {str(parent)!r} {state}")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise OutputError(f"out: cannot create {str(out)!r}: folder {str(parent)!r} is not writable")
+        return None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise OutputError(f"out: folder {str(out)!r} is not writable")
     if force:
-        for old in out.iterdir():
-            if _SHARD_FILE.match(old.name) or old.name == MANIFEST_NAME:
-                old.unlink()
         return None
     if (out / MANIFEST_NAME).exists():
         return read_manifest(out)
@@ -215,6 +202,22 @@ def _prepare_output(out: Path, force: bool) -> dict | None:
         raise OutputError(f"out: folder {str(out)!r} is not empty ({shown}) and holds no {MANIFEST_NAME}; "
                           "use an empty or new folder, or --force (Python: force=True)")
     return None
+
+
+def _create_output(out: Path, force: bool) -> None:
+    """Make ``out``, check it takes files, and clear what an earlier attempt left."""
+    try:
+        out.mkdir(exist_ok=True)
+        probe = out / f".write-test.{uuid.uuid4().hex}"
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise OutputError(f"out: cannot write into folder {str(out)!r} ({exc.strerror or exc})") from None
+    for old in out.iterdir():
+        # Partial shards of an interrupted attempt are never complete; with force, nothing is kept.
+        if _PARTIAL_FILE.match(old.name) or (force and (_SHARD_FILE.match(old.name) or old.name == MANIFEST_NAME)):
+            with contextlib.suppress(FileNotFoundError):
+                old.unlink()
 
 
 # ----------------------------------------------------------------------------- the worker side
@@ -274,16 +277,30 @@ def _worker_generator(ref: _ModelRef) -> Any:
         return gen
 
 
-def _hashed(batches: Iterator, sums: dict, energy_column: int, all_conditions: bool) -> Iterator:
-    """Pass ``batches`` through, hashing each dataset's bytes exactly as the writer stores them."""
-    for conditions, showers in batches:
+class _HashingWriter:
+    """Hands rows to a ShowerWriter, hashing each dataset's bytes exactly as the writer stores them.
+
+    Used from io.write_batches' writer thread, so the hashing (which releases the
+    GIL) overlaps decoding, and the checksums cost no second read of the file.
+    """
+
+    def __init__(self, writer: Any, with_conditions: bool) -> None:
+        self.writer = writer
+        keys = _DATASETS + (("conditions",) if with_conditions else ())
+        self.sums = {key: hashlib.sha256() for key in keys}
+
+    def write(self, conditions: np.ndarray, showers: np.ndarray) -> None:
         conditions = np.asarray(conditions, dtype=np.float32).reshape(len(showers), -1)
         showers = np.ascontiguousarray(showers, dtype=np.float32)
-        sums["incident_energies"].update(np.ascontiguousarray(conditions[:, energy_column]).tobytes())
-        sums["showers"].update(showers.data)
-        if all_conditions:
-            sums["conditions"].update(np.ascontiguousarray(conditions).tobytes())
-        yield conditions, showers
+        column = self.writer.energy_column
+        self.sums["incident_energies"].update(np.ascontiguousarray(conditions[:, column]).tobytes())
+        self.sums["showers"].update(showers.data)
+        if "conditions" in self.sums:
+            self.sums["conditions"].update(np.ascontiguousarray(conditions).tobytes())
+        self.writer.write(conditions, showers)
+
+    def hexdigests(self) -> dict[str, str]:
+        return {key: digest.hexdigest() for key, digest in self.sums.items()}
 
 
 def _generate_shard(task: _ShardTask) -> dict:
@@ -301,13 +318,18 @@ def _generate_shard(task: _ShardTask) -> dict:
     names = gen.spec.condition_names
     with ShowerWriter(staged, n=n, n_voxels=gen.spec.n_voxels, condition_names=names, attrs=task.attrs,
                       fmt="h5", compression=task.compression) as writer:
-        sums = {key: hashlib.sha256() for key in _DATASETS + (("conditions",) if len(names) > 1 else ())}
-        write_batches(writer, _hashed(batches, sums, writer.energy_column, len(names) > 1))
-    os.replace(staged, final)
+        hashing = _HashingWriter(writer, with_conditions=len(names) > 1)
+        write_batches(hashing, batches)
+    try:
+        os.replace(staged, final)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            staged.unlink()
+        raise OutputError(f"out: cannot write shard file {str(final)!r} ({exc.strerror or exc})") from None
     return {
         "index": task.index,
         "n": n,
-        "checksums": {key: digest.hexdigest() for key, digest in sums.items()},
+        "checksums": hashing.hexdigests(),
         "seconds": round(time.perf_counter() - began, 3),
         "host": socket.gethostname(),
         "pid": os.getpid(),
@@ -341,9 +363,16 @@ def _local_workers(address: str) -> int | None:
 @contextlib.contextmanager
 def _connect(client: Any, timeout: float | None) -> Iterator[Any]:
     """A Dask client for ``client``: an open Client, a scheduler address, ``"local:W"``, or None (no Dask)."""
-    if client is None or not isinstance(client, str):
+    if client is None or hasattr(client, "submit"):
         yield client
         return
+    if hasattr(client, "scheduler_address"):  # a cluster object, e.g. dask_jobqueue.SLURMCluster
+        with _require_distributed().Client(client) as connected:
+            yield connected
+        return
+    if not isinstance(client, str):
+        raise ArgumentError(f"client: expected a distributed.Client, a Dask cluster, a scheduler address or "
+                            f"'local:W', got {type(client).__name__}")
     address = client.strip()
     if address == "local" or address.startswith("local:"):
         workers = _local_workers(address)
@@ -358,7 +387,7 @@ def _connect(client: Any, timeout: float | None) -> Iterator[Any]:
     distributed = _require_distributed()
     if timeout is None:
         import dask
-        from distributed.utils import parse_timedelta
+        from dask.utils import parse_timedelta
 
         timeout = parse_timedelta(dask.config.get("distributed.comm.timeouts.connect"), "s")
     try:
@@ -404,17 +433,11 @@ def _fail_shard(index: int, ranges: list, exc: BaseException, attempts: int) -> 
 def _verify(client: Any, out: Path, entries: list[dict]) -> set[int]:
     """Indices of the shards whose file is present and matches its recorded checksums."""
     todo = [e for e in entries if (out / e["file"]).is_file()]
-    paths = [str(out / e["file"]) for e in todo]
+    paths = [str((out / e["file"]).resolve()) for e in todo]
     if client is None:
-        results = []
-        for path in paths:
-            try:
-                results.append(shard_checksums(path))
-            except DataError:
-                results.append(None)
-    else:
-        futures = client.map(_checksums_or_none, paths, pure=False)
-        results = client.gather(futures)
+        results = [_checksums_or_none(path) for path in paths]
+    else:  # reading the shards back is spread over the workers too
+        results = client.gather(client.map(_checksums_or_none, paths, pure=False))
     return {e["index"] for e, sums in zip(todo, results) if sums is not None and sums == e.get("checksums")}
 
 
@@ -448,9 +471,10 @@ def generate(
 ) -> dict:
     """Generate ``n`` showers as shards in folder ``out``; resume a run already there.
 
-    ``client``: a ``distributed.Client``, a scheduler address (``"tcp://HOST:PORT"``),
-    ``"local:W"`` (a local cluster of W worker processes), or None (the shards
-    one after the other in this process, without Dask). ``shards``: how many
+    ``client``: a ``distributed.Client``, a Dask cluster object (e.g. from
+    dask-jobqueue), a scheduler address (``"tcp://HOST:PORT"``), ``"local:W"``
+    (a local cluster of W worker processes), or None (the shards one after the
+    other in this process, without Dask). ``shards``: how many
     (None: the manifest's when resuming, else shards of about
     :data:`DEFAULT_SHARD_SIZE`). ``conditions``, ``seed``, ``spec``,
     ``allow_extrapolation`` as in :meth:`fastsim.Generator.generate`; the
@@ -484,22 +508,70 @@ def generate(
     # The client checks model, spec and conditions once, before any worker starts.
     checked = load(model, spec=spec, device="cpu", threads=1)
     plan = checked.plan(n, conditions, allow_extrapolation=allow_extrapolation)
-    n = plan.n
-    sha256 = _sha256(checked.path)
+    if shards is not None:
+        plan_shards(plan.n, shards)  # a bad shard count fails before the output folder is touched
     out = Path(out)
-    existing = _prepare_output(out, force)
-    if shards is None and existing is not None:
-        shards = len(existing["shards"])
-    ranges = plan_shards(n, shards)
+    existing = _inspect_output(out, force)
+    ranges = plan_shards(plan.n, len(existing["shards"]) if shards is None and existing else shards)
+    doc = _new_manifest(checked, plan, int(seed), ranges, compression)
+    if existing is not None:
+        old, new = _identity(existing), _identity(doc)
+        if old != new:
+            raise OutputError(f"out: {str(out)!r} holds another run: {_describe_mismatch(old, new)}; "
+                              "use a new folder, or --force (Python: force=True) to start it over")
 
-    doc = {
+    manifest_path = out / MANIFEST_NAME
+    with _connect(client, timeout) as dask_client:
+        _create_output(out, force)
+        done: set[int] = set()
+        if existing is not None:
+            recorded = [e for e in existing["shards"] if e.get("status") == "done"]
+            done = _verify(dask_client, out, recorded)
+            for entry in existing["shards"]:
+                if entry["index"] in done:
+                    doc["shards"][entry["index"]] = entry
+        _write_json_atomic(manifest_path, doc)
+        # On a cluster the workers give the parallelism: one ONNX Runtime thread per task.
+        ref = _ModelRef(str(checked.path.resolve()), doc["model_sha256"], checked.spec.to_json(), device,
+                        threads if threads is not None or dask_client is None else 1)
+        todo = [task for task in _shard_tasks(doc, plan, ref, out, int(batch_size), compression)
+                if task.index not in done]
+        workers = _count_workers(dask_client)
+        try:
+            generated = _run(dask_client, todo, doc, manifest_path, retries, progress, on_shard,
+                             skipped=sum(b - a for j, (a, b) in enumerate(ranges) if j in done))
+        finally:
+            if dask_client is None:
+                _GENERATORS.clear()  # do not keep a session (and its device memory) in the caller
+    doc["complete"] = True
+    _write_json_atomic(manifest_path, doc)
+    seconds = time.perf_counter() - began
+    n_generated = sum(ranges[j][1] - ranges[j][0] for j in generated)
+    return {
+        "out": str(out),
+        "n": plan.n,
+        "shards": len(ranges),
+        "generated": sorted(generated),
+        "skipped": sorted(done),
+        "seconds": round(seconds, 3),
+        "showers_per_s": round(n_generated / seconds, 1) if n_generated else 0.0,
+        "seed": int(seed),
+        "model": str(checked.path),
+        "sha256": doc["model_sha256"],
+        "workers": workers,
+    }
+
+
+def _new_manifest(checked: Any, plan: Any, seed: int, ranges: list[tuple[int, int]],
+                  compression: str | None) -> dict:
+    return {
         "format": MANIFEST_FORMAT,
         "producer": f"fastsim {__version__}",
-        "n": int(n),
-        "seed": int(seed),
+        "n": plan.n,
+        "seed": seed,
         "block_size": BLOCK_SIZE,
         "conditions": plan.describe(),
-        "model_sha256": sha256,
+        "model_sha256": _sha256(checked.path),
         "model": {"path": str(checked.path.resolve()), "name": checked.spec.name,
                   "version": checked.spec.version},
         "spec": checked.spec.to_dict(),
@@ -509,54 +581,22 @@ def generate(
         "shards": [{"index": j, "file": _SHARD_NAME.format(j), "start": a, "stop": b, "n": b - a,
                     "status": "pending", "checksums": None} for j, (a, b) in enumerate(ranges)],
     }
-    if existing is not None:
-        old, new = _identity(existing), _identity(doc)
-        if old != new:
-            raise OutputError(f"out: {str(out)!r} holds another run: {_describe_mismatch(old, new)}; "
-                              "use a new folder, or --force (Python: force=True) to start it over")
 
-    ref = _ModelRef(str(checked.path.resolve()), sha256, checked.spec.to_json(), device, threads)
+
+def _shard_tasks(doc: dict, plan: Any, ref: _ModelRef, out: Path, batch_size: int,
+                 compression: str | None) -> list[_ShardTask]:
     # Each shard file describes itself like the output of an unsharded run with start=...
-    run_attrs = {"spec": checked.spec.to_json(), "seed": int(seed), "model_sha256": sha256,
-                 "run_n": int(n), "run_conditions": doc["conditions"], "shard_count": len(ranges)}
+    run_attrs = {"spec": ref.spec_json, "model": doc["model"]["name"], "model_sha256": ref.sha256,
+                 "seed": doc["seed"], "run_n": doc["n"], "run_conditions": doc["conditions"],
+                 "shard_count": len(doc["shards"])}
     tasks = []
-    for j, (a, b) in enumerate(ranges):
+    for entry in doc["shards"]:
+        j, a, b = entry["index"], entry["start"], entry["stop"]
         shard_plan = _shard_plan(plan, a, b)
         attrs = {**run_attrs, "start": a, "shard_index": j, "conditions": shard_plan.describe()}
-        tasks.append(_ShardTask(j, a, b, str((out / _SHARD_NAME.format(j)).resolve()), ref, shard_plan,
-                                int(seed), int(batch_size), compression, attrs))
-
-    with _connect(client, timeout) as dask_client:
-        done: set[int] = set()
-        if existing is not None:
-            recorded = [e for e in existing["shards"] if e.get("status") == "done"]
-            done = _verify(dask_client, out, recorded)
-            for entry in existing["shards"]:
-                if entry["index"] in done:
-                    doc["shards"][entry["index"]] = entry
-        manifest_path = out / MANIFEST_NAME
-        _write_json_atomic(manifest_path, doc)
-        todo = [t for t in tasks if t.index not in done]
-        workers = _count_workers(dask_client)
-        generated = _run(dask_client, todo, doc, manifest_path, ranges, retries, progress, on_shard,
-                         skipped=sum(b - a for j, (a, b) in enumerate(ranges) if j in done))
-    doc["complete"] = True
-    _write_json_atomic(manifest_path, doc)
-    seconds = time.perf_counter() - began
-    n_generated = sum(ranges[j][1] - ranges[j][0] for j in generated)
-    return {
-        "out": str(out),
-        "n": int(n),
-        "shards": len(ranges),
-        "generated": sorted(generated),
-        "skipped": sorted(done),
-        "seconds": round(seconds, 3),
-        "showers_per_s": round(n_generated / seconds, 1) if n_generated else 0.0,
-        "seed": int(seed),
-        "model": str(checked.path),
-        "sha256": sha256,
-        "workers": workers,
-    }
+        tasks.append(_ShardTask(j, a, b, str((out / entry["file"]).resolve()), ref, shard_plan,
+                                doc["seed"], batch_size, compression, attrs))
+    return tasks
 
 
 def _count_workers(client: Any) -> int:
@@ -572,11 +612,12 @@ def _record(doc: dict, result: dict) -> dict:
     return entry
 
 
-def _run(client: Any, todo: list[_ShardTask], doc: dict, manifest_path: Path, ranges: list, retries: int,
+def _run(client: Any, todo: list[_ShardTask], doc: dict, manifest_path: Path, retries: int,
          progress: bool, on_shard: Callable[[dict], None] | None, skipped: int) -> list[int]:
     """Generate the shards in ``todo``, recording each in the manifest as it finishes."""
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
+    ranges = [(e["start"], e["stop"]) for e in doc["shards"]]
     finished: list[int] = []
     bar = tqdm(total=doc["n"], initial=skipped, unit="shower", unit_scale=True, desc="shards",
                disable=not progress, file=sys.stderr, smoothing=0.1)
@@ -585,8 +626,9 @@ def _run(client: Any, todo: list[_ShardTask], doc: dict, manifest_path: Path, ra
         entry = _record(doc, result)
         _write_json_atomic(manifest_path, doc)
         finished.append(result["index"])
+        bar.set_postfix_str(f"{sum(e['status'] == 'done' for e in doc['shards'])}/{len(ranges)} shards",
+                            refresh=False)
         bar.update(result["n"])
-        bar.set_postfix_str(f"{sum(e['status'] == 'done' for e in doc['shards'])}/{len(ranges)} shards")
         if on_shard is not None:
             on_shard({**entry, "pid": result["pid"], "model_loads": result["model_loads"]})
 
@@ -652,6 +694,23 @@ class ShardedDataset:
             raise DataError(f"{self.path}: shard files missing: {', '.join(missing[:5])}")
         self._energies: np.ndarray | None = None
         self._dask_files: list = []
+        if self.geometry is None:
+            self.geometry = self._find_geometry()
+
+    def _find_geometry(self) -> Any:
+        # The model's own geometry, else whatever the first shard file finds for itself.
+        block = self.manifest.get("spec", {}).get("output", {}).get("geometry")
+        if block:
+            from fastsim.geometry import CylindricalGeometry, GeometryError
+
+            try:
+                return CylindricalGeometry.from_dict(block)
+            except GeometryError as exc:
+                raise DataError(f"{self.path}: the model's geometry in {MANIFEST_NAME} is malformed ({exc})") from None
+        from fastsim.dataset import open_showers
+
+        with open_showers(self._shards[0][2]) as first:
+            return first.geometry
 
     @property
     def n(self) -> int:

@@ -256,10 +256,20 @@ def compute_features(
 
 
 def voxel_energy_edges(max_energy: float, *, threshold: float = DEFAULT_THRESHOLD_MEV, n_bins: int = 50) -> np.ndarray:
-    """CaloChallenge voxel-energy binning: ``n_bins`` log bins from the threshold to ``max_energy``."""
+    """``n_bins`` log-spaced bins from the threshold to ``max_energy``.
+
+    The CaloChallenge binning of voxel energies (50 bins) and layer energies (40 bins).
+    """
     low = max(threshold, 1e-12)
     high = max(float(max_energy), low * 10)
-    return np.logspace(math.log10(low), math.log10(high), n_bins + 1)
+    return _log_edges(low, high, n_bins)
+
+
+def _log_edges(low: float, high: float, n_bins: int) -> np.ndarray:
+    edges = np.logspace(math.log10(low), math.log10(high), n_bins + 1)
+    # Exact end points: 10**log10(x) can round below x and drop the largest entry.
+    edges[0], edges[-1] = low, high
+    return edges
 
 
 def voxel_energy_histogram(

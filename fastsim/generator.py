@@ -173,11 +173,10 @@ class Generator:
         or ``(lo, hi)``), per-sample values (array or file), or a mapping by
         condition name. The same seed gives the same showers for any batch size.
         """
-        batches = self.iter_batches(n, conditions, seed=seed, batch_size=batch_size, start=start,
-                                    allow_extrapolation=allow_extrapolation, **named)
-        n_total = self.plan(n, conditions, allow_extrapolation=True, **named).n if n is None else n
-        all_conditions = np.empty((n_total, self.spec.n_conditions), dtype=np.float32)
-        showers = np.empty((n_total, self.spec.n_voxels), dtype=np.float32)
+        plan = self.plan(n, conditions, allow_extrapolation=allow_extrapolation, **named)
+        batches = self.iter_batches(conditions=plan, seed=seed, batch_size=batch_size, start=start)
+        all_conditions = np.empty((plan.n, self.spec.n_conditions), dtype=np.float32)
+        showers = np.empty((plan.n, self.spec.n_voxels), dtype=np.float32)
         pos = 0
         for batch_conditions, batch_showers in batches:
             all_conditions[pos:pos + len(batch_conditions)] = batch_conditions

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from fastsim.errors import DataError
+from fastsim.errors import DataError, OutputError
 
 __all__ = [
     "CylindricalGeometry",
@@ -292,8 +292,12 @@ class CylindricalGeometry:
         """Write the binning XML to ``path`` (atomically: temporary name, then rename)."""
         path = Path(path)
         tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(self.to_xml_string(), encoding="utf-8")
-        os.replace(tmp, path)
+        try:
+            tmp.write_text(self.to_xml_string(), encoding="utf-8")
+            os.replace(tmp, path)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise OutputError(f"binning XML {str(path)!r}: cannot write ({exc.strerror or exc})") from None
         return path
 
 

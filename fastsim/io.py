@@ -103,13 +103,17 @@ def partial_progress(path: str | os.PathLike) -> int:
     partial = partial_path(path)
     if not partial.is_file():
         return 0
-    try:
-        import h5py
+    import h5py
 
-        with h5py.File(partial, "r") as fh:
-            return int(fh.attrs.get(ATTR_PREFIX + "progress", 0))
-    except (OSError, ValueError, TypeError):
-        return 0
+    # First without a file lock: this is a peek that may run while another process writes.
+    # HDF5 refuses that when this process has the file open already; then open it normally.
+    for locking in (False, None):
+        try:
+            with h5py.File(partial, "r", locking=locking) as fh:
+                return int(fh.attrs.get(ATTR_PREFIX + "progress", 0))
+        except (OSError, ValueError, TypeError):
+            continue
+    return 0
 
 
 def _companion(path: Path) -> Path:
@@ -124,7 +128,8 @@ def check_output_path(path: str | os.PathLike, *, force: bool = False, resume: b
     fmt = output_format(path, fmt)
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
-        raise OutputError(f"output: folder {str(folder)!r} does not exist")
+        problem = "is not a folder" if folder.exists() else "does not exist"
+        raise OutputError(f"output: folder {str(folder)!r} {problem}")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise OutputError(f"output: folder {str(folder)!r} is not writable")
     if path.is_dir():
@@ -138,6 +143,9 @@ def check_output_path(path: str | os.PathLike, *, force: bool = False, resume: b
     if existing and not force:
         hint = "pass --force to overwrite" + ("" if resume else " or --resume to continue a partial run")
         raise OutputError(f"output: {existing[0]!r} already exists; {hint}")
+    if not resume and not force and partial_path(path).exists():
+        raise OutputError(f"output: an interrupted run left {str(partial_path(path))!r}; pass --resume to "
+                          "continue it or --force to start again")
     if resume and not partial_path(path).is_file():
         raise OutputError(f"resume: no partial run to resume ({str(partial_path(path))!r} does not exist)")
     return path

@@ -352,7 +352,12 @@ def classifier_auc(
     calibrated.fit(data[val], labels[val])
     prob = calibrated.predict_proba(data[test])[:, 1]
     auc = float(sk_metrics.roc_auc_score(labels[test], prob))
-    return {"auc": auc, "jsd": _jsd_from_probabilities(prob, labels[test]), "n_train": int(len(train)), "n_test": int(len(test))}
+    return {
+        "auc": auc,
+        "jsd": _jsd_from_probabilities(prob, labels[test]),
+        "n_train": int(len(train)),
+        "n_test": int(len(test)),
+    }
 
 
 def _jsd_from_probabilities(prob: np.ndarray, labels: np.ndarray) -> float:

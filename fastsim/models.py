@@ -3,8 +3,9 @@
 A model argument is a path to an ``.onnx`` file or the name of a bundled model
 (``"default"`` is :data:`DEFAULT_MODEL`). Names are looked up, in order, in the
 folders of the ``FASTSIM_MODEL_PATH`` environment variable (``os.pathsep``
-separated), in ``fastsim/models/`` inside an installed wheel, and in the
-repository's ``exported/`` folder next to an editable install.
+separated), in ``fastsim/exported/`` inside an installed wheel (setup.py copies
+the repository's ``exported/`` there), and in the repository's ``exported/``
+folder next to an editable install.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def model_dirs() -> list[Path]:
     """The folders searched for bundled models, in order."""
     package = Path(__file__).resolve().parent
     extra = [Path(p) for p in os.environ.get(MODEL_PATH_ENV, "").split(os.pathsep) if p]
-    return extra + [package / "models", package.parent / "exported"]
+    return extra + [package / "exported", package.parent / "exported"]
 
 
 def bundled_models() -> list[BundledModel]:

@@ -61,7 +61,7 @@ def _main_and_ratio(fig: Any, cell: Any) -> tuple[Any, Any]:
     return main, ratio
 
 
-def _ratio_panel(ax: Any, x: np.ndarray, gen: np.ndarray, ref: np.ndarray, *, step: bool, label: str = "gen / ref") -> None:
+def _ratio_panel(ax: Any, x: np.ndarray, gen: np.ndarray, ref: np.ndarray, *, step: bool) -> None:
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(ref > 0, gen / ref, np.nan)
     if step:
@@ -70,11 +70,19 @@ def _ratio_panel(ax: Any, x: np.ndarray, gen: np.ndarray, ref: np.ndarray, *, st
         ax.plot(x, ratio, "o-", color=_GEN["color"], markersize=3)
     ax.axhline(1.0, color="grey", linewidth=0.8)
     ax.set_ylim(0.5, 1.5)
-    ax.set_ylabel(label)
+    ax.set_ylabel("gen / ref")
 
 
 def _hist_panel(
-    fig: Any, cell: Any, ref: np.ndarray, gen: np.ndarray, edges: np.ndarray, xlabel: str, *, logx: bool = False, title: str = ""
+    fig: Any,
+    cell: Any,
+    ref: np.ndarray,
+    gen: np.ndarray,
+    edges: np.ndarray,
+    xlabel: str,
+    *,
+    logx: bool = False,
+    title: str = "",
 ) -> None:
     main, ratio = _main_and_ratio(fig, cell)
     h_ref, _ = np.histogram(ref[np.isfinite(ref)], bins=edges)
@@ -94,6 +102,18 @@ def _hist_panel(
     ratio.set_xlabel(xlabel)
     if logx:
         main.set_xscale("log")
+    else:
+        main.set_xlim(*_zoom(np.concatenate([ref, gen]), edges))
+
+
+def _zoom(values: np.ndarray, edges: np.ndarray) -> tuple[float, float]:
+    """Display range: the bulk of the data with a margin, inside the histogram edges."""
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return float(edges[0]), float(edges[-1])
+    low, high = np.percentile(values, [0.05, 99.95])
+    margin = max(high - low, (edges[-1] - edges[0]) / 20) * 0.15
+    return float(max(edges[0], low - margin)), float(min(edges[-1], high + margin))
 
 
 def _energy_plot(result: dict[str, Any], folder: Path) -> Path | None:

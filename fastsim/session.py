@@ -74,6 +74,8 @@ def _options(threads: int | None, optimization: str, gpu: bool, config: Mapping[
         "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
         "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
     }[optimization]
+    # ONNX Runtime's own log lines would duplicate the one-line errors raised from here.
+    options.log_severity_level = 4
     if gpu:
         options.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
     for key, value in (config or {}).items():

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def cli_env(**extra: str) -> dict[str, str]:
     """Environment for CLI subprocesses: one thread each (2 shared cores), no stray model path."""
     env = {k: v for k, v in os.environ.items() if k != "FASTSIM_MODEL_PATH"}
-    env.update(OMP_NUM_THREADS="1", PYTHONWARNINGS="error::DeprecationWarning:fastsim", **extra)
+    env.update(OMP_NUM_THREADS="1", **extra)
     return env
 
 

@@ -125,8 +125,8 @@ def make_model(
         helper.make_node("Add", ["h_z", "h_cond"], ["h_zc"]),
         helper.make_node("Add", ["h_zc", "profile"], ["logits"]),
         helper.make_node("Softmax", ["logits"], ["fractions"], axis=1),
-        helper.make_node("Gather", [io["conditions"], "energy_index"], ["energy"], axis=1),
-        helper.make_node("Mul", ["energy", "energy_scale"], ["deposit"]),
+        helper.make_node("Gather", [io["conditions"], "energy_index"], ["e_inc"], axis=1),
+        helper.make_node("Mul", ["e_inc", "energy_scale"], ["deposit"]),
         helper.make_node("Mul", ["fractions", "deposit"], ["raw"]),
         helper.make_node("Sub", ["raw", "threshold"], ["above"]),
         helper.make_node("Relu", ["above"], ["kept"]),
@@ -185,7 +185,7 @@ def make_decoder(
                          names=names, output_dtype=output_dtype, name=name, geometry=geometry)
     conds = tuple(
         c if isinstance(c, ConditionSpec) else ConditionSpec.from_dict(c)
-        for c in (conditions if conditions is not None else spec.conditions)
+        for c in (conditions if conditions is not None else [ENERGY_CONDITION])
     )
     model = make_model(latent_dim=latent_dim, n_voxels=n_voxels, conditions=conds, names=names,
                        hidden=hidden, output_dtype=output_dtype, seed=seed)

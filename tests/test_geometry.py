@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from fastsim.errors import DataError
+from fastsim.errors import DataError, OutputError
 from fastsim.geometry import CylindricalGeometry, GeometryError, Layer, default_geometry
 
 DS2_EDGES = (0.0, 4.65, 9.3, 13.95, 18.6, 23.25, 27.9, 32.55, 37.2, 41.85)
@@ -171,3 +171,8 @@ def test_malformed_dict_is_a_clear_error(name):
 def test_reshape_rejects_wrong_width():
     with pytest.raises(GeometryError, match=r"shape \(N, 6480\)"):
         default_geometry().reshape(np.zeros((3, 6479)))
+
+
+def test_writing_xml_into_a_missing_directory_is_an_output_error(tmp_path):
+    with pytest.raises(OutputError, match="no_dir/b.xml.*cannot write"):
+        default_geometry().to_xml(tmp_path / "no_dir" / "b.xml")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -146,7 +148,8 @@ def test_parse_energy(text, rule):
     ("text", "message"),
     [("5XeV", "unknown unit 'XeV'"), ("fast", "cannot read 'fast'"), ("1TeV:1GeV", "low < high"),
      ("1MeV", "between 100 MeV and 1e\\+07 MeV"), ("1:2:3", "LOW:HIGH"), ("nan", "cannot read 'nan'"),
-     (float("nan"), "between"), ([1e3, float("inf")], "between")],
+     (float("nan"), "between"), ([1e3, float("inf")], "between"), ([], "needs >= 1 values"),
+     (["10GeV", None], "expected numbers in MeV"), (None, "expected a string")],
 )
 def test_bad_energies_are_clear_errors(text, message):
     with pytest.raises(ConditionError, match=message):
@@ -197,10 +200,22 @@ def test_write_dataset_is_the_simulation_and_reads_back(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["e.h5", "e.xml"]
     with pytest.raises(OutputError, match="already exists"):
         write_dataset(h5, 3, progress=False)
+    (tmp_path / "other.xml").write_text("<Bins/>")
+    with pytest.raises(OutputError, match="other.xml already exists with other content"):
+        write_dataset(tmp_path / "other.h5", 3, progress=False)
+    with pytest.raises(OutputError, match="expected an HDF5 file name"):
+        write_dataset(tmp_path / "binning.xml", 3, progress=False)
+    # an identical binning file already there is fine
+    (tmp_path / "e2.xml").write_text(xml.read_text())
+    write_dataset(tmp_path / "e2.h5", 3, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e.h5", "e.xml", "e2.h5", "e2.xml", "other.xml"]
 
 
 def _run(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "training", *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "training", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
+    )
 
 
 def test_simulate_command_writes_file_and_binning(tmp_path):
@@ -236,3 +251,15 @@ def test_simulate_command_refuses_to_overwrite(tmp_path):
     result = _run("simulate", "-n", "3", "-o", str(out), cwd=ROOT)
     assert result.returncode == 2 and "already exists" in result.stderr
     assert out.read_bytes() == b"precious"
+
+
+def test_benchmark_smoke_records_figures(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_simulate.py"), "--smoke", "--out-dir", str(tmp_path)],
+        cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    record = json.loads((tmp_path / "simulate.json").read_text())
+    assert record["results"]["log_uniform_1GeV_1TeV"]["showers_per_s_best"] > 0
+    assert {"numpy", "cpu_count", "loadavg_at_start"} <= set(record["machine"])
+    assert "showers/s" in (tmp_path / "simulate.md").read_text()

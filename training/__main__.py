@@ -7,6 +7,8 @@ Bad input is one ``Error: ...`` line on stderr and exit status 2.
 
 from __future__ import annotations
 
+import json
+import os
 import sys
 
 import click
@@ -56,6 +58,63 @@ def simulate_command(n, output, energy, seed, chunk_size, compression, force, qu
     if not quiet:
         seconds = time.perf_counter() - t0
         click.echo(f"wrote {n} showers to {h5_path} (binning: {xml_path}) in {seconds:.1f} s, {n / seconds:.0f} showers/s")
+
+
+@cli.command("train")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None, help="Experiment config (TOML: [data], [model], [train] tables); defaults for anything left out.")
+@click.option("--data", type=click.Path(dir_okay=False), required=True, help="Training showers (CaloChallenge HDF5).")
+@click.option("--validation", type=click.Path(dir_okay=False), default=None, help="Separate validation showers; without it a fraction of --data is held out.")
+@click.option("--out", type=click.Path(file_okay=False), required=True, help="Run folder for checkpoints, loss curves and the resolved config.")
+@click.option("--resume", is_flag=True, help="Continue from OUT/last.pt (optimiser, epoch, history and RNG restored).")
+@click.option("--epochs", type=int, default=None, help="Override [train] epochs.")
+@click.option("--max-showers", type=int, default=None, help="Override [data] max_showers (0 = all).")
+@click.option("--threads", type=int, default=None, help="Override [train] threads (torch CPU threads; 0 = torch default).")
+@click.option("--seed", type=int, default=None, help="Override [train] seed.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+def train_command(config_path, data, validation, out, resume, epochs, max_showers, threads, seed, quiet) -> None:
+    """Train the conditional VAE; early stopping on fastsim.validate's figure of merit.
+
+    \b
+    Example:
+      python -m training train --config training/configs/calo-electron.toml \\
+          --data data/train.h5 --validation data/val.h5 --out runs/calo-electron
+    """
+    from training.train import load_config, train
+
+    overrides = {key: value for key, value in (("train.epochs", epochs), ("data.max_showers", max_showers),
+                                               ("train.threads", threads), ("train.seed", seed)) if value is not None}
+    config = load_config(config_path, overrides)
+    for name, path in (("--data", data), ("--validation", validation)):
+        if path is not None and not os.path.isfile(path):
+            raise click.BadParameter(f"file {path!r} does not exist", param_hint=name)
+    summary = train(config, data, out, validation=validation, resume=resume,
+                    progress=not quiet and sys.stderr.isatty(), log=click.echo)
+    click.echo(f"best figure of merit {summary['best_fom']:.5f} at epoch {summary['best_epoch'] + 1}; "
+               f"{summary['epochs_run']} epochs in {summary['train_seconds'] / 60:.1f} min; run folder {out}")
+
+
+@cli.command("export")
+@click.argument("run", type=click.Path(exists=True))
+@click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, help="Output ONNX file (NAME.onnx).")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True, help="fp32; fp16 (matrix products in float16, float32 inputs/outputs); int8 (via training.quantize).")
+@click.option("--checkpoint", default="best.pt", show_default=True, help="Checkpoint file inside RUN.")
+@click.option("--name", default=None, help="Model name in the spec (default: the output file's stem).")
+@click.option("--model-version", "model_version", default="1.0.0", show_default=True, help="Model version in the spec.")
+@click.option("--metrics", "metrics_path", type=click.Path(dir_okay=False), default=None, help="metrics.json from `fastsim validate` to embed in the spec's metrics block.")
+def export_command(run, output, precision, checkpoint, name, model_version, metrics_path) -> None:
+    """Export RUN's decoder to ONNX with the fastsim spec, checked for parity.
+
+    \b
+    Example:
+      python -m training export runs/calo-electron -o exported/calo-electron.onnx
+      python -m training export runs/calo-electron -o /tmp/calo-fp16.onnx --precision fp16
+    """
+    from training.export import export, metrics_summary
+
+    metrics = metrics_summary(metrics_path) if metrics_path else None
+    report = export(run, output, precision=precision, checkpoint=checkpoint, name=name, version=model_version,
+                    metrics=metrics, log=click.echo)
+    click.echo(json.dumps(report["parity"]))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -37,7 +37,17 @@ from fastsim.spec import ConditionSpec, ModelSpec, OutputSpec, embed_spec
 from training.model import PhysicalDecoder, count_parameters, decoder_flops
 from training.train import load_checkpoint, physical_decoder_from_checkpoint
 
-__all__ = ["ExportError", "PRECISIONS", "OPSET", "IR_VERSION", "build_spec", "export", "parity", "sha256"]
+__all__ = [
+    "ExportError",
+    "IR_VERSION",
+    "OPSET",
+    "PRECISIONS",
+    "build_spec",
+    "export",
+    "metrics_summary",
+    "parity",
+    "sha256",
+]
 
 OPSET = 17
 IR_VERSION = 9
@@ -56,6 +66,35 @@ def sha256(path: str | os.PathLike) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def metrics_summary(path: str | os.PathLike) -> dict:
+    """The spec's ``metrics`` block from a ``fastsim validate`` metrics.json.
+
+    Every metric as {"value", "reference"} (generated vs reference, and the
+    reference-vs-reference baseline) and the per-energy-bin response and
+    resolution ratios.
+    """
+    try:
+        doc = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"--metrics: cannot read {os.fspath(path)!r} as JSON: {exc}") from None
+    table = doc.get("metrics") if isinstance(doc, dict) else None
+    if not isinstance(table, dict):
+        raise ValueError(f"--metrics: {os.fspath(path)!r} has no 'metrics' table (expected `fastsim validate` output)")
+    out: dict = {"source": "fastsim validate"}
+    for key, entry in table.items():
+        if isinstance(entry, dict) and "value" in entry:
+            out[key] = {"value": entry["value"], "reference": entry.get("reference")}
+    rows = doc.get("energy_bins") or []
+    out["energy_bins"] = [
+        {k: row[k] for k in ("e_low_mev", "e_high_mev", "response_ratio", "resolution_ratio") if k in row}
+        for row in rows if isinstance(row, dict)
+    ]
+    for key in ("n_generated", "n_reference"):
+        if key in doc:
+            out[key] = doc[key]
+    return out
 
 
 def build_spec(checkpoint: dict, decoder: PhysicalDecoder, *, name: str, version: str,
@@ -82,11 +121,14 @@ def build_spec(checkpoint: dict, decoder: PhysicalDecoder, *, name: str, version
         "flops_per_shower": decoder_flops(vae),
         "precision": precision,
         "voxel_threshold_mev": data["threshold"],
+        "voxel_noise": {"kind": "gamma", "kappa_mev": decoder.noise_kappa,
+                        "seed_latent_dims": list(range(vae.config.latent_dim, decoder.latent_dim))}
+        if decoder.noise_kappa > 0 else {"kind": "none"},
     }
     return ModelSpec(
         name=name,
         version=version,
-        latent_dim=vae.config.latent_dim,
+        latent_dim=decoder.latent_dim,
         prior={"kind": "standard_normal"},
         conditions=(ConditionSpec("incident_energy", "MeV", float(data["e_min"]), float(data["e_max"]),
                                   "log-uniform"),),
@@ -99,7 +141,7 @@ def build_spec(checkpoint: dict, decoder: PhysicalDecoder, *, name: str, version
 
 
 def _trace(decoder: PhysicalDecoder, path: Path) -> None:
-    d = decoder.prior_mean.shape[0]
+    d = decoder.latent_dim
     z = torch.zeros(2, d)
     conditions = torch.full((2, 1), 1e4)
     with warnings.catch_warnings():
@@ -162,7 +204,7 @@ def parity(decoder: PhysicalDecoder, path: Path, *, n: int = 200, seed: int = 12
     """Compare torch and ONNX Runtime on the same z and energies spanning the training range."""
     spec_min, spec_max = decoder.log_e_min, decoder.log_e_min + 2.0 / decoder.c_scale
     energy = np.exp(np.linspace(spec_min, spec_max, n)).astype(np.float32)[:, None]
-    z = np.random.default_rng(seed).standard_normal((n, decoder.prior_mean.shape[0])).astype(np.float32)
+    z = np.random.default_rng(seed).standard_normal((n, decoder.latent_dim)).astype(np.float32)
     with torch.no_grad():
         expected = decoder(torch.from_numpy(z), torch.from_numpy(energy)).numpy().astype(np.float64)
     got = _ort_run(path, z, energy).astype(np.float64)

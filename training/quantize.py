@@ -2,7 +2,7 @@
 
 ``quantize_model(src, dst)`` rewrites the decoder's matrix products (MatMul and
 Gemm whose weights are constants) to int8 weights with per-batch dynamically
-quantised activations (``DynamicQuantizeLinear`` + ``MatInteger``), the form
+quantised activations (``DynamicQuantizeLinear`` + ``MatMulInteger``), the form
 ONNX Runtime's CPU provider runs with VNNI/AVX-512 integer kernels. Everything
 else — condition normalisation, the softmaxes, the MeV scaling and threshold —
 stays float32, so the inputs and outputs and the contract are unchanged.
@@ -33,6 +33,8 @@ __all__ = ["QUANTIZED_OPS", "quantize_model"]
 #: The node types quantised: the matrix products carry nearly all the FLOPs.
 QUANTIZED_OPS = ("MatMul", "Gemm")
 _IR_VERSION = 9  # as the fp32 export: loadable by ONNX Runtime releases before 1.20
+_QUANTIZED_NODE_TYPES = {"MatMulInteger", "DynamicQuantizeLinear", "QLinearMatMul", "QuantizeLinear", "ConvInteger",
+                         "QLinearConv", "DequantizeLinear"}
 
 
 def _sha256(path: Path) -> str:
@@ -75,9 +77,14 @@ def quantize_model(src: str | os.PathLike, dst: str | os.PathLike, *, per_channe
     if not src.is_file():
         raise ValueError(f"model: {os.fspath(src)!r} is not a file")
     spec = read_spec(src)
-    if spec.training.get("precision", "fp32") != "fp32" and spec.training.get("precision") != "int8":
-        raise ValueError(f"model: quantising needs an fp32 decoder, {os.fspath(src)!r} is "
-                         f"{spec.training.get('precision')!r}")
+    # The spec may already say int8 (the export writes the final spec before
+    # quantising); the graph is what tells an fp32 decoder from a reduced one.
+    graph = onnx.load(os.fspath(src), load_external_data=False).graph
+    reduced = sorted({n.op_type for n in graph.node if n.op_type in _QUANTIZED_NODE_TYPES}
+                     | {"float16 weights" for t in graph.initializer if t.data_type == onnx.TensorProto.FLOAT16})
+    if reduced or spec.training.get("precision") == "fp16":
+        raise ValueError(f"model: quantising needs an fp32 decoder; {os.fspath(src)!r} already has "
+                         f"{', '.join(reduced) or 'fp16 precision'}")
     parent_sha = _sha256(src)
     dst.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{dst.stem}.", suffix=".int8.partial.onnx", dir=dst.parent)

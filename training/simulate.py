@@ -43,7 +43,15 @@ number of spots.
 Reproducibility. Showers are made in fixed blocks of ``BLOCK_SIZE``; block b
 draws from ``numpy.random.SeedSequence((seed, b))``. Shower i therefore
 depends only on the seed, i and the energy rule, never on how a run is cut
-into chunks.
+into chunks. Energies are fixed, a list cycled by shower index, or
+log-uniform in a range (drawn first from the block's stream).
+
+Measured on this model (tests/test_simulate.py): E_tot/E_inc ~0.97 at 1 GeV
+and ~0.99 from 10 GeV to 1 TeV (lateral leakage of the wide GFlash tail at
+low energy, longitudinal leakage growing slowly above 100 GeV); fitted
+stochastic term 0.166-0.174 (sampling plus leakage fluctuations); the maximum
+of the mean profile moves 1.0 X0 per e-fold of energy; ~91 % of the energy
+within 9.3 mm (0.98 R_M).
 
 The output is on the CaloChallenge dataset-2 scale: MeV of deposited energy
 divided by the sampling fraction, so a contained shower sums to about E_inc.
@@ -117,12 +125,15 @@ class EnergyRule:
     values: tuple[float, ...]
 
     def __post_init__(self) -> None:
-        values = tuple(float(v) for v in self.values)
+        try:
+            values = tuple(float(v) for v in self.values)
+        except (TypeError, ValueError):
+            raise ConditionError(f"energy: expected numbers in MeV, got {self.values!r:.80}") from None
         object.__setattr__(self, "values", values)
         expected = {"fixed": 1, "log-uniform": 2}
         if self.kind not in ("fixed", "list", "log-uniform"):
             raise ConditionError(f"energy: kind must be fixed, list or log-uniform, got {self.kind!r}")
-        if self.kind in expected and len(values) != expected[self.kind] or not values:
+        if not values or (self.kind in expected and len(values) != expected[self.kind]):
             raise ConditionError(f"energy: a {self.kind} rule needs {expected.get(self.kind, '>= 1')} values, got {values}")
         low, high = ENERGY_RANGE_MEV
         for v in values:
@@ -168,7 +179,10 @@ def parse_energy(spec: str | float | Sequence[float] | EnergyRule) -> EnergyRule
     if isinstance(spec, (int, float, np.floating, np.integer)):
         return EnergyRule("fixed", (float(spec),))
     if not isinstance(spec, str):
-        values = tuple(float(v) for v in spec)
+        try:
+            values = tuple(spec)
+        except TypeError:
+            raise ConditionError(f"energy: expected a string, a number or a list of MeV values, got {spec!r:.80}") from None
         return EnergyRule("fixed" if len(values) == 1 else "list", values)
     if ":" in spec:
         parts = spec.split(":")
@@ -190,13 +204,15 @@ def gamma_cdf(a: np.ndarray, x: np.ndarray, iterations: int = 80) -> np.ndarray:
     Series for x < a + 1, Lentz continued fraction otherwise (Numerical Recipes 6.2),
     with a fixed number of iterations so that it runs as whole-array numpy.
     """
-    a, x = np.broadcast_arrays(np.asarray(a, dtype=np.float64), np.asarray(x, dtype=np.float64))
+    a = np.asarray(a, dtype=np.float64)
+    # lgamma once per distinct a (typically one per shower), not once per x
+    a, log_gamma_a, x = np.broadcast_arrays(a, _lgamma(a), np.asarray(x, dtype=np.float64))
     out = np.zeros(a.shape)
     use_series = (x > 0) & (x < a + 1)
     use_fraction = x >= a + 1
 
     if use_series.any():
-        aa, xx = a[use_series], x[use_series]
+        aa, xx, lg = a[use_series], x[use_series], log_gamma_a[use_series]
         term = 1.0 / aa
         total = term.copy()
         denom = aa.copy()
@@ -204,10 +220,10 @@ def gamma_cdf(a: np.ndarray, x: np.ndarray, iterations: int = 80) -> np.ndarray:
             denom += 1.0
             term *= xx / denom
             total += term
-        out[use_series] = total * np.exp(aa * np.log(xx) - xx - _lgamma(aa))
+        out[use_series] = total * np.exp(aa * np.log(xx) - xx - lg)
 
     if use_fraction.any():
-        aa, xx = a[use_fraction], x[use_fraction]
+        aa, xx, lg = a[use_fraction], x[use_fraction], log_gamma_a[use_fraction]
         tiny = 1e-300
         b = xx + 1.0 - aa
         c = np.full_like(b, 1.0 / tiny)
@@ -222,7 +238,7 @@ def gamma_cdf(a: np.ndarray, x: np.ndarray, iterations: int = 80) -> np.ndarray:
             c[np.abs(c) < tiny] = tiny
             d = 1.0 / d
             h *= d * c
-        out[use_fraction] = 1.0 - np.exp(aa * np.log(xx) - xx - _lgamma(aa)) * h
+        out[use_fraction] = 1.0 - np.exp(aa * np.log(xx) - xx - lg) * h
     return np.clip(out, 0.0, 1.0)
 
 
@@ -461,8 +477,12 @@ def write_dataset(
         raise OutputError(f"compression: expected gzip, lzf or none, got {compression!r}")
     path = Path(path)
     xml_path = path.with_suffix(".xml")
+    if path.suffix.lower() == ".xml":
+        raise OutputError(f"output: expected an HDF5 file name (e.g. showers.h5), got {path}; the .xml name is taken by the binning")
     if path.exists() and not overwrite:
         raise OutputError(f"output: {path} already exists (pass --force to overwrite)")
+    if xml_path.exists() and not overwrite and xml_path.read_text(errors="replace") != geometry.to_xml_string():
+        raise OutputError(f"output: {xml_path} already exists with other content (pass --force to overwrite)")
     if not path.parent.is_dir():
         raise OutputError(f"output: directory {path.parent} does not exist")
     tmp = path.with_name(path.name + ".partial")

@@ -157,7 +157,7 @@ def fit_latent_prior(vae: ShowerVAE, tensors: ShowerTensors, n_max: int, seed: i
     for start in range(0, n, batch_size):
         sl = slice(start, min(n, start + batch_size))
         mean, log_var = vae.encode(tensors.condition[sl].to(device), tensors.v[sl].to(device),
-                                   tensors.fractions[sl].to(device))
+                                   tensors.rings[sl].to(device))
         eps = torch.randn(mean.shape, generator=gen).to(device)
         samples.append((mean + eps * torch.exp(0.5 * log_var)).double().cpu())
     z = torch.cat(samples)
@@ -173,20 +173,13 @@ def generate_showers(decoder: PhysicalDecoder, energy_mev: np.ndarray, seed: int
     decoder.eval()
     device = decoder.prior_mean.device
     gen = torch.Generator().manual_seed(seed)
-    d = decoder.prior_mean.shape[0]
+    d = decoder.latent_dim
     out = []
     for start in range(0, len(energy_mev), batch_size):
         e = torch.as_tensor(np.asarray(energy_mev[start:start + batch_size], np.float32)[:, None])
         z = torch.randn((e.shape[0], d), generator=gen)
         out.append(decoder(z.to(device), e.to(device)).cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, decoder.vae.n_layers * decoder.vae.voxels_per_layer), np.float32)
-
-
-def _reference_showers(tensors: ShowerTensors, response: ResponseFit, n: int, e_min: float, e_max: float) -> np.ndarray:
-    """MeV showers rebuilt from the stored factorisation (float16 fractions: 1e-3 relative)."""
-    c = tensors.condition[:n, 0].double().numpy()
-    u = np.exp(response.mean(c) + response.sigma(c) * tensors.v[:n, 0].double().numpy())
-    return (tensors.fractions[:n].float().numpy() * (tensors.energy[:n].numpy() * u)[:, None]).astype(np.float32)
+    return np.concatenate(out) if out else np.zeros((0, decoder.vae.n_voxels), np.float32)
 
 
 def response_table(energy: np.ndarray, gen_total: np.ndarray, ref_total: np.ndarray, n_bins: int = 10,
@@ -249,7 +242,8 @@ def physical_decoder_from_checkpoint(checkpoint: dict, geometry: CylindricalGeom
     data = config["data"]
     decoder = PhysicalDecoder(vae, ResponseFit.from_dict(json.loads(checkpoint["response_json"])),
                               e_min=data.e_min, e_max=data.e_max, threshold=data.threshold,
-                              prior_mean=checkpoint["prior_mean"], prior_chol=checkpoint["prior_chol"])
+                              prior_mean=checkpoint["prior_mean"], prior_chol=checkpoint["prior_chol"],
+                              noise_kappa=float(checkpoint["noise_kappa"]))
     return decoder.eval()
 
 
@@ -257,7 +251,8 @@ def _build_vae(model_config: ModelConfig, geometry: CylindricalGeometry) -> Show
     if not geometry.uniform:
         raise ValueError("geometry: the VAE needs every layer binned the same way (a uniform geometry); "
                          f"got layers with {sorted({layer.n_voxels for layer in geometry.layers})} voxels")
-    return ShowerVAE(model_config, geometry.n_layers, geometry.layers[0].n_voxels)
+    first = geometry.layers[0]
+    return ShowerVAE(model_config, geometry.n_layers, first.n_alpha, first.n_radial)
 
 
 # -- the loop ----------------------------------------------------------------------
@@ -310,7 +305,7 @@ def _evaluate_loss(vae: ShowerVAE, tensors: ShowerTensors, tcfg: TrainConfig, be
         for start in range(0, tensors.n, 4096):
             sl = slice(start, start + 4096)
             terms = vae.loss(tensors.condition[sl].to(device), tensors.v[sl].to(device),
-                             tensors.fractions[sl].to(device), beta=beta, u_weight=tcfg.u_weight,
+                             tensors.rings[sl].to(device), beta=beta, u_weight=tcfg.u_weight,
                              shape_weight=tcfg.shape_weight)
             k = tensors.condition[sl].shape[0]
             for key, value in terms.items():
@@ -346,14 +341,16 @@ def train(config: dict, data: str | os.PathLike, out: str | os.PathLike, *,
         n_val = max(1, int(round(train_set.n * dcfg.val_fraction)))
         if n_val >= train_set.n:
             raise ValueError(f"--data: {train_set.n} showers are too few to split off a validation set")
-        val_set = ShowerTensors(*(getattr(train_set, k)[-n_val:] for k in ("energy", "condition", "v", "fractions")), 0)
-        train_set = ShowerTensors(*(getattr(train_set, k)[:-n_val] for k in ("energy", "condition", "v", "fractions")),
-                                  train_set.n_dropped)
+        val_set = ShowerTensors(*(getattr(train_set, k)[-n_val:] for k in ("energy", "condition", "v", "rings")),
+                                0, train_set.kappa)
+        train_set = ShowerTensors(*(getattr(train_set, k)[:-n_val] for k in ("energy", "condition", "v", "rings")),
+                                  train_set.n_dropped, train_set.kappa)
     log(f"data: {train_set.n} training showers ({train_set.n_dropped} empty dropped), "
-        f"{val_set.n} validation showers, loaded in {time.perf_counter() - t_load:.0f} s")
+        f"{val_set.n} validation showers, loaded in {time.perf_counter() - t_load:.0f} s; "
+        f"voxel noise kappa {train_set.kappa:.2f} MeV")
 
     vae = _build_vae(config["model"], geometry)
-    vae.fit_input_scaling(train_set.condition, train_set.v, train_set.fractions)
+    vae.fit_input_scaling(train_set.condition, train_set.v, train_set.rings)
     vae.to(device)
     optimiser = torch.optim.Adam(vae.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
     steps_per_epoch = math.ceil(train_set.n / tcfg.batch_size)
@@ -372,6 +369,7 @@ def train(config: dict, data: str | os.PathLike, out: str | os.PathLike, *,
         "response_json": json.dumps(response.to_dict()),
         "geometry_json": json.dumps(geometry.to_dict()),
         "data_json": json.dumps(data_info),
+        "noise_kappa": float(train_set.kappa),
     }
     (out / "config.json").write_text(json.dumps({**config_dict, "data_files": data_info,
                                                   "response": response.to_dict()}, indent=1))
@@ -413,7 +411,7 @@ def train(config: dict, data: str | os.PathLike, out: str | os.PathLike, *,
             beta = tcfg.beta * min(1.0, step / warmup_steps)
             idx = perm[i * tcfg.batch_size:(i + 1) * tcfg.batch_size]
             terms = vae.loss(train_set.condition[idx].to(device), train_set.v[idx].to(device),
-                             train_set.fractions[idx].to(device), beta=beta, u_weight=tcfg.u_weight,
+                             train_set.rings[idx].to(device), beta=beta, u_weight=tcfg.u_weight,
                              shape_weight=tcfg.shape_weight)
             optimiser.zero_grad(set_to_none=True)
             terms["loss"].backward()
@@ -433,7 +431,8 @@ def train(config: dict, data: str | os.PathLike, out: str | os.PathLike, *,
             d = config["model"].latent_dim
             prior_mean, prior_chol = torch.zeros(d), torch.eye(d)
         decoder = PhysicalDecoder(vae, response, e_min=dcfg.e_min, e_max=dcfg.e_max, threshold=dcfg.threshold,
-                                  prior_mean=prior_mean.to(device), prior_chol=prior_chol.to(device))
+                                  prior_mean=prior_mean.to(device), prior_chol=prior_chol.to(device),
+                                  noise_kappa=train_set.kappa).to(device)
         generated = generate_showers(decoder, fom_energy, seed=tcfg.seed + 1)
         fom = _figure_of_merit(fom_energy, generated, fom_reference_features, geometry, dcfg.threshold)
         table = response_table(fom_energy, generated.sum(1), fom_reference.sum(1), e_min=dcfg.e_min, e_max=dcfg.e_max)

@@ -17,6 +17,10 @@
 
 #include "fastsim/generator.hpp"
 
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "fastsim-cpp reads and writes raw little-endian float32; add byte swapping for this host"
+#endif
+
 namespace {
 
 const char* const kUsage = R"(usage: fastsim-cpp MODEL.onnx [options]
@@ -40,6 +44,8 @@ options:
                          --energy/--condition
   --allow-extrapolation  accept conditions outside the model's training range
   --info                 print the model's spec and providers, then exit
+  --voxel-centres FILE   write each voxel's (depth, r, alpha) in mm/rad as raw float64
+                         (n_voxels x 3) from the spec's geometry, then exit
   --json                 print the run summary as one JSON line on stdout
   -h, --help             show this help
 )";
@@ -64,6 +70,7 @@ struct Arguments {
   std::string conditions_file;
   bool allow_extrapolation = false;
   bool info = false;
+  std::string voxel_centres;
   bool json = false;
 };
 
@@ -135,7 +142,7 @@ Arguments parse_arguments(int argc, char** argv) {
       std::cout << kUsage;
       std::exit(0);
     } else if (word == "--n") {
-      args.n = parse_count(word, value(), true);
+      args.n = parse_count(word, value(), false);
       args.n_given = true;
     } else if (word == "--energy") {
       args.energy = value();
@@ -169,6 +176,8 @@ Arguments parse_arguments(int argc, char** argv) {
       args.allow_extrapolation = true;
     } else if (word == "--info") {
       args.info = true;
+    } else if (word == "--voxel-centres") {
+      args.voxel_centres = value();
     } else if (word == "--json") {
       args.json = true;
     } else if (word.rfind("-", 0) == 0) {
@@ -213,6 +222,11 @@ void print_info(const fastsim::Generator& generator) {
   for (const auto& condition : spec.conditions) {
     std::cout << "condition   " << condition.name << " [" << condition.min << ", " << condition.max << "] "
               << condition.unit << " (" << condition.sampling << ")\n";
+  }
+  const auto& geometry = spec.output.geometry;
+  if (!geometry.layers.empty()) {
+    std::cout << "geometry    cylindrical, " << geometry.layers.size() << " layers of " << geometry.layer_thickness_mm
+              << " mm, " << geometry.n_voxels() << " voxels\n";
   }
   std::cout << "output      " << spec.io_names.showers << ": " << spec.output.n_voxels << " voxels, "
             << spec.output.unit << ", " << spec.output.dtype << "\n"
@@ -295,7 +309,9 @@ class AtomicFile {
   void commit() {
     out_.close();
     if (!out_) throw UsageError("writing --out file '" + tmp_ + "' failed (disk full?)");
-    std::filesystem::rename(tmp_, path_);
+    std::error_code error;
+    std::filesystem::rename(tmp_, path_, error);
+    if (error) throw UsageError("--out file '" + path_ + "' cannot be written: " + error.message());
     committed_ = true;
   }
 
@@ -305,6 +321,16 @@ class AtomicFile {
   std::ofstream out_;
   bool committed_ = false;
 };
+
+// A JSON string literal (model names are user data).
+std::string json_string(const std::string& text) {
+  std::string out = "\"";
+  for (const char c : text) {
+    if (c == '"' || c == '\\') out += '\\';
+    if (static_cast<unsigned char>(c) >= 0x20) out += c;
+  }
+  return out + "\"";
+}
 
 int run(const Arguments& args) {
   fastsim::GeneratorOptions options;
@@ -318,6 +344,19 @@ int run(const Arguments& args) {
     return 0;
   }
   const auto& spec = generator.spec();
+  if (!args.voxel_centres.empty()) {
+    if (spec.output.geometry.layers.empty()) {
+      throw UsageError("--voxel-centres: model '" + spec.name + "' has no output.geometry in its spec");
+    }
+    std::vector<double> rows;
+    for (const auto& centre : spec.output.geometry.voxel_centres()) {
+      rows.insert(rows.end(), {centre.depth_mm, centre.r_mm, centre.alpha});
+    }
+    std::ofstream file(args.voxel_centres, std::ios::binary);
+    file.write(reinterpret_cast<const char*>(rows.data()), static_cast<std::streamsize>(rows.size() * sizeof(double)));
+    if (!file) throw UsageError("--voxel-centres file '" + args.voxel_centres + "' cannot be written");
+    return 0;
+  }
 
   // Inputs from files (parity checks, replaying a run) or drawn here.
   std::vector<float> file_conditions;
@@ -374,7 +413,7 @@ int run(const Arguments& args) {
   const double rate = seconds > 0 ? static_cast<double>(n) / seconds : 0.0;
   const double mean_energy = n ? total_energy / static_cast<double>(n) : 0.0;
   if (args.json) {
-    std::cout << "{\"model\": \"" << spec.name << "\", \"n\": " << n << ", \"batch\": " << args.batch
+    std::cout << "{\"model\": " << json_string(spec.name) << ", \"n\": " << n << ", \"batch\": " << args.batch
               << ", \"threads\": " << args.threads << ", \"provider\": \"" << generator.provider()
               << "\", \"onnxruntime\": \"" << fastsim::onnxruntime_version() << "\", \"seconds\": " << seconds
               << ", \"showers_per_second\": " << rate << ", \"mean_total_energy_mev\": " << mean_energy << "}"

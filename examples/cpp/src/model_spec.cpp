@@ -75,6 +75,42 @@ ConditionSpec parse_condition(const Json& block, std::size_t index) {
   return condition;
 }
 
+// An absent or empty geometry block is allowed (the host then has no voxel positions);
+// a cylindrical one must be complete and match n_voxels.
+CylindricalGeometry parse_geometry(const Json& block, std::size_t n_voxels) {
+  CylindricalGeometry geometry;
+  if (block.is_object() && block.empty()) return geometry;
+  if (!block.is_object()) throw fail("output.geometry", "a JSON object", block);
+  const Json kind = block.value("kind", Json("cylindrical"));
+  if (kind != "cylindrical") throw fail("output.geometry.kind", "'cylindrical'", kind);
+  if (block.contains("layer_thickness_mm")) {
+    geometry.layer_thickness_mm = number_at(block, "layer_thickness_mm", "output.geometry");
+  }
+  const Json& layers = object_at(block, "layers", "output.geometry");
+  if (!layers.is_array() || layers.empty()) throw fail("output.geometry.layers", "a non-empty list", layers);
+  for (std::size_t i = 0; i < layers.size(); ++i) {
+    const std::string where = "output.geometry.layers[" + std::to_string(i) + "]";
+    const Json& layer = layers[i];
+    if (!layer.is_object()) throw fail(where, "a JSON object", layer);
+    CylindricalGeometry::Layer parsed;
+    parsed.n_alpha = positive_int_at(layer, "n_alpha", where);
+    const Json& edges = object_at(layer, "r_edges", where);
+    if (!edges.is_array() || edges.size() < 2) throw fail(where + ".r_edges", "at least two radii", edges);
+    for (const Json& edge : edges) {
+      if (!edge.is_number() || (!parsed.r_edges.empty() && edge.get<double>() <= parsed.r_edges.back())) {
+        throw fail(where + ".r_edges", "increasing numbers", edges);
+      }
+      parsed.r_edges.push_back(edge.get<double>());
+    }
+    geometry.layers.push_back(std::move(parsed));
+  }
+  if (geometry.n_voxels() != n_voxels) {
+    throw fail("output.geometry", "a geometry of output.n_voxels = " + std::to_string(n_voxels) + " voxels",
+               geometry.n_voxels());
+  }
+  return geometry;
+}
+
 OutputSpec parse_output(const Json& block) {
   if (!block.is_object()) throw fail("output", "a JSON object", block);
   OutputSpec output;
@@ -85,6 +121,7 @@ OutputSpec parse_output(const Json& block) {
   if (output.dtype != "float32" && output.dtype != "float16") {
     throw fail("output.dtype", "one of [float32, float16]", output.dtype);
   }
+  if (block.contains("geometry")) output.geometry = parse_geometry(block.at("geometry"), output.n_voxels);
   return output;
 }
 
@@ -150,6 +187,29 @@ ModelSpec ModelSpec::from_json(const std::string& text) {
   spec.output = parse_output(object_at(doc, "output", "spec"));
   if (doc.contains("io_names")) spec.io_names = parse_io_names(doc.at("io_names"));
   return spec;
+}
+
+std::size_t CylindricalGeometry::n_voxels() const {
+  std::size_t total = 0;
+  for (const Layer& layer : layers) total += layer.n_alpha * (layer.r_edges.size() - 1);
+  return total;
+}
+
+std::vector<VoxelCentre> CylindricalGeometry::voxel_centres() const {
+  const double pi = std::acos(-1.0);
+  std::vector<VoxelCentre> centres;
+  centres.reserve(n_voxels());
+  for (std::size_t l = 0; l < layers.size(); ++l) {
+    const Layer& layer = layers[l];
+    for (std::size_t k = 0; k < layer.n_alpha; ++k) {
+      const double alpha = -pi + (static_cast<double>(k) + 0.5) * 2.0 * pi / static_cast<double>(layer.n_alpha);
+      for (std::size_t j = 0; j + 1 < layer.r_edges.size(); ++j) {
+        const double r = 0.5 * (layer.r_edges[j] + layer.r_edges[j + 1]);
+        centres.push_back({l, (static_cast<double>(l) + 0.5) * layer_thickness_mm, r, alpha});
+      }
+    }
+  }
+  return centres;
 }
 
 std::size_t ModelSpec::condition_index(const std::string& condition_name) const {

@@ -22,12 +22,36 @@ struct ConditionSpec {
   std::string sampling;  // "log-uniform", "uniform", ... (how Python samples it)
 };
 
+/// Where one voxel is, relative to the shower axis at the calorimeter front face.
+struct VoxelCentre {
+  std::size_t layer = 0;
+  double depth_mm = 0.0;  // along the particle direction, centre of the layer
+  double r_mm = 0.0;      // distance from the axis, centre of the radial bin
+  double alpha = 0.0;     // angle around the axis in [-pi, pi], centre of the alpha bin
+};
+
+/// The output's cylindrical voxel geometry (the spec's output.geometry block):
+/// layers along the particle direction, each cut into radial rings and alpha sectors.
+struct CylindricalGeometry {
+  struct Layer {
+    std::vector<double> r_edges;  // mm, increasing
+    std::size_t n_alpha = 0;
+  };
+  double layer_thickness_mm = 3.4;
+  std::vector<Layer> layers;  // empty when the spec has no geometry
+
+  std::size_t n_voxels() const;
+  /// Every voxel's centre in the output's flattening order (layer, alpha, radial).
+  std::vector<VoxelCentre> voxel_centres() const;
+};
+
 /// The output tensor: energy per voxel.
 struct OutputSpec {
   std::string name;
   std::string unit;
   std::size_t n_voxels = 0;
   std::string dtype = "float32";  // or "float16" for a half-precision variant
+  CylindricalGeometry geometry;
 };
 
 /// Graph tensor names of the three contract roles (default: z, conditions, showers).

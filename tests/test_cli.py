@@ -1,0 +1,224 @@
+"""The ``fastsim`` command line, run as a real subprocess."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import fastsim
+from conftest import cli_env
+from decoders import make_decoder, make_spec
+from fastsim.io import partial_path, partial_progress, read_output
+from fastsim.models import bundled_models
+
+
+def test_version_and_help(run_fastsim):
+    version = run_fastsim("--version")
+    assert version.returncode == 0 and version.stdout.strip() == f"fastsim {fastsim.__version__}"
+    top = run_fastsim("--help")
+    assert top.returncode == 0
+    for command in ("generate", "info", "models"):
+        assert command in top.stdout
+    generate = run_fastsim("generate", "--help")
+    for option in ("--energy", "--model", "--spec", "--seed", "--batch-size", "--device", "--threads",
+                   "--format", "--compression", "--resume", "--force", "--quiet", "--json", "$ fastsim generate"):
+        assert option in generate.stdout
+
+
+def test_generate_json_summary_and_file_match_the_api(run_fastsim, toy_model, tmp_path):
+    out = tmp_path / "showers.h5"
+    result = run_fastsim("generate", "-n", 3000, "--energy", "10GeV:1TeV", "--model", toy_model, "--seed", 7,
+                         "--batch-size", 500, "--threads", 1, "-o", out, "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["n"] == 3000 and summary["seed"] == 7 and summary["output"] == str(out)
+    assert summary["provider"] == "CPUExecutionProvider" and summary["model"] == "toy-decoder"
+    assert summary["showers_per_s"] > 0 and summary["seconds"] > 0
+    energies, showers = read_output(out)
+    expected = fastsim.load(toy_model, device="cpu").generate(3000, "10GeV:1TeV", seed=7)
+    assert np.array_equal(energies, expected[0]) and np.array_equal(showers, expected[1])
+
+
+def test_summary_line_and_no_progress_bar_without_a_terminal(run_fastsim, toy_model, tmp_path):
+    result = run_fastsim("generate", "-n", 50, "--model", toy_model, "-o", tmp_path / "a.npz")
+    assert result.returncode == 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("wrote 50 showers to ")
+    quiet = run_fastsim("generate", "-n", 50, "--model", toy_model, "-o", tmp_path / "b.npz", "--quiet")
+    assert quiet.returncode == 0 and quiet.stderr == "" and quiet.stdout == ""
+
+
+def test_energy_file_sets_n(run_fastsim, toy_model, tmp_path):
+    energies = np.array([1e3, 5e4, 2.5e5, 1e6])
+    np.save(tmp_path / "e.npy", energies)
+    result = run_fastsim("generate", "--energy", tmp_path / "e.npy", "--model", toy_model,
+                         "-o", tmp_path / "o.h5", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["n"] == 4
+    assert np.array_equal(read_output(tmp_path / "o.h5")[0][:, 0], energies.astype(np.float32))
+
+
+def test_info_shows_spec_tensors_and_providers(run_fastsim, toy_model):
+    result = run_fastsim("info", toy_model, "--json")
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["spec"]["latent_dim"] == 4 and doc["spec"]["output"]["n_voxels"] == 24
+    assert [i["name"] for i in doc["inputs"]] == ["z", "conditions"]
+    assert doc["outputs"][0]["name"] == "showers" and "CPUExecutionProvider" in doc["providers"]
+    text = run_fastsim("info", toy_model)
+    assert text.returncode == 0
+    assert "toy-decoder 0.0.1" in text.stdout and "incident_energy [1000, 1e+06] MeV, log-uniform" in text.stdout
+    assert "providers available:" in text.stdout
+
+
+def test_models_lists_models_on_the_search_path(run_fastsim, tmp_path):
+    make_decoder(tmp_path / "calo-electron.onnx", name="calo-electron")
+    (tmp_path / "calo-electron.md").write_text("# card")
+    result = run_fastsim("models", "--json", env=cli_env(FASTSIM_MODEL_PATH=str(tmp_path)))
+    assert result.returncode == 0, result.stderr
+    rows = {row["name"]: row for row in json.loads(result.stdout)}
+    assert rows["calo-electron"]["default"] and rows["calo-electron"]["card"].endswith("calo-electron.md")
+    text = run_fastsim("models", env=cli_env(FASTSIM_MODEL_PATH=str(tmp_path)))
+    assert "calo-electron (default)" in text.stdout
+    gen = run_fastsim("generate", "-n", 5, "-o", tmp_path / "d.h5", env=cli_env(FASTSIM_MODEL_PATH=str(tmp_path)))
+    assert gen.returncode == 0, gen.stderr
+
+
+def test_default_model_or_a_clear_message(run_fastsim, tmp_path):
+    result = run_fastsim("generate", "-n", 5, "--energy", "1GeV:1TeV", "-o", tmp_path / "s.h5", "--force")
+    if any(m.name == "calo-electron" for m in bundled_models()):
+        assert result.returncode == 0, result.stderr
+    else:
+        assert result.returncode == 2
+        assert result.stderr.startswith("fastsim: error: model: no bundled model is installed")
+        assert not (tmp_path / "s.h5").exists()
+
+
+@pytest.fixture(scope="module")
+def bad_models(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("bad")
+    (folder / "text.onnx").write_text("definitely not a protobuf")
+    (folder / "broken.json").write_text("{not json")
+    make_decoder(folder / "mismatch.onnx", spec=make_spec(latent_dim=6, n_voxels=24))
+    (folder / "existing.h5").write_bytes(b"keep me")
+    (folder / "plainfile").write_text("")
+    return folder
+
+
+BAD_INPUTS = [
+    # (arguments after `generate`, words the one-line message must contain)
+    (["--model", "no-such-model"], "model"),
+    (["--model", "{bad}/absent.onnx"], "does not exist"),
+    (["--model", "{bad}/text.onnx"], "not an ONNX model"),
+    (["--model", "{bad}/mismatch.onnx"], "spec latent_dim is 6"),
+    (["--model", "{toy}", "--spec", "{bad}/broken.json"], "not valid JSON"),
+    (["--model", "{toy}", "--spec", "{bad}/nope.json"], "cannot be read"),
+    (["--model", "{toy}", "-n", "0"], "'-n' / '--n-showers': 0 is not in the range x>=1"),
+    (["--model", "{toy}", "-n", "-5"], "'-n' / '--n-showers': -5 is not in the range x>=1"),
+    (["--model", "{toy}", "-n", "ten"], "'ten' is not a valid integer"),
+    (["--model", "{toy}", "--energy", "50 parsecs"], "--energy: incident_energy: expected a number with an optional unit"),
+    (["--model", "{toy}", "--energy", "1GeV:"], "expected a number"),
+    (["--model", "{toy}", "--energy", "nan"], "finite"),
+    (["--model", "{toy}", "--energy", "-5GeV"], "must be > 0"),
+    (["--model", "{toy}", "--energy", "5TeV"], "outside the model's training range"),
+    (["--model", "{toy}", "--energy", "{bad}/missing.npy"], "does not exist"),
+    (["--model", "{toy}", "--device", "cuda"], "available providers"),
+    (["--model", "{toy}", "--device", "gpu"], "'gpu' is not one of"),
+    (["--model", "{toy}", "--compression", "zstd"], "compression"),
+    (["--model", "{toy}", "--resume"], "no partial run to resume"),
+    (["--model", "{toy}", "-o", "{bad}/no-such-dir/out.h5"], "does not exist"),
+    (["--model", "{toy}", "-o", "{bad}/plainfile/out.h5"], "is not a folder"),
+    (["--model", "{toy}", "-o", "{bad}/existing.h5"], "already exists; pass --force"),
+    (["--model", "{toy}", "-o", "{bad}/out.txt"], "cannot tell the format"),
+]
+
+
+@pytest.mark.parametrize(("args", "words"), BAD_INPUTS, ids=[" ".join(a) for a, _ in BAD_INPUTS])
+def test_bad_input_is_one_line_exit_2_and_leaves_no_file(run_fastsim, toy_model, bad_models, tmp_path,
+                                                           args, words):
+    import onnxruntime as ort
+
+    if "cuda" in args and "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("a CUDA-enabled onnxruntime is installed")
+    args = [a.format(bad=bad_models, toy=toy_model) for a in args]
+    if "-o" not in args:
+        args += ["-o", str(tmp_path / "out.h5")]
+    if "-n" not in args:
+        args += ["-n", "10"]
+    before = sorted(p.name for p in bad_models.iterdir())
+    result = run_fastsim("generate", *args)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("fastsim: error: ") and words in lines[0]
+    assert "Traceback" not in result.stderr and result.stdout == ""
+    assert list(tmp_path.iterdir()) == []  # no output and no partial file
+    assert sorted(p.name for p in bad_models.iterdir()) == before
+    if "existing.h5" in " ".join(args):
+        assert (bad_models / "existing.h5").read_bytes() == b"keep me"
+
+
+def test_n_is_required_without_an_energy_file(run_fastsim, toy_model, tmp_path):
+    result = run_fastsim("generate", "--model", toy_model, "--energy", "50GeV", "-o", tmp_path / "o.h5")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert "-n/--n-showers is required unless --energy FILE" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_info_of_a_bad_model_is_one_line(run_fastsim, bad_models):
+    result = run_fastsim("info", bad_models / "text.onnx")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "not an ONNX model" in result.stderr
+
+
+@pytest.fixture(scope="module")
+def slow_model(tmp_path_factory):
+    """A decoder for a run that is killed midway (small batches into compressed chunks keep it busy)."""
+    return make_decoder(tmp_path_factory.mktemp("slow") / "slow.onnx", latent_dim=8, n_voxels=256, hidden=32)
+
+
+def test_resume_after_sigkill_is_bitwise_identical(slow_model, tmp_path, run_fastsim):
+    out = tmp_path / "killed.h5"
+    n = 8_000
+    common = ["--model", str(slow_model), "--energy", "1GeV:1TeV", "--seed", "21", "-n", str(n),
+              "--compression", "gzip:1", "-o", str(out)]
+    process = subprocess.Popen([sys.executable, "-m", "fastsim.cli", "generate", *common,
+                                "--batch-size", "64", "--threads", "1", "--quiet"],
+                               env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    try:
+        while partial_progress(out) < 640:
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline, "the run made no progress"
+            time.sleep(0.02)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.communicate()
+    assert process.returncode == -signal.SIGKILL
+    done = partial_progress(out)
+    assert 640 <= done < n and done % 64 == 0 and not out.exists()
+
+    # Refusals leave the partial run alone.
+    different = run_fastsim("generate", *[("22" if a == "21" else a) for a in common], "--resume")
+    assert different.returncode == 2 and "seed is 21 in the file, 22 now" in different.stderr
+    again = run_fastsim("generate", *common)
+    assert again.returncode == 2 and "--resume" in again.stderr
+    assert partial_progress(out) == done
+
+    resumed = run_fastsim("generate", *common, "--batch-size", "4096", "--resume", "--json")
+    assert resumed.returncode == 0, resumed.stderr
+    summary = json.loads(resumed.stdout)
+    assert summary["resumed_from"] == done and summary["generated"] == n - done
+    assert out.is_file() and not partial_path(out).exists()
+
+    reference = tmp_path / "reference.h5"
+    full = run_fastsim("generate", *common[:-1], str(reference), "--batch-size", "3000", "--quiet")
+    assert full.returncode == 0, full.stderr
+    got, expected = read_output(out), read_output(reference)
+    for a, b in zip(got, expected):
+        assert a.shape == b.shape and a.tobytes() == b.tobytes()

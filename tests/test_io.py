@@ -1,0 +1,230 @@
+"""Output files: CaloChallenge HDF5 / npz / npy, atomic rename, resume, and the background writer."""
+
+from __future__ import annotations
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+
+import fastsim
+from fastsim.errors import ArgumentError, OutputError
+from fastsim.io import (
+    ShowerWriter,
+    check_output_path,
+    output_format,
+    parse_compression,
+    partial_path,
+    partial_progress,
+    read_output,
+    write_batches,
+)
+
+
+@pytest.fixture(scope="module")
+def gen(wide_model):
+    return fastsim.load(wide_model, device="cpu", threads=1)
+
+
+N = 1500
+
+
+@pytest.fixture(scope="module")
+def reference(gen):
+    return gen.generate(N, "10GeV:1TeV", seed=3)
+
+
+@pytest.mark.parametrize(("name", "compression"), [
+    ("out.h5", None), ("out.h5", "gzip"), ("out.hdf5", "lzf"), ("out.h5", "gzip:1"),
+    ("out.npz", None), ("out.npz", "gzip"), ("out.npy", None),
+])
+def test_written_files_hold_exactly_the_generated_showers(gen, reference, tmp_path, name, compression):
+    path = tmp_path / name
+    summary = gen.write(path, N, "10GeV:1TeV", seed=3, batch_size=512, compression=compression)
+    assert summary["n"] == N and summary["output"] == str(path) and summary["provider"] == "CPUExecutionProvider"
+    assert path.is_file() and not partial_path(path).exists()
+    energies, showers = read_output(path)
+    assert energies.shape == (N, 1) and showers.shape == (N, 6480)
+    assert energies.dtype == np.float32 and showers.dtype == np.float32
+    assert np.array_equal(energies, reference[0]) and np.array_equal(showers, reference[1])
+
+
+def test_hdf5_layout_and_attributes(gen, tmp_path):
+    path = tmp_path / "out.h5"
+    gen.write(path, 700, "50GeV", seed=12, compression="gzip")
+    with h5py.File(path, "r") as fh:
+        assert set(fh) == {"incident_energies", "showers"}
+        assert fh["showers"].chunks[1] == 6480 and fh["showers"].compression == "gzip"
+        attrs = fh.attrs
+        assert fastsim.ModelSpec.from_json(attrs["fastsim.spec"]) == gen.spec
+        assert attrs["fastsim.seed"] == 12 and attrs["fastsim.n"] == 700 and attrs["fastsim.progress"] == 700
+        assert attrs["fastsim.version"] == fastsim.__version__
+        assert attrs["fastsim.model_sha256"] == gen.sha256
+        assert json.loads(attrs["fastsim.conditions"]) == {
+            "incident_energy": {"kind": "constant", "value": 50000.0, "unit": "MeV"}}
+        assert bool(attrs["fastsim.complete"])
+
+
+def test_partial_file_until_closed_then_renamed(tmp_path):
+    path = tmp_path / "x.h5"
+    writer = ShowerWriter(path, n=10, n_voxels=3, attrs={"seed": 0})
+    writer.write(np.ones((4, 1)), np.ones((4, 3)))
+    assert partial_path(path).is_file() and not path.exists()
+    assert partial_progress(path) == 4
+    with pytest.raises(OutputError, match="only 4 of 10 rows"):
+        writer.close()
+    writer.write(np.ones((6, 1)), np.ones((6, 3)))
+    assert writer.close() == path and path.is_file() and not partial_path(path).exists()
+
+
+@pytest.mark.parametrize("name", ["x.h5", "x.npz", "x.npy"])
+def test_error_before_any_row_leaves_nothing(tmp_path, name):
+    path = tmp_path / name
+    with pytest.raises(RuntimeError):
+        with ShowerWriter(path, n=10, n_voxels=3):
+            raise RuntimeError("decoding failed")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_error_after_rows_keeps_the_hdf5_partial_for_resuming(tmp_path):
+    path = tmp_path / "x.h5"
+    with pytest.raises(RuntimeError):
+        with ShowerWriter(path, n=10, n_voxels=3, attrs={"seed": 1}) as writer:
+            writer.write(np.ones((4, 1)), np.ones((4, 3)))
+            raise RuntimeError("interrupted")
+    assert not path.exists() and partial_progress(path) == 4
+
+
+def _interrupt_write(gen, path, after_batches, **kwargs):
+    """Run gen.write, raising KeyboardInterrupt from the decoding loop after some batches (like Ctrl-C)."""
+    original = gen.iter_batches
+
+    def interrupted(*args, **kw):
+        for i, batch in enumerate(original(*args, **kw)):
+            if i == after_batches:
+                raise KeyboardInterrupt
+            yield batch
+
+    gen.iter_batches = interrupted
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            gen.write(path, **kwargs)
+    finally:
+        del gen.iter_batches
+
+
+def test_resume_is_bitwise_identical_to_an_uninterrupted_run(gen, reference, tmp_path):
+    path = tmp_path / "r.h5"
+    _interrupt_write(gen, path, 2, n=N, conditions="10GeV:1TeV", seed=3, batch_size=256, compression="lzf")
+    assert not path.exists() and partial_progress(path) == 512
+    summary = gen.write(path, N, "10GeV:1TeV", seed=3, batch_size=700, compression="lzf", resume=True)
+    assert summary["resumed_from"] == 512 and summary["generated"] == N - 512
+    energies, showers = read_output(path)
+    assert np.array_equal(energies, reference[0]) and np.array_equal(showers, reference[1])
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"seed": 4}, "seed is 3 in the file, 4 now"),
+    ({"n": N + 1}, "n is 1500 in the file, 1501 now"),
+    ({"conditions": "20GeV:1TeV"}, "conditions is"),
+    ({"start": 1024}, "start is 0 in the file, 1024 now"),
+])
+def test_resume_refuses_a_different_run(gen, tmp_path, change, message):
+    path = tmp_path / "r.h5"
+    args = {"n": N, "conditions": "10GeV:1TeV", "seed": 3, "start": 0}
+    _interrupt_write(gen, path, 1, batch_size=256, **args)
+    assert partial_progress(path) == 256
+    args.update(change)
+    with pytest.raises(OutputError, match=f"resume: .* is from a different run: .*{message}"):
+        gen.write(path, resume=True, batch_size=256, **args)
+    assert partial_progress(path) == 256  # the partial run is left as it was
+
+
+def test_existing_output_needs_force(gen, tmp_path):
+    path = tmp_path / "o.h5"
+    gen.write(path, 10, seed=1)
+    with pytest.raises(OutputError, match="already exists; pass --force"):
+        gen.write(path, 10, seed=1)
+    gen.write(path, 20, seed=2, force=True)
+    assert read_output(path)[1].shape == (20, 6480)
+
+
+@pytest.mark.parametrize(("kwargs", "error", "message"), [
+    ({"path": "nodir/o.h5"}, OutputError, "folder .*nodir' does not exist"),
+    ({"path": "o.txt"}, ArgumentError, "cannot tell the format"),
+    ({"path": "o.h5", "fmt": "csv"}, ArgumentError, "format: expected one of"),
+    ({"path": "o.npz", "resume": True}, OutputError, "only HDF5 output"),
+    ({"path": "o.h5", "resume": True}, OutputError, "no partial run to resume"),
+    ({"path": "o.h5", "resume": True, "force": True}, OutputError, "not both"),
+])
+def test_bad_output_paths(tmp_path, kwargs, error, message):
+    kwargs["path"] = tmp_path / kwargs["path"]
+    with pytest.raises(error, match=message):
+        check_output_path(**kwargs)
+
+
+def test_unwritable_folder(tmp_path):
+    import os
+
+    folder = tmp_path / "ro"
+    folder.mkdir(mode=0o500)
+    if os.access(folder, os.W_OK):
+        pytest.skip("running as a user who can write anywhere")
+    with pytest.raises(OutputError, match="not writable"):
+        check_output_path(folder / "o.h5")
+
+
+@pytest.mark.parametrize(("value", "fmt", "expected"), [
+    (None, "h5", (None, None)), ("none", "h5", (None, None)), ("gzip", "h5", ("gzip", 4)),
+    ("gzip:9", "h5", ("gzip", 9)), ("lzf", "h5", ("lzf", None)), ("gzip", "npz", ("gzip", 4)),
+])
+def test_compression_values(value, fmt, expected):
+    assert parse_compression(value, fmt) == expected
+
+
+@pytest.mark.parametrize(("value", "fmt"), [("zstd", "h5"), ("gzip:12", "h5"), ("lzf:2", "h5"),
+                                            ("lzf", "npz"), ("gzip", "npy")])
+def test_bad_compression_values(value, fmt):
+    with pytest.raises(ArgumentError, match="compression"):
+        parse_compression(value, fmt)
+
+
+def test_format_from_suffix():
+    assert [output_format(p) for p in ("a.h5", "a.HDF5", "a.npz", "a.npy")] == ["h5", "h5", "npz", "npy"]
+    assert output_format("a.dat", "npz") == "npz"
+
+
+def test_write_batches_reraises_writer_errors_and_stops(tmp_path):
+    path = tmp_path / "w.h5"
+    writer = ShowerWriter(path, n=5, n_voxels=3)
+    produced = []
+
+    def batches():
+        for i in range(100):
+            produced.append(i)
+            yield np.ones((2, 1)), np.ones((2, 3))
+
+    with pytest.raises(OutputError, match="6 rows written to a file of 5"):
+        write_batches(writer, batches())
+    assert len(produced) < 100  # production stops soon after the writer fails
+    writer.abort()
+
+
+def test_multi_condition_files_keep_all_conditions(tmp_path):
+    from decoders import ENERGY_CONDITION, make_decoder
+    from fastsim.spec import ConditionSpec
+
+    path = make_decoder(tmp_path / "two.onnx",
+                        conditions=[ConditionSpec("angle", "rad", 0.1, 1.0), ENERGY_CONDITION])
+    gen = fastsim.load(path, device="cpu")
+    conditions, showers = gen.generate(300, seed=1)
+    for name in ("m.h5", "m.npz"):
+        gen.write(tmp_path / name, 300, seed=1)
+        energies, stored = read_output(tmp_path / name)
+        assert np.array_equal(energies[:, 0], conditions[:, 1])  # incident_energy is column 1
+        assert np.array_equal(stored, showers)
+    with h5py.File(tmp_path / "m.h5") as fh:
+        assert np.array_equal(fh["conditions"][...], conditions)
+    with np.load(tmp_path / "m.npz") as archive:
+        assert np.array_equal(archive["conditions"], conditions)
