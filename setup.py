@@ -4,8 +4,8 @@ Everything else about the package is in pyproject.toml. An editable install
 finds ``exported/`` next to the package and needs no copy.
 """
 
-from pathlib import Path
 import shutil
+from pathlib import Path
 
 from setuptools import setup
 from setuptools.command.build_py import build_py

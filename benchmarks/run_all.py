@@ -127,6 +127,10 @@ def _fmt(value, spec: str = ",.0f", none: str = "n/a") -> str:
     return none if value is None else format(value, spec)
 
 
+def _threads(n) -> str:
+    return f"{n} thread" if n == 1 else f"{n} threads"
+
+
 def _status(value, target, higher_is_better: bool = True) -> str:
     if value is None:
         return "not measured"
@@ -158,21 +162,21 @@ def render_markdown(results: dict) -> str:
     cores = h.get("threads")
     if h.get("large_batch"):
         lb = h["large_batch"]
-        lines.append(f"| decode fp32, largest batch ({lb['batch_size']}), {cores} threads: fraction of sgemm limit "
+        lines.append(f"| decode fp32, largest batch ({lb['batch_size']}), {_threads(cores)}: fraction of sgemm limit "
                      f"({_fmt(h.get('limit_gflops'), '.0f')} GFLOP/s) | {_fmt(lb['fraction_of_limit'], '.2f')} "
                      f"({_fmt(lb['showers_per_s'])} showers/s) | ≥ {TARGETS['fraction_of_limit']} "
                      f"| {_status(lb['fraction_of_limit'], TARGETS['fraction_of_limit'])} |")
     if h.get("best_fp32"):
         b = h["best_fp32"]
-        lines.append(f"| decode fp32, best batch ({b['batch_size']}), {cores} threads: fraction of sgemm limit "
+        lines.append(f"| decode fp32, best batch ({b['batch_size']}), {_threads(cores)}: fraction of sgemm limit "
                      f"| {_fmt(b['fraction_of_limit'], '.2f')} ({_fmt(b['showers_per_s'])} showers/s) "
                      f"| ≥ {TARGETS['fraction_of_limit']} | {_status(b['fraction_of_limit'], TARGETS['fraction_of_limit'])} |")
-        lines.append(f"| µs per shower, fp32, {cores} cores | {_fmt(b['us_per_shower'], '.1f')} µs "
+        lines.append(f"| µs per shower, fp32, best batch, {_threads(cores)} | {_fmt(b['us_per_shower'], '.1f')} µs "
                      f"| ≤ {TARGETS['us_per_shower']:.0f} µs | "
                      f"{_status(b['us_per_shower'], TARGETS['us_per_shower'], higher_is_better=False)} |")
     if h.get("vs_torch"):
         t = h["vs_torch"]
-        lines.append(f"| ONNX Runtime / PyTorch eager, best batch of each, {cores} threads "
+        lines.append(f"| ONNX Runtime / PyTorch eager, best batch of each, {_threads(cores)} "
                      f"| {_fmt(t['ratio_best_vs_best'], '.2f')}x (torch best {_fmt(t['torch_best']['showers_per_s'])}"
                      f" showers/s at batch {t['torch_best']['batch_size']}; same batch "
                      f"{_fmt(t['ratio_same_batch'], '.2f')}x) | ≥ {TARGETS['vs_torch']}x "

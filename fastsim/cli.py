@@ -81,7 +81,8 @@ def cli() -> None:
                    "same command again resumes (default with --dask: ~100k showers a shard).")
 @click.option("--dask", "dask_address", default=None, metavar="ADDRESS|local:W",
               help="Generate the shards on a Dask cluster: a scheduler address (tcp://HOST:PORT) or local:W "
-                   "for W local worker processes. Needs the dask extra.")
+                   "for W local worker processes; each task uses --threads ONNX Runtime threads (default 1). "
+                   "Needs the dask extra.")
 def generate(n, energy, output, model, spec_file, seed, batch_size, device, threads, fmt, compression, force,
              resume, allow_extrapolation, quiet, as_json, shards, dask_address) -> None:
     """Generate showers into an HDF5 (CaloChallenge layout), .npz or .npy file.
@@ -135,7 +136,8 @@ def generate(n, energy, output, model, spec_file, seed, batch_size, device, thre
         except fastsim.ConditionError as exc:
             raise fastsim.ConditionError(f"--energy: {exc}" if energy is not None else str(exc)) from None
         except fastsim.ArgumentError:
-            raise click.UsageError("-n/--n-showers is required unless --energy FILE gives one energy per shower")
+            raise click.UsageError(
+                "-n/--n-showers is required unless --energy FILE gives one energy per shower") from None
     for warning in caught:
         click.echo(f"fastsim: warning: {warning.message}", err=True)
     bar = _progress_bar(plan.n, partial_progress(output) if resume else 0, quiet or as_json)
@@ -294,10 +296,13 @@ def validate(generated, reference, output_dir, geometry_xml, n_max, groups, clas
 @click.option("--min-time", default=0.3, show_default=True, type=click.FloatRange(min=0.0),
               help="Seconds each point is timed for (at least 3 calls; the median counts).")
 @click.option("--no-limit", is_flag=True, help="Do not measure the hardware limit (no fraction column).")
+@click.option("--limit-size", default=2048, show_default=True, type=click.IntRange(min=16),
+              help="Matrix size of the sgemm limit measurement (large enough to be compute-bound).")
 @click.option("--json", "as_json", is_flag=True, help="Print the full result document as JSON on stdout.")
 @click.option("-o", "--output", default=None, type=click.Path(dir_okay=False),
               help="Also write the JSON result document to this file.")
-def bench(model, batch_sizes, threads, precision, device, mode, min_time, no_limit, as_json, output) -> None:
+def bench(model, batch_sizes, threads, precision, device, mode, min_time, no_limit, limit_size, as_json,
+          output) -> None:
     """Measure decode throughput: showers/s, µs/shower and fraction of the hardware limit.
 
     Sweeps batch size x threads x precision with ONNX Runtime and reports each
@@ -317,7 +322,7 @@ def bench(model, batch_sizes, threads, precision, device, mode, min_time, no_lim
                        err=True)
 
     doc = bench_lib.run(model, batch_sizes=batch_sizes, threads=threads, precisions=precision, device=device,
-                        mode=mode, min_time=min_time, limit=not no_limit, progress=show)
+                        mode=mode, min_time=min_time, limit=not no_limit, limit_size=limit_size, progress=show)
     if output:
         with open(output, "w") as fh:
             json.dump(doc, fh, indent=2)

@@ -229,7 +229,7 @@ class ConditionPlan:
         """
         k = local_stop - local_start
         out = np.empty((k, len(self.sources)), dtype=np.float64)
-        for j, (cond, source) in enumerate(zip(self.spec.conditions, self.sources)):
+        for j, (cond, source) in enumerate(zip(self.spec.conditions, self.sources, strict=False)):
             if isinstance(source, Constant):
                 out[:, j] = source.value
             elif isinstance(source, Range):
@@ -253,7 +253,7 @@ class ConditionPlan:
     def describe(self) -> dict:
         """A JSON-able description that identifies the conditions (per-sample arrays by sha256)."""
         doc = {}
-        for cond, source in zip(self.spec.conditions, self.sources):
+        for cond, source in zip(self.spec.conditions, self.sources, strict=False):
             if isinstance(source, Constant):
                 doc[cond.name] = {"kind": "constant", "value": source.value, "unit": cond.unit}
             elif isinstance(source, Range):
@@ -343,7 +343,7 @@ def plan_conditions(
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n <= 0:
         raise ArgumentError(f"n: expected a positive number of samples, got {n!r}")
 
-    for cond, source in zip(spec.conditions, sources):
+    for cond, source in zip(spec.conditions, sources, strict=False):
         if isinstance(source, Constant):
             _check_values(cond, np.array([source.value]), cond.name, allow_extrapolation)
         elif isinstance(source, Range):

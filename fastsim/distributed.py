@@ -16,7 +16,8 @@ are skipped, the others are generated; a different model, seed, n, conditions
 or shard layout against an existing manifest is an error.
 
 Workers and client must see ``OUT`` and the model file at the same paths (a
-shared file system, as on batch clusters). Dask is optional: it is imported
+shared file system, as on batch clusters); one client at a time holds ``OUT``
+(an advisory lock, released even when the client is killed). Dask is optional: it is imported
 only when a cluster is used (``pip install 'fastsim[dask]'``); without a
 client the shards are generated one after the other in this process.
 """
@@ -204,8 +205,9 @@ def _inspect_output(out: Path, force: bool) -> dict | None:
     return None
 
 
-def _create_output(out: Path, force: bool) -> None:
-    """Make ``out``, check it takes files, and clear what an earlier attempt left."""
+@contextlib.contextmanager
+def _claim_output(out: Path, force: bool) -> Iterator[None]:
+    """Make ``out`` and hold it for this run: one client per folder; clear what an earlier attempt left."""
     try:
         out.mkdir(exist_ok=True)
         probe = out / f".write-test.{uuid.uuid4().hex}"
@@ -213,6 +215,25 @@ def _create_output(out: Path, force: bool) -> None:
         probe.unlink()
     except OSError as exc:
         raise OutputError(f"out: cannot write into folder {str(out)!r} ({exc.strerror or exc})") from None
+    # An advisory lock on the folder, released by the kernel even when this process is killed.
+    folder = os.open(out, os.O_RDONLY)
+    try:
+        try:
+            import fcntl
+
+            fcntl.flock(folder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise OutputError(f"out: another fastsim run is writing to {str(out)!r}; "
+                              "let it finish or stop it first") from None
+        except (ImportError, OSError):
+            pass  # no flock here (another OS, some network file systems): go on unlocked
+        _clear_leftovers(out, force)
+        yield
+    finally:
+        os.close(folder)
+
+
+def _clear_leftovers(out: Path, force: bool) -> None:
     for old in out.iterdir():
         # Partial shards of an interrupted attempt are never complete; with force, nothing is kept.
         if _PARTIAL_FILE.match(old.name) or (force and (_SHARD_FILE.match(old.name) or old.name == MANIFEST_NAME)):
@@ -400,14 +421,6 @@ def _connect(client: Any, timeout: float | None) -> Iterator[Any]:
         yield remote
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _shard_plan(plan: Any, start: int, stop: int) -> Any:
     """The conditions of samples [start, stop) alone: per-sample arrays are cut to the shard."""
     from fastsim.conditions import ConditionPlan, Values
@@ -474,17 +487,17 @@ def generate(
     ``client``: a ``distributed.Client``, a Dask cluster object (e.g. from
     dask-jobqueue), a scheduler address (``"tcp://HOST:PORT"``), ``"local:W"``
     (a local cluster of W worker processes), or None (the shards one after the
-    other in this process, without Dask). ``shards``: how many
-    (None: the manifest's when resuming, else shards of about
-    :data:`DEFAULT_SHARD_SIZE`). ``conditions``, ``seed``, ``spec``,
-    ``allow_extrapolation`` as in :meth:`fastsim.Generator.generate`; the
-    concatenated shards equal that call's output bitwise (same provider).
-    ``device`` and ``threads`` (ONNX Runtime intra-op threads per task; None:
-    ONNX Runtime's default without Dask, 1 on a cluster, where the workers
-    give the parallelism) apply on the workers. A failing shard is retried ``retries`` times by Dask;
-    one that keeps failing stops the run with its error. ``on_shard`` is
-    called with each finished shard's record. ``timeout``: seconds to reach
-    a scheduler (None: Dask's ``distributed.comm.timeouts.connect``).
+    other in this process, without Dask). ``shards``: how many (None: the
+    manifest's when resuming, else shards of about :data:`DEFAULT_SHARD_SIZE`).
+    ``conditions``, ``seed``, ``spec``, ``allow_extrapolation`` as in
+    :meth:`fastsim.Generator.generate`; the concatenated shards equal that
+    call's output bitwise (same provider). ``device`` and ``threads`` (ONNX
+    Runtime intra-op threads per task; None: ONNX Runtime's default without
+    Dask, 1 on a cluster, where the workers give the parallelism) apply on the
+    workers. A failing shard is retried ``retries`` times by Dask; one that
+    keeps failing stops the run with its error. ``on_shard`` is called with
+    each finished shard's record. ``timeout``: seconds to reach a scheduler
+    (None: Dask's ``distributed.comm.timeouts.connect``).
 
     Returns a summary: ``n``, ``shards``, ``generated`` and ``skipped`` shard
     indices, ``seconds``, ``showers_per_s`` (of the generated shards), ``out``,
@@ -521,8 +534,7 @@ def generate(
                               "use a new folder, or --force (Python: force=True) to start it over")
 
     manifest_path = out / MANIFEST_NAME
-    with _connect(client, timeout) as dask_client:
-        _create_output(out, force)
+    with _connect(client, timeout) as dask_client, _claim_output(out, force):
         done: set[int] = set()
         if existing is not None:
             recorded = [e for e in existing["shards"] if e.get("status") == "done"]
@@ -531,9 +543,9 @@ def generate(
                 if entry["index"] in done:
                     doc["shards"][entry["index"]] = entry
         _write_json_atomic(manifest_path, doc)
-        # On a cluster the workers give the parallelism: one ONNX Runtime thread per task.
-        ref = _ModelRef(str(checked.path.resolve()), doc["model_sha256"], checked.spec.to_json(), device,
-                        threads if threads is not None or dask_client is None else 1)
+        if threads is None and dask_client is not None:
+            threads = 1  # on a cluster the workers give the parallelism: one ONNX Runtime thread per task
+        ref = _ModelRef(str(checked.path.resolve()), doc["model_sha256"], checked.spec.to_json(), device, threads)
         todo = [task for task in _shard_tasks(doc, plan, ref, out, int(batch_size), compression)
                 if task.index not in done]
         workers = _count_workers(dask_client)
@@ -543,8 +555,8 @@ def generate(
         finally:
             if dask_client is None:
                 _GENERATORS.clear()  # do not keep a session (and its device memory) in the caller
-    doc["complete"] = True
-    _write_json_atomic(manifest_path, doc)
+        doc["complete"] = True
+        _write_json_atomic(manifest_path, doc)
     seconds = time.perf_counter() - began
     n_generated = sum(ranges[j][1] - ranges[j][0] for j in generated)
     return {
@@ -571,7 +583,7 @@ def _new_manifest(checked: Any, plan: Any, seed: int, ranges: list[tuple[int, in
         "seed": seed,
         "block_size": BLOCK_SIZE,
         "conditions": plan.describe(),
-        "model_sha256": _sha256(checked.path),
+        "model_sha256": checked.sha256,
         "model": {"path": str(checked.path.resolve()), "name": checked.spec.name,
                   "version": checked.spec.version},
         "spec": checked.spec.to_dict(),

@@ -7,6 +7,13 @@ conditions block-wise (:mod:`fastsim.prior`), so sample ``start + i`` depends
 only on ``(seed, start + i)``, and decodes them in batches; ``iter_batches``
 streams fixed-size chunks so that outputs larger than memory can be written
 as they are produced.
+
+Session runs always cover whole prior blocks on the global block grid (the
+batch size only changes how many blocks one run takes), because ONNX
+Runtime's CPU kernels round small or oddly sized runs differently; the tests
+check bitwise identity across batch sizes and thread counts on CPU. GPU
+libraries may choose kernels by batch size, so on a GPU keep the batch size
+fixed when comparing bits.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ from typing import Any, Callable, Iterator, Mapping
 import numpy as np
 
 from fastsim.conditions import ConditionPlan, plan_conditions
-from fastsim.errors import ArgumentError, ConditionError
+from fastsim.errors import ArgumentError, ConditionError, ModelError
 from fastsim.io import ShowerWriter, write_batches
 from fastsim.models import resolve_model
 from fastsim.prior import BLOCK_SIZE, BlockStreams
@@ -81,7 +88,12 @@ class Generator:
         if conditions.ndim != 2 or conditions.shape != (len(z), self.spec.n_conditions):
             raise ArgumentError(f"conditions: expected shape ({len(z)}, {self.spec.n_conditions}), "
                                 f"got {conditions.shape}")
-        return self.session.run([self._output], {self._inputs[0]: z, self._inputs[1]: conditions})[0]
+        try:
+            return self.session.run([self._output], {self._inputs[0]: z, self._inputs[1]: conditions})[0]
+        except Exception as exc:  # onnxruntime's Fail/RuntimeException/...: report it in one line
+            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelError(f"model {str(self.path)!r} failed to decode a batch of {len(z)}: "
+                             f"{message.rsplit(' : ', 1)[-1]}") from None
 
     def plan(self, n: int | None = None, conditions: Any = None, *, allow_extrapolation: bool = False,
              **named: Any) -> ConditionPlan:

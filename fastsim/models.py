@@ -56,7 +56,8 @@ def _looks_like_path(model: str) -> bool:
 
 def resolve_model(model: str | os.PathLike = "default") -> Path:
     """The ONNX file for a bundled name, ``"default"``, or a path."""
-    if isinstance(model, os.PathLike) or (isinstance(model, str) and (_looks_like_path(model) or Path(model).is_file())):
+    is_path = isinstance(model, str) and (_looks_like_path(model) or Path(model).is_file())
+    if isinstance(model, os.PathLike) or is_path:
         path = Path(model)
         if not path.exists():
             raise ModelError(f"model: file {str(path)!r} does not exist")

@@ -82,8 +82,8 @@ def make_model(
 
     # Per-condition normalisation to [0, 1]: log for log-uniform conditions.
     is_log = np.array([c.sampling == "log-uniform" for c in conditions])
-    lo = np.array([math.log(c.min) if log else c.min for c, log in zip(conditions, is_log)])
-    hi = np.array([math.log(c.max) if log else c.max for c, log in zip(conditions, is_log)])
+    lo = np.array([math.log(c.min) if log else c.min for c, log in zip(conditions, is_log, strict=False)])
+    hi = np.array([math.log(c.max) if log else c.max for c, log in zip(conditions, is_log, strict=False)])
 
     init = {
         "log_mask": is_log.astype(np.float32)[None, :],

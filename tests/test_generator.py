@@ -7,9 +7,9 @@ import math
 import h5py
 import numpy as np
 import pytest
+from decoders import ENERGY_CONDITION, RESPONSE, make_decoder
 
 import fastsim
-from decoders import ENERGY_CONDITION, RESPONSE, make_decoder
 from fastsim.conditions import Range, parse_quantity
 from fastsim.errors import ArgumentError, ConditionError, ModelError, ProviderError, SpecError
 from fastsim.prior import BLOCK_SIZE, draw_latents
@@ -341,3 +341,28 @@ def test_auto_says_when_cuda_cannot_start_and_uses_the_cpu(toy_model, cuda_liste
     with pytest.warns(fastsim.FastsimWarning, match="CUDAExecutionProvider could not start.*using the CPU"):
         gen = fastsim.load(toy_model, device="auto")
     assert gen.provider == "CPUExecutionProvider"
+
+
+def test_a_graph_that_fails_at_run_time_is_a_model_error(tmp_path):
+    import onnx
+    from decoders import make_spec
+    from onnx import TensorProto, helper
+
+    from fastsim.spec import embed_spec
+
+    # Declares [N, 24] showers but reshapes the N conditions to [-1, 24]: fails unless 24 divides N.
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["conditions", "shape"], ["showers"])],
+        "broken",
+        inputs=[helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 4]),
+                helper.make_tensor_value_info("conditions", TensorProto.FLOAT, ["N", 1])],
+        outputs=[helper.make_tensor_value_info("showers", TensorProto.FLOAT, ["N", 24])],
+        initializer=[helper.make_tensor("shape", TensorProto.INT64, [2], [-1, 24])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    embed_spec(model, make_spec())
+    onnx.save(model, tmp_path / "broken.onnx")
+    gen = fastsim.load(tmp_path / "broken.onnx", device="cpu")
+    with pytest.raises(ModelError, match="failed to decode a batch of 2048: .*cannot be reshaped"):
+        gen.generate(10)

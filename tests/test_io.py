@@ -213,6 +213,7 @@ def test_write_batches_reraises_writer_errors_and_stops(tmp_path):
 
 def test_multi_condition_files_keep_all_conditions(tmp_path):
     from decoders import ENERGY_CONDITION, make_decoder
+
     from fastsim.spec import ConditionSpec
 
     path = make_decoder(tmp_path / "two.onnx",
@@ -228,3 +229,19 @@ def test_multi_condition_files_keep_all_conditions(tmp_path):
         assert np.array_equal(fh["conditions"][...], conditions)
     with np.load(tmp_path / "m.npz") as archive:
         assert np.array_equal(archive["conditions"], conditions)
+
+
+def test_writing_memory_does_not_grow_with_n(toy_model, tmp_path):
+    import tracemalloc
+
+    gen = fastsim.load(toy_model, device="cpu", threads=1)
+    gen.write(tmp_path / "warm-up.h5", 10_000, seed=1)  # one-time allocations (imports, caches)
+    peaks = {}
+    for n in (100_000, 400_000):
+        tracemalloc.start()
+        gen.write(tmp_path / f"m{n}.h5", n, seed=1, batch_size=4096)
+        peaks[n] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    data_bytes = 400_000 * 25 * 4  # showers + energies of the larger run: 40 MB
+    assert peaks[400_000] < data_bytes / 8
+    assert peaks[400_000] < 1.5 * peaks[100_000] + 256 * 1024

@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT, cli_env
 
 # Makes `import torch` / `import training` fail in the child, so a hidden import is an error

@@ -7,8 +7,8 @@ import json
 import onnx
 import onnxruntime as ort
 import pytest
-
 from decoders import ENERGY_CONDITION, make_decoder, make_model, make_spec
+
 from fastsim.errors import ModelError, SpecError
 from fastsim.spec import (
     FORMAT,

@@ -137,14 +137,14 @@ class ShowerTensors:
 
 
 def read_raw(path: str | os.PathLike, geometry: CylindricalGeometry | None = None,
-             max_showers: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Read (incident energies (N,) float64 MeV, showers (N, n_voxels) float32) from a file."""
+             start: int = 0, stop: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Read (incident energies (N,) float64 MeV, showers (N, n_voxels) float32) rows [start, stop)."""
     from fastsim.dataset import open_showers
 
     with open_showers(path, geometry=geometry) as f:
-        stop = f.n if max_showers is None else min(f.n, max_showers)
-        energies, showers = f.read(0, stop)
-    return np.asarray(energies, np.float64), np.asarray(showers, np.float32)
+        stop = f.n if stop is None else min(f.n, stop)
+        energies, showers = f.read(max(0, start), stop)
+    return np.asarray(energies, np.float64).reshape(-1), np.asarray(showers, np.float32)
 
 
 def load_showers(

@@ -114,10 +114,9 @@ def build_spec(checkpoint: dict, decoder: PhysicalDecoder, *, name: str, version
         "train_seconds": round(float(checkpoint["train_seconds"]), 1),
         "validation_fom": float(checkpoint["fom"]),
         "hyperparameters": {"model": config["model"], "train": config["train"], "data": data},
-        "architecture": "conditional VAE decoder (MLP trunk; response, layer-softmax and "
-                        "within-layer-softmax heads), aggregate-posterior prior folded in",
-        "parameters": count_parameters(vae.trunk) + count_parameters(vae.v_head)
-        + count_parameters(vae.layer_head) + count_parameters(vae.voxel_head),
+        "architecture": "conditional VAE decoder (MLP trunk; response, layer-softmax and alpha-symmetric "
+                        "ring-softmax heads; Gamma voxel noise), aggregate-posterior prior folded in",
+        "parameters": sum(count_parameters(m) for m in vae.decoder_modules()),
         "flops_per_shower": decoder_flops(vae),
         "precision": precision,
         "voxel_threshold_mev": data["threshold"],
@@ -132,7 +131,7 @@ def build_spec(checkpoint: dict, decoder: PhysicalDecoder, *, name: str, version
         prior={"kind": "standard_normal"},
         conditions=(ConditionSpec("incident_energy", "MeV", float(data["e_min"]), float(data["e_max"]),
                                   "log-uniform"),),
-        output=OutputSpec(name="showers", unit="MeV", n_voxels=vae.n_layers * vae.voxels_per_layer,
+        output=OutputSpec(name="showers", unit="MeV", n_voxels=vae.n_voxels,
                           geometry=json.loads(checkpoint["geometry_json"]), dtype="float32"),
         training=training,
         metrics=dict(metrics or {}),

@@ -42,6 +42,7 @@ from training.data import ResponseFit
 
 __all__ = [
     "NOISE_SEED_DIMS",
+    "PRIOR_DEGREE",
     "VOXEL_NOISE",
     "ModelConfig",
     "PhysicalDecoder",
@@ -51,6 +52,8 @@ __all__ = [
 ]
 
 VOXEL_NOISE = ("gamma", "none")
+#: Degree of the polynomial in the condition that gives the latent prior's mean.
+PRIOR_DEGREE = 3
 #: Latent inputs that seed the voxel noise (appended after the VAE's latent dims).
 NOISE_SEED_DIMS = 2
 
@@ -201,7 +204,13 @@ class PhysicalDecoder(nn.Module):
         self.max_response = float(max_response)
         self.noise_kappa = float(noise_kappa) if vae.config.voxel_noise == "gamma" else 0.0
         d = vae.config.latent_dim
-        self.register_buffer("prior_mean", torch.zeros(d) if prior_mean is None else prior_mean.float().clone())
+        # prior_mean: (PRIOR_DEGREE + 1, d) polynomial coefficients in c of the
+        # latent mean (a 1-D tensor is a constant mean).
+        if prior_mean is None:
+            prior_mean = torch.zeros(d)
+        if prior_mean.dim() == 1:
+            prior_mean = torch.cat([prior_mean[None], torch.zeros(PRIOR_DEGREE, d)])
+        self.register_buffer("prior_mean", prior_mean.float().clone())
         self.register_buffer("prior_chol_t", torch.eye(d) if prior_chol is None else prior_chol.float().T.clone())
         n_voxels = vae.n_voxels
         # Spreads a ring's energy equally over its alpha sectors (broadcast multiply).
@@ -219,7 +228,8 @@ class PhysicalDecoder(nn.Module):
     def mean_showers(self, z: torch.Tensor, energy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(expected voxel energies (N, n_voxels) MeV, total u * E_inc (N, 1) MeV)."""
         c = (torch.log(energy) - self.log_e_min) * self.c_scale - 1.0
-        z = z @ self.prior_chol_t + self.prior_mean
+        powers = torch.cat([torch.ones_like(c), c, c * c, c * c * c], dim=1)  # (N, PRIOR_DEGREE + 1)
+        z = z @ self.prior_chol_t + powers @ self.prior_mean
         v_hat, layer_logp, ring_logp = self.vae.decode(z, c)
         log_u = self.response.mean(c) + self.response.sigma(c) * v_hat
         total = energy * torch.clamp(torch.exp(log_u), 0.0, self.max_response)
@@ -265,7 +275,7 @@ def count_parameters(module: nn.Module) -> int:
 def decoder_flops(vae: ShowerVAE) -> int:
     """Multiply-adds x 2 of the exported decoder per shower (Linear layers and prior transform)."""
     d = vae.config.latent_dim
-    flops = 2 * d * d  # the folded prior; the voxel noise adds ~30 elementwise ops per voxel
+    flops = 2 * d * d + 2 * (PRIOR_DEGREE + 1) * d  # the folded prior; the voxel noise adds ~30 elementwise ops per voxel
     for module in vae.decoder_modules():
         for layer in module.modules():
             if isinstance(layer, nn.Linear):

@@ -13,8 +13,8 @@ Checkpoints are plain dicts of tensors and numbers, loadable with
 
 Early stopping watches a figure of merit on generated showers, not the loss:
 after every epoch the aggregate posterior of the training sample is fitted
-with a Gaussian (mean + Cholesky factor, the prior the export folds into the
-graph), the physical decoder draws one shower per validation energy, and
+with a Gaussian whose mean is a cubic in the condition (+ a Cholesky factor:
+the prior the export folds into the graph), the physical decoder draws one shower per validation energy, and
 :func:`fastsim.validate.quick_figure_of_merit` compares them with the
 validation showers (lower is better).
 """
@@ -34,8 +34,8 @@ import numpy as np
 import torch
 
 from fastsim.geometry import CylindricalGeometry, default_geometry
-from training.data import ResponseFit, ShowerTensors, load_showers
-from training.model import ModelConfig, PhysicalDecoder, ShowerVAE, count_parameters, decoder_flops
+from training.data import ResponseFit, ShowerTensors, load_showers, read_raw
+from training.model import PRIOR_DEGREE, ModelConfig, PhysicalDecoder, ShowerVAE, count_parameters, decoder_flops
 
 __all__ = [
     "DataConfig",
@@ -148,7 +148,14 @@ def _config_from_dict(data: dict) -> dict:
 @torch.no_grad()
 def fit_latent_prior(vae: ShowerVAE, tensors: ShowerTensors, n_max: int, seed: int,
                      batch_size: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and Cholesky factor of the aggregate posterior q(z) = E_x q(z | x)."""
+    """Conditional Gaussian fit of the aggregate posterior q(z | c) = E_{x | c} q(z | x, c).
+
+    Returns (mean coefficients (PRIOR_DEGREE + 1, d) of a polynomial in c,
+    Cholesky factor (d, d) of the residual covariance). The encoder's codes
+    drift with energy (a deeper shower is a different code), so a prior with
+    an energy-independent mean would give a 1 GeV shower the depth of a
+    100 GeV one; the polynomial mean removes that, the covariance the rest.
+    """
     vae.eval()
     n = min(tensors.n, n_max) if n_max > 0 else tensors.n
     gen = torch.Generator().manual_seed(seed)
@@ -161,9 +168,12 @@ def fit_latent_prior(vae: ShowerVAE, tensors: ShowerTensors, n_max: int, seed: i
         eps = torch.randn(mean.shape, generator=gen).to(device)
         samples.append((mean + eps * torch.exp(0.5 * log_var)).double().cpu())
     z = torch.cat(samples)
-    mu = z.mean(0)
-    cov = torch.cov(z.T) + 1e-6 * torch.eye(z.shape[1], dtype=z.dtype)
-    return mu.float(), torch.linalg.cholesky(cov).float()
+    c = tensors.condition[:n].double()
+    powers = torch.cat([c ** k for k in range(PRIOR_DEGREE + 1)], dim=1)
+    coeffs = torch.linalg.lstsq(powers, z).solution
+    residual = z - powers @ coeffs
+    cov = residual.T @ residual / max(1, n - powers.shape[1]) + 1e-6 * torch.eye(z.shape[1], dtype=z.dtype)
+    return coeffs.float(), torch.linalg.cholesky(cov).float()
 
 
 @torch.no_grad()
@@ -388,11 +398,14 @@ def train(config: dict, data: str | os.PathLike, out: str | os.PathLike, *,
     elif resume:
         log(f"--resume: no checkpoint in {out}, starting afresh")
 
-    n_fom = min(val_set.n, tcfg.fom_showers)
-    fom_energy = val_set.energy[:n_fom].numpy()
-    fom_reference = _reference_showers(val_set, response, n_fom, dcfg.e_min, dcfg.e_max)
+    # The figure of merit compares with raw validation showers (the held-out tail of --data without --validation).
+    if validation is not None:
+        fom_energy, fom_reference = read_raw(validation, geometry, 0, tcfg.fom_showers)
+    else:
+        n_rows = val_set.n + train_set.n + train_set.n_dropped
+        fom_energy, fom_reference = read_raw(data, geometry, n_rows - min(val_set.n, tcfg.fom_showers), n_rows)
     fom_reference_features = _reference_features(fom_energy, fom_reference, geometry, dcfg.threshold)
-    log(f"model: {count_parameters(vae)} parameters ({count_parameters(vae.trunk) + count_parameters(vae.v_head) + count_parameters(vae.layer_head) + count_parameters(vae.voxel_head)} in the decoder), "
+    log(f"model: {count_parameters(vae)} parameters ({sum(count_parameters(m) for m in vae.decoder_modules())} in the decoder), "
         f"{decoder_flops(vae) / 1e6:.2f} MFLOP per decoded shower; device {device}, {torch.get_num_threads()} threads")
 
     t_start = time.perf_counter()
@@ -429,7 +442,7 @@ def train(config: dict, data: str | os.PathLike, out: str | os.PathLike, *,
             prior_mean, prior_chol = fit_latent_prior(vae, train_set, tcfg.prior_fit_showers, tcfg.seed)
         else:
             d = config["model"].latent_dim
-            prior_mean, prior_chol = torch.zeros(d), torch.eye(d)
+            prior_mean, prior_chol = torch.zeros(PRIOR_DEGREE + 1, d), torch.eye(d)
         decoder = PhysicalDecoder(vae, response, e_min=dcfg.e_min, e_max=dcfg.e_max, threshold=dcfg.threshold,
                                   prior_mean=prior_mean.to(device), prior_chol=prior_chol.to(device),
                                   noise_kappa=train_set.kappa).to(device)
