@@ -36,6 +36,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from fastsim.errors import FastsimError, ModelError
+from fastsim.session import physical_cores
 
 __all__ = [
     "DEFAULT_BATCH_SIZES",
@@ -81,20 +82,6 @@ def _cpuinfo() -> list[dict[str, str]]:
             entry[key.strip()] = value.strip()
         blocks.append(entry)
     return blocks
-
-
-def physical_cores() -> int:
-    """Physical cores this process may run on (hyper-threads counted once)."""
-    try:
-        allowed = os.sched_getaffinity(0)
-    except AttributeError:  # not Linux
-        allowed = set(range(os.cpu_count() or 1))
-    cores = {
-        (block.get("physical id", "0"), block.get("core id", block.get("processor")))
-        for block in _cpuinfo()
-        if int(block.get("processor", -1)) in allowed
-    }
-    return max(1, len(cores) or len(allowed))
 
 
 def machine_info() -> dict[str, Any]:

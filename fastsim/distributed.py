@@ -589,6 +589,7 @@ def _new_manifest(checked: Any, plan: Any, seed: int, ranges: list[tuple[int, in
         "spec": checked.spec.to_dict(),
         "shard_ranges": [list(r) for r in ranges],
         "compression": compression,
+        "checksum": "sha256 of each dataset's bytes as stored (C order, little-endian float32)",
         "complete": False,
         "shards": [{"index": j, "file": _SHARD_NAME.format(j), "start": a, "stop": b, "n": b - a,
                     "status": "pending", "checksums": None} for j, (a, b) in enumerate(ranges)],

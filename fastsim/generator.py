@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
@@ -32,7 +33,7 @@ from fastsim.errors import ArgumentError, ConditionError, ModelError
 from fastsim.io import ShowerWriter, write_batches
 from fastsim.models import resolve_model
 from fastsim.prior import BLOCK_SIZE, BlockStreams
-from fastsim.session import make_session
+from fastsim.session import make_session, physical_cores, provider_chain
 from fastsim.spec import ModelSpec, check_graph, read_metadata, read_spec
 
 __all__ = ["DEFAULT_BATCH_SIZE", "Generator", "load"]
@@ -40,6 +41,14 @@ __all__ = ["DEFAULT_BATCH_SIZE", "Generator", "load"]
 #: Showers per session run by default: large enough to keep the cores busy, small enough
 #: (~50 MB for 6480 voxels) that a few batches in flight stay cheap.
 DEFAULT_BATCH_SIZE = 2048
+#: Rows per ONNX Runtime call on the CPU. A 64-row run keeps the decoder's
+#: intermediates (a few 64 x n_voxels tensors) in the core's cache where a
+#: 2048-row run streams them through memory: 1.4-2x more showers per
+#: CPU-second, and a far smaller memory arena (benchmarks/bench_tuning.py).
+#: A multiple of 16 that divides BLOCK_SIZE: every sample is decoded in the same
+#: run grid whatever the batch size, and ONNX Runtime's CPU kernels give the
+#: same bits as in one large run.
+CPU_RUN_ROWS = 64
 
 
 def _positive_int(value: Any, name: str, *, zero: bool = False) -> int:
@@ -58,14 +67,19 @@ def _join(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.nd
 class Generator:
     """A loaded decoder: its spec, session and provider, and the generation methods."""
 
-    def __init__(self, session: Any, spec: ModelSpec, path: Path, provider: str, threads: int | None = None):
+    def __init__(self, session: Any, spec: ModelSpec, path: Path, provider: str, threads: int | None = None,
+                 workers: int = 1):
         self.session = session
         self.spec = spec
         self.path = Path(path)
         self.provider = provider
         self.threads = threads
+        #: Threads that each run CPU_RUN_ROWS-row decodes concurrently (CPU sessions;
+        #: ONNX Runtime releases the GIL). 1 for GPU sessions, which take whole batches.
+        self.workers = workers
         self._inputs = (spec.io_names["z"], spec.io_names["conditions"])
         self._output = spec.io_names["showers"]
+        self._out_dtype = np.float16 if spec.output.dtype == "float16" else np.float32
 
     def __repr__(self) -> str:
         return f"Generator({self.spec.name!r} {self.spec.version}, path={str(self.path)!r}, provider={self.provider!r})"
@@ -88,8 +102,47 @@ class Generator:
         if conditions.ndim != 2 or conditions.shape != (len(z), self.spec.n_conditions):
             raise ArgumentError(f"conditions: expected shape ({len(z)}, {self.spec.n_conditions}), "
                                 f"got {conditions.shape}")
+        if self.workers > 1 and len(z) > CPU_RUN_ROWS:
+            with ThreadPoolExecutor(self.workers - 1, thread_name_prefix="fastsim-decode") as pool:
+                return self._decode_rows(z, conditions, pool)
+        return self._decode_rows(z, conditions, None)
+
+    def _decode_rows(self, z: np.ndarray, conditions: np.ndarray, pool: ThreadPoolExecutor | None) -> np.ndarray:
+        """Decode checked, contiguous float32 rows: one run on a GPU, CPU_RUN_ROWS-row runs on the CPU.
+
+        CPU runs write straight into one preallocated output through IO binding
+        (no per-run output array, no copy); with a ``pool`` the rows are split
+        into one contiguous span per worker, the caller's thread taking the first.
+        """
         try:
-            return self.session.run([self._output], {self._inputs[0]: z, self._inputs[1]: conditions})[0]
+            if self.provider != "CPUExecutionProvider":
+                return self.session.run([self._output], {self._inputs[0]: z, self._inputs[1]: conditions})[0]
+            rows = len(z)
+            out = np.empty((rows, self.spec.n_voxels), dtype=self._out_dtype)
+
+            def span(lo: int, hi: int) -> None:
+                binding = self.session.io_binding()
+                for a in range(lo, hi, CPU_RUN_ROWS):
+                    b = min(hi, a + CPU_RUN_ROWS)
+                    binding.bind_cpu_input(self._inputs[0], z[a:b])
+                    binding.bind_cpu_input(self._inputs[1], conditions[a:b])
+                    binding.bind_output(self._output, "cpu", 0, out.dtype, (b - a, out.shape[1]),
+                                        out[a:b].ctypes.data)
+                    self.session.run_with_iobinding(binding)
+
+            if pool is None or rows <= CPU_RUN_ROWS:
+                span(0, rows)
+                return out
+            per = -(-rows // CPU_RUN_ROWS // self.workers) * CPU_RUN_ROWS
+            futures = [pool.submit(span, lo, min(rows, lo + per)) for lo in range(per, rows, per)]
+            try:
+                span(0, min(rows, per))
+            finally:
+                for future in futures:
+                    future.exception()  # wait for every span before the buffer can go
+            for future in futures:
+                future.result()
+            return out
         except Exception as exc:  # onnxruntime's Fail/RuntimeException/...: report it in one line
             message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelError(f"model {str(self.path)!r} failed to decode a batch of {len(z)}: "
@@ -140,6 +193,17 @@ class Generator:
         run_rows = -(-batch_size // BLOCK_SIZE) * BLOCK_SIZE
         pending: list[tuple[np.ndarray, np.ndarray]] = []
         n_pending = 0
+        pool = (ThreadPoolExecutor(self.workers - 1, thread_name_prefix="fastsim-decode")
+                if self.workers > 1 else None)
+        try:
+            yield from self._runs(plan, streams, start, end, run_rows, batch_size, pool)
+        finally:
+            if pool is not None:
+                pool.shutdown()
+
+    def _runs(self, plan, streams, start, end, run_rows, batch_size, pool):
+        pending: list[tuple[np.ndarray, np.ndarray]] = []
+        n_pending = 0
         for first in range(start - start % BLOCK_SIZE, end, run_rows):
             last = first + run_rows
             lo, hi = max(first, start), min(last, end)
@@ -148,7 +212,7 @@ class Generator:
             # Rows outside [start, end) only pad the run; give them valid conditions.
             conditions[:lo - first] = conditions[lo - first]
             conditions[hi - first:] = conditions[hi - first - 1]
-            showers = self.decode(streams.latents(first, last), conditions)
+            showers = self._decode_rows(streams.latents(first, last), conditions, pool)
             showers = showers[lo - first:hi - first].astype(np.float32, copy=False)
             conditions = conditions[lo - first:hi - first]
             pos = 0
@@ -279,7 +343,11 @@ def load(
     otherwise a :class:`ModelSpec`, its dict, or a path to its JSON file.
     ``device``: ``"auto"`` (CUDA if available, else CPU; see ``Generator.provider``),
     ``"cpu"``, ``"cuda"`` or ``"tensorrt"`` -- never a silent fallback.
-    ``threads``: ONNX Runtime intra-op threads (None: one per physical core).
+    ``threads``: CPU threads decoding (None: one per physical core). On the
+    CPU each thread runs its own single-threaded ONNX Runtime calls of
+    CPU_RUN_ROWS rows, which measured faster than ONNX Runtime's intra-op
+    threads on this decoder's small, memory-bound operators; on a GPU it is
+    ONNX Runtime's intra-op thread count.
     """
     path = resolve_model(model)
     if spec is None or isinstance(spec, (str, os.PathLike)):
@@ -287,7 +355,11 @@ def load(
     else:
         read_metadata(path)  # raises ModelError when the file is not ONNX
         model_spec = spec if isinstance(spec, ModelSpec) else ModelSpec.from_dict(spec)
-    session, provider = make_session(path, device, threads, optimization=optimization,
+    on_cpu = provider_chain(device)[0] == "CPUExecutionProvider"
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads <= 0):
+        make_session(path, device, threads)  # raises the session's own message for a bad thread count
+    session, provider = make_session(path, device, 1 if on_cpu else threads, optimization=optimization,
                                      provider_options=provider_options)
     check_graph(model_spec, session.get_inputs(), session.get_outputs())
-    return Generator(session, model_spec, path, provider, threads)
+    workers = (threads or physical_cores()) if on_cpu else 1
+    return Generator(session, model_spec, path, provider, threads, workers)

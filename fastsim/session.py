@@ -19,7 +19,7 @@ from typing import Any, Mapping
 
 from fastsim.errors import FastsimWarning, ModelError, ProviderError
 
-__all__ = ["DEVICES", "available_providers", "make_session", "provider_chain"]
+__all__ = ["DEVICES", "available_providers", "make_session", "physical_cores", "provider_chain"]
 
 DEVICES = ("auto", "cpu", "cuda", "tensorrt")
 _PROVIDERS = {
@@ -35,6 +35,29 @@ def available_providers() -> list[str]:
     import onnxruntime as ort
 
     return list(ort.get_available_providers())
+
+
+def physical_cores() -> int:
+    """Physical cores this process may run on (hyper-threads counted once): the default thread count."""
+    try:
+        allowed = os.sched_getaffinity(0)
+    except AttributeError:  # not Linux
+        return max(1, (os.cpu_count() or 2) // 2)
+    cores = set()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            block: dict[str, str] = {}
+            for line in [*fh, "\n"]:
+                if line.strip():
+                    key, _, value = line.partition(":")
+                    block[key.strip()] = value.strip()
+                    continue
+                if block and int(block.get("processor", -1)) in allowed:
+                    cores.add((block.get("physical id", "0"), block.get("core id", block.get("processor"))))
+                block = {}
+    except (OSError, ValueError):
+        pass
+    return max(1, len(cores) or len(allowed))
 
 
 def provider_chain(device: str) -> list[str]:

@@ -183,6 +183,11 @@ def test_open_dataset_refuses_an_incomplete_run(model, tmp_path):
     (tmp_path / "out" / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(fastsim.DataError, match=r"incomplete: 1 of 3 shards are not done \(1\)"):
         fastsim.open_dataset(tmp_path / "out")
+    manifest["shards"][1]["status"] = "done"
+    (tmp_path / "out" / "manifest.json").write_text(json.dumps(manifest))
+    (tmp_path / "out" / "shard-00002.h5").unlink()
+    with pytest.raises(fastsim.DataError, match="shard files missing: shard-00002.h5"):
+        fastsim.open_dataset(tmp_path / "out")
 
 
 def test_validate_accepts_a_folder_of_shards(model, tmp_path, run_fastsim):

@@ -101,7 +101,7 @@ class ShowerVAE(nn.Module):
         self.config = config
         self.n_layers, self.n_alpha, self.n_radial = n_layers, n_alpha, n_radial
         n_rings = n_layers * n_radial
-        n_in = 1 + 1 + n_layers + n_rings
+        n_in = 4 + n_layers + n_rings
         h, d = config.hidden, config.latent_dim
         self.encoder = _mlp([n_in, config.encoder_hidden, config.encoder_hidden // 2, 2 * d])
         self.trunk = nn.Sequential(_mlp([d + 1] + [h] * config.n_hidden), nn.SiLU())
@@ -123,7 +123,13 @@ class ShowerVAE(nn.Module):
     def encoder_features(self, condition: torch.Tensor, v: torch.Tensor, rings: torch.Tensor) -> torch.Tensor:
         rings = rings.float()
         layer_frac = rings.view(-1, self.n_layers, self.n_radial).sum(-1)
-        return torch.cat([condition, v, torch.log(layer_frac + 1e-6), torch.sqrt(rings)], dim=1)
+        # The longitudinal centre and width, spelled out: a shower's depth and
+        # length are what its code must carry, and they are awkward to read
+        # off log fractions.
+        depth = torch.arange(self.n_layers, dtype=rings.dtype, device=rings.device)
+        centre = (layer_frac * depth).sum(1, keepdim=True)
+        width = torch.sqrt(torch.clamp((layer_frac * depth * depth).sum(1, keepdim=True) - centre * centre, min=1e-6))
+        return torch.cat([condition, v, centre, width, torch.log(layer_frac + 1e-6), torch.sqrt(rings)], dim=1)
 
     def fit_input_scaling(self, condition, v, rings, n_max: int = 20000) -> None:
         with torch.no_grad():
