@@ -65,6 +65,7 @@ def measure(model: Path, n: int, shards: int, workers: list[int], rounds: int, s
                                  client=clients[w], device="cpu", on_shard=records[w].append)
             shutil.rmtree(scratch / f"warm-{w}")
         times: dict = {"unsharded": [], **{w: [] for w in workers}}
+        timed = {w: [] for w in workers}  # shard records of the timed runs only
         for round_ in range(rounds):
             began = time.perf_counter()
             gen.write(scratch / "whole.h5", n, seed=round_)
@@ -73,14 +74,14 @@ def measure(model: Path, n: int, shards: int, workers: list[int], rounds: int, s
             for w in workers:
                 out = scratch / f"run-{w}"
                 summary = distributed.generate(model, n, out, seed=round_, shards=shards, client=clients[w],
-                                               device="cpu", on_shard=records[w].append)
+                                               device="cpu", on_shard=timed[w].append)
                 times[w].append(summary["seconds"])
                 shutil.rmtree(out)
     one = min(workers)
     rows = []
     for w in workers:
         per_round = [(one * t1) / (w * tw) for t1, tw in zip(times[one], times[w])]
-        loads = {r["pid"]: r["model_loads"] for r in records[w]}
+        loads = {r["pid"]: r["model_loads"] for r in records[w] + timed[w]}
         seconds = statistics.median(times[w])
         rows.append({
             "workers": w,
@@ -89,6 +90,7 @@ def measure(model: Path, n: int, shards: int, workers: list[int], rounds: int, s
             "efficiency": round(statistics.median(per_round), 3),
             "efficiency_per_round": [round(e, 3) for e in per_round],
             "all_seconds": [round(t, 3) for t in times[w]],
+            "shard_seconds_median": round(statistics.median(r["seconds"] for r in timed[w]), 3),
             "cluster_startup_s": startup[w],
             "model_loads": sorted(set(loads.values())),
             "worker_processes": len(loads),
@@ -111,16 +113,19 @@ def _markdown(doc: dict) -> str:
         f"Machine: {machine['cpu']}, {machine['logical_cpus']} logical CPUs, shared with other jobs "
         f"(load average {doc['loadavg_before']} before, {doc['loadavg_after']} after).",
         "",
-        "| setup | seconds | showers/s | efficiency |",
-        "|---|---:|---:|---:|",
+        "| setup | seconds | showers/s | efficiency | seconds per shard, in the worker |",
+        "|---|---:|---:|---:|---:|",
         f"| unsharded Generator.write, 1 process, 1 thread | {doc['unsharded']['seconds']} | "
-        f"{doc['unsharded']['showers_per_s']:.0f} | - |",
+        f"{doc['unsharded']['showers_per_s']:.0f} | - | - |",
     ]
     for row in doc["dask"]:
         lines.append(f"| Dask LocalCluster, {row['workers']} worker process{'es' if row['workers'] > 1 else ''} | "
-                     f"{row['seconds']} | {row['showers_per_s']:.0f} | {row['efficiency']:.2f} |")
+                     f"{row['seconds']} | {row['showers_per_s']:.0f} | {row['efficiency']:.2f} | "
+                     f"{row['shard_seconds_median']} |")
     lines += [
         "",
+        "A shard's own time growing with W means the workers compete for cores (the other jobs' "
+        "load included), not that Dask adds work.",
         "efficiency(W) = rate(W) / (W x rate(1 worker)), per round, median over rounds "
         "(per round: " + "; ".join(f"{r['workers']} w: {r['efficiency_per_round']}" for r in doc["dask"]) + ").",
         "Cluster start-up (" + ", ".join(f"{r['cluster_startup_s']} s for {r['workers']} w" for r in doc["dask"])

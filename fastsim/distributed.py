@@ -71,6 +71,9 @@ _SHARD_FILE = re.compile(r"^shard-\d{5,}\.h5$")
 _PARTIAL_FILE = re.compile(r"^shard-\d{5,}\.h5\.[0-9a-f]{32}(\.partial)?$")
 _DATASETS = ("incident_energies", "showers")
 _HASH_ROWS = 4096
+# While shards finish, the manifest is rewritten only when this many times its last
+# write's duration has passed since (always written at the end).
+_MANIFEST_BUDGET = 20
 # The fields that identify a run: a manifest that differs in any of them is another run.
 _IDENTITY = ("n", "seed", "block_size", "conditions", "model_sha256", "shard_ranges")
 
@@ -632,15 +635,25 @@ def _run(client: Any, todo: list[_ShardTask], doc: dict, manifest_path: Path, re
 
     ranges = [(e["start"], e["stop"]) for e in doc["shards"]]
     finished: list[int] = []
+    n_done = sum(e["status"] == "done" for e in doc["shards"])
+    last_write, write_cost = 0.0, 0.0
     bar = tqdm(total=doc["n"], initial=skipped, unit="shower", unit_scale=True, desc="shards",
                disable=not progress, file=sys.stderr, smoothing=0.1)
 
     def finish(result: dict) -> None:
+        nonlocal n_done, last_write, write_cost
         entry = _record(doc, result)
-        _write_json_atomic(manifest_path, doc)
         finished.append(result["index"])
-        bar.set_postfix_str(f"{sum(e['status'] == 'done' for e in doc['shards'])}/{len(ranges)} shards",
-                            refresh=False)
+        n_done += 1
+        # With thousands of shards the manifest is MBs: rewriting it for every shard would be
+        # most of the client's I/O. Keep that under ~5% of the time; a shard finished but not
+        # yet recorded is only redone on resume.
+        now = time.monotonic()
+        if now - last_write >= _MANIFEST_BUDGET * write_cost:
+            _write_json_atomic(manifest_path, doc)
+            last_write = time.monotonic()
+            write_cost = last_write - now
+        bar.set_postfix_str(f"{n_done}/{len(ranges)} shards", refresh=False)
         bar.update(result["n"])
         if on_shard is not None:
             on_shard({**entry, "pid": result["pid"], "model_loads": result["model_loads"]})
@@ -648,10 +661,11 @@ def _run(client: Any, todo: list[_ShardTask], doc: dict, manifest_path: Path, re
     def fail(index: int, exc: BaseException, attempts: int) -> FastsimError:
         error = _fail_shard(index, ranges, exc, attempts)
         doc["shards"][index].update(status="failed", error=str(error))
-        _write_json_atomic(manifest_path, doc)
         return error
 
-    with bar:
+    with bar, contextlib.ExitStack() as stack:
+        # Whatever ends the loop (done, a failure, Ctrl-C), the manifest then has every finished shard.
+        stack.callback(_write_json_atomic, manifest_path, doc)
         if client is None:
             for task in todo:
                 try:

@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterator, Mapping
 import numpy as np
 
 from fastsim.conditions import ConditionPlan, plan_conditions
-from fastsim.errors import ArgumentError, ConditionError, ModelError
+from fastsim.errors import ArgumentError, ConditionError, ModelError, ProviderError
 from fastsim.io import ShowerWriter, write_batches
 from fastsim.models import resolve_model
 from fastsim.prior import BLOCK_SIZE, BlockStreams
@@ -191,8 +191,6 @@ class Generator:
         # and this keeps each sample's bits independent of batch size and start.
         end = start + plan.n
         run_rows = -(-batch_size // BLOCK_SIZE) * BLOCK_SIZE
-        pending: list[tuple[np.ndarray, np.ndarray]] = []
-        n_pending = 0
         pool = (ThreadPoolExecutor(self.workers - 1, thread_name_prefix="fastsim-decode")
                 if self.workers > 1 else None)
         try:
@@ -201,7 +199,8 @@ class Generator:
             if pool is not None:
                 pool.shutdown()
 
-    def _runs(self, plan, streams, start, end, run_rows, batch_size, pool):
+    def _runs(self, plan: ConditionPlan, streams: BlockStreams, start: int, end: int, run_rows: int,
+              batch_size: int, pool: ThreadPoolExecutor | None):
         pending: list[tuple[np.ndarray, np.ndarray]] = []
         n_pending = 0
         for first in range(start - start % BLOCK_SIZE, end, run_rows):
@@ -230,6 +229,76 @@ class Generator:
                     pending, n_pending = [], 0
         if pending:
             yield _join(pending)
+
+    @property
+    def device_type(self) -> str:
+        """Where the session's tensors live: ``"cuda"`` for GPU providers, else ``"cpu"``."""
+        return "cuda" if self.provider in ("CUDAExecutionProvider", "TensorrtExecutionProvider") else "cpu"
+
+    def iter_device_batches(
+        self,
+        n: int | None = None,
+        conditions: Any = None,
+        *,
+        seed: int = 0,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        start: int = 0,
+        allow_extrapolation: bool = False,
+        **named: Any,
+    ) -> Iterator[tuple[np.ndarray, Any]]:
+        """Yield ``(conditions, showers)`` with ``showers`` left on the session's device.
+
+        ``showers`` is an ``onnxruntime.OrtValue`` in GPU memory for the CUDA and
+        TensorRT providers (host memory on the CPU); it speaks DLPack, so
+        ``torch.from_dlpack(showers)`` or ``cupy.from_dlpack(showers)`` take it
+        without a copy. Each batch is one session run of a fixed
+        ``ceil(batch_size / BLOCK_SIZE) * BLOCK_SIZE`` rows on the global block
+        grid (a fixed shape: ONNX Runtime's arena never grows with varying
+        shapes), bound with IO binding so the output is never copied to the
+        host; only where ``start`` or ``start + n`` falls inside a run are that
+        run's rows copied out, cut and put back on the device. The showers are
+        those of :meth:`iter_batches` with the same arguments, bit for bit on the
+        same provider.
+        """
+        import onnxruntime as ort
+
+        plan = self.plan(n, conditions, allow_extrapolation=allow_extrapolation, **named)
+        seed = _positive_int(seed, "seed", zero=True)
+        batch_size = _positive_int(batch_size, "batch_size")
+        start = _positive_int(start, "start", zero=True)
+        streams = BlockStreams(seed, self.spec.latent_dim, self.spec.n_conditions)
+        device = self.device_type
+
+        def batches() -> Iterator[tuple[np.ndarray, Any]]:
+            end = start + plan.n
+            run_rows = -(-batch_size // BLOCK_SIZE) * BLOCK_SIZE
+            for first in range(start - start % BLOCK_SIZE, end, run_rows):
+                lo, hi = max(first, start), min(first + run_rows, end)
+                rows = np.empty((run_rows, self.spec.n_conditions), dtype=np.float32)
+                rows[lo - first:hi - first] = plan.values(streams.uniforms(lo, hi), lo - start, hi - start)
+                rows[:lo - first] = rows[lo - first]
+                rows[hi - first:] = rows[hi - first - 1]
+                if device == "cpu":
+                    # The CPU path decodes in CPU_RUN_ROWS-row runs (same bits). The OrtValue
+                    # owns its memory: one wrapping a numpy array would not keep it alive
+                    # for a DLPack consumer.
+                    decoded = self.decode(streams.latents(first, first + run_rows), rows)[lo - first:hi - first]
+                    showers = ort.OrtValue.ortvalue_from_shape_and_type(decoded.shape, decoded.dtype, "cpu", 0)
+                    showers.update_inplace(np.ascontiguousarray(decoded))
+                else:
+                    binding = self.session.io_binding()
+                    binding.bind_cpu_input(self._inputs[0], streams.latents(first, first + run_rows))
+                    binding.bind_cpu_input(self._inputs[1], rows)
+                    binding.bind_output(self._output, device, 0)
+                    self.session.run_with_iobinding(binding)
+                    showers = binding.get_outputs()[0]
+                    if (lo, hi) != (first, first + run_rows):
+                        cut = np.ascontiguousarray(showers.numpy()[lo - first:hi - first])
+                        showers = ort.OrtValue.ortvalue_from_shape_and_type(cut.shape, cut.dtype, device, 0)
+                        showers.update_inplace(cut)
+                yield rows[lo - first:hi - first], showers
+
+        return batches()
 
     def generate(
         self,
@@ -357,7 +426,7 @@ def load(
         model_spec = spec if isinstance(spec, ModelSpec) else ModelSpec.from_dict(spec)
     on_cpu = provider_chain(device)[0] == "CPUExecutionProvider"
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads <= 0):
-        make_session(path, device, threads)  # raises the session's own message for a bad thread count
+        raise ProviderError(f"threads: expected a positive integer, got {threads!r}")
     session, provider = make_session(path, device, 1 if on_cpu else threads, optimization=optimization,
                                      provider_options=provider_options)
     check_graph(model_spec, session.get_inputs(), session.get_outputs())

@@ -248,6 +248,10 @@ def export(run: str | os.PathLike, output: str | os.PathLike, *, precision: str 
 
         _trace(decoder, fp32_path)
         model = onnx.load(os.fspath(fp32_path))
+        # The tracer leaves the voxel axis symbolic (it comes out of a broadcast); pin it.
+        for value in model.graph.output:
+            value.type.tensor_type.shape.dim[1].Clear()
+            value.type.tensor_type.shape.dim[1].dim_value = spec.n_voxels
         if precision == "fp16":
             model = _to_fp16(model)
         # IR 9 keeps the file loadable by ONNX Runtime releases before 1.20.

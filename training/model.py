@@ -223,9 +223,11 @@ class PhysicalDecoder(nn.Module):
         self.register_buffer("alpha_share", torch.full((1, 1, vae.n_alpha, 1), 1.0 / vae.n_alpha))
         if self.noise_kappa > 0:
             # Per-voxel hash constants, fixed by a seed so every export is identical.
+            # Stored as int32 (all below 2^31) to keep the file small, widened in the graph.
             gen = torch.Generator().manual_seed(20221)
-            self.register_buffer("hash_mul", torch.randint(1, _PRIME, (n_voxels,), generator=gen, dtype=torch.int64))
-            self.register_buffer("hash_add", torch.randint(0, _PRIME, (4, n_voxels), generator=gen, dtype=torch.int64))
+            self.register_buffer("hash_mul", torch.randint(1, _PRIME, (n_voxels,), generator=gen, dtype=torch.int32))
+            self.register_buffer("hash_add", torch.randint(0, _PRIME, (n_voxels,), generator=gen, dtype=torch.int32))
+            self.hash_rounds = [int(x) for x in torch.randint(1, _PRIME, (3,), generator=gen)]
 
     @property
     def latent_dim(self) -> int:
@@ -247,11 +249,11 @@ class PhysicalDecoder(nn.Module):
         """Three (N, n_voxels) uniforms in (0, 1) from the seed latents, in exact int64 arithmetic."""
         ints = torch.floor(seeds * _SEED_SCALE).to(torch.int64) + _SEED_OFFSET
         state = torch.remainder(ints[:, :1] * 2**25 + ints[:, 1:2], _PRIME)
-        h = torch.remainder(state * self.hash_mul + self.hash_add[0], _PRIME)
+        h = torch.remainder(state * self.hash_mul.to(torch.int64) + self.hash_add.to(torch.int64), _PRIME)
         out = []
-        for k in range(1, 4):
+        for constant in self.hash_rounds:
             # x -> x^2 + c (mod p): the squaring breaks the linearity in the seed.
-            h = torch.remainder(h * h + self.hash_add[k], _PRIME)
+            h = torch.remainder(h * h + constant, _PRIME)
             out.append((h.to(torch.float32) + 0.5) * (1.0 / _PRIME))
         return out
 
@@ -267,8 +269,10 @@ class PhysicalDecoder(nn.Module):
             cube = torch.clamp(1.0 - 1.0 / (9.0 * a) + gauss / (3.0 * torch.sqrt(a)), min=0.0)
             gamma_k1 = a * cube * cube * cube
             showers = self.noise_kappa * gamma_k1 * torch.exp(torch.log(u3) / shape)
+            showers = showers * (total / torch.clamp(showers.sum(1, keepdim=True), min=1e-30))
         # The voxel threshold of the data, then the lost energy handed back to
-        # the surviving voxels so the shower total is exactly u * E_inc.
+        # the surviving voxels so the shower total is exactly u * E_inc. That
+        # factor is >= 1, so no surviving voxel drops below the threshold.
         showers = torch.where(showers >= self.threshold, showers, torch.zeros_like(showers))
         kept = showers.sum(1, keepdim=True)
         return showers * (total / torch.clamp(kept, min=1e-30))

@@ -1,0 +1,251 @@
+"""The training pipeline end to end: simulate -> train -> export -> fastsim.load -> generate.
+
+A tiny model on a few hundred reference showers, through the real command
+line (``python -m training ...`` as subprocesses) and the real runtime, so
+every contract between the parts is exercised: checkpoints that load with
+``weights_only=True``, ``--resume``, the exported graph's inputs, outputs,
+opset, IR version and spec, torch/ONNX Runtime parity, and the physics the
+graph guarantees structurally (threshold, exact energy total, reproducible
+voxel noise).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+onnx = pytest.importorskip("onnx")
+
+import fastsim  # noqa: E402
+from fastsim.spec import SPEC_KEY, ModelSpec  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+THRESHOLD = 0.01515
+TINY_CONFIG = """
+name = "tiny"
+description = "test run"
+[data]
+e_min = 1000.0
+e_max = 1000000.0
+[model]
+latent_dim = 4
+hidden = 32
+n_hidden = 2
+encoder_hidden = 64
+[train]
+epochs = 2
+batch_size = 64
+fom_showers = 200
+prior_fit_showers = 400
+threads = 1
+shape_weight = 20.0
+u_weight = 200.0
+"""
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "training", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> dict[str, Path]:
+    from training.simulate import write_dataset
+
+    folder = tmp_path_factory.mktemp("showers")
+    train, _ = write_dataset(folder / "train.h5", 400, "1GeV:1TeV", seed=1, compression=None, progress=False)
+    val, _ = write_dataset(folder / "val.h5", 200, "1GeV:1TeV", seed=2, compression=None, progress=False)
+    config = folder / "tiny.toml"
+    config.write_text(TINY_CONFIG)
+    return {"train": train, "val": val, "config": config}
+
+
+@pytest.fixture(scope="module")
+def run(data, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    result = run_cli("train", "--config", str(data["config"]), "--data", str(data["train"]),
+                     "--validation", str(data["val"]), "--out", str(out), "-q")
+    assert result.returncode == 0, result.stderr
+    assert "best figure of merit" in result.stdout
+    return out
+
+
+@pytest.fixture(scope="module")
+def exported(run, tmp_path_factory) -> dict:
+    path = tmp_path_factory.mktemp("exported") / "tiny.onnx"
+    result = run_cli("export", str(run), "-o", str(path))
+    assert result.returncode == 0, result.stderr
+    return {"path": path, "parity": json.loads(result.stdout.strip().splitlines()[-1])}
+
+
+def test_train_writes_run_folder_with_curves(run):
+    for name in ("config.json", "last.pt", "best.pt", "history.csv", "history.json", "history.png"):
+        assert (run / name).is_file(), name
+    history = json.loads((run / "history.json").read_text())
+    assert [row["epoch"] for row in history] == [0, 1]
+    for row in history:
+        for key in ("train_loss", "val_loss", "val_shape", "val_kl", "fom"):
+            assert np.isfinite(row[key]), key
+        assert row["fom"] >= 0.0
+    # Training must do something: the loss falls from the first epoch to the second.
+    assert history[1]["train_loss"] < history[0]["train_loss"]
+
+
+@pytest.mark.parametrize("name", ["best.pt", "last.pt"])
+def test_checkpoints_load_with_weights_only(run, name):
+    from training.train import physical_decoder_from_checkpoint
+
+    checkpoint = torch.load(run / name, map_location="cpu", weights_only=True)
+    assert checkpoint["epoch"] in (0, 1)
+    assert checkpoint["noise_kappa"] > 10.0  # MeV: the sampling-calorimeter spread of the data
+    decoder = physical_decoder_from_checkpoint(checkpoint)
+    z = torch.randn(3, decoder.latent_dim)
+    showers = decoder(z, torch.full((3, 1), 2e4))
+    assert showers.shape == (3, 6480)
+    assert "optimizer" in checkpoint if name == "last.pt" else "optimizer" not in checkpoint
+
+
+def test_resume_continues_the_same_run(run, data, tmp_path):
+    copy = tmp_path / "resumed"
+    shutil.copytree(run, copy)
+    before = json.loads((copy / "history.json").read_text())
+    result = run_cli("train", "--config", str(data["config"]), "--data", str(data["train"]),
+                     "--validation", str(data["val"]), "--out", str(copy), "--resume", "--epochs", "3", "-q")
+    assert result.returncode == 0, result.stderr
+    assert "resumed from" in result.stdout
+    after = json.loads((copy / "history.json").read_text())
+    assert [row["epoch"] for row in after] == [0, 1, 2]
+    assert after[:2] == before  # the first two epochs are kept, not retrained
+
+
+def test_exported_graph_holds_the_contract(exported, run):
+    model = onnx.load(str(exported["path"]))
+    onnx.checker.check_model(model, full_check=True)
+    assert model.ir_version <= 9
+    assert {op.domain: op.version for op in model.opset_import}[""] == 17
+    shapes = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+              for v in [*model.graph.input, *model.graph.output]}
+    spec = ModelSpec.from_json({p.key: p.value for p in model.metadata_props}[SPEC_KEY])
+    assert spec.latent_dim == 4 + 2  # the VAE's latents + the voxel-noise seeds
+    assert shapes == {"z": ["N", spec.latent_dim], "conditions": ["N", 1], "showers": ["N", 6480]}
+    assert all(v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+               for v in [*model.graph.input, *model.graph.output])
+    (condition,) = spec.conditions
+    assert (condition.name, condition.unit, condition.min, condition.max, condition.sampling) == (
+        "incident_energy", "MeV", 1000.0, 1e6, "log-uniform")
+    assert spec.output.unit == "MeV" and spec.output.geometry["kind"] == "cylindrical"
+    assert spec.producer == f"fastsim {fastsim.__version__}"
+    assert spec.training["n_showers"] == 400 and spec.training["n_validation"] == 200
+    assert spec.training["hyperparameters"]["model"]["hidden"] == 32
+    assert spec.training["flops_per_shower"] > 0
+
+
+def test_export_parity_torch_vs_onnxruntime(exported, run):
+    parity = exported["parity"]
+    assert parity["max_rel_error_sum"] <= 1e-4
+    assert parity["max_rel_error_voxel"] <= 1e-3
+    # Independently: the same z and energies through torch and through fastsim's session.
+    from training.train import load_checkpoint, physical_decoder_from_checkpoint
+
+    decoder = physical_decoder_from_checkpoint(load_checkpoint(run / "best.pt"))
+    energy = np.geomspace(1e3, 1e6, 40, dtype=np.float32)[:, None]
+    z = np.random.default_rng(7).standard_normal((40, decoder.latent_dim)).astype(np.float32)
+    with torch.no_grad():
+        expected = decoder(torch.from_numpy(z), torch.from_numpy(energy)).numpy()
+    got = fastsim.load(exported["path"], device="cpu", threads=1).decode(z, energy)
+    np.testing.assert_allclose(got.sum(1), expected.sum(1), rtol=1e-4)
+    clear = expected > 1.01 * THRESHOLD
+    np.testing.assert_allclose(got[clear], expected[clear], rtol=1e-3)
+
+
+def test_generate_through_fastsim(exported):
+    generator = fastsim.load(exported["path"], device="cpu", threads=1)
+    conditions, showers = generator.generate(60, seed=3)
+    assert showers.shape == (60, 6480) and showers.dtype == np.float32
+    assert np.isfinite(showers).all() and (showers >= 0).all()
+    # The voxel threshold is in the graph: nothing between 0 and 15.15 keV.
+    assert not ((showers > 0) & (showers < THRESHOLD)).any()
+    response = showers.sum(1) / conditions[:, 0]
+    assert (response > 0.3).all() and (response < 1.5).all()
+    # Voxel noise gives showers a sparse, spiky look like the data, not a smooth mean.
+    assert 0.005 < (showers > 0).mean() < 0.9
+    again = generator.generate(60, seed=3)[1]
+    np.testing.assert_array_equal(showers, again)
+    assert not np.array_equal(showers, generator.generate(60, seed=4)[1])
+
+
+def test_total_energy_is_the_response_head_whatever_the_noise(run):
+    from training.train import load_checkpoint, physical_decoder_from_checkpoint
+
+    decoder = physical_decoder_from_checkpoint(load_checkpoint(run / "best.pt"))
+    d = decoder.vae.config.latent_dim
+    energy = torch.tensor([[1e3], [3e4], [1e6]])
+    z = torch.randn(3, decoder.latent_dim, generator=torch.Generator().manual_seed(0))
+    z_other_noise = z.clone()
+    z_other_noise[:, d:] += 1.0
+    with torch.no_grad():
+        mean, total = decoder.mean_showers(z[:, :d], energy)
+        a, b = decoder(z, energy), decoder(z_other_noise, energy)
+    torch.testing.assert_close(a.sum(1, keepdim=True), total, rtol=1e-5, atol=0.0)
+    torch.testing.assert_close(b.sum(1, keepdim=True), total, rtol=1e-5, atol=0.0)
+    assert not torch.equal(a, b)  # the noise seeds move energy between voxels...
+    torch.testing.assert_close(mean.sum(1, keepdim=True), total, rtol=1e-5, atol=0.0)  # ...around this mean
+
+
+def test_fp16_variant_matches_fp32_totals(run, exported, tmp_path):
+    path = tmp_path / "tiny-fp16.onnx"
+    result = run_cli("export", str(run), "-o", str(path), "--precision", "fp16")
+    assert result.returncode == 0, result.stderr
+    model = onnx.load(str(path))
+    initializers = {t.name: t.data_type for t in model.graph.initializer}
+    gemm_weights = [node.input[1] for node in model.graph.node if node.op_type == "Gemm"]
+    assert gemm_weights and all(initializers[w] == onnx.TensorProto.FLOAT16 for w in gemm_weights)
+    assert path.stat().st_size < exported["path"].stat().st_size
+    half = fastsim.load(path, device="cpu", threads=1)
+    assert half.spec.training["precision"] == "fp16"
+    full = fastsim.load(exported["path"], device="cpu", threads=1)
+    energy = np.geomspace(1e3, 1e6, 30, dtype=np.float32)[:, None]
+    z = np.random.default_rng(1).standard_normal((30, full.spec.latent_dim)).astype(np.float32)
+    np.testing.assert_allclose(half.decode(z, energy).sum(1), full.decode(z, energy).sum(1), rtol=2e-3)
+
+
+def test_response_fit_recovers_known_mean_and_spread():
+    from training.data import ResponseFit
+
+    rng = np.random.default_rng(0)
+    c = rng.uniform(-1, 1, 40000)
+    mean, sigma = -0.02 - 0.01 * c, np.exp(-3.0 - 1.2 * c)
+    fit = ResponseFit.fit(c, mean + sigma * rng.standard_normal(c.size))
+    grid = np.linspace(-0.9, 0.9, 7)
+    np.testing.assert_allclose(fit.mean(grid), -0.02 - 0.01 * grid, atol=0.004)
+    np.testing.assert_allclose(fit.sigma(grid), np.exp(-3.0 - 1.2 * grid), rtol=0.06)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "--data", "nope.h5", "--out", "{tmp}/r"], "--data"),
+        (["train", "--config", "{tmp}/bad.toml", "--data", "{train}", "--out", "{tmp}/r"], "unknown key(s) ['widht']"),
+        (["export", "{tmp}", "-o", "{tmp}/m.onnx"], "no checkpoint"),
+        (["export", "{run}", "-o", "{tmp}/m.txt"], "ending in .onnx"),
+        (["export", "{run}", "-o", "{tmp}/m.onnx", "--precision", "fp8"], "--precision"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path, data, run):
+    (tmp_path / "bad.toml").write_text("[model]\nwidht = 3\n")
+    args = [a.format(tmp=tmp_path, train=data["train"], run=run) for a in args]
+    result = run_cli(*args)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error:"), result.stderr
+    assert message in lines[0]
+    assert not list(tmp_path.glob("*.onnx"))  # nothing half-written
