@@ -28,8 +28,8 @@ from fastsim.models import resolve_model  # noqa: E402
 
 __all__ = ["measure"]
 
-SMOKE = {"batch_sizes": [1, 16, 64], "min_time": 0.02, "limit_size": 256}
-FULL = {"batch_sizes": list(bench.DEFAULT_BATCH_SIZES), "min_time": 0.5, "limit_size": 2048}
+SMOKE = {"batch_sizes": [1, 16, 64], "min_time": 0.02, "limit_size": 256, "generator_n": 1024}
+FULL = {"batch_sizes": list(bench.DEFAULT_BATCH_SIZES), "min_time": 0.5, "limit_size": 2048, "generator_n": 32768}
 
 
 def measure(model: str, *, smoke: bool = False, precisions: tuple[str, ...] = ("fp32", "int8"),
@@ -47,7 +47,8 @@ def measure(model: str, *, smoke: bool = False, precisions: tuple[str, ...] = ("
             path = copy
         threads = threads or ([1] if smoke else sorted({1, bench.physical_cores()}))
         doc = bench.run(path, batch_sizes=settings["batch_sizes"], threads=threads, precisions=precisions,
-                        min_time=settings["min_time"], limit_size=settings["limit_size"])
+                        min_time=settings["min_time"], limit_size=settings["limit_size"],
+                        generator_n=settings["generator_n"])
     doc["model"]["path"] = str(resolve_model(model))
     return doc
 

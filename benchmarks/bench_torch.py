@@ -53,7 +53,7 @@ def measure(model: str, *, smoke: bool = False, threads: list[int] | None = None
         torch.set_num_threads(n_threads)
         for batch in settings["batch_sizes"]:
             point = {"threads": n_threads, "batch_size": batch}
-            if 4 * batch * spec.n_voxels * 4 > budget:
+            if 8 * batch * spec.n_voxels * 4 > budget:
                 point["skipped"] = "does not fit in the memory budget"
                 points.append(point)
                 continue

@@ -65,7 +65,8 @@ def cli() -> None:
               type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]),
               help="Execution device; a missing GPU is an error, never a silent CPU fallback.")
 @click.option("--threads", default=None, type=click.IntRange(min=1),
-              help="ONNX Runtime intra-op threads (default: one per physical core).")
+              help="CPU threads decoding in parallel (default: one per physical core; "
+                   "on a GPU: ONNX Runtime intra-op threads).")
 @click.option("--format", "fmt", default=None, type=click.Choice(["h5", "npz", "npy"]),
               help="Output format (default: from the output suffix).")
 @click.option("--compression", default=None, metavar="none|gzip[:LEVEL]|lzf",
@@ -296,13 +297,15 @@ def validate(generated, reference, output_dir, geometry_xml, n_max, groups, clas
 @click.option("--min-time", default=0.3, show_default=True, type=click.FloatRange(min=0.0),
               help="Seconds each point is timed for (at least 3 calls; the median counts).")
 @click.option("--no-limit", is_flag=True, help="Do not measure the hardware limit (no fraction column).")
+@click.option("--generate-n", default=16384, show_default=True, type=click.IntRange(min=0),
+              help="Also time generate(N) in memory per thread count, the runtime's own path (0: skip).")
 @click.option("--limit-size", default=2048, show_default=True, type=click.IntRange(min=16),
               help="Matrix size of the sgemm limit measurement (large enough to be compute-bound).")
 @click.option("--json", "as_json", is_flag=True, help="Print the full result document as JSON on stdout.")
 @click.option("-o", "--output", default=None, type=click.Path(dir_okay=False),
               help="Also write the JSON result document to this file.")
-def bench(model, batch_sizes, threads, precision, device, mode, min_time, no_limit, limit_size, as_json,
-          output) -> None:
+def bench(model, batch_sizes, threads, precision, device, mode, min_time, no_limit, generate_n, limit_size,
+          as_json, output) -> None:
     """Measure decode throughput: showers/s, µs/shower and fraction of the hardware limit.
 
     Sweeps batch size x threads x precision with ONNX Runtime and reports each
@@ -322,7 +325,8 @@ def bench(model, batch_sizes, threads, precision, device, mode, min_time, no_lim
                        err=True)
 
     doc = bench_lib.run(model, batch_sizes=batch_sizes, threads=threads, precisions=precision, device=device,
-                        mode=mode, min_time=min_time, limit=not no_limit, limit_size=limit_size, progress=show)
+                        mode=mode, min_time=min_time, limit=not no_limit, limit_size=limit_size,
+                        generator_n=generate_n, progress=show)
     if output:
         with open(output, "w") as fh:
             json.dump(doc, fh, indent=2)
@@ -340,6 +344,10 @@ def bench(model, batch_sizes, threads, precision, device, mode, min_time, no_lim
         if limit and "flop_per_s" in limit:
             click.echo(f"limit ({key} threads): {limit['flop_per_s'] / 1e9:.1f} GFLOP/s sgemm, {limit['source']}")
     click.echo(bench_lib.format_table(bench_lib.DecodePoint(**p) for p in doc["points"]))
+    for rate in doc.get("generator", []):
+        fraction = "" if rate["fraction_of_limit"] is None else f", {rate['fraction_of_limit']:.2f} of the limit"
+        click.echo(f"generate({rate['n']}) in memory, {rate['threads']} thread(s): "
+                   f"{rate['showers_per_s']:,.0f} showers/s, {rate['us_per_shower']:.2f} µs/shower{fraction}")
 
 
 def _one_line(message: str) -> str:

@@ -94,7 +94,11 @@ class Generator:
         return digest.hexdigest()
 
     def decode(self, z: np.ndarray, conditions: np.ndarray) -> np.ndarray:
-        """One raw session run: latents (k, latent_dim) and conditions (k, n_conditions) -> showers."""
+        """Decode latents (k, latent_dim) and conditions (k, n_conditions) -> showers (k, n_voxels).
+
+        No prior, no condition checks: the raw decoder. On a GPU it is one
+        session run; on the CPU, CPU_RUN_ROWS-row runs spread over the workers.
+        """
         z = np.ascontiguousarray(z, dtype=np.float32)
         conditions = np.ascontiguousarray(conditions, dtype=np.float32)
         if z.ndim != 2 or z.shape[1] != self.spec.latent_dim:
