@@ -196,7 +196,7 @@ def test_decode_inputs_follow_the_spec_ranges_and_sampling():
 
 
 def test_run_document_is_complete_and_json_ready(toy_model):
-    doc = bench.run(toy_model, batch_sizes="2,4", threads="1", min_time=0.0, limit_size=64)
+    doc = bench.run(toy_model, batch_sizes="2,4", threads="1", min_time=0.0, limit_size=64, generator_n=2000)
     text = json.dumps(doc, allow_nan=False)  # strict JSON: no NaN anywhere
     assert json.loads(text)["kind"] == "fastsim-bench/1"
     assert doc["model"]["flops_per_shower"] == bench.model_flops(toy_model)["flops_per_shower"]
@@ -206,6 +206,9 @@ def test_run_document_is_complete_and_json_ready(toy_model):
         expected = p["showers_per_s"] * doc["model"]["flops_per_shower"] / doc["limits"]["1"]["flop_per_s"]
         assert p["fraction_of_limit"] == pytest.approx(expected)
     assert doc["best"]["showers_per_s"] == max(p["showers_per_s"] for p in doc["points"])
+    (rate,) = doc["generator"]
+    assert rate["fraction_of_limit"] == pytest.approx(
+        rate["showers_per_s"] * doc["model"]["flops_per_shower"] / doc["limits"]["1"]["flop_per_s"])
     for key in ("cpu", "physical_cores", "loadavg", "versions"):
         assert key in doc["machine"]
 
@@ -226,23 +229,28 @@ def test_run_rejects_bad_arguments_by_name(toy_model, kwargs, message):
 
 def test_cli_bench_prints_the_table_and_writes_json(run_fastsim, toy_model, tmp_path):
     out = tmp_path / "bench.json"
-    proc = run_fastsim("bench", toy_model, "--batch-sizes", "1,8", "--threads", "1", "--min-time", "0",
-                       "--no-limit", "-o", out)
+    proc = run_fastsim("bench", toy_model, "--batch-sizes", "1,8", "--threads", "1,2", "--min-time", "0",
+                       "--no-limit", "--generate-n", "3000", "-o", out)
     assert proc.returncode == 0, proc.stderr
     assert "| precision | threads | batch | showers/s | µs/shower | fraction of limit |" in proc.stdout
     assert "model FLOPs per shower" in proc.stdout
+    assert "generate(3000) in memory, 2 thread(s):" in proc.stdout
     doc = json.loads(out.read_text())
-    assert [(p["threads"], p["batch_size"]) for p in doc["points"]] == [(1, 1), (1, 8)]
+    assert [(p["threads"], p["batch_size"]) for p in doc["points"]] == [(1, 1), (1, 8), (2, 1), (2, 8)]
     assert all(p["fraction_of_limit"] is None for p in doc["points"])  # --no-limit: no fraction
+    assert [(g["threads"], g["n"]) for g in doc["generator"]] == [(1, 3000), (2, 3000)]
+    assert all(g["showers_per_s"] > 0 and g["us_per_shower"] == pytest.approx(1e6 / g["showers_per_s"])
+               for g in doc["generator"])
 
 
 def test_cli_bench_json_with_limit(run_fastsim, toy_model):
     proc = run_fastsim("bench", toy_model, "--batch-sizes", "4", "--threads", "1", "--min-time", "0",
-                       "--limit-size", "128", "--json")
+                       "--limit-size", "128", "--generate-n", "0", "--json")
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     assert doc["points"][0]["fraction_of_limit"] > 0
     assert doc["limits"]["1"]["source"]
+    assert "generator" not in doc  # --generate-n 0 skips it
 
 
 @pytest.mark.parametrize("args, message", [
@@ -317,6 +325,7 @@ def test_run_all_smoke_produces_well_formed_results(wide_model, tmp_path):
         assert part["command"].startswith("python ") and "machine" in part
     h = doc["headline"]
     assert 0 < h["best_fp32"]["fraction_of_limit"] and h["best_fp32"]["showers_per_s"] > 0
+    assert h["generator"]["showers_per_s"] > 0 and h["generator"]["n"] == 1024
     assert h["vs_torch"]["ratio_best_vs_best"] > 0 and h["int8"]["speedup_vs_fp32"] > 0
     assert set(h["vs_reference"]["speedup_by_threads"]) >= {"1"}
     assert [r["n"] for r in h["generate"]["peak_rss"]] == [1000, 10000]
