@@ -103,14 +103,17 @@ def headline(results: dict) -> dict:
         h["flops_per_shower"] = decode.get("model", {}).get("flops_per_shower")
     torch_doc = results.get("torch", {})
     if points and torch_doc.get("points"):
-        peer = _best(torch_doc["points"], threads=cores)
-        ours = _best(points, precision="fp32", threads=cores)
-        if peer and ours:
-            same_batch = next((p for p in torch_doc["points"] if p["threads"] == cores
-                               and p["batch_size"] == ours["batch_size"] and p.get("showers_per_s")), None)
-            h["vs_torch"] = {"ratio_best_vs_best": ours["showers_per_s"] / peer["showers_per_s"],
-                             "torch_best": {"batch_size": peer["batch_size"], "showers_per_s": peer["showers_per_s"]},
-                             "ratio_same_batch": same_batch and ours["showers_per_s"] / same_batch["showers_per_s"]}
+        by_threads = {}
+        for t in sorted({p["threads"] for p in points}):
+            peer, ours = _best(torch_doc["points"], threads=t), _best(points, precision="fp32", threads=t)
+            if peer and ours:
+                by_threads[str(t)] = {"ratio_best_vs_best": ours["showers_per_s"] / peer["showers_per_s"],
+                                      "onnxruntime_best": {"batch_size": ours["batch_size"],
+                                                           "showers_per_s": ours["showers_per_s"]},
+                                      "torch_best": {"batch_size": peer["batch_size"],
+                                                     "showers_per_s": peer["showers_per_s"]}}
+        if str(cores) in by_threads:
+            h["vs_torch"] = {**by_threads[str(cores)], "by_threads": by_threads}
     ref = results.get("reference", {})
     if ref.get("speedup"):
         h["vs_reference"] = {"reference_showers_per_s": ref["reference"]["showers_per_s"],
@@ -161,6 +164,12 @@ def render_markdown(results: dict) -> str:
         f"Command: `{results['command']}`" + (" (smoke mode: tiny sizes, figures not meaningful)"
                                                if results.get("smoke") else ""),
         "",
+    ]
+    if results.get("model_training"):
+        lines += [f"Model training data (from its spec): {results['model_training']}", ""]
+    if results.get("note"):
+        lines += [f"Note: {results['note']}", ""]
+    lines += [
         "| measurement | figure | target | status |",
         "|---|---|---|---|",
     ]
@@ -190,11 +199,12 @@ def render_markdown(results: dict) -> str:
                      f"{_status(b['us_per_shower'], TARGETS['us_per_shower'], higher_is_better=False)} |")
     if h.get("vs_torch"):
         t = h["vs_torch"]
-        lines.append(f"| ONNX Runtime / PyTorch eager, best batch of each, {_threads(cores)} "
-                     f"| {_fmt(t['ratio_best_vs_best'], '.2f')}x (torch best {_fmt(t['torch_best']['showers_per_s'])}"
-                     f" showers/s at batch {t['torch_best']['batch_size']}; same batch "
-                     f"{_fmt(t['ratio_same_batch'], '.2f')}x) | ≥ {TARGETS['vs_torch']}x "
-                     f"| {_status(t['ratio_best_vs_best'], TARGETS['vs_torch'])} |")
+        per = "; ".join(f"{k} thread(s): {v['ratio_best_vs_best']:.2f}x ({_fmt(v['onnxruntime_best']['showers_per_s'])} "
+                        f"vs {_fmt(v['torch_best']['showers_per_s'])} showers/s)" for k, v in t["by_threads"].items())
+        lines.append(f"| ONNX Runtime / PyTorch eager, best batch of each | {per} | ≥ {TARGETS['vs_torch']}x "
+                     f"| {_status(t['ratio_best_vs_best'], TARGETS['vs_torch'])} at {_threads(cores)}"
+                     + ("" if all(v["ratio_best_vs_best"] >= TARGETS["vs_torch"] for v in t["by_threads"].values())
+                        else ", **not at every thread count**") + " |")
     if h.get("vs_reference"):
         r = h["vs_reference"]
         best_threads = max(r["speedup_by_threads"], key=lambda k: r["speedup_by_threads"][k])
@@ -354,6 +364,7 @@ def main(argv: list[str] | None = None) -> int:
         "smoke": args.smoke,
         "model": str(model),
         "model_name": read_spec(model).name,
+        "model_training": str(read_spec(model).training.get("data", "")),
         "machine": machine,
         "gpu": "not measured: no GPU on this machine" if not machine["gpu"] else "see parts.gpu",
         "parts": {},

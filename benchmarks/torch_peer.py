@@ -253,16 +253,28 @@ class TorchDecoder(torch.nn.Module):
         initializer_names = {t.name for t in graph.initializer}
         self.input_names = [i.name for i in graph.input if i.name not in initializer_names]
         self.output_names = [o.name for o in graph.output]
+        # Free each intermediate after its last use, as Python frees a module's
+        # temporaries in forward(); keeping them all would hold every
+        # (N, n_voxels) tensor of the graph at once.
+        last_use: dict[str, int] = {}
+        for index, (_, _, _, ins, _) in enumerate(self._nodes):
+            for name in ins:
+                last_use[name] = index
+        keep = set(self.output_names) | set(self._consts)
+        self._release = [[name for name in set(ins) if name and last_use.get(name) == index and name not in keep]
+                         for index, (_, _, _, ins, _) in enumerate(self._nodes)]
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         env = dict(self._consts)
         env.update(zip(self.input_names, inputs))
-        for _, fn, attrs, ins, outs in self._nodes:
+        for (_, fn, attrs, ins, outs), release in zip(self._nodes, self._release):
             result = fn(attrs, *[env[name] if name else None for name in ins])
             if len(outs) == 1:
                 env[outs[0]] = result
             else:
                 env.update(zip(outs, result))
+            for name in release:
+                del env[name]
         outputs = tuple(env[name] for name in self.output_names)
         return outputs[0] if len(outputs) == 1 else outputs
 

@@ -327,6 +327,7 @@ def test_run_all_smoke_produces_well_formed_results(wide_model, tmp_path):
     assert 0 < h["best_fp32"]["fraction_of_limit"] and h["best_fp32"]["showers_per_s"] > 0
     assert h["generator"]["showers_per_s"] > 0 and h["generator"]["n"] == 1024
     assert h["vs_torch"]["ratio_best_vs_best"] > 0 and h["int8"]["speedup_vs_fp32"] > 0
+    assert set(h["vs_torch"]["by_threads"]) == {"1"}
     assert set(h["vs_reference"]["speedup_by_threads"]) >= {"1"}
     assert [r["n"] for r in h["generate"]["peak_rss"]] == [1000, 10000]
     assert all(r["peak_rss_mib"] > 10 for r in h["generate"]["peak_rss"])
@@ -385,3 +386,17 @@ def test_device_batches_are_the_host_batches_on_the_session_device(wide_model, s
     np.testing.assert_array_equal(np.concatenate(got), expected)
     run_rows = -(-batch_size // BLOCK_SIZE) * BLOCK_SIZE
     assert all(size == run_rows for size in sizes[1:-1])  # interior batches: one fixed shape
+
+
+def test_torch_peer_handles_omitted_optional_inputs(tmp_path):
+    # Exported graphs write Clip(x, "", max): an optional input left out by an empty name.
+    from torch_peer import check_parity
+
+    from fastsim.spec import read_spec
+
+    nodes = [helper.make_node("MatMul", ["z", "W"], ["h"]), helper.make_node("Exp", ["h"], ["e"]),
+             helper.make_node("Clip", ["e", "", "hi"], ["c"]), helper.make_node("Mul", ["c", "conditions"], ["showers"])]
+    path = _graph_model(tmp_path / "clip.onnx", nodes, {"W": np.linspace(-1, 1, 24).reshape(4, 6),
+                                                         "hi": np.array(2.0, np.float32)}, latent_dim=4, n_voxels=6)
+    parity = check_parity(path, bench.decode_inputs(read_spec(path), 16, seed=1))
+    assert parity["max_rel_diff_total"] < 1e-6

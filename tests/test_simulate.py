@@ -1,4 +1,4 @@
-"""The reference simulator: physics properties, reproducibility and the `simulate` command."""
+"""The reference simulator: physics properties of both methods, their agreement, reproducibility, the command."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from fastsim.errors import ConditionError, OutputError
 from fastsim.geometry import CylindricalGeometry, Layer, default_geometry
 from training.simulate import (
     BLOCK_SIZE,
+    METHODS,
     SIW,
     EnergyRule,
     gamma_cdf,
@@ -42,10 +43,19 @@ def _profile_peak(showers):
     return (k + 0.5 + 0.5 * (y0 - y2) / (y0 - 2 * y1 + y2)) * X0_PER_LAYER
 
 
-@pytest.fixture(scope="module")
-def scan():
-    """1500 showers at each of five energies (GeV), seed 11."""
-    return {e: simulate(1500, f"{e}GeV", seed=11) for e in (2, 5, 10, 20, 50)}
+_SCANS: dict[str, dict] = {}
+
+
+def _scan(method):
+    """1500 showers at each of five energies (GeV), seed 11, made once per method."""
+    if method not in _SCANS:
+        _SCANS[method] = {e: simulate(1500, f"{e}GeV", seed=11, method=method) for e in (2, 5, 10, 20, 50)}
+    return _SCANS[method]
+
+
+@pytest.fixture(scope="module", params=METHODS)
+def scan(request):
+    return _scan(request.param)
 
 
 # ---------------------------------------------------------------------------- physics
@@ -66,9 +76,10 @@ def test_resolution_stochastic_term(scan):
     np.testing.assert_allclose(np.sqrt(rel_var), expected, rtol=0.1)
 
 
-def test_depth_of_maximum_grows_one_x0_per_e_fold():
-    _, low = simulate(800, "1GeV", seed=3)
-    _, high = simulate(256, "1TeV", seed=3)
+@pytest.mark.parametrize("method", METHODS)
+def test_depth_of_maximum_grows_one_x0_per_e_fold(method):
+    _, low = simulate(800, "1GeV", seed=3, method=method)
+    _, high = simulate(160, "1TeV", seed=3, method=method)
     t_low, t_high = _profile_peak(low), _profile_peak(high)
     slope = (t_high - t_low) / np.log(1000.0)
     assert 0.9 < slope < 1.1
@@ -98,8 +109,9 @@ def test_longitudinal_shape_fluctuates_shower_by_shower(scan):
     assert np.corrcoef(early, cog)[0, 1] < -0.5
 
 
-def test_sparsity_falls_with_energy():
-    sparsity = [(simulate(128, e, seed=2)[1] == 0).mean() for e in ("1GeV", "10GeV", "100GeV", "1TeV")]
+@pytest.mark.parametrize("method", METHODS)
+def test_sparsity_falls_with_energy(method):
+    sparsity = [(simulate(128, e, seed=2, method=method)[1] == 0).mean() for e in ("1GeV", "10GeV", "100GeV", "1TeV")]
     assert np.all(np.diff(sparsity) < -0.02), sparsity
     assert sparsity[0] > 0.95 and sparsity[-1] < 0.6
 
@@ -113,6 +125,44 @@ def test_threshold_and_output_types(scan):
     assert np.all(showers >= 0) and np.all(np.isfinite(showers))
 
 
+def _zscore(a, b):
+    """(mean a - mean b) / its standard error, per column, for two independent samples of showers."""
+    return (a.mean(axis=0) - b.mean(axis=0)) / np.sqrt(a.var(axis=0) / len(a) + b.var(axis=0) / len(b))
+
+
+def _shower_features(energies, showers):
+    """Per shower: E_tot/E_inc, layer fractions, ring fractions in three depth bands, hit voxels."""
+    voxels = GEOMETRY.reshape(showers).astype(np.float64) / energies[:, None, None, None]
+    layers = voxels.sum(axis=(2, 3))
+    bands = [voxels[:, :6], voxels[:, 6:14], voxels[:, 14:]]  # before, around, after the maximum
+    rings = np.concatenate([band.sum(axis=(1, 2)) for band in bands], axis=1)
+    return layers.sum(axis=1), layers, rings, (showers > 0).sum(axis=1).astype(np.float64)
+
+
+def test_spots_and_binned_methods_agree_statistically():
+    # binned draws the voxel spot counts directly; it must be the spot-by-spot simulator in
+    # distribution. Independent draws (the sampling noise differs), so compare in standard errors:
+    # a radial profile taken at the wrong depth (tau off by 17 %) gives |z| > 10 here.
+    spots, binned = _scan("spots"), _scan("binned")
+    width_ratios = []
+    for e_gev in spots:
+        a, b = _shower_features(*spots[e_gev]), _shower_features(*binned[e_gev])
+        response_a, response_b = a[0], b[0]
+        assert abs(_zscore(response_a, response_b)) < 4.5, (e_gev, response_a.mean(), response_b.mean())
+        width_ratios.append(response_a.std() / response_b.std())
+        assert 0.88 < width_ratios[-1] < 1.12, (e_gev, width_ratios[-1])
+        used = b[1].mean(axis=0) > 1e-3  # layers holding energy
+        assert np.abs(_zscore(a[1][:, used], b[1][:, used])).max() < 4.5, e_gev  # mean longitudinal profile
+        assert np.abs(_zscore(a[2], b[2])).max() < 4.5, e_gev  # mean radial profile, per depth band
+        assert abs(_zscore(a[3], b[3])) < 4.5, e_gev  # hit voxels: the spot granularity
+    assert abs(np.mean(np.log(width_ratios))) < 0.05, width_ratios
+
+
+def test_unknown_method_is_a_clear_error():
+    with pytest.raises(ConditionError, match="method: expected one of spots, binned, got 'exact'"):
+        simulate(1, "1GeV", method="exact")
+
+
 def test_gamma_cdf_matches_scipy():
     from scipy.special import gammainc
 
@@ -124,7 +174,7 @@ def test_gamma_cdf_matches_scipy():
 
 # ---------------------------------------------------------------------------- energies
 def test_log_uniform_energies_cover_the_range():
-    energies, _ = simulate(512, "1GeV:1TeV", seed=4)
+    energies, _ = simulate(512, "1GeV:1TeV", seed=4, method="binned")  # energies: the same for both methods
     assert energies.min() >= 1e3 and energies.max() <= 1e6
     logs = np.log10(energies / 1e3)
     assert abs(logs.mean() - 1.5) < 0.1 and abs(logs.std() - 3 / np.sqrt(12)) < 0.1
@@ -157,35 +207,39 @@ def test_bad_energies_are_clear_errors(text, message):
 
 
 # ---------------------------------------------------------------------------- reproducibility
-def test_same_seed_is_bitwise_identical_and_seeds_differ():
-    a = simulate(40, "1GeV:1TeV", seed=9)
-    b = simulate(40, "1GeV:1TeV", seed=9)
-    c = simulate(40, "1GeV:1TeV", seed=10)
+@pytest.mark.parametrize("method", METHODS)
+def test_same_seed_is_bitwise_identical_and_seeds_differ(method):
+    a = simulate(40, "1GeV:1TeV", seed=9, method=method)
+    b = simulate(40, "1GeV:1TeV", seed=9, method=method)
+    c = simulate(40, "1GeV:1TeV", seed=10, method=method)
     assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
     assert not np.array_equal(a[0], c[0])
     assert (a[1] != c[1]).mean() > 0.05
 
 
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("chunk_size", [1, 50, BLOCK_SIZE, 333])
-def test_any_chunking_gives_the_same_showers(chunk_size):
+def test_any_chunking_gives_the_same_showers(chunk_size, method):
     n = 2 * BLOCK_SIZE + 77
-    energies, showers = simulate(n, "1GeV:100GeV", seed=5)
-    chunks = list(iter_simulate(n, "1GeV:100GeV", seed=5, chunk_size=chunk_size))
+    energies, showers = simulate(n, "1GeV:100GeV", seed=5, method=method)
+    chunks = list(iter_simulate(n, "1GeV:100GeV", seed=5, chunk_size=chunk_size, method=method))
     assert np.array_equal(np.concatenate([c[0] for c in chunks]), energies)
     assert np.array_equal(np.concatenate([c[1] for c in chunks]), showers)
     # a window anywhere reproduces the same rows
-    _, window = simulate(60, "1GeV:100GeV", seed=5, start=BLOCK_SIZE - 20)
+    _, window = simulate(60, "1GeV:100GeV", seed=5, start=BLOCK_SIZE - 20, method=method)
     assert np.array_equal(window, showers[BLOCK_SIZE - 20 : BLOCK_SIZE + 40])
 
 
-def test_other_uniform_geometries_are_supported_and_non_uniform_refused():
+@pytest.mark.parametrize("method", METHODS)
+def test_other_uniform_geometries_are_supported_and_non_uniform_refused(method):
     coarse = CylindricalGeometry(tuple(Layer((0.0, 10.0, 20.0, 80.0), 4) for _ in range(30)), layer_thickness_mm=4.0)
-    energies, showers = simulate(64, "20GeV", seed=1, geometry=coarse)
-    assert showers.shape == (64, coarse.n_voxels)
-    assert 0.97 < _response(energies, showers).mean() < 1.0  # 80 mm contains nearly everything
+    energies, showers = simulate(256, "20GeV", seed=1, geometry=coarse, method=method)
+    assert showers.shape == (256, coarse.n_voxels)
+    # 80 mm and 28 X0 contain nearly everything: 1 within the 0.25 % standard error of the mean
+    assert 0.98 < _response(energies, showers).mean() < 1.008
     mixed = CylindricalGeometry((Layer((0.0, 1.0), 1), Layer((0.0, 2.0, 3.0), 1)))
     with pytest.raises(ConditionError, match="uniform geometry"):
-        simulate(1, "1GeV", geometry=mixed)
+        simulate(1, "1GeV", geometry=mixed, method=method)
 
 
 # ---------------------------------------------------------------------------- writer and command
@@ -194,7 +248,7 @@ def test_write_dataset_is_the_simulation_and_reads_back(tmp_path):
     assert xml == tmp_path / "e.xml" and CylindricalGeometry.from_xml(xml) == GEOMETRY
     energies, showers = simulate(300, "1GeV:1TeV", seed=2)
     with open_showers(h5) as f:
-        assert f.geometry == GEOMETRY and f.attrs["seed"] == 2
+        assert f.geometry == GEOMETRY and f.attrs["seed"] == 2 and f.attrs["method"] == "spots"
         got_e, got_s = f.read()
     assert np.array_equal(got_e, energies) and np.array_equal(got_s, showers)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["e.h5", "e.xml"]
@@ -218,14 +272,17 @@ def _run(*args, cwd):
     )
 
 
-def test_simulate_command_writes_file_and_binning(tmp_path):
+@pytest.mark.parametrize("method", [None, "binned"])
+def test_simulate_command_writes_file_and_binning(tmp_path, method):
     out = tmp_path / "sim.h5"
-    result = _run("simulate", "-n", "150", "--seed", "7", "--energy", "10GeV,1TeV", "-o", str(out), "--chunk-size", "64", cwd=ROOT)
+    extra = ["--method", method] if method else []
+    result = _run("simulate", "-n", "150", "--seed", "7", "--energy", "10GeV,100GeV", "-o", str(out), "--chunk-size", "64", *extra, cwd=ROOT)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "sim.xml").is_file()
-    energies, showers = simulate(150, "10GeV,1TeV", seed=7)
+    energies, showers = simulate(150, "10GeV,100GeV", seed=7, method=method or "spots")  # spots is the default
     with open_showers(out) as f:
         got_e, got_s = f.read()
+        assert f.attrs["method"] == (method or "spots")
     assert np.array_equal(got_e, energies) and np.array_equal(got_s, showers)
 
 
@@ -233,7 +290,7 @@ def test_simulate_command_writes_file_and_binning(tmp_path):
     ("args", "message"),
     [(["-n", "0"], "'-n' / '--n-showers'"), (["-n", "5", "--energy", "3 bananas"], "energy: "),
      (["-n", "5", "--energy", "1GeV:20TeV"], "between 100 MeV"), (["-n", "5", "--seed", "-1"], "--seed"),
-     (["-n", "5", "--chunk-size", "0"], "--chunk-size")],
+     (["-n", "5", "--chunk-size", "0"], "--chunk-size"), (["-n", "5", "--method", "exact"], "'--method'")],
 )
 def test_simulate_command_bad_input_is_one_line_exit_2(tmp_path, args, message):
     out = tmp_path / "bad.h5"
@@ -260,6 +317,9 @@ def test_benchmark_smoke_records_figures(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     record = json.loads((tmp_path / "simulate.json").read_text())
-    assert record["results"]["log_uniform_1GeV_1TeV"]["showers_per_s_best"] > 0
-    assert {"numpy", "cpu_count", "loadavg_at_start"} <= set(record["machine"])
-    assert "showers/s" in (tmp_path / "simulate.md").read_text()
+    for method in METHODS:
+        row = record["results"][method]["log_uniform_1GeV_1TeV"]
+        assert row["showers_per_s_best"] > 0 and 20_000 < row["mean_spots_per_shower"] < 40_000
+    assert {"numpy", "cpu_count", "loadavg_at_start", "loadavg_at_end"} <= set(record["machine"])
+    markdown = (tmp_path / "simulate.md").read_text()
+    assert "showers/s" in markdown and "| spots | log-uniform 1 GeV-1 TeV |" in markdown

@@ -200,7 +200,7 @@ class PhysicalDecoder(nn.Module):
     def __init__(self, vae: ShowerVAE, response: ResponseFit, *, e_min: float, e_max: float,
                  threshold: float, prior_mean: torch.Tensor | None = None,
                  prior_chol: torch.Tensor | None = None, max_response: float = 2.0,
-                 noise_kappa: float = 0.0):
+                 noise_kappa: float = 0.0, spot_energy: tuple[float, float] = (0.0, 0.0)):
         super().__init__()
         self.vae = vae
         self.response = response
@@ -209,6 +209,8 @@ class PhysicalDecoder(nn.Module):
         self.threshold = float(threshold)
         self.max_response = float(max_response)
         self.noise_kappa = float(noise_kappa) if vae.config.voxel_noise == "gamma" else 0.0
+        # Spot energy e_s = s0 * (E / GeV)^s1 in MeV; s0 = 0 means no zero inflation.
+        self.spot_energy = (float(spot_energy[0]), float(spot_energy[1]))
         d = vae.config.latent_dim
         # prior_mean: (PRIOR_DEGREE + 1, d) polynomial coefficients in c of the
         # latent mean (a 1-D tensor is a constant mean).
@@ -227,7 +229,7 @@ class PhysicalDecoder(nn.Module):
             gen = torch.Generator().manual_seed(20221)
             self.register_buffer("hash_mul", torch.randint(1, _PRIME, (n_voxels,), generator=gen, dtype=torch.int32))
             self.register_buffer("hash_add", torch.randint(0, _PRIME, (n_voxels,), generator=gen, dtype=torch.int32))
-            self.hash_rounds = [int(x) for x in torch.randint(1, _PRIME, (3,), generator=gen)]
+            self.hash_rounds = [int(x) for x in torch.randint(1, _PRIME, (4,), generator=gen)]
 
     @property
     def latent_dim(self) -> int:
@@ -246,7 +248,7 @@ class PhysicalDecoder(nn.Module):
         return total * voxel_frac, total
 
     def uniforms(self, seeds: torch.Tensor) -> list[torch.Tensor]:
-        """Three (N, n_voxels) uniforms in (0, 1) from the seed latents, in exact int64 arithmetic."""
+        """Four (N, n_voxels) uniforms in (0, 1) from the seed latents, in exact int64 arithmetic."""
         ints = torch.floor(seeds * _SEED_SCALE).to(torch.int64) + _SEED_OFFSET
         state = torch.remainder(ints[:, :1] * 2**25 + ints[:, 1:2], _PRIME)
         h = torch.remainder(state * self.hash_mul.to(torch.int64) + self.hash_add.to(torch.int64), _PRIME)
@@ -257,19 +259,43 @@ class PhysicalDecoder(nn.Module):
             out.append((h.to(torch.float32) + 0.5) * (1.0 / _PRIME))
         return out
 
+    def sample_voxels(self, mean: torch.Tensor, total: torch.Tensor, energy: torch.Tensor,
+                      uniforms: list[torch.Tensor]) -> torch.Tensor:
+        """Voxel energies around ``mean`` (variance kappa * mean), rescaled to ``total``.
+
+        With a spot energy e_s, a voxel is empty with probability exp(-mean / e_s)
+        (no energy spot landed in it, as in the data) and otherwise Gamma with
+        the conditional mean and variance that keep the totals mean and
+        kappa * mean; without, it is Gamma(mean / kappa, kappa).
+        """
+        u1, u2, u3, u4 = uniforms
+        kappa = self.noise_kappa
+        s0, s1 = self.spot_energy
+        if s0 > 0:
+            spot = s0 * torch.exp(s1 * torch.log(energy * 1e-3))  # (N, 1) MeV
+            occupied = torch.clamp(1.0 - torch.exp(-mean / spot), min=1e-12)
+            mean_hit = mean / occupied
+            var_hit = torch.clamp((kappa * mean - (1.0 - occupied) * mean * mean_hit) / occupied,
+                                  min=1e-6 * mean_hit * mean_hit + 1e-30)
+            shape, scale = mean_hit * mean_hit / var_hit, var_hit / mean_hit
+        else:
+            occupied = torch.ones_like(mean)
+            shape, scale = mean * (1.0 / kappa), torch.full_like(mean, kappa)
+        shape = torch.clamp(shape, min=1e-12)
+        # Gamma(k) = Gamma(k + 1) * U^(1/k); Gamma(k + 1) by Wilson-Hilferty from a Box-Muller normal.
+        gauss = torch.sqrt(-2.0 * torch.log(u1)) * torch.cos((2.0 * math.pi) * u2)
+        a = shape + 1.0
+        cube = torch.clamp(1.0 - 1.0 / (9.0 * a) + gauss / (3.0 * torch.sqrt(a)), min=0.0)
+        draws = scale * (a * cube * cube * cube) * torch.exp(torch.log(u3) / shape)
+        showers = torch.where(u4 < occupied, draws, torch.zeros_like(draws))
+        return showers * (total / torch.clamp(showers.sum(1, keepdim=True), min=1e-30))
+
     def forward(self, z: torch.Tensor, conditions: torch.Tensor) -> torch.Tensor:
         energy = conditions[:, :1]
         d = self.vae.config.latent_dim
         showers, total = self.mean_showers(z[:, :d], energy)
         if self.noise_kappa > 0:
-            u1, u2, u3 = self.uniforms(z[:, d:d + NOISE_SEED_DIMS])
-            gauss = torch.sqrt(-2.0 * torch.log(u1)) * torch.cos((2.0 * math.pi) * u2)
-            shape = torch.clamp(showers * (1.0 / self.noise_kappa), min=1e-12)
-            a = shape + 1.0
-            cube = torch.clamp(1.0 - 1.0 / (9.0 * a) + gauss / (3.0 * torch.sqrt(a)), min=0.0)
-            gamma_k1 = a * cube * cube * cube
-            showers = self.noise_kappa * gamma_k1 * torch.exp(torch.log(u3) / shape)
-            showers = showers * (total / torch.clamp(showers.sum(1, keepdim=True), min=1e-30))
+            showers = self.sample_voxels(showers, total, energy, self.uniforms(z[:, d:d + NOISE_SEED_DIMS]))
         # The voxel threshold of the data, then the lost energy handed back to
         # the surviving voxels so the shower total is exactly u * E_inc. That
         # factor is >= 1, so no surviving voxel drops below the threshold.

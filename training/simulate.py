@@ -11,10 +11,11 @@ Per shower, with energy E and y = E / E_c:
    of each readout layer is the Gamma(alpha, beta = (alpha - 1) / T) integral
    over its depth (regularised incomplete gamma function). Energy beyond the
    last layer is lost.
-2. Spots. N_spot = 93 ln Z (E/GeV)^0.876 spots have depths drawn from the spot
-   profile (T_spot, alpha_spot). As in Geant4's GFlash, the spots in a layer
-   share that layer's energy equally, so the layer energies follow the energy
-   profile while the spots set the granularity of the lateral fluctuations.
+2. Spots. N_spot = 93 ln Z (E/GeV)^0.876 spots (398 at 1 GeV, ~169,000 at
+   1 TeV) have depths drawn from the spot profile (T_spot, alpha_spot). As in
+   Geant4's GFlash, the spots in a layer share that layer's energy equally, so
+   the layer energies follow the energy profile while the spots set the
+   granularity of the lateral fluctuations.
 3. Radial profile. Each spot falls at radius r from the two-component
    (core + tail) profile evaluated at its depth tau = t / T, with the
    sampling corrections, and at a uniform azimuth. Spots beyond the outermost
@@ -27,31 +28,49 @@ Per shower, with energy E and y = E / E_c:
    per-shower Gaussian factor of 1 % gives the constant term. Voxels below
    15.15 keV (0.5 keV in silicon) then read zero.
 
-How spots are deposited (the one shortcut). The number of spots reaches
-~170,000 for a 1 TeV shower. Spots in the model are independent draws from
-the shower's profile, so the numbers of spots per layer, per radial ring in a
-layer and per alpha sector of a ring are *exactly* multinomial. The
-simulator draws those counts directly -- layer counts from the spot profile,
-ring counts from the radial profile averaged over the spot depths inside the
-layer (``SUBSTEPS`` sub-layers), sector counts uniform -- instead of drawing
-every spot and histogramming it. This gives the same distribution of voxel
-spot counts as drawing the spots one by one (up to the depth dependence of
-the radial profile within a sub-layer), so the granularity fluctuations stay
-those of N_spot spots, while the cost per shower no longer grows with the
-number of spots.
+Two ways to deposit the spots (``method=``); steps 1 and 4 are shared, and the
+same seed gives both methods the same energies, (T, alpha) and constant-term
+draws per shower.
+
+- ``"spots"`` (the default; the reference simulator). GFlash as Geant4 runs
+  it: every spot is drawn -- depth t from the spot Gamma profile, core or tail
+  with probability p(t / T) at its own depth, r = R sqrt(u / (1 - u)),
+  azimuth uniform -- turned into a voxel index (layer from the depth, ring by
+  ``np.searchsorted`` on the ring edges, sector from the azimuth) and
+  histogrammed with ``np.bincount``. Vectorised over all spots of a block of
+  showers, in slices of ``SPOT_SLICE`` spots to bound memory (~10 MB);
+  the per-spot radial profile runs in float32. Its cost grows with the number
+  of spots, i.e. like E^0.876, as a real simulator's does: use it as the
+  reference (validation data, the throughput comparison with the surrogate).
+- ``"binned"`` (an accelerated sampler, equal in distribution, for making
+  large training sets fast). Spots are independent draws from the shower's
+  profile, so the numbers of spots per layer, per ring in a layer and per
+  sector of a ring are exactly multinomial; this draws those counts directly
+  -- layer counts from the spot profile, ring counts from the radial profile
+  averaged over the spot depths inside the layer (``SUBSTEPS`` sub-layers),
+  sector counts uniform. Equal in distribution to ``"spots"`` up to the depth
+  dependence of the radial profile within a sub-layer; its cost barely grows
+  with energy. tests/test_simulate.py checks that the two agree (response mean
+  and width, mean longitudinal profile, mean radial profile in three depth
+  bands, hit-voxel count, at 2-50 GeV, all within 4.5 standard errors).
+
+Measured (benchmarks/results/simulate.md; one process on a shared 2-core
+machine, load average 3.6-5.9): ``spots`` 522 showers/s for log-uniform
+1 GeV-1 TeV (~14 M spots/s), 9,500/s at 1 GeV, 620/s at 100 GeV, 91/s at
+1 TeV; ``binned`` 2,400/s log-uniform, 1,300/s at 1 TeV.
 
 Reproducibility. Showers are made in fixed blocks of ``BLOCK_SIZE``; block b
 draws from ``numpy.random.SeedSequence((seed, b))``. Shower i therefore
-depends only on the seed, i and the energy rule, never on how a run is cut
+depends only on the seed, i, the energy rule and the method, never on how a run is cut
 into chunks. Energies are fixed, a list cycled by shower index, or
 log-uniform in a range (drawn first from the block's stream).
 
-Measured on this model (tests/test_simulate.py): E_tot/E_inc ~0.97 at 1 GeV
-and ~0.99 from 10 GeV to 1 TeV (lateral leakage of the wide GFlash tail at
-low energy, longitudinal leakage growing slowly above 100 GeV); fitted
-stochastic term 0.166-0.174 (sampling plus leakage fluctuations); the maximum
-of the mean profile moves 1.0 X0 per e-fold of energy; ~91 % of the energy
-within 9.3 mm (0.98 R_M).
+Physics measured on this model (tests/test_simulate.py, both methods):
+E_tot/E_inc ~0.97 at 1 GeV and ~0.99 from 10 GeV to 1 TeV (lateral leakage of
+the wide GFlash tail at low energy, longitudinal leakage growing slowly above
+100 GeV); fitted stochastic term 0.166-0.174 (sampling plus leakage
+fluctuations); the maximum of the mean profile moves 1.0 X0 per e-fold of
+energy; ~91 % of the energy within 9.3 mm (0.98 R_M).
 
 The output is on the CaloChallenge dataset-2 scale: MeV of deposited energy
 divided by the sampling fraction, so a contained shower sums to about E_inc.
@@ -74,6 +93,7 @@ from fastsim.geometry import CylindricalGeometry, default_geometry
 __all__ = [
     "BLOCK_SIZE",
     "ENERGY_RANGE_MEV",
+    "METHODS",
     "EnergyRule",
     "SIW",
     "SamplingCalorimeter",
@@ -86,8 +106,13 @@ __all__ = [
 
 #: Showers per random-stream block: block b draws from SeedSequence((seed, b)).
 BLOCK_SIZE = 128
-#: Sub-layers per readout layer over which the depth-dependent radial profile is averaged.
+#: Sub-layers per readout layer over which the binned method averages the radial profile.
 SUBSTEPS = 4
+#: Spots drawn at once by the spots method (~150 bytes each in flight): bounds its memory and
+#: keeps the per-spot arrays in the CPU cache.
+SPOT_SLICE = 1 << 16
+#: How spots are deposited: every spot drawn (the default), or the counts per voxel drawn directly.
+METHODS = ("spots", "binned")
 #: Incident energies the parameterisation is used for (MeV).
 ENERGY_RANGE_MEV = (100.0, 1.0e7)
 
@@ -265,36 +290,131 @@ def _longitudinal(energy_mev: np.ndarray, z: np.ndarray, calo: SamplingCalorimet
     return t_max, alpha, t_spot, alpha_spot
 
 
+def _radial_shape(tau: np.ndarray, ln_e: np.ndarray, calo: SamplingCalorimeter):
+    """(p_core, R_C, R_T) of the radial profile at reduced depth tau (radii in Moliere radii).
+
+    ``tau`` and ``ln_e`` (ln(E/GeV)) broadcast against each other; sampling corrections included.
+    """
+    z_eff, fs, ehat = calo.z_eff, calo.sampling_frequency, calo.e_over_mip
+    exp_minus_tau = np.exp(-tau)
+    r_core = (0.0251 + 0.00319 * ln_e) + (0.1162 - 0.000381 * z_eff) * tau
+    r_core = r_core - 0.0203 * (1 - ehat) + 0.0397 * exp_minus_tau / fs
+    k1, k2, k3 = 0.659 - 0.00309 * z_eff, 0.645, -2.59
+    k4 = 0.3585 + 0.0412 * ln_e
+    r_tail = k1 * (np.exp(k3 * (tau - k2)) + np.exp(k4 * (tau - k2)))
+    r_tail = r_tail - 0.14 * (1 - ehat) - 0.495 * exp_minus_tau / fs
+    p1, p2 = 2.632 - 0.00094 * z_eff, 0.401 + 0.00187 * z_eff
+    p3 = 1.313 - 0.0686 * ln_e
+    u = (p2 - tau) / p3
+    p_core = p1 * np.exp(u - np.exp(u)) + (1 - ehat) * (0.348 - 0.642 * np.exp(-((tau - 1) ** 2)) / fs)
+    # the parameterisation can leave its domain far from the shower maximum; keep it a distribution
+    return np.clip(p_core, 0.0, 1.0), np.maximum(r_core, 1e-3), np.maximum(r_tail, 1e-3)
+
+
 def _radial_cdf(r: np.ndarray, tau: np.ndarray, ln_e: np.ndarray, calo: SamplingCalorimeter) -> np.ndarray:
     """Fraction of a spot at reduced depth tau falling within radius r (in Moliere radii).
 
     ``tau`` and ``ln_e`` broadcast against each other; ``r`` is appended as a last axis.
     """
-    z_eff, fs, ehat = calo.z_eff, calo.sampling_frequency, calo.e_over_mip
-    r_core = (0.0251 + 0.00319 * ln_e) + (0.1162 - 0.000381 * z_eff) * tau
-    r_core = r_core - 0.0203 * (1 - ehat) + 0.0397 * np.exp(-tau) / fs
-    k1, k2, k3 = 0.659 - 0.00309 * z_eff, 0.645, -2.59
-    k4 = 0.3585 + 0.0412 * ln_e
-    r_tail = k1 * (np.exp(k3 * (tau - k2)) + np.exp(k4 * (tau - k2)))
-    r_tail = r_tail - 0.14 * (1 - ehat) - 0.495 * np.exp(-tau) / fs
-    p1, p2 = 2.632 - 0.00094 * z_eff, 0.401 + 0.00187 * z_eff
-    p3 = 1.313 - 0.0686 * ln_e
-    u = (p2 - tau) / p3
-    p_core = p1 * np.exp(u - np.exp(u)) + (1 - ehat) * (0.348 - 0.642 * np.exp(-((tau - 1) ** 2)) / fs)
-    p_core = np.clip(p_core, 0.0, 1.0)[..., None]
-    rc2 = np.maximum(r_core, 1e-3)[..., None] ** 2
-    rt2 = np.maximum(r_tail, 1e-3)[..., None] ** 2
+    p_core, r_core, r_tail = _radial_shape(tau, ln_e, calo)
+    p_core = p_core[..., None]
+    rc2, rt2 = r_core[..., None] ** 2, r_tail[..., None] ** 2
     r2 = np.asarray(r, dtype=np.float64) ** 2
     return p_core * r2 / (r2 + rc2) + (1 - p_core) * r2 / (r2 + rt2)
 
 
-def _simulate_block(
+def _layer_energy(energies: np.ndarray, t_max: np.ndarray, alpha: np.ndarray, n_layers: int, dt: float) -> np.ndarray:
+    """Energy (MeV) per readout layer: the Gamma integral over its depth; beyond the last layer is lost."""
+    beta = (alpha - 1.0) / t_max
+    cdf = gamma_cdf(alpha[:, None], beta[:, None] * (dt * np.arange(n_layers + 1)))
+    return energies[:, None] * np.diff(cdf, axis=1)
+
+
+def _spot_count(energies: np.ndarray, calo: SamplingCalorimeter) -> np.ndarray:
+    """N_spot = 93 ln Z (E/GeV)^0.876 per shower (Geant4's homogeneous tuning)."""
+    return np.rint(93.0 * math.log(calo.z_eff) * (energies / 1e3) ** 0.876).astype(np.int64)
+
+
+def _respond(deposit: np.ndarray, scale: np.ndarray, rng: np.random.Generator, calo: SamplingCalorimeter) -> np.ndarray:
+    """Sampling fluctuations, constant term and threshold on (n, n_voxels) deposits (MeV); float32."""
+    # Gamma with mean e and variance a^2 e (e, a^2 in MeV): sums stay Gamma, so a / sqrt(E) overall
+    variance_per_mev = calo.stochastic**2 * 1e3
+    flat = deposit.reshape(-1)
+    hit = np.flatnonzero(flat)
+    flat[hit] = rng.gamma(flat[hit] / variance_per_mev, variance_per_mev)
+    deposit *= scale[:, None]
+    deposit[deposit < calo.threshold_mev] = 0.0
+    return deposit.astype(np.float32)
+
+
+def _spot_block(
     energies: np.ndarray,
     rng: np.random.Generator,
     geometry: CylindricalGeometry,
     calo: SamplingCalorimeter,
 ) -> np.ndarray:
-    """Showers (len(energies), n_voxels) float32 for one block, all draws from ``rng``."""
+    """Showers (len(energies), n_voxels) float32 for one block, every spot drawn: the ``spots`` method."""
+    n = energies.shape[0]
+    n_layers = geometry.n_layers
+    layer = geometry.layers[0]
+    n_alpha, n_radial = layer.n_alpha, layer.n_radial
+    dt = geometry.layer_thickness_mm / calo.x0_mm  # layer depth in X0
+
+    # the same per-shower draws, in the same order, as the binned method
+    z = rng.standard_normal((n, 2))
+    scale = np.maximum(1.0 + calo.constant * rng.standard_normal(n), 0.0)
+    t_max, alpha, t_spot, alpha_spot = _longitudinal(energies, z, calo)
+    layer_energy = _layer_energy(energies, t_max, alpha, n_layers, dt)
+    n_spots = _spot_count(energies, calo)
+    spot_scale = t_spot / (alpha_spot - 1.0)  # 1 / beta_spot, X0
+    inv_t_max = 1.0 / t_max
+    # the per-spot radial profile runs in float32: twice as fast, 1e-7 on quantities that are sampled anyway
+    ln_e = np.log(energies / 1e3).astype(np.float32)
+    ring_edges2 = ((np.asarray(layer.r_edges[1:], dtype=np.float64) / calo.moliere_mm) ** 2).astype(np.float32)
+
+    # spot counts per (shower, layer, sector, ring) with an overflow slot for spots behind the
+    # last layer (index n_layers) and beyond the outermost edge (index n_radial)
+    shape = (n, n_layers + 1, n_alpha, n_radial + 1)
+    stride = math.prod(shape[1:])  # slots per shower
+    counts = np.zeros(math.prod(shape), dtype=np.int64)
+    ends = np.cumsum(n_spots)
+    begins = ends - n_spots
+    total = int(ends[-1]) if n else 0
+    for lo in range(0, total, SPOT_SLICE):
+        hi = min(lo + SPOT_SLICE, total)
+        first, last = np.searchsorted(ends, [lo, hi - 1], side="right")  # showers this slice touches
+        within = np.clip(ends[first : last + 1], lo, hi) - np.clip(begins[first : last + 1], lo, hi)
+        shower = np.repeat(np.arange(first, last + 1), within)
+        m = hi - lo
+        depth = rng.standard_gamma(alpha_spot[shower]) * spot_scale[shower]  # t in X0
+        layer_index = np.minimum(depth * (1.0 / dt), n_layers).astype(np.int64)
+        # radial profile at the spot's own depth: core with probability p(tau), else tail
+        tau = (depth * inv_t_max[shower]).astype(np.float32)
+        p_core, r_core, r_tail = _radial_shape(tau, ln_e[shower], calo)
+        radius2 = np.where(rng.random(m, dtype=np.float32) < p_core, r_core, r_tail) ** 2
+        u = rng.random(m, dtype=np.float32)
+        radius2 *= u / (1.0 - u)  # r = R sqrt(u / (1 - u)), compared squared with the ring edges
+        ring = np.searchsorted(ring_edges2, radius2, side="right")
+        # azimuth phi = -pi + 2 pi u uniform -> sector floor(u n_alpha) (centres at -pi + (k + 1/2) 2pi/n_alpha)
+        sector = np.minimum(rng.random(m, dtype=np.float32) * n_alpha, n_alpha - 1).astype(np.int64)
+        index = (((shower - first) * (n_layers + 1) + layer_index) * n_alpha + sector) * (n_radial + 1) + ring
+        counts[first * stride : (last + 1) * stride] += np.bincount(index, minlength=(last + 1 - first) * stride)
+    counts = counts.reshape(shape)
+
+    # the spots of a layer share the layer's energy (GFlash); spots beyond the edge take theirs away
+    spots_per_layer = counts[:, :n_layers].sum(axis=(2, 3))
+    spot_energy = layer_energy / np.maximum(spots_per_layer, 1)
+    deposit = counts[:, :n_layers, :, :n_radial] * spot_energy[:, :, None, None]
+    return _respond(deposit.reshape(n, -1), scale, rng, calo)
+
+
+def _binned_block(
+    energies: np.ndarray,
+    rng: np.random.Generator,
+    geometry: CylindricalGeometry,
+    calo: SamplingCalorimeter,
+) -> np.ndarray:
+    """Showers (len(energies), n_voxels) float32 for one block, spot counts drawn per voxel: ``binned``."""
     n = energies.shape[0]
     n_layers = geometry.n_layers
     layer = geometry.layers[0]
@@ -305,13 +425,8 @@ def _simulate_block(
     scale = np.maximum(1.0 + calo.constant * rng.standard_normal(n), 0.0)
 
     t_max, alpha, t_spot, alpha_spot = _longitudinal(energies, z, calo)
-    beta = (alpha - 1.0) / t_max
     beta_spot = (alpha_spot - 1.0) / t_spot
-
-    # energy per layer: Gamma integral over each layer; beyond the last layer is lost
-    layer_edges = dt * np.arange(n_layers + 1)
-    cdf_energy = gamma_cdf(alpha[:, None], beta[:, None] * layer_edges)
-    layer_energy = energies[:, None] * np.diff(cdf_energy, axis=1)  # (n, L)
+    layer_energy = _layer_energy(energies, t_max, alpha, n_layers, dt)
 
     # spots per sub-layer from the spot profile
     sub_edges = (dt / SUBSTEPS) * np.arange(n_layers * SUBSTEPS + 1)
@@ -319,7 +434,7 @@ def _simulate_block(
     sub_prob = np.diff(cdf_spot, axis=1).reshape(n, n_layers, SUBSTEPS)
     layer_prob = sub_prob.sum(axis=2)
     beyond = np.clip(1.0 - layer_prob.sum(axis=1, keepdims=True), 0.0, 1.0)
-    n_spots = np.rint(93.0 * math.log(calo.z_eff) * (energies / 1e3) ** 0.876).astype(np.int64)
+    n_spots = _spot_count(energies, calo)
     spots_per_layer = rng.multinomial(n_spots, np.concatenate([layer_prob, beyond], axis=1))[:, :n_layers]
 
     # ring probabilities per layer: radial profile averaged over the spot depths in the layer
@@ -342,14 +457,16 @@ def _simulate_block(
     spot_energy = layer_energy / np.maximum(spots_per_layer, 1)
     deposit = (spots * spot_energy[:, :, None]).reshape(n, -1)
 
-    # sampling fluctuations: Gamma with mean e and variance a^2 e (e, a^2 in MeV)
-    variance_per_mev = calo.stochastic**2 * 1e3
-    hit = np.flatnonzero(deposit)
-    flat = deposit.reshape(-1)
-    flat[hit] = rng.gamma(flat[hit] / variance_per_mev, variance_per_mev)
-    deposit *= scale[:, None]
-    deposit[deposit < calo.threshold_mev] = 0.0
-    return deposit.astype(np.float32)
+    return _respond(deposit, scale, rng, calo)
+
+
+_BLOCK_MAKERS = {"spots": _spot_block, "binned": _binned_block}
+
+
+def _check_method(method: str) -> str:
+    if not isinstance(method, str) or method not in METHODS:
+        raise ConditionError(f"method: expected one of {', '.join(METHODS)}, got {method!r:.80}")
+    return method
 
 
 def _check_geometry(geometry: CylindricalGeometry) -> None:
@@ -364,12 +481,14 @@ def _iter_blocks(
     stop: int,
     geometry: CylindricalGeometry,
     calorimeter: SamplingCalorimeter,
+    method: str,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield the rows start:stop block by block; each block is always made whole, then cut."""
+    make_block = _BLOCK_MAKERS[method]
     for block in range(start // BLOCK_SIZE, -(-stop // BLOCK_SIZE)):
         rng = np.random.default_rng(np.random.SeedSequence((seed, block)))
         energies = rule.block_energies(block, rng)
-        showers = _simulate_block(energies, rng, geometry, calorimeter)
+        showers = make_block(energies, rng, geometry, calorimeter)
         offset = block * BLOCK_SIZE
         lo, hi = max(start, offset) - offset, min(stop, offset + BLOCK_SIZE) - offset
         yield energies[lo:hi], showers[lo:hi]
@@ -383,19 +502,25 @@ def simulate(
     start: int = 0,
     geometry: CylindricalGeometry | None = None,
     calorimeter: SamplingCalorimeter = SIW,
+    method: str = "spots",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Simulate showers ``start .. start + n``: (energies (n,) float64 MeV, showers (n, n_voxels) float32 MeV).
+
+    ``method="spots"`` draws every spot (GFlash as Geant4 runs it; cost grows with energy);
+    ``method="binned"`` draws the spot counts per voxel directly, equal in distribution, for
+    making large training sets fast.
 
     >>> energies, showers = simulate(10, "50GeV", seed=1)
     """
     n, start, seed = _check_count("n", n), _check_count("start", start), _check_count("seed", seed)
+    method = _check_method(method)
     rule = parse_energy(energy)
     geometry = geometry or default_geometry()
     _check_geometry(geometry)
     energies = np.empty(n, dtype=np.float64)
     showers = np.empty((n, geometry.n_voxels), dtype=np.float32)
     done = 0
-    for block_energies, block_showers in _iter_blocks(rule, seed, start, start + n, geometry, calorimeter):
+    for block_energies, block_showers in _iter_blocks(rule, seed, start, start + n, geometry, calorimeter, method):
         k = block_energies.shape[0]
         energies[done : done + k] = block_energies
         showers[done : done + k] = block_showers
@@ -412,12 +537,14 @@ def iter_simulate(
     chunk_size: int = 4 * BLOCK_SIZE,
     geometry: CylindricalGeometry | None = None,
     calorimeter: SamplingCalorimeter = SIW,
+    method: str = "spots",
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield (energies, showers) chunks of ``chunk_size`` covering showers start .. start + n.
 
-    The concatenated chunks equal one ``simulate(n, start=start)`` call.
+    The concatenated chunks equal one ``simulate(n, start=start, method=method)`` call.
     """
     n, start, seed = _check_count("n", n), _check_count("start", start), _check_count("seed", seed)
+    method = _check_method(method)
     chunk_size = _check_count("chunk_size", chunk_size, minimum=1)
     rule = parse_energy(energy)
     geometry = geometry or default_geometry()
@@ -425,7 +552,7 @@ def iter_simulate(
     pending_e: list[np.ndarray] = []
     pending_s: list[np.ndarray] = []
     held = 0
-    for block_energies, block_showers in _iter_blocks(rule, seed, start, start + n, geometry, calorimeter):
+    for block_energies, block_showers in _iter_blocks(rule, seed, start, start + n, geometry, calorimeter, method):
         pending_e.append(block_energies)
         pending_s.append(block_showers)
         held += block_energies.shape[0]
@@ -456,11 +583,13 @@ def write_dataset(
     compression: str | None = "gzip",
     overwrite: bool = False,
     progress: bool = True,
+    method: str = "spots",
 ) -> tuple[Path, Path]:
     """Simulate n showers into a CaloChallenge HDF5 file plus its binning XML (``PATH.xml`` stem).
 
     The file is written chunk by chunk under a temporary name and renamed when complete,
     so memory stays flat in n and an interrupted run never leaves a file that looks finished.
+    ``method`` is as in :func:`simulate` and recorded in the file's attributes.
     Returns (hdf5 path, xml path).
     """
     import h5py
@@ -470,6 +599,7 @@ def write_dataset(
 
     n = _check_count("n", n, minimum=1)
     chunk_size = _check_count("chunk_size", chunk_size, minimum=1)
+    method = _check_method(method)
     rule = parse_energy(energy)
     geometry = geometry or default_geometry()
     _check_geometry(geometry)
@@ -506,6 +636,7 @@ def write_dataset(
                     "seed": seed,
                     "n": n,
                     "energy": rule.describe(),
+                    "method": method,
                     "block_size": BLOCK_SIZE,
                     "binning": xml_path.name,
                 }
@@ -513,7 +644,7 @@ def write_dataset(
             with tqdm(total=n, unit="shower", disable=not progress, desc="simulate") as bar:
                 done = 0
                 for chunk_energies, chunk_showers in iter_simulate(
-                    n, rule, seed=seed, chunk_size=chunk_size, geometry=geometry
+                    n, rule, seed=seed, chunk_size=chunk_size, geometry=geometry, method=method
                 ):
                     k = chunk_energies.shape[0]
                     energies_ds[done : done + k, 0] = chunk_energies

@@ -41,6 +41,7 @@ __all__ = [
     "DataConfig",
     "TrainConfig",
     "fit_latent_prior",
+    "fit_spot_energy",
     "generate_showers",
     "load_checkpoint",
     "load_config",
@@ -214,6 +215,45 @@ def response_table(energy: np.ndarray, gen_total: np.ndarray, ref_total: np.ndar
     return rows
 
 
+@torch.no_grad()
+def fit_spot_energy(decoder: PhysicalDecoder, energy: np.ndarray, reference: np.ndarray, *, threshold: float,
+                    seed: int = 0, n_bins: int = 5, per_bin: int = 1000) -> tuple[float, float]:
+    """Fit the spot-energy law e_s = s0 * (E / GeV)^s1 (MeV) of the voxel noise to the data's sparsity.
+
+    In each log-energy bin a bisection finds the e_s at which generated showers
+    have the reference's fraction of voxels above threshold (a larger e_s
+    leaves more voxels empty); a straight line through log e_s vs log E gives
+    (s0, s1). Only the noise is fitted -- the decoder's weights are untouched.
+    """
+    d = decoder.vae.config.latent_dim
+    edges = np.geomspace(energy.min(), energy.max() * (1 + 1e-9), n_bins + 1)
+    which = np.clip(np.searchsorted(edges, energy, side="right") - 1, 0, n_bins - 1)
+    gen = torch.Generator().manual_seed(seed)
+    saved = decoder.spot_energy
+    centres, spots = [], []
+    try:
+        for k in range(n_bins):
+            rows = np.flatnonzero(which == k)[:per_bin]
+            if len(rows) < 20:
+                continue
+            target = float((reference[rows] > threshold * (1 - 1e-6)).mean())
+            e = torch.as_tensor(energy[rows], dtype=torch.float32)[:, None]
+            mean, total = decoder.mean_showers(torch.randn((len(rows), d), generator=gen), e)
+            uniforms = [torch.rand(mean.shape, generator=gen).clamp(1e-7, 1 - 1e-7) for _ in range(4)]
+            low, high = math.log(0.05), math.log(500.0)
+            for _ in range(14):
+                mid = 0.5 * (low + high)
+                decoder.spot_energy = (math.exp(mid), 0.0)
+                occupancy = float((decoder.sample_voxels(mean, total, e, uniforms) >= threshold).float().mean())
+                low, high = (mid, high) if occupancy > target else (low, mid)
+            centres.append(math.log(float(np.exp(np.log(energy[rows]).mean())) * 1e-3))
+            spots.append(0.5 * (low + high))
+    finally:
+        decoder.spot_energy = saved
+    slope, intercept = np.polyfit(centres, spots, 1)
+    return float(math.exp(intercept)), float(slope)
+
+
 def _reference_features(energy: np.ndarray, reference: np.ndarray, geometry: CylindricalGeometry, threshold: float):
     """The validation showers' features, computed once and reused every epoch."""
     from fastsim.features import compute_features
@@ -253,7 +293,8 @@ def physical_decoder_from_checkpoint(checkpoint: dict, geometry: CylindricalGeom
     decoder = PhysicalDecoder(vae, ResponseFit.from_dict(json.loads(checkpoint["response_json"])),
                               e_min=data.e_min, e_max=data.e_max, threshold=data.threshold,
                               prior_mean=checkpoint["prior_mean"], prior_chol=checkpoint["prior_chol"],
-                              noise_kappa=float(checkpoint["noise_kappa"]))
+                              noise_kappa=float(checkpoint["noise_kappa"]),
+                              spot_energy=tuple(checkpoint.get("spot_energy", (0.0, 0.0))))
     return decoder.eval()
 
 
@@ -483,5 +524,11 @@ def train(config: dict, data: str | os.PathLike, out: str | os.PathLike, *,
         if tcfg.max_minutes > 0 and elapsed + epoch_seconds > 60 * tcfg.max_minutes:
             log(f"stopping: another epoch would pass the {tcfg.max_minutes} min wall-time cap")
             break
+    if config["model"].voxel_noise == "gamma" and (out / "best.pt").exists():
+        best = load_checkpoint(out / "best.pt")
+        spot = fit_spot_energy(physical_decoder_from_checkpoint(best, geometry), fom_energy, fom_reference,
+                               threshold=dcfg.threshold, seed=tcfg.seed)
+        _atomic_save({**best, "spot_energy": list(spot)}, out / "best.pt")
+        log(f"voxel noise: spot energy {spot[0]:.3g} MeV x (E/GeV)^{spot[1]:.3f} fitted to the validation sparsity")
     return {"best_fom": best_fom, "best_epoch": best_epoch, "epochs_run": len(history),
             "train_seconds": elapsed_before + time.perf_counter() - t_start, "out": os.fspath(out)}
