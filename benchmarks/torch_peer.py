@@ -143,6 +143,13 @@ def _conv_transpose(a, x, w, b=None):
               a.get("dilations", 1))
 
 
+def _constant_of_shape(a, shape):
+    from onnx import numpy_helper
+
+    value = np.array(numpy_helper.to_array(a["value"])) if "value" in a else np.zeros(1, np.float32)
+    return torch.full(_ints(shape), value.reshape(-1)[0].item(), dtype=torch.from_numpy(value).dtype)
+
+
 _OPS: dict[str, Callable] = {
     "Identity": lambda a, x: x,
     "Add": lambda a, x, y: torch.add(x, y),
@@ -214,8 +221,7 @@ _OPS: dict[str, Callable] = {
     "ReduceMin": _reduce(torch.amin),
     "Expand": lambda a, x, shape: x.expand(torch.broadcast_shapes(x.shape, tuple(_ints(shape)))),
     "Tile": lambda a, x, reps: x.repeat(_ints(reps)),
-    "ConstantOfShape": lambda a, shape: torch.full(
-        _ints(shape), float(a["value"].float_data[0]) if "value" in a and a["value"].float_data else 0.0),
+    "ConstantOfShape": _constant_of_shape,
     "Range": lambda a, s, e, d: torch.arange(s.item(), e.item(), d.item()),
     "CumSum": lambda a, x, axis: torch.cumsum(x, dim=int(axis.item())),
 }

@@ -394,8 +394,12 @@ def test_torch_peer_handles_omitted_optional_inputs(tmp_path):
 
     from fastsim.spec import read_spec
 
+    # Also ConstantOfShape with its value in raw_data, as torch.onnx.export writes it.
+    one = helper.make_tensor("one", TensorProto.FLOAT, [1], np.array([1.5], np.float32).tobytes(), raw=True)
     nodes = [helper.make_node("MatMul", ["z", "W"], ["h"]), helper.make_node("Exp", ["h"], ["e"]),
-             helper.make_node("Clip", ["e", "", "hi"], ["c"]), helper.make_node("Mul", ["c", "conditions"], ["showers"])]
+             helper.make_node("Clip", ["e", "", "hi"], ["c"]), helper.make_node("Shape", ["c"], ["shape"]),
+             helper.make_node("ConstantOfShape", ["shape"], ["ones"], value=one),
+             helper.make_node("Mul", ["c", "ones"], ["c2"]), helper.make_node("Mul", ["c2", "conditions"], ["showers"])]
     path = _graph_model(tmp_path / "clip.onnx", nodes, {"W": np.linspace(-1, 1, 24).reshape(4, 6),
                                                          "hi": np.array(2.0, np.float32)}, latent_dim=4, n_voxels=6)
     parity = check_parity(path, bench.decode_inputs(read_spec(path), 16, seed=1))

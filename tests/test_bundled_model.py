@@ -26,11 +26,13 @@ CARD = REPO / "exported" / "calo-electron.md"
 THRESHOLD = 0.01515
 
 # fastsim.load("calo-electron", device="cpu").generate(4, 50 GeV, seed=2024):
-# per-shower totals (MeV) and the five largest voxels of shower 0 (index, MeV).
+# per-shower totals (MeV), voxels above threshold per shower, and the five
+# largest voxels of shower 0 (index, MeV).
 GOLDEN_SEED = 2024
 GOLDEN_ENERGY_MEV = 50_000.0
-GOLDEN_TOTALS = [48920.94, 47930.88, 47038.04, 49004.06]
-GOLDEN_TOP_VOXELS = [(1935, 467.05933), (1161, 424.55005), (990, 411.48611), (783, 406.11447), (1620, 404.80280)]
+GOLDEN_TOTALS = [48920.93, 47930.88, 47038.04, 49004.07]
+GOLDEN_NONZERO = [924, 1055, 997, 994]
+GOLDEN_TOP_VOXELS = [(1935, 464.12830), (1161, 421.88580), (990, 408.90381), (783, 403.56589), (1620, 402.26245)]
 
 pytestmark = pytest.mark.skipif(not MODEL.is_file(), reason="bundled model not exported yet")
 
@@ -77,6 +79,7 @@ def test_golden_values(generator):
     conditions, showers = generator.generate(4, GOLDEN_ENERGY_MEV, seed=GOLDEN_SEED)
     np.testing.assert_array_equal(conditions[:, 0], np.float32(GOLDEN_ENERGY_MEV))
     np.testing.assert_allclose(showers.sum(1), GOLDEN_TOTALS, rtol=1e-5)
+    np.testing.assert_array_equal((showers > 0).sum(1), GOLDEN_NONZERO)
     top = np.argsort(showers[0])[::-1][:5]
     np.testing.assert_array_equal(top, [i for i, _ in GOLDEN_TOP_VOXELS])
     np.testing.assert_allclose(showers[0, top], [e for _, e in GOLDEN_TOP_VOXELS], rtol=1e-4)

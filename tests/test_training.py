@@ -112,6 +112,9 @@ def test_checkpoints_load_with_weights_only(run, name):
     showers = decoder(z, torch.full((3, 1), 2e4))
     assert showers.shape == (3, 6480)
     assert "optimizer" in checkpoint if name == "last.pt" else "optimizer" not in checkpoint
+    if name == "best.pt":  # the per-layer spot energies fitted to the data's sparsity after training
+        spot_mev = decoder.spot_energy(torch.zeros(1, 1)).view(45, -1)[:, 0]
+        assert checkpoint["spot_coeffs"].shape == (3, 45) and (spot_mev > 0.05).all()
 
 
 def test_resume_continues_the_same_run(run, data, tmp_path):

@@ -121,8 +121,9 @@ def build_spec(checkpoint: dict, decoder: PhysicalDecoder, *, name: str, version
         "precision": precision,
         "voxel_threshold_mev": data["threshold"],
         "voxel_noise": {"kind": "gamma", "kappa_mev": decoder.noise_kappa,
-                        "spot_energy_mev": {"s0": decoder.spot_energy[0], "s1": decoder.spot_energy[1],
-                                            "law": "s0 * (E_inc / GeV)^s1"},
+                        "spot_energy": None if decoder.spot_coeffs is None else {
+                            "law": "per layer l: log(e_s / MeV) = sum_k coeffs[k][l] * c^k",
+                            "coeffs": [[round(float(x), 5) for x in row] for row in decoder.spot_coeffs]},
                         "seed_latent_dims": list(range(vae.config.latent_dim, decoder.latent_dim))}
         if decoder.noise_kappa > 0 else {"kind": "none"},
     }

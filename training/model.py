@@ -22,12 +22,13 @@ and log-variance.
 
 :class:`PhysicalDecoder` wraps the trained decoder with everything between
 physical inputs and physical outputs -- the latent prior folded in as
-``z' = m + L z`` (callers still feed N(0, I)), condition normalisation, the
-response polynomials, ``showers = E_inc * u * layer_frac * voxel_frac``, the
-voxel threshold and a renormalisation that puts the energy of sub-threshold
-voxels back into the surviving ones so ``sum(showers) = u E_inc`` exactly. It
-is what :mod:`training.export` traces to ONNX and what training uses to draw
-showers for its validation figure of merit.
+``z' = m(c) + L z`` (callers still feed N(0, I)), condition normalisation,
+the response polynomials, ``mean = E_inc * u * layer_frac * ring_frac /
+n_alpha``, the voxel noise, the voxel threshold and a renormalisation that
+puts the energy of sub-threshold voxels back into the surviving ones so
+``sum(showers) = u E_inc`` exactly. It is what :mod:`training.export` traces
+to ONNX and what training uses to draw showers for its validation figure of
+merit.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from training.data import ResponseFit
 __all__ = [
     "NOISE_SEED_DIMS",
     "PRIOR_DEGREE",
+    "SPOT_DEGREE",
     "VOXEL_NOISE",
     "ModelConfig",
     "PhysicalDecoder",
@@ -54,6 +56,8 @@ __all__ = [
 VOXEL_NOISE = ("gamma", "none")
 #: Degree of the polynomial in the condition that gives the latent prior's mean.
 PRIOR_DEGREE = 3
+#: Degree of the polynomial in the condition that gives each layer's log spot energy.
+SPOT_DEGREE = 2
 #: Latent inputs that seed the voxel noise (appended after the VAE's latent dims).
 NOISE_SEED_DIMS = 2
 
@@ -182,25 +186,27 @@ class PhysicalDecoder(nn.Module):
 
     ``z`` holds the VAE's latent dims followed, with voxel noise, by
     ``NOISE_SEED_DIMS`` seed dims. The decoded mean shower is
-    ``E_inc * u * layer_frac * voxel_frac``. With ``voxel_noise="gamma"`` each
-    voxel is then drawn from Gamma(shape = mean / kappa, scale = kappa): a
-    variance of kappa x mean, the sampling-calorimeter law, with kappa measured
-    on the training data from the spread of energies over the alpha sectors of
-    a ring (which share one expectation by symmetry). This is what gives
-    generated showers the voxel-level fluctuations -- sparsity, centre-of-energy
-    jitter, voxel spectrum -- that no latent code of a few dims can carry. The
-    noise is a pure function of the seed latents: a hash in exact integer
-    arithmetic makes three uniforms per voxel; Box-Muller and Wilson-Hilferty
-    give Gamma(k + 1), times U^(1/k) gives Gamma(k). Then the threshold, and
-    the energy of sub-threshold voxels handed back to the surviving ones so
-    the total is exactly ``u * E_inc`` (the response and resolution are the
+    ``E_inc * u * layer_frac * ring_frac / n_alpha``. With
+    ``voxel_noise="gamma"`` each voxel is then sampled around that mean with
+    the variance ``kappa * mean`` of a sampling calorimeter (kappa measured on
+    the training data from the spread over the alpha sectors of a ring, which
+    share one expectation by symmetry); with per-layer spot energies ``e_s``
+    (fitted to the data's sparsity) the voxel is first left empty with probability ``exp(-mean / e_s)`` -- no energy
+    spot landed in it -- which sets the sparsity (see :meth:`sample_voxels`).
+    This is what gives generated showers the voxel-level fluctuations --
+    sparsity, centre-of-energy jitter, voxel spectrum -- that no latent code
+    of a few dims can carry. The noise is a pure function of the seed latents:
+    a hash in exact integer arithmetic makes four uniforms per voxel, so
+    torch, ONNX Runtime and any host draw the same noise. Then the threshold,
+    and the energy of sub-threshold voxels handed back to the surviving ones
+    so the total is exactly ``u * E_inc`` (the response and resolution are the
     response head's alone).
     """
 
     def __init__(self, vae: ShowerVAE, response: ResponseFit, *, e_min: float, e_max: float,
                  threshold: float, prior_mean: torch.Tensor | None = None,
                  prior_chol: torch.Tensor | None = None, max_response: float = 2.0,
-                 noise_kappa: float = 0.0, spot_energy: tuple[float, float] = (0.0, 0.0)):
+                 noise_kappa: float = 0.0, spot_coeffs: torch.Tensor | None = None):
         super().__init__()
         self.vae = vae
         self.response = response
@@ -209,8 +215,6 @@ class PhysicalDecoder(nn.Module):
         self.threshold = float(threshold)
         self.max_response = float(max_response)
         self.noise_kappa = float(noise_kappa) if vae.config.voxel_noise == "gamma" else 0.0
-        # Spot energy e_s = s0 * (E / GeV)^s1 in MeV; s0 = 0 means no zero inflation.
-        self.spot_energy = (float(spot_energy[0]), float(spot_energy[1]))
         d = vae.config.latent_dim
         # prior_mean: (PRIOR_DEGREE + 1, d) polynomial coefficients in c of the
         # latent mean (a 1-D tensor is a constant mean).
@@ -230,6 +234,9 @@ class PhysicalDecoder(nn.Module):
             self.register_buffer("hash_mul", torch.randint(1, _PRIME, (n_voxels,), generator=gen, dtype=torch.int32))
             self.register_buffer("hash_add", torch.randint(0, _PRIME, (n_voxels,), generator=gen, dtype=torch.int32))
             self.hash_rounds = [int(x) for x in torch.randint(1, _PRIME, (4,), generator=gen)]
+        # Spot energy per layer, log e_s = sum_k coeffs[k, layer] c^k (MeV); None: no empty-voxel law.
+        self.register_buffer("spot_coeffs", None if spot_coeffs is None else spot_coeffs.float().clone())
+        self.register_buffer("layer_spread", torch.ones(1, 1, vae.n_alpha * vae.n_radial))
 
     @property
     def latent_dim(self) -> int:
@@ -259,21 +266,25 @@ class PhysicalDecoder(nn.Module):
             out.append((h.to(torch.float32) + 0.5) * (1.0 / _PRIME))
         return out
 
-    def sample_voxels(self, mean: torch.Tensor, total: torch.Tensor, energy: torch.Tensor,
+    def spot_energy(self, c: torch.Tensor) -> torch.Tensor:
+        """Spot energy e_s (N, n_voxels) in MeV: per layer, a quadratic in c for its log."""
+        powers = torch.cat([torch.ones_like(c), c, c * c], dim=1)  # (N, SPOT_DEGREE + 1)
+        per_layer = torch.exp(powers @ self.spot_coeffs)  # (N, n_layers)
+        return (per_layer.unsqueeze(2) * self.layer_spread).flatten(1)
+
+    def sample_voxels(self, mean: torch.Tensor, total: torch.Tensor, c: torch.Tensor,
                       uniforms: list[torch.Tensor]) -> torch.Tensor:
         """Voxel energies around ``mean`` (variance kappa * mean), rescaled to ``total``.
 
-        With a spot energy e_s, a voxel is empty with probability exp(-mean / e_s)
-        (no energy spot landed in it, as in the data) and otherwise Gamma with
-        the conditional mean and variance that keep the totals mean and
-        kappa * mean; without, it is Gamma(mean / kappa, kappa).
+        With spot energies e_s, a voxel is empty with probability
+        exp(-mean / e_s) (no energy spot landed in it, as in the data) and
+        otherwise Gamma with the conditional mean and variance that keep the
+        totals mean and kappa * mean; without, it is Gamma(mean / kappa, kappa).
         """
         u1, u2, u3, u4 = uniforms
         kappa = self.noise_kappa
-        s0, s1 = self.spot_energy
-        if s0 > 0:
-            spot = s0 * torch.exp(s1 * torch.log(energy * 1e-3))  # (N, 1) MeV
-            occupied = torch.clamp(1.0 - torch.exp(-mean / spot), min=1e-12)
+        if self.spot_coeffs is not None:
+            occupied = torch.clamp(1.0 - torch.exp(-mean / self.spot_energy(c)), min=1e-12)
             mean_hit = mean / occupied
             var_hit = torch.clamp((kappa * mean - (1.0 - occupied) * mean * mean_hit) / occupied,
                                   min=1e-6 * mean_hit * mean_hit + 1e-30)
@@ -290,12 +301,16 @@ class PhysicalDecoder(nn.Module):
         showers = torch.where(u4 < occupied, draws, torch.zeros_like(draws))
         return showers * (total / torch.clamp(showers.sum(1, keepdim=True), min=1e-30))
 
+    def condition(self, energy: torch.Tensor) -> torch.Tensor:
+        return (torch.log(energy) - self.log_e_min) * self.c_scale - 1.0
+
     def forward(self, z: torch.Tensor, conditions: torch.Tensor) -> torch.Tensor:
         energy = conditions[:, :1]
         d = self.vae.config.latent_dim
         showers, total = self.mean_showers(z[:, :d], energy)
         if self.noise_kappa > 0:
-            showers = self.sample_voxels(showers, total, energy, self.uniforms(z[:, d:d + NOISE_SEED_DIMS]))
+            showers = self.sample_voxels(showers, total, self.condition(energy),
+                                         self.uniforms(z[:, d:d + NOISE_SEED_DIMS]))
         # The voxel threshold of the data, then the lost energy handed back to
         # the surviving voxels so the shower total is exactly u * E_inc. That
         # factor is >= 1, so no surviving voxel drops below the threshold.

@@ -16,7 +16,9 @@ after every epoch the aggregate posterior of the training sample is fitted
 with a Gaussian whose mean is a cubic in the condition (+ a Cholesky factor:
 the prior the export folds into the graph), the physical decoder draws one shower per validation energy, and
 :func:`fastsim.validate.quick_figure_of_merit` compares them with the
-validation showers (lower is better).
+validation showers (lower is better). After the last epoch, the voxel-noise
+spot energies of the best checkpoint are fitted to the validation showers'
+per-layer sparsity (:func:`fit_spot_energy`) and stored in ``best.pt``.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ import torch
 
 from fastsim.geometry import CylindricalGeometry, default_geometry
 from training.data import ResponseFit, ShowerTensors, load_showers, read_raw
-from training.model import PRIOR_DEGREE, ModelConfig, PhysicalDecoder, ShowerVAE, count_parameters, decoder_flops
+from training.model import PRIOR_DEGREE, SPOT_DEGREE, ModelConfig, PhysicalDecoder, ShowerVAE, count_parameters, decoder_flops
 
 __all__ = [
     "DataConfig",
@@ -217,41 +219,48 @@ def response_table(energy: np.ndarray, gen_total: np.ndarray, ref_total: np.ndar
 
 @torch.no_grad()
 def fit_spot_energy(decoder: PhysicalDecoder, energy: np.ndarray, reference: np.ndarray, *, threshold: float,
-                    seed: int = 0, n_bins: int = 5, per_bin: int = 1000) -> tuple[float, float]:
-    """Fit the spot-energy law e_s = s0 * (E / GeV)^s1 (MeV) of the voxel noise to the data's sparsity.
+                    seed: int = 0, n_bins: int = 6, per_bin: int = 800) -> torch.Tensor:
+    """Fit each layer's spot energy e_s (MeV) of the voxel noise to the data's sparsity.
 
-    In each log-energy bin a bisection finds the e_s at which generated showers
-    have the reference's fraction of voxels above threshold (a larger e_s
-    leaves more voxels empty); a straight line through log e_s vs log E gives
-    (s0, s1). Only the noise is fitted -- the decoder's weights are untouched.
+    In each log-energy bin a bisection (all layers at once) finds the e_s at
+    which generated showers have the reference's fraction of voxels above
+    threshold in that layer -- a larger e_s leaves more voxels empty; spots
+    carry more energy deep in a shower than early, so one value cannot serve
+    every layer. A quadratic in c through each layer's log e_s gives the
+    (SPOT_DEGREE + 1, n_layers) coefficients. Only the noise is fitted, the
+    decoder's weights are untouched.
     """
-    d = decoder.vae.config.latent_dim
+    d, n_layers = decoder.vae.config.latent_dim, decoder.vae.n_layers
     edges = np.geomspace(energy.min(), energy.max() * (1 + 1e-9), n_bins + 1)
     which = np.clip(np.searchsorted(edges, energy, side="right") - 1, 0, n_bins - 1)
     gen = torch.Generator().manual_seed(seed)
-    saved = decoder.spot_energy
-    centres, spots = [], []
+    saved = decoder.spot_coeffs
+    centres, log_spots = [], []
     try:
         for k in range(n_bins):
             rows = np.flatnonzero(which == k)[:per_bin]
             if len(rows) < 20:
                 continue
-            target = float((reference[rows] > threshold * (1 - 1e-6)).mean())
+            target = torch.as_tensor((reference[rows] >= threshold).reshape(len(rows), n_layers, -1).mean((0, 2)))
             e = torch.as_tensor(energy[rows], dtype=torch.float32)[:, None]
+            c = decoder.condition(e)
             mean, total = decoder.mean_showers(torch.randn((len(rows), d), generator=gen), e)
             uniforms = [torch.rand(mean.shape, generator=gen).clamp(1e-7, 1 - 1e-7) for _ in range(4)]
-            low, high = math.log(0.05), math.log(500.0)
-            for _ in range(14):
+            low = torch.full((n_layers,), math.log(0.05))
+            high = torch.full((n_layers,), math.log(2000.0))
+            for _ in range(16):
                 mid = 0.5 * (low + high)
-                decoder.spot_energy = (math.exp(mid), 0.0)
-                occupancy = float((decoder.sample_voxels(mean, total, e, uniforms) >= threshold).float().mean())
-                low, high = (mid, high) if occupancy > target else (low, mid)
-            centres.append(math.log(float(np.exp(np.log(energy[rows]).mean())) * 1e-3))
-            spots.append(0.5 * (low + high))
+                decoder.spot_coeffs = torch.cat([mid[None], torch.zeros(SPOT_DEGREE, n_layers)])
+                sample = decoder.sample_voxels(mean, total, c, uniforms)
+                occupancy = (sample >= threshold).float().view(len(rows), n_layers, -1).mean((0, 2))
+                too_full = occupancy > target
+                low, high = torch.where(too_full, mid, low), torch.where(too_full, high, mid)
+            centres.append(float(c.mean()))
+            log_spots.append((0.5 * (low + high)).numpy())
     finally:
-        decoder.spot_energy = saved
-    slope, intercept = np.polyfit(centres, spots, 1)
-    return float(math.exp(intercept)), float(slope)
+        decoder.spot_coeffs = saved
+    coeffs = np.polynomial.polynomial.polyfit(np.array(centres), np.stack(log_spots), SPOT_DEGREE)
+    return torch.as_tensor(coeffs, dtype=torch.float32)  # (SPOT_DEGREE + 1, n_layers)
 
 
 def _reference_features(energy: np.ndarray, reference: np.ndarray, geometry: CylindricalGeometry, threshold: float):
@@ -294,7 +303,7 @@ def physical_decoder_from_checkpoint(checkpoint: dict, geometry: CylindricalGeom
                               e_min=data.e_min, e_max=data.e_max, threshold=data.threshold,
                               prior_mean=checkpoint["prior_mean"], prior_chol=checkpoint["prior_chol"],
                               noise_kappa=float(checkpoint["noise_kappa"]),
-                              spot_energy=tuple(checkpoint.get("spot_energy", (0.0, 0.0))))
+                              spot_coeffs=checkpoint.get("spot_coeffs"))
     return decoder.eval()
 
 
@@ -528,7 +537,7 @@ def train(config: dict, data: str | os.PathLike, out: str | os.PathLike, *,
         best = load_checkpoint(out / "best.pt")
         spot = fit_spot_energy(physical_decoder_from_checkpoint(best, geometry), fom_energy, fom_reference,
                                threshold=dcfg.threshold, seed=tcfg.seed)
-        _atomic_save({**best, "spot_energy": list(spot)}, out / "best.pt")
-        log(f"voxel noise: spot energy {spot[0]:.3g} MeV x (E/GeV)^{spot[1]:.3f} fitted to the validation sparsity")
+        _atomic_save({**best, "spot_coeffs": spot}, out / "best.pt")
+        log("voxel noise: per-layer spot energies fitted to the validation sparsity")
     return {"best_fom": best_fom, "best_epoch": best_epoch, "epochs_run": len(history),
             "train_seconds": elapsed_before + time.perf_counter() - t_start, "out": os.fspath(out)}
