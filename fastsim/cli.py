@@ -14,6 +14,7 @@ import click
 
 from fastsim._version import __version__
 from fastsim.errors import FastsimError
+from fastsim.prior import MAX_SEED
 
 __all__ = ["cli", "main"]
 
@@ -57,7 +58,7 @@ def cli() -> None:
               help="Bundled model name (see `fastsim models`) or path to an .onnx file.")
 @click.option("--spec", "spec_file", default=None, type=click.Path(dir_okay=False),
               help="Spec JSON for a model without embedded fastsim.spec metadata (default: MODEL.onnx.json).")
-@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0),
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0, max=MAX_SEED),
               help="Random seed; the same seed gives the same showers for any batch size or thread count.")
 @click.option("--batch-size", default=None, type=click.IntRange(min=1),
               help="Showers per ONNX Runtime call (default: 2048).")
@@ -97,7 +98,7 @@ def generate(n, energy, output, model, spec_file, seed, batch_size, device, thre
 
     import fastsim
     from fastsim.generator import DEFAULT_BATCH_SIZE
-    from fastsim.io import check_output_path, partial_progress
+    from fastsim.io import check_output_path, partial_path, partial_progress
 
     if shards is not None or dask_address is not None:
         from fastsim import distributed
@@ -124,14 +125,15 @@ def generate(n, energy, output, model, spec_file, seed, batch_size, device, thre
 
     # Cheap checks first: a bad output path fails before the model is loaded.
     check_output_path(output, force=force, resume=resume, fmt=fmt)
-    generator = fastsim.load(model, spec=spec_file, device=device, threads=threads)
-    conditions = {}
-    if energy is not None:
-        from fastsim.conditions import energy_condition
-
-        conditions[energy_condition(generator.spec).name] = energy
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", fastsim.FastsimWarning)
+        # Inside the block: a device 'auto' that had to use the CPU is reported on one line.
+        generator = fastsim.load(model, spec=spec_file, device=device, threads=threads)
+        conditions = {}
+        if energy is not None:
+            from fastsim.conditions import energy_condition
+
+            conditions[energy_condition(generator.spec).name] = energy
         try:
             plan = generator.plan(n, conditions or None, allow_extrapolation=allow_extrapolation)
         except fastsim.ConditionError as exc:
@@ -147,7 +149,10 @@ def generate(n, energy, output, model, spec_file, seed, batch_size, device, thre
                                   fmt=fmt, compression=compression, resume=resume, force=force,
                                   on_batch=bar.update)
     except KeyboardInterrupt:
-        click.echo("fastsim: interrupted; run the same command with --resume to continue", err=True)
+        if partial_path(output).exists():
+            click.echo("fastsim: interrupted; run the same command with --resume to continue", err=True)
+        else:
+            click.echo("fastsim: interrupted before any showers were written; nothing to resume", err=True)
         sys.exit(EXIT_INTERRUPTED)
     finally:
         bar.close()
@@ -251,7 +256,7 @@ def models(as_json) -> None:
                    "classifier-voxel.")
 @click.option("--classifier-showers", default=20_000, show_default=True, type=click.IntRange(min=50),
               help="Showers per sample for the high-level classifier test (the voxel one uses a quarter).")
-@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0),
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0, max=MAX_SEED),
               help="Seed of the subsampling and classifier training.")
 @click.option("--no-plots", is_flag=True, help="Write metrics.json and report.md only (no matplotlib needed).")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON on stdout instead of a table.")

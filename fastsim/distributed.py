@@ -41,8 +41,9 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from fastsim._version import __version__
-from fastsim.errors import ArgumentError, DataError, FastsimError, ModelError, OutputError
-from fastsim.prior import BLOCK_SIZE
+from fastsim.errors import ArgumentError, DataError, FastsimError, ModelError, OutputError, ProviderError
+from fastsim.prior import BLOCK_SIZE, MAX_SEED
+from fastsim.session import DEVICES, provider_chain
 
 __all__ = [
     "DASK_HINT",
@@ -507,7 +508,7 @@ def generate(
     ``seed``, ``model``, ``sha256``, ``workers``.
     """
     from fastsim.generator import DEFAULT_BATCH_SIZE, load
-    from fastsim.io import parse_compression
+    from fastsim.io import check_mev_units, parse_compression
 
     began = time.perf_counter()
     batch_size = DEFAULT_BATCH_SIZE if batch_size is None else batch_size
@@ -515,14 +516,21 @@ def generate(
         raise ArgumentError(f"batch_size: expected a positive integer, got {batch_size!r}")
     if isinstance(retries, bool) or not isinstance(retries, (int, np.integer)) or retries < 0:
         raise ArgumentError(f"retries: expected a non-negative integer, got {retries!r}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ArgumentError(f"seed: expected a non-negative integer, got {seed!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= MAX_SEED:
+        raise ArgumentError(f"seed: expected a non-negative integer at most {MAX_SEED}, got {seed!r}")
     parse_compression(compression, "h5")
     if isinstance(client, str) and (client == "local" or client.startswith("local:")):
         _local_workers(client)  # a malformed local:W is an argument error before any work
 
-    # The client checks model, spec and conditions once, before any worker starts.
+    # The client checks model, spec and conditions once, before any worker starts, and the
+    # device before the output folder is touched: without a cluster the shards run here, so the
+    # device must be here; with one, the workers check it again where they run.
+    if client is None:
+        provider_chain(device)
+    elif device not in DEVICES:
+        raise ProviderError(f"device: expected one of {list(DEVICES)}, got {device!r}")
     checked = load(model, spec=spec, device="cpu", threads=1)
+    check_mev_units(checked.spec)
     plan = checked.plan(n, conditions, allow_extrapolation=allow_extrapolation)
     if shards is not None:
         plan_shards(plan.n, shards)  # a bad shard count fails before the output folder is touched

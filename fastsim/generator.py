@@ -30,9 +30,9 @@ import numpy as np
 
 from fastsim.conditions import ConditionPlan, plan_conditions
 from fastsim.errors import ArgumentError, ConditionError, ModelError, ProviderError
-from fastsim.io import ShowerWriter, write_batches
+from fastsim.io import ShowerWriter, check_mev_units, write_batches
 from fastsim.models import resolve_model
-from fastsim.prior import BLOCK_SIZE, BlockStreams
+from fastsim.prior import BLOCK_SIZE, MAX_SEED, BlockStreams
 from fastsim.session import make_session, physical_cores, provider_chain
 from fastsim.spec import ModelSpec, check_graph, read_metadata, read_spec
 
@@ -51,10 +51,11 @@ DEFAULT_BATCH_SIZE = 2048
 CPU_RUN_ROWS = 64
 
 
-def _positive_int(value: Any, name: str, *, zero: bool = False) -> int:
+def _positive_int(value: Any, name: str, *, zero: bool = False, maximum: int | None = None) -> int:
     ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool) and (value >= 0 if zero else value > 0)
-    if not ok:
-        raise ArgumentError(f"{name}: expected a {'non-negative' if zero else 'positive'} integer, got {value!r}")
+    if not ok or (maximum is not None and value > maximum):
+        bound = f" at most {maximum}" if maximum is not None else ""
+        raise ArgumentError(f"{name}: expected a {'non-negative' if zero else 'positive'} integer{bound}, got {value!r}")
     return int(value)
 
 
@@ -183,7 +184,7 @@ class Generator:
         Memory use is independent of ``n``.
         """
         plan = self.plan(n, conditions, allow_extrapolation=allow_extrapolation, **named)
-        seed = _positive_int(seed, "seed", zero=True)
+        seed = _positive_int(seed, "seed", zero=True, maximum=MAX_SEED)
         batch_size = _positive_int(batch_size, "batch_size")
         start = _positive_int(start, "start", zero=True)
         streams = BlockStreams(seed, self.spec.latent_dim, self.spec.n_conditions)
@@ -203,11 +204,21 @@ class Generator:
             if pool is not None:
                 pool.shutdown()
 
+    def _grid_start(self, start: int, run_rows: int) -> int:
+        """First row of the run that holds ``start``, on a grid fixed by the global sample index.
+
+        The CPU path decodes in CPU_RUN_ROWS-row runs on the block grid whatever the run,
+        so block alignment is enough; a GPU run is one session call whose kernels may
+        depend on its rows, so a resumed run or a shard must see the same run windows as
+        an uninterrupted run: align to multiples of the run size itself.
+        """
+        return start - start % (BLOCK_SIZE if self.provider == "CPUExecutionProvider" else run_rows)
+
     def _runs(self, plan: ConditionPlan, streams: BlockStreams, start: int, end: int, run_rows: int,
               batch_size: int, pool: ThreadPoolExecutor | None):
         pending: list[tuple[np.ndarray, np.ndarray]] = []
         n_pending = 0
-        for first in range(start - start % BLOCK_SIZE, end, run_rows):
+        for first in range(self._grid_start(start, run_rows), end, run_rows):
             last = first + run_rows
             lo, hi = max(first, start), min(last, end)
             conditions = np.empty((run_rows, self.spec.n_conditions), dtype=np.float32)
@@ -267,7 +278,7 @@ class Generator:
         import onnxruntime as ort
 
         plan = self.plan(n, conditions, allow_extrapolation=allow_extrapolation, **named)
-        seed = _positive_int(seed, "seed", zero=True)
+        seed = _positive_int(seed, "seed", zero=True, maximum=MAX_SEED)
         batch_size = _positive_int(batch_size, "batch_size")
         start = _positive_int(start, "start", zero=True)
         streams = BlockStreams(seed, self.spec.latent_dim, self.spec.n_conditions)
@@ -276,7 +287,7 @@ class Generator:
         def batches() -> Iterator[tuple[np.ndarray, Any]]:
             end = start + plan.n
             run_rows = -(-batch_size // BLOCK_SIZE) * BLOCK_SIZE
-            for first in range(start - start % BLOCK_SIZE, end, run_rows):
+            for first in range(self._grid_start(start, run_rows), end, run_rows):
                 lo, hi = max(first, start), min(first + run_rows, end)
                 rows = np.empty((run_rows, self.spec.n_conditions), dtype=np.float32)
                 rows[lo - first:hi - first] = plan.values(streams.uniforms(lo, hi), lo - start, hi - start)
@@ -359,7 +370,7 @@ class Generator:
         Returns a summary: n, seconds, showers_per_s, provider, output, seed, model, ...
         """
         plan = self.plan(n, conditions, allow_extrapolation=allow_extrapolation, **named)
-        seed = _positive_int(seed, "seed", zero=True)
+        seed = _positive_int(seed, "seed", zero=True, maximum=MAX_SEED)
         batch_size = _positive_int(batch_size, "batch_size")
         start = _positive_int(start, "start", zero=True)
         attrs = {
@@ -370,6 +381,7 @@ class Generator:
             "start": start,
             "conditions": plan.describe(),
         }
+        check_mev_units(self.spec)
         began = time.perf_counter()
         writer = ShowerWriter(path, n=plan.n, n_voxels=self.spec.n_voxels,
                               condition_names=self.spec.condition_names, attrs=attrs, fmt=fmt,

@@ -40,6 +40,7 @@ __all__ = [
     "FORMATS",
     "PARTIAL_SUFFIX",
     "ShowerWriter",
+    "check_mev_units",
     "check_output_path",
     "output_format",
     "parse_compression",
@@ -119,6 +120,21 @@ def partial_progress(path: str | os.PathLike) -> int:
 def _companion(path: Path) -> Path:
     """For .npy output, the incident energies go to ``NAME.incident_energies.npy``."""
     return path.with_name(path.stem + ".incident_energies.npy")
+
+
+def check_mev_units(spec: Any) -> None:
+    """Refuse a model whose energies are not in MeV: output files (CaloChallenge layout) store MeV.
+
+    Rescaling instead would make the file's bytes differ from the decoder's output,
+    which the resume and shard checksums compare; a model in other units is better
+    re-exported with MeV in and out.
+    """
+    units = {f"condition {c.name!r}": c.unit for c in spec.conditions if c.name == "incident_energy"}
+    units[f"output {spec.output.name!r}"] = spec.output.unit
+    wrong = [f"{what} is in {unit}" for what, unit in units.items() if unit != "MeV"]
+    if wrong:
+        raise OutputError(f"model: output files store energies in MeV (CaloChallenge layout), but its "
+                          f"{' and '.join(wrong)}; re-export the model with MeV inputs and outputs")
 
 
 def check_output_path(path: str | os.PathLike, *, force: bool = False, resume: bool = False,
@@ -227,6 +243,9 @@ class ShowerWriter:
         except OSError as exc:
             self._discard()
             raise OutputError(f"output: cannot create {str(self.partial)!r}: {exc.strerror or exc}") from None
+        except BaseException:
+            self._discard()  # never leave a partial file that a later --resume would trust
+            raise
 
     def _create_h5(self) -> None:
         import h5py

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["BLOCK_SIZE", "BlockStreams", "draw_latents", "draw_uniforms"]
+__all__ = ["BLOCK_SIZE", "MAX_SEED", "BlockStreams", "draw_latents", "draw_uniforms"]
 
 BLOCK_SIZE = 1024
+#: Seeds are stored as int64 attributes of the output files.
+MAX_SEED = 2**63 - 1
 _LATENT_STREAM, _CONDITION_STREAM = 0, 1
 
 

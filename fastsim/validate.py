@@ -321,11 +321,14 @@ def compare(
     if n_max is not None and n_max < 1:
         raise DataError(f"n_max: expected a positive number of showers, got {n_max}")
     with contextlib.ExitStack() as opened:
-        ref = open_input(reference, geometry, name="reference")
-        gen = open_input(generated, geometry, name="generated")
-        for source in (ref, gen):
-            if hasattr(source, "close") and all(source is not given for given in (reference, generated)):
-                opened.callback(source.close)  # close only the files opened here
+        def open_here(source: Any, name: str) -> Any:
+            handle = open_input(source, geometry, name=name)
+            if hasattr(handle, "close") and all(handle is not given for given in (reference, generated)):
+                opened.callback(handle.close)  # close only the files opened here, even if the next open fails
+            return handle
+
+        ref = open_here(reference, "reference")
+        gen = open_here(generated, "generated")
         geometry = _resolve_geometry(geometry, gen, ref)
         return _compare(
             gen, ref, geometry, groups, n_max, threshold=threshold, classifier_n=classifier_n,

@@ -122,6 +122,8 @@ def bad_models(tmp_path_factory):
     (folder / "text.onnx").write_text("definitely not a protobuf")
     (folder / "broken.json").write_text("{not json")
     make_decoder(folder / "mismatch.onnx", spec=make_spec(latent_dim=6, n_voxels=24))
+    gev = {"name": "incident_energy", "unit": "GeV", "min": 1.0, "max": 1000.0, "sampling": "log-uniform"}
+    make_decoder(folder / "gev.onnx", spec=make_spec(conditions=[gev]))
     (folder / "existing.h5").write_bytes(b"keep me")
     (folder / "plainfile").write_text("")
     return folder
@@ -146,6 +148,9 @@ BAD_INPUTS = [
     (["--model", "{toy}", "--energy", "{bad}/missing.npy"], "does not exist"),
     (["--model", "{toy}", "--device", "cuda"], "available providers"),
     (["--model", "{toy}", "--device", "gpu"], "'gpu' is not one of"),
+    (["--model", "{toy}", "--shards", "1", "--device", "cuda"], "available providers"),
+    (["--model", "{toy}", "--seed", str(2**64)], "'--seed': 18446744073709551616 is not in the range"),
+    (["--model", "{bad}/gev.onnx", "--energy", "50GeV"], "store energies in MeV"),
     (["--model", "{toy}", "--compression", "zstd"], "compression"),
     (["--model", "{toy}", "--resume"], "no partial run to resume"),
     (["--model", "{toy}", "-o", "{bad}/no-such-dir/out.h5"], "does not exist"),

@@ -71,6 +71,42 @@ def test_sample_depends_only_on_seed_and_global_index(gen):
     assert not np.array_equal(other, whole)
 
 
+def test_gpu_run_windows_are_fixed_by_the_global_index(wide_model):
+    # The GPU path sends one session run per window; a resumed run or a shard must see the
+    # same windows as an uninterrupted run. Exercised here with a CPU session taking the GPU path.
+    class RecordingSession:
+        """Passes runs through to the real session and records each run's window (first latent row, rows)."""
+
+        def __init__(self, session):
+            self.session, self.windows = session, []
+
+        def run(self, outputs, feeds):
+            z = feeds["z"]
+            self.windows.append((z[0].tobytes(), len(z)))
+            return self.session.run(outputs, feeds)
+
+        def __getattr__(self, name):
+            return getattr(self.session, name)
+
+    gpu_path = fastsim.load(wide_model, device="cpu", threads=1)
+    gpu_path.provider = "GPU-path-on-CPU"
+    gpu_path.session = recorder = RecordingSession(gpu_path.session)
+    batch = 1500  # runs of 2048 rows: windows [0, 2048), [2048, 4096), ...
+    _, whole = gpu_path.generate(4096, seed=3, batch_size=batch)
+    uninterrupted, recorder.windows = set(recorder.windows), []
+    _, resumed = gpu_path.generate(4096 - batch, seed=3, batch_size=batch, start=batch)
+    _, shard = gpu_path.generate(3072, seed=3, batch_size=batch, start=BLOCK_SIZE)
+    assert len(uninterrupted) == 2 and set(recorder.windows) <= uninterrupted
+    assert np.array_equal(resumed, whole[batch:])
+    assert np.array_equal(shard, whole[BLOCK_SIZE:])
+
+
+def test_seed_beyond_int64_is_refused_before_any_file(gen, tmp_path):
+    with pytest.raises(ArgumentError, match=r"seed: expected a non-negative integer at most 9223372036854775807"):
+        gen.write(tmp_path / "out.h5", 10, seed=2**64)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_latents_do_not_depend_on_how_conditions_are_given(gen):
     # Same seed, same energies given as a constant or as per-sample values: same showers.
     _, constant = gen.generate(300, 50_000, seed=2)

@@ -348,6 +348,22 @@ def _respond(deposit: np.ndarray, scale: np.ndarray, rng: np.random.Generator, c
     return deposit.astype(np.float32)
 
 
+def _block_shape(energies: np.ndarray, geometry: CylindricalGeometry, calo: SamplingCalorimeter):
+    """(showers, layers, alpha sectors, rings, layer depth in X0) of a block on a uniform geometry."""
+    layer = geometry.layers[0]
+    return energies.shape[0], geometry.n_layers, layer.n_alpha, layer.n_radial, geometry.layer_thickness_mm / calo.x0_mm
+
+
+def _shower_draws(energies: np.ndarray, rng: np.random.Generator, n_layers: int, dt: float, calo: SamplingCalorimeter):
+    """The per-shower draws both methods share, in one fixed order (so a seed gives both the same showers'
+    energies, profile parameters and constant-term factors): (scale, T, T_spot, alpha_spot, layer energies)."""
+    n = energies.shape[0]
+    z = rng.standard_normal((n, 2))
+    scale = np.maximum(1.0 + calo.constant * rng.standard_normal(n), 0.0)
+    t_max, alpha, t_spot, alpha_spot = _longitudinal(energies, z, calo)
+    return scale, t_max, t_spot, alpha_spot, _layer_energy(energies, t_max, alpha, n_layers, dt)
+
+
 def _spot_block(
     energies: np.ndarray,
     rng: np.random.Generator,
@@ -355,17 +371,9 @@ def _spot_block(
     calo: SamplingCalorimeter,
 ) -> np.ndarray:
     """Showers (len(energies), n_voxels) float32 for one block, every spot drawn: the ``spots`` method."""
-    n = energies.shape[0]
-    n_layers = geometry.n_layers
+    n, n_layers, n_alpha, n_radial, dt = _block_shape(energies, geometry, calo)
     layer = geometry.layers[0]
-    n_alpha, n_radial = layer.n_alpha, layer.n_radial
-    dt = geometry.layer_thickness_mm / calo.x0_mm  # layer depth in X0
-
-    # the same per-shower draws, in the same order, as the binned method
-    z = rng.standard_normal((n, 2))
-    scale = np.maximum(1.0 + calo.constant * rng.standard_normal(n), 0.0)
-    t_max, alpha, t_spot, alpha_spot = _longitudinal(energies, z, calo)
-    layer_energy = _layer_energy(energies, t_max, alpha, n_layers, dt)
+    scale, t_max, t_spot, alpha_spot, layer_energy = _shower_draws(energies, rng, n_layers, dt, calo)
     n_spots = _spot_count(energies, calo)
     spot_scale = t_spot / (alpha_spot - 1.0)  # 1 / beta_spot, X0
     inv_t_max = 1.0 / t_max
@@ -416,18 +424,10 @@ def _binned_block(
     calo: SamplingCalorimeter,
 ) -> np.ndarray:
     """Showers (len(energies), n_voxels) float32 for one block, spot counts drawn per voxel: ``binned``."""
-    n = energies.shape[0]
-    n_layers = geometry.n_layers
+    n, n_layers, n_alpha, n_radial, dt = _block_shape(energies, geometry, calo)
     layer = geometry.layers[0]
-    n_alpha, n_radial = layer.n_alpha, layer.n_radial
-    dt = geometry.layer_thickness_mm / calo.x0_mm  # layer depth in X0
-
-    z = rng.standard_normal((n, 2))
-    scale = np.maximum(1.0 + calo.constant * rng.standard_normal(n), 0.0)
-
-    t_max, alpha, t_spot, alpha_spot = _longitudinal(energies, z, calo)
+    scale, t_max, t_spot, alpha_spot, layer_energy = _shower_draws(energies, rng, n_layers, dt, calo)
     beta_spot = (alpha_spot - 1.0) / t_spot
-    layer_energy = _layer_energy(energies, t_max, alpha, n_layers, dt)
 
     # spots per sub-layer from the spot profile
     sub_edges = (dt / SUBSTEPS) * np.arange(n_layers * SUBSTEPS + 1)
