@@ -26,6 +26,21 @@ def _echo_json(doc: Any) -> None:
     click.echo(json.dumps(doc, indent=2, default=str))
 
 
+def _scalar_summary(block: dict) -> str:
+    """``key=value`` for a block's plain entries (nested values as ``{...}``: see ``--json``)."""
+    parts = []
+    for key, value in block.items():
+        if isinstance(value, dict) and set(value) >= {"value", "reference"}:
+            value = value["value"]  # a metric with its reference-vs-reference baseline
+        if isinstance(value, float):
+            parts.append(f"{key}={value:.4g}")
+        elif isinstance(value, (int, str)) and len(str(value)) <= 60:
+            parts.append(f"{key}={value}")
+        else:
+            parts.append(f"{key}={{...}}")
+    return ", ".join(parts)
+
+
 def _progress_bar(total: int, initial: int, quiet: bool):
     """A tqdm bar with rate and ETA on stderr; off with --quiet or when stderr is not a terminal."""
     from tqdm import tqdm
@@ -203,10 +218,10 @@ def info(model, spec_file, as_json) -> None:
     for kind in ("inputs", "outputs"):
         for arg in doc[kind]:
             click.echo(f"  {kind[:-1]:<11} {arg['name']} {arg['shape']} {arg['type']}")
-    if spec.training:
-        click.echo(f"  training    {json.dumps(spec.training)}")
-    if spec.metrics:
-        click.echo(f"  metrics     {json.dumps(spec.metrics)}")
+    # The training and metrics blocks can be large: scalars here, everything with --json.
+    for label, block in (("training", spec.training), ("metrics", spec.metrics)):
+        if block:
+            click.echo(f"  {label:<11} {_scalar_summary(block)}")
     click.echo(f"  producer    {spec.producer or '?'}")
     click.echo(f"providers available: {', '.join(doc['providers'])}")
 
