@@ -174,6 +174,8 @@ def _describe_mismatch(old: dict, new: dict) -> str:
     for key in _IDENTITY:
         if old.get(key) != new.get(key):
             if key == "shard_ranges":
+                if old.get("n") != new.get("n"):
+                    continue  # a different n moves every range; n itself is the news
                 parts.append(f"shard layout (manifest: {len(old.get(key) or [])} shards, "
                              f"now: {len(new.get(key) or [])})")
             elif key == "conditions":
