@@ -34,6 +34,7 @@ import sys
 import threading
 import time
 import uuid
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -292,7 +293,17 @@ def _worker_generator(ref: _ModelRef) -> Any:
             from fastsim.generator import load
             from fastsim.spec import ModelSpec
 
-            gen = load(ref.path, spec=ModelSpec.from_json(ref.spec_json), device=ref.device, threads=ref.threads)
+            from fastsim.errors import FastsimWarning
+
+            # A warning on a worker reaches nobody: a device 'auto' whose CUDA could not
+            # start must fail the shard (and say why), not make it quietly on the CPU.
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", FastsimWarning)
+                try:
+                    gen = load(ref.path, spec=ModelSpec.from_json(ref.spec_json), device=ref.device,
+                               threads=ref.threads)
+                except FastsimWarning as exc:
+                    raise ProviderError(f"device {ref.device!r} on host {socket.gethostname()}: {exc}") from None
             if gen.sha256 != ref.sha256:
                 raise ModelError(
                     f"model: {ref.path} on host {socket.gethostname()} has sha256 {gen.sha256[:12]}..., "
