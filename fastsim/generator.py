@@ -183,12 +183,17 @@ class Generator:
         global index of the first sample (for shards and resumed runs).
         Memory use is independent of ``n``.
         """
+        plan, streams, start, batch_size = self._prepare(n, conditions, seed, batch_size, start,
+                                                         allow_extrapolation, named)
+        return self._batches(plan, streams, start, batch_size)
+
+    def _prepare(self, n, conditions, seed, batch_size, start, allow_extrapolation, named):
+        """Checked arguments of a generation: (condition plan, random streams, start, batch size)."""
         plan = self.plan(n, conditions, allow_extrapolation=allow_extrapolation, **named)
         seed = _positive_int(seed, "seed", zero=True, maximum=MAX_SEED)
         batch_size = _positive_int(batch_size, "batch_size")
         start = _positive_int(start, "start", zero=True)
-        streams = BlockStreams(seed, self.spec.latent_dim, self.spec.n_conditions)
-        return self._batches(plan, streams, start, batch_size)
+        return plan, BlockStreams(seed, self.spec.latent_dim, self.spec.n_conditions), start, batch_size
 
     def _batches(self, plan: ConditionPlan, streams: BlockStreams, start: int, batch_size: int):
         # Session runs cover whole prior blocks on the global block grid, whatever the batch
@@ -267,8 +272,8 @@ class Generator:
         TensorRT providers (host memory on the CPU); it speaks DLPack, so
         ``torch.from_dlpack(showers)`` or ``cupy.from_dlpack(showers)`` take it
         without a copy. Each batch is one session run of a fixed
-        ``ceil(batch_size / BLOCK_SIZE) * BLOCK_SIZE`` rows on the global block
-        grid (a fixed shape: ONNX Runtime's arena never grows with varying
+        ``ceil(batch_size / BLOCK_SIZE) * BLOCK_SIZE`` rows on a grid fixed by the
+        global sample index (a fixed shape: ONNX Runtime's arena never grows with varying
         shapes), bound with IO binding so the output is never copied to the
         host; only where ``start`` or ``start + n`` falls inside a run are that
         run's rows copied out, cut and put back on the device. The showers are
@@ -277,11 +282,8 @@ class Generator:
         """
         import onnxruntime as ort
 
-        plan = self.plan(n, conditions, allow_extrapolation=allow_extrapolation, **named)
-        seed = _positive_int(seed, "seed", zero=True, maximum=MAX_SEED)
-        batch_size = _positive_int(batch_size, "batch_size")
-        start = _positive_int(start, "start", zero=True)
-        streams = BlockStreams(seed, self.spec.latent_dim, self.spec.n_conditions)
+        plan, streams, start, batch_size = self._prepare(n, conditions, seed, batch_size, start,
+                                                         allow_extrapolation, named)
         device = self.device_type
 
         def batches() -> Iterator[tuple[np.ndarray, Any]]:
