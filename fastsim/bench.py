@@ -36,6 +36,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from fastsim.errors import FastsimError, ModelError
+from fastsim.models import file_sha256
 from fastsim.session import physical_cores
 
 __all__ = [
@@ -660,7 +661,7 @@ def run(
     doc: dict[str, Any] = {
         "kind": "fastsim-bench/1",
         "machine": machine_info(),
-        "model": {"path": str(path), "name": spec.name, "version": spec.version, "sha256": _sha256(path),
+        "model": {"path": str(path), "name": spec.name, "version": spec.version, "sha256": file_sha256(path),
                   "n_voxels": spec.n_voxels},
         "settings": {"batch_sizes": batch_sizes, "threads": threads, "precisions": precisions, "device": device,
                      "mode": mode, "min_time_s": min_time,
@@ -717,16 +718,6 @@ def generator_rate(model: str | os.PathLike, *, threads: int, device: str = "cpu
     return {"threads": threads, "n": n, "showers_per_s": rate, "us_per_shower": 1e6 / rate,
             "fraction_of_limit": rate * flops_per_shower / limit if limit and flops_per_shower else None,
             "provider": generator.provider, "calls": timing["calls"]}
-
-
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def format_table(points: Iterable[DecodePoint]) -> str:

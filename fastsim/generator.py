@@ -18,7 +18,6 @@ fixed when comparing bits.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -31,7 +30,7 @@ import numpy as np
 from fastsim.conditions import ConditionPlan, plan_conditions
 from fastsim.errors import ArgumentError, ConditionError, ModelError, ProviderError
 from fastsim.io import ShowerWriter, check_mev_units, write_batches
-from fastsim.models import resolve_model
+from fastsim.models import file_sha256, resolve_model
 from fastsim.prior import BLOCK_SIZE, MAX_SEED, BlockStreams
 from fastsim.session import make_session, physical_cores, provider_chain
 from fastsim.spec import ModelSpec, check_graph, read_metadata, read_spec
@@ -88,11 +87,7 @@ class Generator:
     @cached_property
     def sha256(self) -> str:
         """sha256 of the model file (identifies the model in output files and for resume)."""
-        digest = hashlib.sha256()
-        with open(self.path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-        return digest.hexdigest()
+        return file_sha256(self.path)
 
     def decode(self, z: np.ndarray, conditions: np.ndarray) -> np.ndarray:
         """Decode latents (k, latent_dim) and conditions (k, n_conditions) -> showers (k, n_voxels).

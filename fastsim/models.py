@@ -10,16 +10,26 @@ folder next to an editable install.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from fastsim.errors import ModelError
 
-__all__ = ["DEFAULT_MODEL", "BundledModel", "bundled_models", "model_dirs", "resolve_model"]
+__all__ = ["DEFAULT_MODEL", "BundledModel", "bundled_models", "file_sha256", "model_dirs", "resolve_model"]
 
 DEFAULT_MODEL = "calo-electron"
 MODEL_PATH_ENV = "FASTSIM_MODEL_PATH"
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file, read in 1 MiB blocks: identifies a model in specs, output files and manifests."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True)

@@ -252,3 +252,19 @@ def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path, data, run):
     assert len(lines) == 1 and lines[0].startswith("Error:"), result.stderr
     assert message in lines[0]
     assert not list(tmp_path.glob("*.onnx"))  # nothing half-written
+
+
+def test_metrics_summary_keeps_metrics_baselines_and_sample_sizes(tmp_path):
+    from fastsim.geometry import default_geometry
+    from fastsim.validate import write_report
+    from training.export import metrics_summary
+    from training.simulate import simulate
+
+    reference = simulate(300, "10GeV:100GeV", seed=1)
+    generated = simulate(200, "10GeV:100GeV", seed=2)
+    write_report(generated, reference, tmp_path, default_geometry(), groups=("separation", "energy-bins"), plots=False)
+    summary = metrics_summary(tmp_path / "metrics.json")
+    assert summary["n_generated"] == 200 and summary["n_reference"] == 300
+    entry = summary["separation_power.e_ratio"]
+    assert entry["value"] > 0 and entry["reference"] > 0
+    assert len(summary["energy_bins"]) >= 1 and "response_ratio" in summary["energy_bins"][0]

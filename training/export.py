@@ -23,7 +23,6 @@ showers reach 1e6 MeV, past float16's range); ``int8`` is delegated to
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import warnings
@@ -33,6 +32,7 @@ import numpy as np
 import torch
 
 import fastsim
+from fastsim.models import file_sha256
 from fastsim.spec import ConditionSpec, ModelSpec, OutputSpec, embed_spec
 from training.model import PhysicalDecoder, count_parameters, decoder_flops
 from training.train import load_checkpoint, physical_decoder_from_checkpoint
@@ -46,7 +46,6 @@ __all__ = [
     "export",
     "metrics_summary",
     "parity",
-    "sha256",
 ]
 
 OPSET = 17
@@ -58,14 +57,6 @@ VOXEL_TOLERANCE = 1e-3
 
 class ExportError(ValueError):
     """The exported graph failed a check; nothing was published."""
-
-
-def sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def metrics_summary(path: str | os.PathLike) -> dict:
@@ -91,9 +82,10 @@ def metrics_summary(path: str | os.PathLike) -> dict:
         {k: row[k] for k in ("e_low_mev", "e_high_mev", "response_ratio", "resolution_ratio") if k in row}
         for row in rows if isinstance(row, dict)
     ]
-    for key in ("n_generated", "n_reference"):
-        if key in doc:
-            out[key] = doc[key]
+    for side in ("generated", "reference"):  # sample sizes, as `fastsim validate` records them
+        entry = doc.get(side)
+        if isinstance(entry, dict) and "n_showers" in entry:
+            out[f"n_{side}"] = entry["n_showers"]
     return out
 
 
@@ -285,7 +277,7 @@ def export(run: str | os.PathLike, output: str | os.PathLike, *, precision: str 
     finally:
         for leftover in (partial, fp32_path):
             leftover.unlink(missing_ok=True)
-    report["sha256"] = sha256(output)
+    report["sha256"] = file_sha256(output)
     report["bytes"] = output.stat().st_size
     log(f"exported {output} ({report['bytes'] / 1e6:.2f} MB, {precision}, sha256 {report['sha256'][:16]}...): "
         f"parity max rel. error {checks['max_rel_error_sum']:.2e} (sum), {checks['max_rel_error_voxel']:.2e} (voxel)")

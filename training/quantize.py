@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import logging
 import os
 import sys
 import tempfile
 from pathlib import Path
+
+from fastsim.models import file_sha256
 
 __all__ = ["QUANTIZED_OPS", "quantize_model"]
 
@@ -35,14 +36,6 @@ QUANTIZED_OPS = ("MatMul", "Gemm")
 _IR_VERSION = 9  # as the fp32 export: loadable by ONNX Runtime releases before 1.20
 _QUANTIZED_NODE_TYPES = {"MatMulInteger", "DynamicQuantizeLinear", "QLinearMatMul", "QuantizeLinear", "ConvInteger",
                          "QLinearConv", "DequantizeLinear"}
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @contextlib.contextmanager
@@ -85,7 +78,7 @@ def quantize_model(src: str | os.PathLike, dst: str | os.PathLike, *, per_channe
     if reduced or spec.training.get("precision") == "fp16":
         raise ValueError(f"model: quantising needs an fp32 decoder; {os.fspath(src)!r} already has "
                          f"{', '.join(reduced) or 'fp16 precision'}")
-    parent_sha = _sha256(src)
+    parent_sha = file_sha256(src)
     dst.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{dst.stem}.", suffix=".int8.partial.onnx", dir=dst.parent)
     os.close(fd)
