@@ -12,6 +12,9 @@ showers as ONNX Runtime before any timing is trusted.
 
 The interpreter covers the operators a torch-exported MLP/conv decoder uses;
 an unsupported operator is an error naming it, never a silent approximation.
+PyTorch has no uint32 arithmetic, so uint32 tensors (the voxel-noise hash) are
+held in int64 and every Mul/Add/Sub/left shift on them is masked to 32 bits --
+what a torch module computing the same hash does (``training.model``).
 """
 
 from __future__ import annotations
@@ -143,6 +146,28 @@ def _conv_transpose(a, x, w, b=None):
               a.get("dilations", 1))
 
 
+def _fold(fn: Callable, xs):
+    out = xs[0]
+    for x in xs[1:]:
+        out = fn(out, x)
+    return out
+
+
+_UINT32 = 12  # onnx.TensorProto.UINT32
+_U32_MASK = 0xFFFFFFFF
+_U32_WRAPPING = {"Mul", "Add", "Sub", "BitShift"}  # results masked back to 32 bits
+_U32_PRESERVING = _U32_WRAPPING | {"Split", "Slice", "Reshape", "Identity", "Expand", "Concat", "Squeeze",
+                                   "Unsqueeze", "Transpose", "Flatten"}
+
+
+def _masked(fn: Callable) -> Callable:
+    return lambda a, *xs: fn(a, *xs) & _U32_MASK
+
+
+def _cast_u32(a, x):
+    return x.to(torch.int64) & _U32_MASK
+
+
 def _constant_of_shape(a, shape):
     from onnx import numpy_helper
 
@@ -212,8 +237,10 @@ _OPS: dict[str, Callable] = {
     "Not": lambda a, x: torch.logical_not(x),
     "And": lambda a, x, y: torch.logical_and(x, y),
     "Or": lambda a, x, y: torch.logical_or(x, y),
-    "Max": lambda a, *xs: xs[0] if len(xs) == 1 else torch.stack(torch.broadcast_tensors(*xs)).amax(0),
-    "Min": lambda a, *xs: xs[0] if len(xs) == 1 else torch.stack(torch.broadcast_tensors(*xs)).amin(0),
+    "Max": lambda a, *xs: _fold(torch.maximum, xs),
+    "Min": lambda a, *xs: _fold(torch.minimum, xs),
+    "ThresholdedRelu": lambda a, x: torch.nn.functional.threshold(x, a.get("alpha", 1.0), 0.0),
+    "BitShift": lambda a, x, k: x >> k if a["direction"] in (b"RIGHT", "RIGHT") else x << k,
     "Sum": lambda a, *xs: sum(xs[1:], xs[0]),
     "ReduceSum": _reduce(torch.sum),
     "ReduceMean": _reduce(torch.mean),
@@ -238,9 +265,17 @@ class TorchDecoder(torch.nn.Module):
         model = onnx.load(str(path))
         graph = model.graph
         self._consts: dict[str, torch.Tensor] = {}
-        for t in graph.initializer:
+        uint32: set[str] = set()  # names of uint32 values, held as int64
+
+        def constant(name: str, array: np.ndarray) -> None:
+            if array.dtype == np.uint32:
+                uint32.add(name)
+                array = array.astype(np.int64)
             # np.array copies, so the tensor owns writable memory.
-            self._consts[t.name] = torch.from_numpy(np.array(numpy_helper.to_array(t)))
+            self._consts[name] = torch.from_numpy(np.array(array))
+
+        for t in graph.initializer:
+            constant(t.name, numpy_helper.to_array(t))
         self._nodes: list[tuple[str, Callable, dict, list[str], list[str]]] = []
         unsupported = set()
         for node in graph.node:
@@ -248,12 +283,19 @@ class TorchDecoder(torch.nn.Module):
                 value = _attrs(node)
                 if "value" not in value:
                     raise NotImplementedError(f"Constant node {node.name!r} without a tensor value")
-                self._consts[node.output[0]] = torch.from_numpy(np.array(numpy_helper.to_array(value["value"])))
+                constant(node.output[0], numpy_helper.to_array(value["value"]))
                 continue
             if node.domain not in ("", "ai.onnx") or node.op_type not in _OPS:
                 unsupported.add(f"{node.domain or 'ai.onnx'}::{node.op_type}")
                 continue
-            self._nodes.append((node.op_type, _OPS[node.op_type], _attrs(node), list(node.input), list(node.output)))
+            attrs, fn = _attrs(node), _OPS[node.op_type]
+            if node.op_type == "Cast" and attrs["to"] == _UINT32:
+                fn = _cast_u32
+                uint32.update(node.output)
+            elif node.input and node.input[0] in uint32 and node.op_type in _U32_PRESERVING:
+                fn = _masked(fn) if node.op_type in _U32_WRAPPING else fn
+                uint32.update(node.output)
+            self._nodes.append((node.op_type, fn, attrs, list(node.input), list(node.output)))
         if unsupported:
             raise NotImplementedError(f"the torch peer does not implement: {sorted(unsupported)}")
         initializer_names = {t.name for t in graph.initializer}

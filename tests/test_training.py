@@ -152,10 +152,21 @@ def test_exported_graph_holds_the_contract(exported, run):
     assert spec.training["flops_per_shower"] > 0
 
 
+def test_exported_graph_avoids_the_slow_elementwise_ops(exported):
+    # The decoder is element-wise bound: on ONNX Runtime's CPU provider a Where over the
+    # voxels costs ~40 Muls and an int64 Mod ~10, so the export must use neither.
+    ops = [node.op_type for node in onnx.load(str(exported["path"])).graph.node]
+    assert "Where" not in ops and "Mod" not in ops
+    assert ops.count("ThresholdedRelu") == 1 and ops.count("Transpose") == 1
+    assert all(node.domain in ("", "ai.onnx") for node in onnx.load(str(exported["path"])).graph.node)
+
+
 def test_export_parity_torch_vs_onnxruntime(exported, run):
     parity = exported["parity"]
     assert parity["max_rel_error_sum"] <= 1e-4
-    assert parity["max_rel_error_voxel"] <= 1e-3
+    # Typical voxels agree to float rounding; the few in sparse rings, where the Gamma
+    # boost U^(1/k) has k ~ 1e-3, magnify it (see training.export.VOXEL_TOLERANCE).
+    assert parity["mean_rel_error_voxel"] <= 1e-5 and parity["max_rel_error_voxel"] <= 1e-2
     # Independently: the same z and energies through torch and through fastsim's session.
     from training.train import load_checkpoint, physical_decoder_from_checkpoint
 
@@ -167,7 +178,9 @@ def test_export_parity_torch_vs_onnxruntime(exported, run):
     got = fastsim.load(exported["path"], device="cpu", threads=1).decode(z, energy)
     np.testing.assert_allclose(got.sum(1), expected.sum(1), rtol=1e-4)
     clear = expected > 1.01 * THRESHOLD
-    np.testing.assert_allclose(got[clear], expected[clear], rtol=1e-3)
+    np.testing.assert_allclose(got[clear], expected[clear], rtol=1e-2)
+    assert np.median(np.abs(got[clear] - expected[clear]) / expected[clear]) < 1e-5
+    assert ((got > 0) == (expected > 0)).mean() > 0.9999  # the same voxels are occupied
 
 
 def test_generate_through_fastsim(exported):
@@ -202,6 +215,80 @@ def test_total_energy_is_the_response_head_whatever_the_noise(run):
     torch.testing.assert_close(b.sum(1, keepdim=True), total, rtol=1e-5, atol=0.0)
     assert not torch.equal(a, b)  # the noise seeds move energy between voxels...
     torch.testing.assert_close(mean.sum(1, keepdim=True), total, rtol=1e-5, atol=0.0)  # ...around this mean
+
+
+class _NumpyU32:
+    """uint32 arithmetic on numpy uint32 arrays: native wrap-around, an independent implementation."""
+
+    @staticmethod
+    def _u32(y):
+        return np.uint32(y) if isinstance(y, int) else y
+
+    def mul(self, x, y):
+        return x * self._u32(y)
+
+    def add(self, x, y):
+        return x + self._u32(y)
+
+    @staticmethod
+    def shr(x, k):
+        return x >> np.uint32(k)
+
+
+def test_noise_hash_is_exact_uint32_arithmetic():
+    from training.model import _TorchU32, noise_words
+
+    rng = np.random.default_rng(3)
+    a, b = (rng.integers(0, 2**32, (64, 1), dtype=np.uint64) for _ in range(2))
+    voxel_add = rng.integers(0, 2**31, 500, dtype=np.uint64)
+    voxel_mul = rng.integers(0, 2**30, 500, dtype=np.uint64) * 2 + 1
+    with np.errstate(over="ignore"):
+        expected = noise_words(_NumpyU32(), *(x.astype(np.uint32) for x in (a, b, voxel_add, voxel_mul)))
+    got = noise_words(_TorchU32, *(torch.from_numpy(x.astype(np.int64)) for x in (a, b, voxel_add, voxel_mul)))
+    assert len(got) == len(expected) == 2
+    for word, want in zip(got, expected):
+        np.testing.assert_array_equal(word.numpy(), want.astype(np.int64))
+        u = want / 2.0**32  # uniform on [0, 1): mean 1/2, variance 1/12, no visible pattern
+        assert abs(u.mean() - 0.5) < 0.01 and abs(u.var() - 1 / 12) < 0.005
+    assert abs(np.corrcoef(expected[0].ravel(), expected[1].ravel())[0, 1]) < 0.01
+    # Seeds one quantum apart give unrelated words (the per-shower rounds are nonlinear).
+    with np.errstate(over="ignore"):
+        nearby = noise_words(_NumpyU32(), (a + 1).astype(np.uint32), b.astype(np.uint32),
+                             voxel_add.astype(np.uint32), voxel_mul.astype(np.uint32))
+    assert abs(np.corrcoef(expected[0].ravel(), nearby[0].ravel())[0, 1]) < 0.01
+
+
+def test_voxel_sampler_keeps_occupancy_mean_and_variance(run):
+    # Every layer gets the same nine ring means; per ring, a voxel must be empty with
+    # probability exp(-mean / e_s), and keep the mean and the variance kappa * mean.
+    from training.train import load_checkpoint, physical_decoder_from_checkpoint
+
+    decoder = physical_decoder_from_checkpoint(load_checkpoint(run / "best.pt"))
+    n, n_layers, n_alpha = 3000, decoder.vae.n_layers, decoder.vae.n_alpha
+    # Spot energies from 1 to 8 MeV across the layers, below kappa as in the data (a spot
+    # energy above kappa would force a variance mean * e_s > kappa * mean).
+    decoder.spot_coeffs = torch.zeros(3, n_layers)
+    decoder.spot_coeffs[0] = torch.log(torch.linspace(1.0, 8.0, n_layers))
+    means = torch.tensor(np.geomspace(0.05, 500.0, decoder.vae.n_radial), dtype=torch.float32)
+    ring_mean = means.repeat(n_layers).expand(n, -1)
+    c = torch.zeros(n, 1)
+    gen = torch.Generator().manual_seed(0)
+    pairs = (n, (decoder.vae.n_voxels + 1) // 2)
+    uniforms = (1.0 - torch.rand(pairs, generator=gen), torch.rand(pairs, generator=gen),
+                torch.rand((n, n_alpha, ring_mean.shape[1]), generator=gen))
+    with torch.no_grad():
+        total = ring_mean.sum(1, keepdim=True) * n_alpha
+        x = decoder.sample_voxels(ring_mean, total, c, uniforms).double().view(n * n_alpha, n_layers, -1)
+        spot = decoder.spot_energy(c[:1]).double().view(n_layers, -1)
+    empty = (x == 0).double().mean(0)
+    np.testing.assert_allclose(empty.numpy(), torch.exp(-means.double() / spot).numpy(), atol=0.01)
+    pooled = x.transpose(0, 1).reshape(-1, decoder.vae.n_radial)  # all layers together
+    kappa = decoder.noise_kappa
+    mean, var = pooled.mean(0).numpy(), pooled.var(0).numpy()
+    tolerance = 5 * np.sqrt(kappa * means.numpy() / pooled.shape[0])  # 5 sigma of the sample mean
+    assert (np.abs(mean - means.numpy()) < tolerance + 0.005 * means.numpy()).all(), (mean, means)
+    dense = means.numpy() >= 5.0
+    np.testing.assert_allclose(var[dense], kappa * means.numpy()[dense], rtol=0.08)
 
 
 def test_fp16_variant_matches_fp32_totals(run, exported, tmp_path):

@@ -1,4 +1,4 @@
-"""The ``python -m training`` command line: simulate data, train the VAE, export the decoder.
+"""The ``python -m training`` command line: simulate data, train the VAE, refit its noise, export the decoder.
 
 Commands are thin: they parse options and call the library. Heavy imports (torch)
 happen inside the command that needs them, so ``simulate`` and ``--help`` stay light.
@@ -94,6 +94,27 @@ def train_command(config_path, data, validation, out, resume, epochs, max_shower
                     progress=not quiet and sys.stderr.isatty(), log=click.echo)
     click.echo(f"best figure of merit {summary['best_fom']:.5f} at epoch {summary['best_epoch'] + 1}; "
                f"{summary['epochs_run']} epochs in {summary['train_seconds'] / 60:.1f} min; run folder {out}")
+
+
+@cli.command("fit-noise")
+@click.argument("run", type=click.Path(exists=True, file_okay=False))
+@click.option("--validation", type=click.Path(dir_okay=False, exists=True), required=True, help="Validation showers (CaloChallenge HDF5) whose per-layer sparsity the noise must match.")
+@click.option("--checkpoint", default="best.pt", show_default=True, help="Checkpoint file inside RUN (rewritten in place).")
+@click.option("-n", "--n-showers", "n", type=click.IntRange(min=100), default=None, help="Validation showers to use (default: the run's [train] fom_showers).")
+@click.option("--seed", type=click.IntRange(min=0), default=None, help="Seed of the fit's draws (default: the run's [train] seed).")
+def fit_noise_command(run, validation, checkpoint, n, seed) -> None:
+    """Refit the voxel noise's per-layer spot energies of a trained RUN.
+
+    Training does this after its last epoch; run it again after a change to
+    the noise sampler, then export. The decoder's weights are untouched.
+
+    \b
+    Example:
+      python -m training fit-noise runs/calo-electron --validation data/val.h5
+    """
+    from training.train import refit_voxel_noise
+
+    refit_voxel_noise(run, validation, checkpoint=checkpoint, n_showers=n, seed=seed, log=click.echo)
 
 
 @cli.command("export")

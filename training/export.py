@@ -10,9 +10,9 @@ inputs ``z`` [N, latent_dim] and ``conditions`` [N, 1] in MeV, output
 * ``onnx.checker`` accepts it (full check, with shape inference),
 * ``fastsim.load`` accepts it (the runtime's own spec-vs-graph validation),
 * torch and ONNX Runtime agree on the same z and energies across the
-  training range: at most 1e-4 relative on each shower's summed energy and
-  1e-3 on every voxel clear of the threshold (fp32 only; reduced precisions
-  report their difference from fp32 instead).
+  training range: at most 1e-4 relative on each shower's summed energy,
+  1e-5 relative on average and 1e-2 at worst on voxels clear of the threshold
+  (fp32 only; reduced precisions report their difference from fp32 instead).
 
 The file is written under a temporary name and renamed only after all checks
 pass. ``--precision`` picks the variant: ``fp32``; ``fp16`` (the network in
@@ -34,7 +34,7 @@ import torch
 import fastsim
 from fastsim.models import file_sha256
 from fastsim.spec import ConditionSpec, ModelSpec, OutputSpec, embed_spec
-from training.model import PhysicalDecoder, count_parameters, decoder_flops
+from training.model import NOISE_WORDS_OP, PhysicalDecoder, count_parameters, decoder_flops, noise_words
 from training.train import load_checkpoint, physical_decoder_from_checkpoint
 
 __all__ = [
@@ -52,7 +52,11 @@ OPSET = 17
 IR_VERSION = 9
 PRECISIONS = ("fp32", "fp16", "int8")
 SUM_TOLERANCE = 1e-4
-VOXEL_TOLERANCE = 1e-3
+# Per voxel: the Gamma boost U^(1/k) of the voxel noise has shapes k down to ~1e-3 in
+# sparse rings, which magnifies the 1e-7 float32 differences between torch's and ONNX
+# Runtime's kernels ~1/k-fold in those few voxels; an export error moves every voxel.
+VOXEL_TOLERANCE = 1e-2
+VOXEL_MEAN_TOLERANCE = 1e-5
 
 
 class ExportError(ValueError):
@@ -146,8 +150,86 @@ def _trace(decoder: PhysicalDecoder, path: Path) -> None:
             decoder, (z, conditions), os.fspath(path), dynamo=False, opset_version=OPSET,
             input_names=["z", "conditions"], output_names=["showers"],
             dynamic_axes={"z": {0: "N"}, "conditions": {0: "N"}, "showers": {0: "N"}},
-            do_constant_folding=True,
+            do_constant_folding=True, custom_opsets={NOISE_WORDS_OP.split("::")[0]: 1},
         )
+
+
+class _OnnxU32:
+    """uint32 arithmetic as ONNX nodes (Mul and Add wrap modulo 2^32; BitShift), for :func:`noise_words`."""
+
+    def __init__(self, prefix: str):
+        self.prefix, self.nodes, self.initializers, self._constants = prefix, [], [], {}
+
+    def _name(self, what: str) -> str:
+        return f"{self.prefix}/{what}_{len(self.nodes)}"
+
+    def value(self, y):
+        if not isinstance(y, int):
+            return y
+        if y not in self._constants:
+            from onnx import numpy_helper
+
+            name = f"{self.prefix}/u32_{y:x}"
+            self.initializers.append(numpy_helper.from_array(np.array(y, dtype=np.uint32), name))
+            self._constants[y] = name
+        return self._constants[y]
+
+    def node(self, op: str, *inputs, **attrs) -> str:
+        from onnx import helper
+
+        out = self._name(op)
+        self.nodes.append(helper.make_node(op, [self.value(x) for x in inputs], [out], name=out, **attrs))
+        return out
+
+    def mul(self, x, y):
+        return self.node("Mul", x, y)
+
+    def add(self, x, y):
+        return self.node("Add", x, y)
+
+    def shr(self, x, k):
+        return self.node("BitShift", x, k, direction="RIGHT")
+
+
+def _expand_noise_words(model):
+    """Replace the traced placeholder for the voxel-noise hash by plain ONNX uint32 nodes.
+
+    Same program as the torch side (:func:`training.model.noise_words`):
+    seeds -> floor(z * 2^16) + 2^24 as int64 -> uint32 -> hash words -> float32.
+    """
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = model.graph
+    nodes = []
+    for node in graph.node:
+        if f"{node.domain}::{node.op_type}" != NOISE_WORDS_OP:
+            nodes.append(node)
+            continue
+        seeds, voxel_add, voxel_mul = node.input
+        ops = _OnnxU32(node.name or "NoiseWords")
+        graph.initializer.extend([
+            numpy_helper.from_array(np.array(2.0**16, dtype=np.float32), f"{ops.prefix}/seed_scale"),
+            numpy_helper.from_array(np.array(2**24, dtype=np.int64), f"{ops.prefix}/seed_offset"),
+            numpy_helper.from_array(np.array([1, 1], dtype=np.int64), f"{ops.prefix}/split")])
+        scaled = ops.node("Floor", ops.node("Mul", seeds, f"{ops.prefix}/seed_scale"))
+        ints = ops.node("Add", ops.node("Cast", scaled, to=TensorProto.INT64), f"{ops.prefix}/seed_offset")
+        ints = ops.node("Cast", ints, to=TensorProto.UINT32)
+        a, b = f"{ops.prefix}/seed_a", f"{ops.prefix}/seed_b"
+        ops.nodes.append(helper.make_node("Split", [ints, f"{ops.prefix}/split"], [a, b], axis=1,
+                                          name=f"{ops.prefix}/Split"))
+        words = noise_words(ops, a, b, ops.node("Cast", voxel_add, to=TensorProto.UINT32),
+                            ops.node("Cast", voxel_mul, to=TensorProto.UINT32))
+        for word, out in zip(words, node.output):
+            ops.nodes.append(helper.make_node("Cast", [word], [out], to=TensorProto.FLOAT, name=f"{out}/Cast"))
+        nodes.extend(ops.nodes)
+        graph.initializer.extend(ops.initializers)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    domain = NOISE_WORDS_OP.split("::")[0]
+    kept = [o for o in model.opset_import if o.domain != domain]
+    del model.opset_import[:]
+    model.opset_import.extend(kept)
+    return model
 
 
 def _to_fp16(model):
@@ -242,7 +324,7 @@ def export(run: str | os.PathLike, output: str | os.PathLike, *, precision: str 
         import onnx
 
         _trace(decoder, fp32_path)
-        model = onnx.load(os.fspath(fp32_path))
+        model = _expand_noise_words(onnx.load(os.fspath(fp32_path)))
         # The tracer leaves the voxel axis symbolic (it comes out of a broadcast); pin it.
         for value in model.graph.output:
             value.type.tensor_type.shape.dim[1].Clear()
@@ -268,11 +350,13 @@ def export(run: str | os.PathLike, output: str | os.PathLike, *, precision: str 
         checks = parity(decoder, partial)
         report["parity"] = checks
         if precision == "fp32":
-            if checks["max_rel_error_sum"] > SUM_TOLERANCE or checks["max_rel_error_voxel"] > VOXEL_TOLERANCE:
+            if (checks["max_rel_error_sum"] > SUM_TOLERANCE or checks["max_rel_error_voxel"] > VOXEL_TOLERANCE
+                    or checks["mean_rel_error_voxel"] > VOXEL_MEAN_TOLERANCE):
                 raise ExportError(
                     f"torch/ONNX Runtime parity failed: max relative error {checks['max_rel_error_sum']:.2e} "
                     f"on summed energy (limit {SUM_TOLERANCE:g}), {checks['max_rel_error_voxel']:.2e} per voxel "
-                    f"(limit {VOXEL_TOLERANCE:g})")
+                    f"(limit {VOXEL_TOLERANCE:g}), mean {checks['mean_rel_error_voxel']:.2e} per voxel "
+                    f"(limit {VOXEL_MEAN_TOLERANCE:g})")
         os.replace(partial, output)
     finally:
         for leftover in (partial, fp32_path):

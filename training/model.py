@@ -36,6 +36,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, fields
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -43,6 +44,7 @@ from training.data import ResponseFit
 
 __all__ = [
     "NOISE_SEED_DIMS",
+    "NOISE_WORDS_OP",
     "PRIOR_DEGREE",
     "SPOT_DEGREE",
     "VOXEL_NOISE",
@@ -51,6 +53,7 @@ __all__ = [
     "ShowerVAE",
     "count_parameters",
     "decoder_flops",
+    "noise_words",
 ]
 
 VOXEL_NOISE = ("gamma", "none")
@@ -174,11 +177,96 @@ class ShowerVAE(nn.Module):
         return {"loss": total.mean(), "response": response.mean(), "shape": shape.mean(), "kl": kl.mean()}
 
 
-# Voxel-noise hash: exact int64 arithmetic modulo the Mersenne prime 2^31 - 1,
-# so torch, ONNX Runtime on any device and any host give the same bits.
-_PRIME = 2**31 - 1
+# Voxel-noise hash: exact uint32 arithmetic -- wrapping multiplies and adds,
+# right shifts -- so torch, ONNX Runtime on any device and any host draw the
+# same bits. ONNX (opset 17) has no xor, so the per-shower rounds square
+# (x -> y^2 + c with y = x + (x >> 16)): without a nonlinearity, seeds one
+# quantum apart would give visibly related noise. The cheap per-voxel rounds
+# (y * C) only have to spread an already mixed shower state over the voxels.
+_U32 = 0xFFFFFFFF
 _SEED_SCALE = 2.0**16  # resolution of a seed latent
 _SEED_OFFSET = 2**24  # makes floor(z * scale) positive for |z| < 256
+_SEED_MIX = 0x2545F491
+_SHOWER_ROUNDS = (0x85EBCA6B, 0xC2B2AE35, 0x27D4EB2F, 0x165667B1)
+_VOXEL_ROUNDS = (0x85EBCA6B, 0xC2B2AE35)  # one per word
+_STREAM_STEPS = (0x9E3779B9,)
+#: Placeholder node for the hash in a freshly traced graph (expanded by training.export).
+NOISE_WORDS_OP = "fastsim::NoiseWords"
+
+
+def noise_words(ops, a, b, voxel_add, voxel_mul) -> list:
+    """Two uint32 words per voxel slot from the two seed integers; ``ops`` is the arithmetic backend."""
+    state = ops.add(ops.mul(a, _SEED_MIX), b)
+    for constant in _SHOWER_ROUNDS:
+        y = ops.add(state, ops.shr(state, 16))
+        state = ops.add(ops.mul(y, y), constant)
+    h = ops.mul(ops.add(state, voxel_add), voxel_mul)
+    words = []
+    for i, constant in enumerate(_VOXEL_ROUNDS):
+        if i:
+            h = ops.add(h, _STREAM_STEPS[i - 1])
+        h = ops.mul(ops.add(h, ops.shr(h, 16)), constant)
+        words.append(h)
+    return words
+
+
+class _TorchU32:
+    """uint32 arithmetic on int64 tensors holding values in [0, 2^32) (torch has no uint32 kernels)."""
+
+    @staticmethod
+    def mul(x, y):
+        # Split y so no product passes 2^63: the low 32 bits come out exact.
+        y_lo, y_hi = y & 0xFFFF, (y >> 16) & 0xFFFF
+        return (x * y_lo + (((x * y_hi) & 0xFFFF) << 16)) & _U32
+
+    @staticmethod
+    def add(x, y):
+        return (x + y) & _U32
+
+    @staticmethod
+    def shr(x, k):
+        return x >> k
+
+
+class _NoiseWords(torch.autograd.Function):
+    """(N, 2) seed latents -> two (N, n_slots) float32 tensors holding uint32 hash words.
+
+    The seeds become integers ``floor(z * 2^16) + 2^24`` (exact in float32 and
+    int64); :func:`noise_words` does the rest.
+    """
+
+    @staticmethod
+    def forward(ctx, seeds, voxel_add, voxel_mul):
+        ints = (torch.floor(seeds * _SEED_SCALE).to(torch.int64) + _SEED_OFFSET) & _U32
+        words = noise_words(_TorchU32, ints[:, :1], ints[:, 1:2], voxel_add.to(torch.int64),
+                             voxel_mul.to(torch.int64))
+        return tuple(w.to(torch.float32) for w in words)
+
+    @staticmethod
+    def symbolic(g, seeds, voxel_add, voxel_mul):
+        # The TorchScript exporter has no uint32 type: it records one placeholder
+        # node, and training.export expands it into plain ONNX uint32 nodes.
+        words = g.op(NOISE_WORDS_OP, seeds, voxel_add, voxel_mul, outputs=len(_VOXEL_ROUNDS))
+        for word in words:  # float32 (N, n_slots), for the exporter's shape inference downstream
+            word.setType(seeds.type().with_sizes([None, voxel_add.type().sizes()[0]]))
+        return words
+
+
+class _Threshold(torch.autograd.Function):
+    """x where x > alpha, else 0: ONNX ThresholdedRelu, one pass (a Where costs ~40x more in ORT)."""
+
+    @staticmethod
+    def forward(ctx, x, alpha: float):
+        return torch.where(x > alpha, x, torch.zeros_like(x))
+
+    @staticmethod
+    def symbolic(g, x, alpha: float):
+        return g.op("ThresholdedRelu", x, alpha_f=alpha)
+
+
+def _scaled_to(voxels: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
+    """(N, a, b) voxels times the per-shower factor that makes them sum to ``total`` (N, 1)."""
+    return voxels * (total / torch.clamp(voxels.sum((1, 2)), min=1e-30).unsqueeze(1)).unsqueeze(2)
 
 
 class PhysicalDecoder(nn.Module):
@@ -191,16 +279,24 @@ class PhysicalDecoder(nn.Module):
     the variance ``kappa * mean`` of a sampling calorimeter (kappa measured on
     the training data from the spread over the alpha sectors of a ring, which
     share one expectation by symmetry); with per-layer spot energies ``e_s``
-    (fitted to the data's sparsity) the voxel is first left empty with probability ``exp(-mean / e_s)`` -- no energy
-    spot landed in it -- which sets the sparsity (see :meth:`sample_voxels`).
-    This is what gives generated showers the voxel-level fluctuations --
-    sparsity, centre-of-energy jitter, voxel spectrum -- that no latent code
-    of a few dims can carry. The noise is a pure function of the seed latents:
-    a hash in exact integer arithmetic makes four uniforms per voxel, so
-    torch, ONNX Runtime and any host draw the same noise. Then the threshold,
-    and the energy of sub-threshold voxels handed back to the surviving ones
-    so the total is exactly ``u * E_inc`` (the response and resolution are the
+    (fitted to the data's sparsity) the voxel is first left empty with
+    probability ``exp(-mean / e_s)`` -- no energy spot landed in it -- which
+    sets the sparsity (see :meth:`sample_voxels`). This is what gives
+    generated showers the voxel-level fluctuations -- sparsity,
+    centre-of-energy jitter, voxel spectrum -- that no latent code of a few
+    dims can carry. The noise is a pure function of the seed latents: a hash
+    in exact uint32 arithmetic makes the uniforms (two words per voxel), so torch, ONNX
+    Runtime and any host draw the same noise. Then the threshold, and the
+    energy of sub-threshold voxels handed back to the surviving ones so the
+    total is exactly ``u * E_inc`` (the response and resolution are the
     response head's alone).
+
+    Speed (the graph is element-wise bound, not matmul bound): everything
+    that depends only on a ring -- spot energy, occupancy, Gamma shape and
+    scale -- is computed once per ring (405 values) and broadcast over its
+    alpha sectors. To make that broadcast cheap the voxels are worked on in
+    ``(N, alpha, layer * radial)`` order and transposed to the CaloChallenge
+    ``(layer, alpha, radial)`` order once, at the end.
     """
 
     def __init__(self, vae: ShowerVAE, response: ResponseFit, *, e_min: float, e_max: float,
@@ -213,6 +309,8 @@ class PhysicalDecoder(nn.Module):
         self.log_e_min = math.log(e_min)
         self.c_scale = 2.0 / (math.log(e_max) - math.log(e_min))
         self.threshold = float(threshold)
+        # ThresholdedRelu keeps x > alpha; the float32 just below the threshold makes that x >= threshold.
+        self.threshold_alpha = float(np.nextafter(np.float32(threshold), np.float32(-np.inf)))
         self.max_response = float(max_response)
         self.noise_kappa = float(noise_kappa) if vae.config.voxel_noise == "gamma" else 0.0
         d = vae.config.latent_dim
@@ -224,99 +322,133 @@ class PhysicalDecoder(nn.Module):
             prior_mean = torch.cat([prior_mean[None], torch.zeros(PRIOR_DEGREE, d)])
         self.register_buffer("prior_mean", prior_mean.float().clone())
         self.register_buffer("prior_chol_t", torch.eye(d) if prior_chol is None else prior_chol.float().T.clone())
-        n_voxels = vae.n_voxels
-        # Spreads a ring's energy equally over its alpha sectors (broadcast multiply).
-        self.register_buffer("alpha_share", torch.full((1, 1, vae.n_alpha, 1), 1.0 / vae.n_alpha))
         if self.noise_kappa > 0:
-            # Per-voxel hash constants, fixed by a seed so every export is identical.
-            # Stored as int32 (all below 2^31) to keep the file small, widened in the graph.
+            # Per-slot hash constants (odd multipliers), fixed by a seed so every export is
+            # identical; int32 (all below 2^31) keeps the file small, the graph casts them to uint32.
             gen = torch.Generator().manual_seed(20221)
-            self.register_buffer("hash_mul", torch.randint(1, _PRIME, (n_voxels,), generator=gen, dtype=torch.int32))
-            self.register_buffer("hash_add", torch.randint(0, _PRIME, (n_voxels,), generator=gen, dtype=torch.int32))
-            self.hash_rounds = [int(x) for x in torch.randint(1, _PRIME, (4,), generator=gen)]
+            n_voxels = vae.n_voxels + vae.n_voxels % 2  # an even number of slots, for Box-Muller pairs
+            self.register_buffer("hash_add", torch.randint(0, 2**31, (n_voxels,), generator=gen, dtype=torch.int32))
+            self.register_buffer("hash_mul", torch.randint(0, 2**30, (n_voxels,), generator=gen,
+                                                           dtype=torch.int32) * 2 + 1)
         # Spot energy per layer, log e_s = sum_k coeffs[k, layer] c^k (MeV); None: no empty-voxel law.
         self.register_buffer("spot_coeffs", None if spot_coeffs is None else spot_coeffs.float().clone())
-        self.register_buffer("layer_spread", torch.ones(1, 1, vae.n_alpha * vae.n_radial))
+        # Broadcasts by multiplication: an expand(-1, ...) would trace to shape arithmetic.
+        self.register_buffer("radial_ones", torch.ones(1, 1, vae.n_radial))
+        self.register_buffer("alpha_ones", torch.ones(1, vae.n_alpha, 1))
 
     @property
     def latent_dim(self) -> int:
         return self.vae.config.latent_dim + (NOISE_SEED_DIMS if self.noise_kappa > 0 else 0)
 
-    def mean_showers(self, z: torch.Tensor, energy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(expected voxel energies (N, n_voxels) MeV, total u * E_inc (N, 1) MeV)."""
-        c = (torch.log(energy) - self.log_e_min) * self.c_scale - 1.0
+    def condition(self, energy: torch.Tensor) -> torch.Tensor:
+        return (torch.log(energy) - self.log_e_min) * self.c_scale - 1.0
+
+    def ring_means(self, z: torch.Tensor, energy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(expected energy of each voxel of a ring (N, n_layers * n_radial) MeV, total u * E_inc (N, 1) MeV)."""
+        c = self.condition(energy)
         powers = torch.cat([torch.ones_like(c), c, c * c, c * c * c], dim=1)  # (N, PRIOR_DEGREE + 1)
         z = z @ self.prior_chol_t + powers @ self.prior_mean
         v_hat, layer_logp, ring_logp = self.vae.decode(z, c)
         log_u = self.response.mean(c) + self.response.sigma(c) * v_hat
         total = energy * torch.clamp(torch.exp(log_u), 0.0, self.max_response)
-        ring_frac = torch.exp(layer_logp.unsqueeze(2) + ring_logp)  # (N, L, R)
-        voxel_frac = (ring_frac.unsqueeze(2) * self.alpha_share).flatten(1)  # (N, L * A * R)
-        return total * voxel_frac, total
+        ring_frac = torch.exp(layer_logp.unsqueeze(2) + ring_logp).flatten(1)  # (N, L * R)
+        return ring_frac * (total * (1.0 / self.vae.n_alpha)), total
 
-    def uniforms(self, seeds: torch.Tensor) -> list[torch.Tensor]:
-        """Four (N, n_voxels) uniforms in (0, 1) from the seed latents, in exact int64 arithmetic."""
-        ints = torch.floor(seeds * _SEED_SCALE).to(torch.int64) + _SEED_OFFSET
-        state = torch.remainder(ints[:, :1] * 2**25 + ints[:, 1:2], _PRIME)
-        h = torch.remainder(state * self.hash_mul.to(torch.int64) + self.hash_add.to(torch.int64), _PRIME)
-        out = []
-        for constant in self.hash_rounds:
-            # x -> x^2 + c (mod p): the squaring breaks the linearity in the seed.
-            h = torch.remainder(h * h + constant, _PRIME)
-            out.append((h.to(torch.float32) + 0.5) * (1.0 / _PRIME))
-        return out
+    def mean_showers(self, z: torch.Tensor, energy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(expected voxel energies (N, n_voxels) MeV in CaloChallenge order, total (N, 1) MeV)."""
+        ring_mean, total = self.ring_means(z, energy)
+        vae = self.vae
+        mean = ring_mean.view(-1, vae.n_layers, 1, vae.n_radial).expand(-1, -1, vae.n_alpha, -1)
+        return mean.reshape(-1, vae.n_voxels), total
+
+    def uniforms(self, seeds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Uniforms from the seed latents: (radius (N, P) in (0, 1], angle (N, P) in [0, 1),
+        hit (N, n_alpha, n_layers * n_radial) in [0, 1)), P = ceil(n_voxels / 2).
+
+        One hash word per voxel for ``hit``; the other word of the first half
+        of the slots is the Box-Muller radius, of the second half the angle,
+        so one log, cos and sin make two normals.
+        """
+        hit_word, pair_word = _NoiseWords.apply(seeds, self.hash_add, self.hash_mul)
+        n_voxels = self.vae.n_voxels
+        if hit_word.shape[1] != n_voxels:
+            hit_word = hit_word[:, :n_voxels]
+        radius, angle = pair_word.split(pair_word.shape[1] // 2, dim=1)
+        radius = radius * 2.0**-32 + 2.0**-33  # never 0: it goes into a log
+        # float32(1 - 2^-24) * 2^-32 maps the largest word 2^32 to the largest float32 below 1.
+        hit = hit_word * ((1.0 - 2.0**-24) * 2.0**-32)
+        return radius, angle * 2.0**-32, hit.view(-1, self.vae.n_alpha, self.vae.n_layers * self.vae.n_radial)
 
     def spot_energy(self, c: torch.Tensor) -> torch.Tensor:
-        """Spot energy e_s (N, n_voxels) in MeV: per layer, a quadratic in c for its log."""
+        """Spot energy e_s (N, n_layers * n_radial) in MeV: per layer, a quadratic in c for its log."""
         powers = torch.cat([torch.ones_like(c), c, c * c], dim=1)  # (N, SPOT_DEGREE + 1)
         per_layer = torch.exp(powers @ self.spot_coeffs)  # (N, n_layers)
-        return (per_layer.unsqueeze(2) * self.layer_spread).flatten(1)
+        return (per_layer.unsqueeze(2) * self.radial_ones).flatten(1)
 
-    def sample_voxels(self, mean: torch.Tensor, total: torch.Tensor, c: torch.Tensor,
-                      uniforms: list[torch.Tensor]) -> torch.Tensor:
-        """Voxel energies around ``mean`` (variance kappa * mean), rescaled to ``total``.
+    def sample_voxels(self, ring_mean: torch.Tensor, total: torch.Tensor, c: torch.Tensor,
+                      uniforms: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """Voxel energies (N, n_alpha, n_layers * n_radial) around ``ring_mean`` (variance kappa * mean),
+        scaled to sum to ``total`` (N, 1).
+
+        ``uniforms`` as :meth:`uniforms` returns them.
 
         With spot energies e_s, a voxel is empty with probability
         exp(-mean / e_s) (no energy spot landed in it, as in the data) and
         otherwise Gamma with the conditional mean and variance that keep the
         totals mean and kappa * mean; without, it is Gamma(mean / kappa, kappa).
         """
-        u1, u2, u3, u4 = uniforms
-        kappa = self.noise_kappa
+        u_radius, u_angle, u_hit = uniforms
+        kappa, mean = self.noise_kappa, ring_mean
+        # Per ring: occupancy, and shape/scale of the Gamma law of an occupied voxel.
         if self.spot_coeffs is not None:
-            occupied = torch.clamp(1.0 - torch.exp(-mean / self.spot_energy(c)), min=1e-12)
+            # 1 - exp(-x) = tanh(x / 2) (1 + exp(-x)): no cancellation for sparse rings (x << 1).
+            x = mean / self.spot_energy(c)
+            occupied = torch.clamp(torch.tanh(x * 0.5) * (1.0 + torch.exp(-x)), min=1e-12)
             mean_hit = mean / occupied
             var_hit = torch.clamp((kappa * mean - (1.0 - occupied) * mean * mean_hit) / occupied,
                                   min=1e-6 * mean_hit * mean_hit + 1e-30)
-            shape, scale = mean_hit * mean_hit / var_hit, var_hit / mean_hit
         else:
-            occupied = torch.ones_like(mean)
-            shape, scale = mean * (1.0 / kappa), torch.full_like(mean, kappa)
-        shape = torch.clamp(shape, min=1e-12)
+            occupied, mean_hit = torch.ones_like(mean), mean
+            var_hit = torch.clamp(kappa * mean, min=1e-30)
+        shape = torch.clamp(mean_hit * mean_hit / var_hit, min=1e-12)
+        scale = var_hit / torch.clamp(mean_hit, min=1e-30)
         # Gamma(k) = Gamma(k + 1) * U^(1/k); Gamma(k + 1) by Wilson-Hilferty from a Box-Muller normal.
-        gauss = torch.sqrt(-2.0 * torch.log(u1)) * torch.cos((2.0 * math.pi) * u2)
+        # Gamma(a) = a * scale * cube^3, cube = 1 - 1/(9a) + g / (3 sqrt(a)); (a * scale)^(1/3) folded in.
         a = shape + 1.0
-        cube = torch.clamp(1.0 - 1.0 / (9.0 * a) + gauss / (3.0 * torch.sqrt(a)), min=0.0)
-        draws = scale * (a * cube * cube * cube) * torch.exp(torch.log(u3) / shape)
-        showers = torch.where(u4 < occupied, draws, torch.zeros_like(draws))
-        return showers * (total / torch.clamp(showers.sum(1, keepdim=True), min=1e-30))
-
-    def condition(self, energy: torch.Tensor) -> torch.Tensor:
-        return (torch.log(energy) - self.log_e_min) * self.c_scale - 1.0
+        size = torch.exp(torch.log(scale * a) * (1.0 / 3.0))
+        offset, slope = size * (1.0 - 1.0 / (9.0 * a)), size / (3.0 * torch.sqrt(a))
+        inv_shape, inv_occupied = 1.0 / shape, 1.0 / occupied
+        offset, slope, inv_shape, inv_occupied = (t.unsqueeze(1) for t in (offset, slope, inv_shape, inv_occupied))
+        # Per voxel: Box-Muller, each (radius, angle) pair making the normals of two voxels.
+        radius, angle = torch.sqrt(torch.log(u_radius) * -2.0), u_angle * (2.0 * math.pi)
+        gauss = torch.cat([radius * torch.cos(angle), radius * torch.sin(angle)], dim=1)
+        if gauss.shape[1] != u_hit.shape[1] * u_hit.shape[2]:
+            gauss = gauss[:, :u_hit.shape[1] * u_hit.shape[2]]
+        gauss = gauss.view(u_hit.shape)
+        cube = torch.relu(offset + slope * gauss)
+        # One uniform decides "occupied" (u < occupied) and, rescaled, is the U of the boost:
+        # log(u / occupied) <= 0 when occupied; when empty it is > 0, and the Min turns it
+        # into a huge negative number, so exp() empties the voxel without a Where.
+        log_hit = torch.log(u_hit * inv_occupied)
+        log_hit = torch.minimum(log_hit, log_hit * -1e30)
+        return _scaled_to((cube * cube * cube) * torch.exp(log_hit * inv_shape), total)
 
     def forward(self, z: torch.Tensor, conditions: torch.Tensor) -> torch.Tensor:
         energy = conditions[:, :1]
-        d = self.vae.config.latent_dim
-        showers, total = self.mean_showers(z[:, :d], energy)
+        d, vae = self.vae.config.latent_dim, self.vae
+        ring_mean, total = self.ring_means(z[:, :d], energy)
         if self.noise_kappa > 0:
-            showers = self.sample_voxels(showers, total, self.condition(energy),
-                                         self.uniforms(z[:, d:d + NOISE_SEED_DIMS]))
-        # The voxel threshold of the data, then the lost energy handed back to
-        # the surviving voxels so the shower total is exactly u * E_inc. That
-        # factor is >= 1, so no surviving voxel drops below the threshold.
-        showers = torch.where(showers >= self.threshold, showers, torch.zeros_like(showers))
-        kept = showers.sum(1, keepdim=True)
-        return showers * (total / torch.clamp(kept, min=1e-30))
+            voxels = self.sample_voxels(ring_mean, total, self.condition(energy),
+                                        self.uniforms(z[:, d:d + NOISE_SEED_DIMS]))
+        else:
+            voxels = ring_mean.unsqueeze(1) * self.alpha_ones
+        # Scaled to the shower's total, the voxel threshold of the data, then the
+        # lost energy handed back to the surviving voxels so the total is exactly
+        # u * E_inc. That last factor is >= 1, so no voxel drops below the threshold.
+        kept = _Threshold.apply(voxels, self.threshold_alpha)
+        showers = _scaled_to(kept, total)
+        showers = showers.view(-1, vae.n_alpha, vae.n_layers, vae.n_radial).transpose(1, 2)
+        return showers.reshape(-1, vae.n_voxels)
 
 
 def count_parameters(module: nn.Module) -> int:

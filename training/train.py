@@ -44,6 +44,7 @@ __all__ = [
     "TrainConfig",
     "fit_latent_prior",
     "fit_spot_energy",
+    "refit_voxel_noise",
     "generate_showers",
     "load_checkpoint",
     "load_config",
@@ -230,7 +231,7 @@ def fit_spot_energy(decoder: PhysicalDecoder, energy: np.ndarray, reference: np.
     (SPOT_DEGREE + 1, n_layers) coefficients. Only the noise is fitted, the
     decoder's weights are untouched.
     """
-    d, n_layers = decoder.vae.config.latent_dim, decoder.vae.n_layers
+    d, n_layers, n_radial = decoder.vae.config.latent_dim, decoder.vae.n_layers, decoder.vae.n_radial
     edges = np.geomspace(energy.min(), energy.max() * (1 + 1e-9), n_bins + 1)
     which = np.clip(np.searchsorted(edges, energy, side="right") - 1, 0, n_bins - 1)
     gen = torch.Generator().manual_seed(seed)
@@ -244,15 +245,17 @@ def fit_spot_energy(decoder: PhysicalDecoder, energy: np.ndarray, reference: np.
             target = torch.as_tensor((reference[rows] >= threshold).reshape(len(rows), n_layers, -1).mean((0, 2)))
             e = torch.as_tensor(energy[rows], dtype=torch.float32)[:, None]
             c = decoder.condition(e)
-            mean, total = decoder.mean_showers(torch.randn((len(rows), d), generator=gen), e)
-            uniforms = [torch.rand(mean.shape, generator=gen).clamp(1e-7, 1 - 1e-7) for _ in range(4)]
+            ring_mean, total = decoder.ring_means(torch.randn((len(rows), d), generator=gen), e)
+            pairs = (len(rows), (decoder.vae.n_voxels + 1) // 2)
+            uniforms = (1.0 - torch.rand(pairs, generator=gen), torch.rand(pairs, generator=gen),
+                        torch.rand((len(rows), decoder.vae.n_alpha, ring_mean.shape[1]), generator=gen))
             low = torch.full((n_layers,), math.log(0.05))
             high = torch.full((n_layers,), math.log(2000.0))
             for _ in range(16):
                 mid = 0.5 * (low + high)
                 decoder.spot_coeffs = torch.cat([mid[None], torch.zeros(SPOT_DEGREE, n_layers)])
-                sample = decoder.sample_voxels(mean, total, c, uniforms)
-                occupancy = (sample >= threshold).float().view(len(rows), n_layers, -1).mean((0, 2))
+                sample = decoder.sample_voxels(ring_mean, total, c, uniforms)  # (N, alpha, layer * radial)
+                occupancy = (sample >= threshold).float().view(len(rows), -1, n_layers, n_radial).mean((0, 1, 3))
                 too_full = occupancy > target
                 low, high = torch.where(too_full, mid, low), torch.where(too_full, high, mid)
             centres.append(float(c.mean()))
@@ -261,6 +264,34 @@ def fit_spot_energy(decoder: PhysicalDecoder, energy: np.ndarray, reference: np.
         decoder.spot_coeffs = saved
     coeffs = np.polynomial.polynomial.polyfit(np.array(centres), np.stack(log_spots), SPOT_DEGREE)
     return torch.as_tensor(coeffs, dtype=torch.float32)  # (SPOT_DEGREE + 1, n_layers)
+
+
+def refit_voxel_noise(run: str | os.PathLike, validation: str | os.PathLike, *, checkpoint: str = "best.pt",
+                      n_showers: int | None = None, seed: int | None = None, log=print) -> torch.Tensor:
+    """Refit the spot energies of ``run``'s voxel noise to ``validation``'s sparsity, in place.
+
+    What :func:`train` does after its last epoch, as a step of its own: after a
+    change to the noise sampler, a trained run gets spot energies that match its
+    new sampler without retraining (the decoder's weights are untouched). Uses
+    the run's own ``fom_showers`` first showers of ``validation`` and its seed
+    unless told otherwise; ``checkpoint`` is rewritten atomically.
+    """
+    path = Path(run) / checkpoint
+    if not path.is_file():
+        raise ValueError(f"RUN: no checkpoint {path} (expected a run folder holding {checkpoint})")
+    ckpt = load_checkpoint(path)
+    config = _config_from_dict(json.loads(ckpt["config_json"]))
+    if config["model"].voxel_noise != "gamma":
+        raise ValueError(f"RUN: {path} has voxel_noise={config['model'].voxel_noise!r}; only 'gamma' noise has spot energies")
+    geometry = CylindricalGeometry.from_dict(json.loads(ckpt["geometry_json"]))
+    tcfg, dcfg = config["train"], config["data"]
+    n_showers = tcfg.fom_showers if n_showers is None else n_showers
+    energy, reference = read_raw(validation, geometry, 0, n_showers)
+    spot = fit_spot_energy(physical_decoder_from_checkpoint(ckpt, geometry), energy, reference,
+                           threshold=dcfg.threshold, seed=tcfg.seed if seed is None else seed)
+    _atomic_save({**ckpt, "spot_coeffs": spot}, path)
+    log(f"voxel noise: spot energies of {path} refitted to the sparsity of {len(energy)} showers of {validation}")
+    return spot
 
 
 def _reference_features(energy: np.ndarray, reference: np.ndarray, geometry: CylindricalGeometry, threshold: float):
