@@ -6,6 +6,8 @@
 - to HDF5: ``Generator.write(path, n)`` (the writer thread overlaps the next
   decode) and the ``fastsim generate -o FILE.h5 --json`` command (its own
   summary figure), uncompressed, on the local disk of the temporary folder;
+- raw write: the same bytes written by one thread with plain ``os.write`` and
+  nothing decoding -- the page-cache cost the writer thread adds to decoding;
 - peak RSS: ``fastsim generate`` in a child process at two values of n (10^5
   and 10^6 by default; the files are deleted afterwards), read from the
   rusage of a small wrapper process's children: flat in n means the writer streams.
@@ -29,6 +31,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
 
 import fastsim  # noqa: E402
 from fastsim import bench  # noqa: E402
@@ -56,6 +60,27 @@ def peak_rss(command: list[str]) -> dict:
         raise SystemExit(f"{' '.join(command)} failed: {result['stderr'].strip()[-500:]}")
     # ru_maxrss is in KiB on Linux.
     return {"peak_rss_mib": result["maxrss_kib"] / 1024, "seconds": result["seconds"], "stdout": result["stdout"]}
+
+
+def raw_write_rate(path: Path, n: int, n_voxels: int, batch: int = DEFAULT_BATCH_SIZE) -> dict:
+    """Showers/s at which one thread writes the same bytes to a new file, nothing else running.
+
+    Plain ``os.write`` of one batch-sized float32 buffer over and over: the
+    kernel's cost of taking new data into the page cache on this disk, which
+    the writer thread of ``Generator.write`` pays on top of decoding.
+    """
+    block = memoryview(np.ones((batch, n_voxels), dtype=np.float32)).cast("B")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        t0, t_cpu = time.perf_counter(), time.thread_time()
+        for _ in range(0, n, batch):
+            os.write(fd, block)
+        seconds, cpu = time.perf_counter() - t0, time.thread_time() - t_cpu
+    finally:
+        os.close(fd)
+        path.unlink(missing_ok=True)
+    rows = -(-n // batch) * batch
+    return {"showers_per_s": rows / seconds, "cpu_us_per_shower": 1e6 * cpu / rows}
 
 
 def _median_rate(fn, n: int, repeats: int) -> float:
@@ -108,6 +133,7 @@ def measure(model: str, *, smoke: bool = False, tmp_dir: str | None = None,
                 for _ in range(repeats)]
         result["hdf5_cli"] = {"showers_per_s": statistics.median(r["showers_per_s"] for r in runs),
                               "command": " ".join(cli[1:])}
+        result["raw_write"] = raw_write_rate(work / "raw.bin", n, spec.n_voxels)
         for key in ("hdf5_library", "hdf5_cli"):
             result[key]["vs_memory"] = result[key]["showers_per_s"] / result["memory"]["showers_per_s"]
             result[key]["vs_decode_only"] = result[key]["showers_per_s"] / result["decode_only"]["showers_per_s"]

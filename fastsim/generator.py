@@ -18,7 +18,9 @@ fixed when comparing bits.
 
 from __future__ import annotations
 
+import collections
 import os
+import queue
 import time
 from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
@@ -29,7 +31,7 @@ import numpy as np
 
 from fastsim.conditions import ConditionPlan, plan_conditions
 from fastsim.errors import ArgumentError, ConditionError, ModelError, ProviderError
-from fastsim.io import ShowerWriter, check_mev_units, write_batches
+from fastsim.io import WRITE_QUEUE, ShowerWriter, check_mev_units, write_batches
 from fastsim.models import file_sha256, resolve_model
 from fastsim.prior import BLOCK_SIZE, MAX_SEED, BlockStreams
 from fastsim.session import make_session, physical_cores, provider_chain
@@ -107,18 +109,22 @@ class Generator:
                 return self._decode_rows(z, conditions, pool)
         return self._decode_rows(z, conditions, None)
 
-    def _decode_rows(self, z: np.ndarray, conditions: np.ndarray, pool: ThreadPoolExecutor | None) -> np.ndarray:
+    def _decode_rows(self, z: np.ndarray, conditions: np.ndarray, pool: ThreadPoolExecutor | None,
+                     out: np.ndarray | None = None) -> np.ndarray:
         """Decode checked, contiguous float32 rows: one run on a GPU, CPU_RUN_ROWS-row runs on the CPU.
 
-        CPU runs write straight into one preallocated output through IO binding
-        (no per-run output array, no copy); with a ``pool`` the rows are split
-        into one contiguous span per worker, the caller's thread taking the first.
+        CPU runs write straight into one output through IO binding (no per-run
+        output array, no copy): ``out`` when given (C-contiguous, (rows,
+        n_voxels), the model's output dtype), else a new array; with a ``pool``
+        the rows are split into one contiguous span per worker, the caller's
+        thread taking the first.
         """
         try:
             if self.provider != "CPUExecutionProvider":
                 return self.session.run([self._output], {self._inputs[0]: z, self._inputs[1]: conditions})[0]
             rows = len(z)
-            out = np.empty((rows, self.spec.n_voxels), dtype=self._out_dtype)
+            if out is None:
+                out = np.empty((rows, self.spec.n_voxels), dtype=self._out_dtype)
 
             def span(lo: int, hi: int) -> None:
                 binding = self.session.io_binding()
@@ -196,8 +202,7 @@ class Generator:
         # and this keeps each sample's bits independent of batch size and start.
         end = start + plan.n
         run_rows = -(-batch_size // BLOCK_SIZE) * BLOCK_SIZE
-        pool = (ThreadPoolExecutor(self.workers - 1, thread_name_prefix="fastsim-decode")
-                if self.workers > 1 else None)
+        pool = self._decode_pool()
         try:
             yield from self._runs(plan, streams, start, end, run_rows, batch_size, pool)
         finally:
@@ -214,10 +219,15 @@ class Generator:
         """
         return start - start % (BLOCK_SIZE if self.provider == "CPUExecutionProvider" else run_rows)
 
-    def _runs(self, plan: ConditionPlan, streams: BlockStreams, start: int, end: int, run_rows: int,
-              batch_size: int, pool: ThreadPoolExecutor | None):
-        pending: list[tuple[np.ndarray, np.ndarray]] = []
-        n_pending = 0
+    def _decoded(self, plan: ConditionPlan, streams: BlockStreams, start: int, end: int, run_rows: int,
+                 pool: ThreadPoolExecutor | None, buffer: Callable[[int], np.ndarray | None] | None = None):
+        """Yield ``(conditions, showers)`` per session run, cut to [start, end).
+
+        ``buffer(first)`` may give the (run_rows, n_voxels) array, in the
+        model's output dtype, that the run starting at global row ``first`` is
+        decoded into (a recycled buffer, or the caller's final array); None or
+        no ``buffer``: a new array.
+        """
         for first in range(self._grid_start(start, run_rows), end, run_rows):
             last = first + run_rows
             lo, hi = max(first, start), min(last, end)
@@ -226,9 +236,15 @@ class Generator:
             # Rows outside [start, end) only pad the run; give them valid conditions.
             conditions[:lo - first] = conditions[lo - first]
             conditions[hi - first:] = conditions[hi - first - 1]
-            showers = self._decode_rows(streams.latents(first, last), conditions, pool)
-            showers = showers[lo - first:hi - first].astype(np.float32, copy=False)
-            conditions = conditions[lo - first:hi - first]
+            out = buffer(first) if buffer is not None and self.provider == "CPUExecutionProvider" else None
+            showers = self._decode_rows(streams.latents(first, last), conditions, pool, out)
+            yield conditions[lo - first:hi - first], showers[lo - first:hi - first].astype(np.float32, copy=False)
+
+    def _runs(self, plan: ConditionPlan, streams: BlockStreams, start: int, end: int, run_rows: int,
+              batch_size: int, pool: ThreadPoolExecutor | None):
+        pending: list[tuple[np.ndarray, np.ndarray]] = []
+        n_pending = 0
+        for conditions, showers in self._decoded(plan, streams, start, end, run_rows, pool):
             pos = 0
             while pos < len(showers):
                 if not pending and len(showers) - pos >= batch_size:
@@ -244,6 +260,10 @@ class Generator:
                     pending, n_pending = [], 0
         if pending:
             yield _join(pending)
+
+    def _decode_pool(self):
+        """The worker threads of CPU decoding (None with one worker); the caller shuts it down."""
+        return ThreadPoolExecutor(self.workers - 1, thread_name_prefix="fastsim-decode") if self.workers > 1 else None
 
     @property
     def device_type(self) -> str:
@@ -330,15 +350,30 @@ class Generator:
         or ``(lo, hi)``), per-sample values (array or file), or a mapping by
         condition name. The same seed gives the same showers for any batch size.
         """
-        plan = self.plan(n, conditions, allow_extrapolation=allow_extrapolation, **named)
-        batches = self.iter_batches(conditions=plan, seed=seed, batch_size=batch_size, start=start)
+        plan, streams, start, batch_size = self._prepare(n, conditions, seed, batch_size, start,
+                                                         allow_extrapolation, named)
         all_conditions = np.empty((plan.n, self.spec.n_conditions), dtype=np.float32)
         showers = np.empty((plan.n, self.spec.n_voxels), dtype=np.float32)
-        pos = 0
-        for batch_conditions, batch_showers in batches:
-            all_conditions[pos:pos + len(batch_conditions)] = batch_conditions
-            showers[pos:pos + len(batch_showers)] = batch_showers
-            pos += len(batch_showers)
+        end, run_rows = start + plan.n, -(-batch_size // BLOCK_SIZE) * BLOCK_SIZE
+
+        def in_place(first: int) -> np.ndarray | None:
+            # Runs that lie inside [start, end) decode straight into the result: no copy.
+            if self._out_dtype != np.float32 or first < start or first + run_rows > end:
+                return None
+            return showers[first - start:first - start + run_rows]
+
+        pool = self._decode_pool()
+        try:
+            pos = 0
+            for run_conditions, run_showers in self._decoded(plan, streams, start, end, run_rows, pool, in_place):
+                k = len(run_showers)
+                all_conditions[pos:pos + k] = run_conditions
+                if not np.may_share_memory(run_showers, showers):
+                    showers[pos:pos + k] = run_showers
+                pos += k
+        finally:
+            if pool is not None:
+                pool.shutdown()
         return all_conditions, showers
 
     def write(
@@ -386,9 +421,7 @@ class Generator:
         resumed_from = writer.done
         with writer:
             if writer.done < plan.n:
-                batches = self.iter_batches(conditions=plan.subset(writer.done), seed=seed,
-                                            batch_size=batch_size, start=start + writer.done)
-                write_batches(writer, batches, on_batch=on_batch)
+                self._write_runs(writer, plan.subset(writer.done), seed, batch_size, start + writer.done, on_batch)
         seconds = time.perf_counter() - began
         generated = plan.n - resumed_from
         return {
@@ -408,6 +441,38 @@ class Generator:
             "batch_size": batch_size,
             "conditions": plan.describe(),
         }
+
+    def _write_runs(self, writer: ShowerWriter, plan: ConditionPlan, seed: int, batch_size: int, start: int,
+                    on_batch: Callable[[int], None] | None) -> None:
+        """Decode run by run into a fixed pool of buffers that the writer thread hands back.
+
+        The pool -- WRITE_QUEUE + 2 run buffers: one being decoded, WRITE_QUEUE
+        waiting, one being written -- is all the shower memory a write holds,
+        whatever ``n``, and no run faults in fresh pages.
+        """
+        streams = BlockStreams(seed, self.spec.latent_dim, self.spec.n_conditions)
+        end, run_rows = start + plan.n, -(-batch_size // BLOCK_SIZE) * BLOCK_SIZE
+        free: queue.SimpleQueue = queue.SimpleQueue()
+        for _ in range(WRITE_QUEUE + 2):
+            free.put(np.empty((run_rows, self.spec.n_voxels), dtype=self._out_dtype))
+        in_use: collections.deque = collections.deque()  # runs are written in the order they are decoded
+
+        def take(first: int) -> np.ndarray:
+            buffer = free.get()
+            in_use.append(buffer)
+            return buffer
+
+        def give_back() -> None:
+            if in_use:  # GPU runs use no buffer
+                free.put(in_use.popleft())
+
+        pool = self._decode_pool()
+        try:
+            runs = self._decoded(plan, streams, start, end, run_rows, pool, take)
+            write_batches(writer, runs, on_batch=on_batch, queue_size=WRITE_QUEUE, on_written=give_back)
+        finally:
+            if pool is not None:
+                pool.shutdown()
 
 
 def load(

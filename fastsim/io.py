@@ -39,6 +39,7 @@ __all__ = [
     "ATTR_PREFIX",
     "FORMATS",
     "PARTIAL_SUFFIX",
+    "WRITE_QUEUE",
     "ShowerWriter",
     "check_mev_units",
     "check_output_path",
@@ -57,6 +58,8 @@ _SUFFIX_FORMATS = {".h5": "h5", ".hdf5": "h5", ".hdf": "h5", ".npz": "npz", ".np
 # Target size of one HDF5 chunk of showers; rows per chunk is a power of two so that
 # the usual power-of-two batch sizes write whole chunks.
 _CHUNK_BYTES = 1 << 20
+#: Batches decoded ahead of the writer thread (bounded, so memory stays flat in n).
+WRITE_QUEUE = 2
 # Attributes that must agree for a partial file to be resumed.
 _RUN_KEYS = ("seed", "n", "start", "model_sha256", "conditions", "n_voxels", "n_conditions")
 
@@ -250,7 +253,7 @@ class ShowerWriter:
     def _create_h5(self) -> None:
         import h5py
 
-        self._file = h5py.File(self.partial, "w", libver="earliest")
+        self._file = h5py.File(self.partial, "w", libver="earliest", rdcc_nbytes=0)
         options: dict[str, Any] = {}
         if self.compression:
             options = {"compression": self.compression, "compression_opts": self.compression_level}
@@ -325,7 +328,10 @@ class ShowerWriter:
         rows = slice(self.done, self.done + k)
         try:
             if self.format == "h5":
-                self._file["showers"][rows] = showers
+                dataset = self._file["showers"]
+                step = dataset.chunks[0]
+                for lo in range(0, k, step):  # chunk by chunk: h5py holds the GIL for each write
+                    dataset[self.done + lo:self.done + min(k, lo + step)] = showers[lo:lo + step]
                 self._file["incident_energies"][rows] = conditions[:, self.energy_column:self.energy_column + 1]
                 if "conditions" in self._file:
                     self._file["conditions"][rows] = conditions
@@ -412,12 +418,15 @@ def write_batches(
     batches: Iterable[tuple[np.ndarray, np.ndarray]],
     *,
     on_batch: Callable[[int], None] | None = None,
-    queue_size: int = 2,
+    queue_size: int = WRITE_QUEUE,
+    on_written: Callable[[], None] | None = None,
 ) -> int:
     """Write every batch to ``writer`` from one background thread while ``batches`` produces the next.
 
     ``on_batch(k)`` is called (in the caller's thread) after each batch of k
-    rows is handed over. Returns the number of rows written. An error in the
+    rows is handed over; ``on_written()`` (in the writer thread) once each
+    batch is done with -- written, or skipped after a failure -- so its
+    memory can be reused. Returns the number of rows written. An error in the
     writer thread is raised here; the writer itself is not closed.
     """
     pending: queue.Queue = queue.Queue(maxsize=queue_size)
@@ -428,12 +437,14 @@ def write_batches(
             item = pending.get()
             if item is _DONE:
                 return
-            if failure:
-                continue  # keep draining so the producer never blocks
             try:
-                writer.write(*item)
+                if not failure:  # after a failure, keep draining so the producer never blocks
+                    writer.write(*item)
             except BaseException as exc:  # re-raised in the caller's thread
                 failure.append(exc)
+            finally:
+                if on_written is not None:
+                    on_written()
 
     thread = threading.Thread(target=drain, name="fastsim-writer", daemon=True)
     thread.start()

@@ -299,6 +299,43 @@ def test_torch_peer_matches_the_calochallenge_shaped_decoder(tmp_path):
     assert parity["max_rel_diff_voxel_above_1MeV"] < 1e-4
 
 
+def test_torch_peer_runs_uint32_hash_arithmetic_bit_exactly(tmp_path):
+    # The bundled model's voxel noise is uint32 arithmetic (Mul/Add wrap modulo 2^32,
+    # BitShift); torch has no uint32 kernels, so the peer must emulate it exactly.
+    from torch_peer import TorchDecoder
+
+    import torch
+
+    nodes = [
+        helper.make_node("Mul", ["z", "scale"], ["zs"]),
+        helper.make_node("Floor", ["zs"], ["zf"]),
+        helper.make_node("Cast", ["zf"], ["zi"], to=TensorProto.INT64),
+        helper.make_node("Add", ["zi", "offset"], ["zo"]),
+        helper.make_node("Cast", ["zo"], ["u"], to=TensorProto.UINT32),
+        helper.make_node("Mul", ["u", "big"], ["m"]),          # wraps
+        helper.make_node("Add", ["m", "big"], ["a"]),          # wraps
+        helper.make_node("BitShift", ["a", "sixteen"], ["s"], direction="RIGHT"),
+        helper.make_node("Mul", ["s", "s"], ["sq"]),           # wraps
+        helper.make_node("BitShift", ["sq", "three"], ["l"], direction="LEFT"),  # drops high bits
+        helper.make_node("Add", ["l", "a"], ["h"]),
+        helper.make_node("Cast", ["h"], ["showers"], to=TensorProto.FLOAT),
+    ]
+    inits = {"scale": np.array(65536.0, np.float32), "offset": np.array(2**24, np.int64),
+             "big": np.array(0x85EBCA6B, np.uint32), "sixteen": np.array(16, np.uint32),
+             "three": np.array(3, np.uint32)}
+    path = _graph_model(tmp_path / "hash.onnx", nodes, inits, latent_dim=8, n_voxels=8)
+    import onnxruntime as ort
+
+    z = np.random.default_rng(2).standard_normal((32, 8)).astype(np.float32) * 100
+    c = np.ones((32, 1), np.float32)
+    expected = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+        None, {"z": z, "conditions": c})[0]
+    with torch.inference_mode():
+        got = TorchDecoder(path)(torch.from_numpy(z), torch.from_numpy(c)).numpy()
+    assert expected.max() > 2**31  # the words use all 32 bits
+    np.testing.assert_array_equal(got, expected)
+
+
 def test_torch_peer_refuses_operators_it_does_not_implement(tmp_path):
     from torch_peer import TorchDecoder
 
@@ -404,3 +441,16 @@ def test_torch_peer_handles_omitted_optional_inputs(tmp_path):
                                                          "hi": np.array(2.0, np.float32)}, latent_dim=4, n_voxels=6)
     parity = check_parity(path, bench.decode_inputs(read_spec(path), 16, seed=1))
     assert parity["max_rel_diff_total"] < 1e-6
+
+
+def test_profile_shares_add_up_and_name_the_matrix_products(toy_model, tmp_path):
+    import bench_profile
+
+    doc = bench_profile.measure(str(toy_model), rows=8, runs=3, top=5)
+    shares = [row["share"] for row in doc["op_types"]]
+    assert abs(sum(shares) - 1.0) < 0.01 and shares == sorted(shares, reverse=True)
+    ops = {row["op"] for row in doc["op_types"]}
+    assert ops & bench_profile.MATRIX_OPS and 0.0 < doc["matrix_share"] <= 1.0
+    assert doc["nodes"] >= len(doc["top_nodes"]) > 0 and doc["us_per_shower_profiled"] > 0
+    markdown = bench_profile.render_markdown(doc)
+    assert "| operator | share of kernel time | nodes |" in markdown

@@ -50,6 +50,41 @@ def test_written_files_hold_exactly_the_generated_showers(gen, reference, tmp_pa
     assert np.array_equal(energies, reference[0]) and np.array_equal(showers, reference[1])
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_write_recycles_a_fixed_pool_of_buffers_without_mixing_runs(wide_model, tmp_path, monkeypatch, threads):
+    # A slow writer makes the decoder wait for buffers to come back: every run must still
+    # land in the file intact, and no more than WRITE_QUEUE + 2 buffers may ever exist.
+    import time
+
+    from fastsim import generator as generator_module
+    from fastsim.io import WRITE_QUEUE
+
+    gen = fastsim.load(wide_model, device="cpu", threads=threads)
+    n, start = 9 * 1024 + 37, 100
+    expected = gen.generate(n, seed=8, start=start, batch_size=1024)
+    slow_write = ShowerWriter.write
+
+    def write(self, conditions, showers):
+        time.sleep(0.01)
+        slow_write(self, conditions, showers)
+
+    allocations = []
+    real_empty = np.empty
+
+    def counting_empty(shape, *args, **kwargs):
+        if tuple(shape)[-1:] == (6480,):
+            allocations.append(tuple(shape))
+        return real_empty(shape, *args, **kwargs)
+
+    monkeypatch.setattr(ShowerWriter, "write", write)
+    monkeypatch.setattr(generator_module.np, "empty", counting_empty)
+    gen.write(tmp_path / "w.h5", n, seed=8, start=start, batch_size=1024)
+    monkeypatch.undo()
+    energies, showers = read_output(tmp_path / "w.h5")
+    assert np.array_equal(energies, expected[0]) and np.array_equal(showers, expected[1])
+    assert allocations == [(1024, 6480)] * (WRITE_QUEUE + 2)
+
+
 def test_hdf5_layout_and_attributes(gen, tmp_path):
     path = tmp_path / "out.h5"
     gen.write(path, 700, "50GeV", seed=12, compression="gzip")
@@ -96,30 +131,31 @@ def test_error_after_rows_keeps_the_hdf5_partial_for_resuming(tmp_path):
     assert not path.exists() and partial_progress(path) == 4
 
 
-def _interrupt_write(gen, path, after_batches, **kwargs):
-    """Run gen.write, raising KeyboardInterrupt from the decoding loop after some batches (like Ctrl-C)."""
-    original = gen.iter_batches
+def _interrupt_write(gen, path, after_runs, **kwargs):
+    """Run gen.write, raising KeyboardInterrupt from the decoding loop after some session runs (like Ctrl-C)."""
+    original = gen._decoded
 
     def interrupted(*args, **kw):
-        for i, batch in enumerate(original(*args, **kw)):
-            if i == after_batches:
+        for i, run in enumerate(original(*args, **kw)):
+            if i == after_runs:
                 raise KeyboardInterrupt
-            yield batch
+            yield run
 
-    gen.iter_batches = interrupted
+    gen._decoded = interrupted
     try:
         with pytest.raises(KeyboardInterrupt):
             gen.write(path, **kwargs)
     finally:
-        del gen.iter_batches
+        del gen._decoded
 
 
 def test_resume_is_bitwise_identical_to_an_uninterrupted_run(gen, reference, tmp_path):
     path = tmp_path / "r.h5"
-    _interrupt_write(gen, path, 2, n=N, conditions="10GeV:1TeV", seed=3, batch_size=256, compression="lzf")
-    assert not path.exists() and partial_progress(path) == 512
+    # batch_size 256 still decodes whole 1024-row runs on the block grid; each run is written at once.
+    _interrupt_write(gen, path, 1, n=N, conditions="10GeV:1TeV", seed=3, batch_size=256, compression="lzf")
+    assert not path.exists() and partial_progress(path) == 1024
     summary = gen.write(path, N, "10GeV:1TeV", seed=3, batch_size=700, compression="lzf", resume=True)
-    assert summary["resumed_from"] == 512 and summary["generated"] == N - 512
+    assert summary["resumed_from"] == 1024 and summary["generated"] == N - 1024
     energies, showers = read_output(path)
     assert np.array_equal(energies, reference[0]) and np.array_equal(showers, reference[1])
 
@@ -134,11 +170,11 @@ def test_resume_refuses_a_different_run(gen, tmp_path, change, message):
     path = tmp_path / "r.h5"
     args = {"n": N, "conditions": "10GeV:1TeV", "seed": 3, "start": 0}
     _interrupt_write(gen, path, 1, batch_size=256, **args)
-    assert partial_progress(path) == 256
+    assert partial_progress(path) == 1024
     args.update(change)
     with pytest.raises(OutputError, match=f"resume: .* is from a different run: .*{message}"):
         gen.write(path, resume=True, batch_size=256, **args)
-    assert partial_progress(path) == 256  # the partial run is left as it was
+    assert partial_progress(path) == 1024  # the partial run is left as it was
 
 
 def test_existing_output_needs_force(gen, tmp_path):
