@@ -318,8 +318,8 @@ def _worker_generator(ref: _ModelRef) -> Any:
 class _HashingWriter:
     """Hands rows to a ShowerWriter, hashing each dataset's bytes exactly as the writer stores them.
 
-    Used from io.write_batches' writer thread, so the hashing (which releases the
-    GIL) overlaps decoding, and the checksums cost no second read of the file.
+    Used from the writer thread of ``Generator._write_runs``, so the hashing (which
+    releases the GIL) overlaps decoding, and the checksums cost no second read of the file.
     """
 
     def __init__(self, writer: Any, with_conditions: bool) -> None:
@@ -343,13 +343,13 @@ class _HashingWriter:
 
 def _generate_shard(task: _ShardTask) -> dict:
     """Generate one shard into its file (temporary name, then renamed); return its record."""
-    from fastsim.io import ShowerWriter, write_batches
+    from fastsim.io import ShowerWriter
 
     began = time.perf_counter()
     gen = _worker_generator(task.model)
     final = Path(task.path)
     n = task.stop - task.start
-    batches = gen.iter_batches(n, task.plan, seed=task.seed, batch_size=task.batch_size, start=task.start)
+    plan = gen.plan(n, task.plan)
     # The writer renames its NAME.partial to NAME when complete; NAME is unique to this
     # attempt, and only the last rename gives the shard its final name.
     staged = final.with_name(f"{final.name}.{uuid.uuid4().hex}")
@@ -357,7 +357,8 @@ def _generate_shard(task: _ShardTask) -> dict:
     with ShowerWriter(staged, n=n, n_voxels=gen.spec.n_voxels, condition_names=names, attrs=task.attrs,
                       fmt="h5", compression=task.compression) as writer:
         hashing = _HashingWriter(writer, with_conditions=len(names) > 1)
-        write_batches(hashing, batches)
+        # The runtime's own write path: recycled page-aligned run buffers, O_DIRECT where possible.
+        gen._write_runs(hashing, plan, task.seed, task.batch_size, task.start, None)
     try:
         os.replace(staged, final)
     except OSError as exc:

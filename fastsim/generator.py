@@ -31,7 +31,7 @@ import numpy as np
 
 from fastsim.conditions import ConditionPlan, plan_conditions
 from fastsim.errors import ArgumentError, ConditionError, ModelError, ProviderError
-from fastsim.io import WRITE_QUEUE, ShowerWriter, check_mev_units, write_batches
+from fastsim.io import WRITE_QUEUE, ShowerWriter, aligned_empty, check_mev_units, write_batches
 from fastsim.models import file_sha256, resolve_model
 from fastsim.prior import BLOCK_SIZE, MAX_SEED, BlockStreams
 from fastsim.session import make_session, physical_cores, provider_chain
@@ -433,6 +433,7 @@ class Generator:
             "provider": self.provider,
             "output": str(writer.path),
             "format": writer.format,
+            "io": writer.io,
             "seed": seed,
             "start": start,
             "model": self.spec.name,
@@ -454,7 +455,7 @@ class Generator:
         end, run_rows = start + plan.n, -(-batch_size // BLOCK_SIZE) * BLOCK_SIZE
         free: queue.SimpleQueue = queue.SimpleQueue()
         for _ in range(WRITE_QUEUE + 2):
-            free.put(np.empty((run_rows, self.spec.n_voxels), dtype=self._out_dtype))
+            free.put(aligned_empty((run_rows, self.spec.n_voxels), self._out_dtype))  # page-aligned: O_DIRECT
         in_use: collections.deque = collections.deque()  # runs are written in the order they are decoded
 
         def take(first: int) -> np.ndarray:

@@ -22,7 +22,10 @@ releases the GIL), with a bounded queue so memory stays flat in n.
 
 from __future__ import annotations
 
+import errno
 import json
+import math
+import mmap
 import os
 import queue
 import threading
@@ -41,6 +44,7 @@ __all__ = [
     "PARTIAL_SUFFIX",
     "WRITE_QUEUE",
     "ShowerWriter",
+    "aligned_empty",
     "check_mev_units",
     "check_output_path",
     "output_format",
@@ -55,13 +59,24 @@ FORMATS = ("h5", "npz", "npy")
 PARTIAL_SUFFIX = ".partial"
 ATTR_PREFIX = "fastsim."
 _SUFFIX_FORMATS = {".h5": "h5", ".hdf5": "h5", ".hdf": "h5", ".npz": "npz", ".npy": "npy"}
-# Target size of one HDF5 chunk of showers; rows per chunk is a power of two so that
-# the usual power-of-two batch sizes write whole chunks.
+# Target size of one HDF5 chunk of compressed showers; rows per chunk is a power of two
+# so that the usual power-of-two batch sizes write whole chunks.
 _CHUNK_BYTES = 1 << 20
+# Uncompressed showers are one contiguous dataset, aligned to this many bytes in the file,
+# written with O_DIRECT where the file system allows: taking ~1 GB/s of new data into the
+# page cache cost the kernel as much CPU as decoding it (measured: benchmarks/README.md).
+_DIRECT_ALIGN = 4096
 #: Batches decoded ahead of the writer thread (bounded, so memory stays flat in n).
 WRITE_QUEUE = 2
 # Attributes that must agree for a partial file to be resumed.
 _RUN_KEYS = ("seed", "n", "start", "model_sha256", "conditions", "n_voxels", "n_conditions")
+
+
+def aligned_empty(shape: tuple[int, ...], dtype: Any = np.float32) -> np.ndarray:
+    """An uninitialised array whose data starts on a page boundary (what O_DIRECT writes need)."""
+    count = int(np.prod(shape))
+    buffer = mmap.mmap(-1, max(1, count * np.dtype(dtype).itemsize))
+    return np.frombuffer(buffer, dtype=dtype, count=count).reshape(shape)
 
 
 def output_format(path: str | os.PathLike, fmt: str | None = None) -> str:
@@ -227,6 +242,10 @@ class ShowerWriter:
         self.done = 0
         self._file: Any = None
         self._closed = False
+        self._direct: int | None = None  # O_DIRECT descriptor of a contiguous showers dataset
+        self._data_offset = 0
+        #: How the showers reach the disk: "direct" (O_DIRECT), or "hdf5" (through h5py and the page cache).
+        self.io = "hdf5"
         if resume:
             self._reopen()
         else:
@@ -253,15 +272,25 @@ class ShowerWriter:
     def _create_h5(self) -> None:
         import h5py
 
-        self._file = h5py.File(self.partial, "w", libver="earliest", rdcc_nbytes=0)
+        self._file = h5py.File(self.partial, "w", libver="earliest", rdcc_nbytes=0,
+                               alignment_threshold=1 << 16, alignment_interval=_DIRECT_ALIGN)
         options: dict[str, Any] = {}
         if self.compression:
             options = {"compression": self.compression, "compression_opts": self.compression_level}
-        rows = _chunk_rows(self.n, self.n_voxels)
         self._file.create_dataset("incident_energies", shape=(self.n, 1), dtype="float32",
                                   chunks=(min(self.n, 1 << 16), 1), **options)
-        self._file.create_dataset("showers", shape=(self.n, self.n_voxels), dtype="float32",
-                                  chunks=(rows, self.n_voxels), **options)
+        if self.compression:
+            rows = _chunk_rows(self.n, self.n_voxels)
+            self._file.create_dataset("showers", shape=(self.n, self.n_voxels), dtype="float32",
+                                      chunks=(rows, self.n_voxels), **options)
+        else:
+            # Contiguous, its file space allocated now (so its offset is known) and never
+            # filled (a sparse file until written).
+            dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+            dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+            dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
+            h5py.h5d.create(self._file.id, b"showers", h5py.h5t.IEEE_F32LE,
+                            h5py.h5s.create_simple((self.n, self.n_voxels)), dcpl=dcpl)
         if len(self.condition_names) > 1:
             self._file.create_dataset("conditions", shape=(self.n, len(self.condition_names)), dtype="float32",
                                       chunks=(min(self.n, 1 << 14), len(self.condition_names)), **options)
@@ -269,6 +298,58 @@ class ShowerWriter:
             self._file.attrs[ATTR_PREFIX + key] = _encode(value)
         self._file.attrs[ATTR_PREFIX + "progress"] = 0
         self._file.flush()
+        self._open_direct()
+
+    def _open_direct(self) -> None:
+        """Use O_DIRECT for a contiguous, aligned showers dataset where the file system takes it."""
+        dataset = self._file["showers"]
+        offset = dataset.id.get_offset()
+        if dataset.chunks is not None or offset is None or offset % _DIRECT_ALIGN or not hasattr(os, "O_DIRECT"):
+            return
+        try:
+            self._direct = os.open(self.partial, os.O_WRONLY | os.O_DIRECT)
+        except OSError:  # e.g. tmpfs: no O_DIRECT; h5py writes instead
+            return
+        self._data_offset, self.io = offset, "direct"
+
+    def _close_direct(self) -> None:
+        if self._direct is not None:
+            os.close(self._direct)
+            self._direct = None
+
+    def _write_showers(self, showers: np.ndarray) -> None:
+        """Rows [done, done + k): the page-aligned middle with O_DIRECT, the rest through h5py."""
+        dataset = self._file["showers"]
+        k, row_bytes = len(showers), self.n_voxels * 4
+        through_h5py = [(0, k)]
+        if self._direct is not None:
+            period = _DIRECT_ALIGN // math.gcd(row_bytes, _DIRECT_ALIGN)  # rows between aligned offsets
+            lo = min(k, -self.done % period)
+            hi = lo + (k - lo) // period * period
+            # The memory must be page-aligned too (the generator's run buffers are).
+            if hi > lo and showers[lo:].ctypes.data % _DIRECT_ALIGN == 0 and self._pwrite_direct(showers[lo:hi], lo):
+                through_h5py = [(0, lo), (hi, k)]
+        step = dataset.chunks[0] if dataset.chunks else max(1, _CHUNK_BYTES // row_bytes)
+        for a, b in through_h5py:
+            for first in range(a, b, step):  # in pieces: h5py holds the GIL for each write
+                last = min(b, first + step)
+                dataset[self.done + first:self.done + last] = showers[first:last]
+
+    def _pwrite_direct(self, rows: np.ndarray, lo: int) -> bool:
+        """Write ``rows`` (rows done + lo ...) with O_DIRECT; False if the file system refuses it outright."""
+        view = memoryview(rows).cast("B")
+        start = position = self._data_offset + (self.done + lo) * self.n_voxels * 4
+        try:
+            while len(view):
+                written = os.pwrite(self._direct, view, position)
+                view, position = view[written:], position + written
+        except OSError as exc:
+            if exc.errno != errno.EINVAL or position != start:
+                raise
+            self._close_direct()  # this file system takes no O_DIRECT writes: h5py from now on
+            self.io = "hdf5"
+            return False
+        return True
 
     def _create_npy(self) -> None:
         self._file = open(self.partial, "wb")
@@ -312,7 +393,9 @@ class ShowerWriter:
             self.done = int(progress)
             if self.compression is None:
                 self.compression = showers.compression
+            self._open_direct()
         except BaseException:
+            self._close_direct()
             self._file.close()
             self._file = None
             raise
@@ -328,10 +411,7 @@ class ShowerWriter:
         rows = slice(self.done, self.done + k)
         try:
             if self.format == "h5":
-                dataset = self._file["showers"]
-                step = dataset.chunks[0]
-                for lo in range(0, k, step):  # chunk by chunk: h5py holds the GIL for each write
-                    dataset[self.done + lo:self.done + min(k, lo + step)] = showers[lo:lo + step]
+                self._write_showers(showers)
                 self._file["incident_energies"][rows] = conditions[:, self.energy_column:self.energy_column + 1]
                 if "conditions" in self._file:
                     self._file["conditions"][rows] = conditions
@@ -356,6 +436,7 @@ class ShowerWriter:
         if self.done != self.n:
             raise OutputError(f"output: only {self.done} of {self.n} rows written to {str(self.partial)!r}")
         if self.format == "h5":
+            self._close_direct()
             self._file.attrs[ATTR_PREFIX + "complete"] = True
             self._file.close()
         elif self.format == "npz":
@@ -384,6 +465,7 @@ class ShowerWriter:
             return
         keep = self.format == "h5" and self.done > 0
         try:
+            self._close_direct()
             if self._file is not None:
                 self._file.close()
             if self.format == "npz":
