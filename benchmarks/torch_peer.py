@@ -156,7 +156,7 @@ def _fold(fn: Callable, xs):
 _UINT32 = 12  # onnx.TensorProto.UINT32
 _U32_MASK = 0xFFFFFFFF
 _U32_WRAPPING = {"Mul", "Add", "Sub", "BitShift"}  # results masked back to 32 bits
-_U32_PRESERVING = _U32_WRAPPING | {"Split", "Slice", "Reshape", "Identity", "Expand", "Concat", "Squeeze",
+_U32_PRESERVING = _U32_WRAPPING | {"Div", "Split", "Slice", "Reshape", "Identity", "Expand", "Concat", "Squeeze",
                                    "Unsqueeze", "Transpose", "Flatten"}
 
 

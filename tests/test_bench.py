@@ -300,8 +300,8 @@ def test_torch_peer_matches_the_calochallenge_shaped_decoder(tmp_path):
 
 
 def test_torch_peer_runs_uint32_hash_arithmetic_bit_exactly(tmp_path):
-    # The bundled model's voxel noise is uint32 arithmetic (Mul/Add wrap modulo 2^32,
-    # BitShift); torch has no uint32 kernels, so the peer must emulate it exactly.
+    # The bundled model's voxel noise is uint32 arithmetic (Mul/Add wrap modulo 2^32, Div);
+    # torch has no uint32 kernels, so the peer must emulate it exactly.
     from torch_peer import TorchDecoder
 
     import torch
@@ -317,12 +317,13 @@ def test_torch_peer_runs_uint32_hash_arithmetic_bit_exactly(tmp_path):
         helper.make_node("BitShift", ["a", "sixteen"], ["s"], direction="RIGHT"),
         helper.make_node("Mul", ["s", "s"], ["sq"]),           # wraps
         helper.make_node("BitShift", ["sq", "three"], ["l"], direction="LEFT"),  # drops high bits
-        helper.make_node("Add", ["l", "a"], ["h"]),
+        helper.make_node("Div", ["l", "sixty_k"], ["d"]),      # exact floor division, a right shift
+        helper.make_node("Add", ["d", "a"], ["h"]),
         helper.make_node("Cast", ["h"], ["showers"], to=TensorProto.FLOAT),
     ]
     inits = {"scale": np.array(65536.0, np.float32), "offset": np.array(2**24, np.int64),
              "big": np.array(0x85EBCA6B, np.uint32), "sixteen": np.array(16, np.uint32),
-             "three": np.array(3, np.uint32)}
+             "three": np.array(3, np.uint32), "sixty_k": np.array(65536, np.uint32)}
     path = _graph_model(tmp_path / "hash.onnx", nodes, inits, latent_dim=8, n_voxels=8)
     import onnxruntime as ort
 

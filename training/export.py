@@ -155,7 +155,7 @@ def _trace(decoder: PhysicalDecoder, path: Path) -> None:
 
 
 class _OnnxU32:
-    """uint32 arithmetic as ONNX nodes (Mul and Add wrap modulo 2^32; BitShift), for :func:`noise_words`."""
+    """uint32 arithmetic as ONNX nodes (Mul and Add wrap modulo 2^32; Div), for :func:`noise_words`."""
 
     def __init__(self, prefix: str):
         self.prefix, self.nodes, self.initializers, self._constants = prefix, [], [], {}
@@ -188,7 +188,8 @@ class _OnnxU32:
         return self.node("Add", x, y)
 
     def shr(self, x, k):
-        return self.node("BitShift", x, k, direction="RIGHT")
+        # x >> k as exact integer division: ONNX Runtime's CUDA provider has no BitShift kernel.
+        return self.node("Div", x, 2**k)
 
 
 def _expand_noise_words(model):

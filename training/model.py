@@ -178,18 +178,21 @@ class ShowerVAE(nn.Module):
 
 
 # Voxel-noise hash: exact uint32 arithmetic -- wrapping multiplies and adds,
-# right shifts -- so torch, ONNX Runtime on any device and any host draw the
-# same bits. ONNX (opset 17) has no xor, so the per-shower rounds square
-# (x -> y^2 + c with y = x + (x >> 16)): without a nonlinearity, seeds one
-# quantum apart would give visibly related noise. The cheap per-voxel rounds
-# (y * C) only have to spread an already mixed shower state over the voxels.
+# and right shifts done as exact division by 2^k (ONNX Runtime's CUDA provider
+# has no BitShift kernel) -- so torch, ONNX Runtime on any device and any host
+# draw the same bits. ONNX (opset 17) has no xor, so the per-shower rounds
+# square (x -> y^2 + c with y = x + (x >> 16)): without a nonlinearity, seeds
+# one quantum apart would give visibly related noise. Per voxel, h = (state +
+# A_v) * M_v spreads the mixed shower state over the voxels and each word is
+# h -> h^2 + c: a square's top bits -- all that a float32 of the word keeps
+# -- depend on every bit of h, and it breaks the lattice that two affine maps
+# of one state would put two voxels on.
 _U32 = 0xFFFFFFFF
 _SEED_SCALE = 2.0**16  # resolution of a seed latent
 _SEED_OFFSET = 2**24  # makes floor(z * scale) positive for |z| < 256
 _SEED_MIX = 0x2545F491
 _SHOWER_ROUNDS = (0x85EBCA6B, 0xC2B2AE35, 0x27D4EB2F, 0x165667B1)
 _VOXEL_ROUNDS = (0x85EBCA6B, 0xC2B2AE35)  # one per word
-_STREAM_STEPS = (0x9E3779B9,)
 #: Placeholder node for the hash in a freshly traced graph (expanded by training.export).
 NOISE_WORDS_OP = "fastsim::NoiseWords"
 
@@ -202,10 +205,8 @@ def noise_words(ops, a, b, voxel_add, voxel_mul) -> list:
         state = ops.add(ops.mul(y, y), constant)
     h = ops.mul(ops.add(state, voxel_add), voxel_mul)
     words = []
-    for i, constant in enumerate(_VOXEL_ROUNDS):
-        if i:
-            h = ops.add(h, _STREAM_STEPS[i - 1])
-        h = ops.mul(ops.add(h, ops.shr(h, 16)), constant)
+    for constant in _VOXEL_ROUNDS:
+        h = ops.add(ops.mul(h, h), constant)
         words.append(h)
     return words
 
