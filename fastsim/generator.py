@@ -19,6 +19,7 @@ fixed when comparing bits.
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import queue
 import time
@@ -202,12 +203,8 @@ class Generator:
         # and this keeps each sample's bits independent of batch size and start.
         end = start + plan.n
         run_rows = -(-batch_size // BLOCK_SIZE) * BLOCK_SIZE
-        pool = self._decode_pool()
-        try:
+        with self._decode_pool() as pool:
             yield from self._runs(plan, streams, start, end, run_rows, batch_size, pool)
-        finally:
-            if pool is not None:
-                pool.shutdown()
 
     def _grid_start(self, start: int, run_rows: int) -> int:
         """First row of the run that holds ``start``, on a grid fixed by the global sample index.
@@ -261,9 +258,15 @@ class Generator:
         if pending:
             yield _join(pending)
 
-    def _decode_pool(self):
-        """The worker threads of CPU decoding (None with one worker); the caller shuts it down."""
-        return ThreadPoolExecutor(self.workers - 1, thread_name_prefix="fastsim-decode") if self.workers > 1 else None
+    @contextlib.contextmanager
+    def _decode_pool(self) -> Iterator[ThreadPoolExecutor | None]:
+        """The worker threads of CPU decoding besides the caller's (None with one worker)."""
+        pool = ThreadPoolExecutor(self.workers - 1, thread_name_prefix="fastsim-decode") if self.workers > 1 else None
+        try:
+            yield pool
+        finally:
+            if pool is not None:
+                pool.shutdown()
 
     @property
     def device_type(self) -> str:
@@ -362,8 +365,7 @@ class Generator:
                 return None
             return showers[first - start:first - start + run_rows]
 
-        pool = self._decode_pool()
-        try:
+        with self._decode_pool() as pool:
             pos = 0
             for run_conditions, run_showers in self._decoded(plan, streams, start, end, run_rows, pool, in_place):
                 k = len(run_showers)
@@ -371,9 +373,6 @@ class Generator:
                 if not np.may_share_memory(run_showers, showers):
                     showers[pos:pos + k] = run_showers
                 pos += k
-        finally:
-            if pool is not None:
-                pool.shutdown()
         return all_conditions, showers
 
     def write(
@@ -467,13 +466,9 @@ class Generator:
             if in_use:  # GPU runs use no buffer
                 free.put(in_use.popleft())
 
-        pool = self._decode_pool()
-        try:
+        with self._decode_pool() as pool:
             runs = self._decoded(plan, streams, start, end, run_rows, pool, take)
             write_batches(writer, runs, on_batch=on_batch, queue_size=WRITE_QUEUE, on_written=give_back)
-        finally:
-            if pool is not None:
-                pool.shutdown()
 
 
 def load(
