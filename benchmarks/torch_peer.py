@@ -164,6 +164,12 @@ def _masked(fn: Callable) -> Callable:
     return lambda a, *xs: fn(a, *xs) & _U32_MASK
 
 
+def _u32_mul(a, x, y):
+    # Split y so no int64 product passes 2^63 (signed overflow is undefined in C++).
+    y_lo, y_hi = y & 0xFFFF, (y >> 16) & 0xFFFF
+    return (x * y_lo + (((x * y_hi) & 0xFFFF) << 16)) & _U32_MASK
+
+
 def _cast_u32(a, x):
     return x.to(torch.int64) & _U32_MASK
 
@@ -293,7 +299,7 @@ class TorchDecoder(torch.nn.Module):
                 fn = _cast_u32
                 uint32.update(node.output)
             elif node.input and node.input[0] in uint32 and node.op_type in _U32_PRESERVING:
-                fn = _masked(fn) if node.op_type in _U32_WRAPPING else fn
+                fn = _u32_mul if node.op_type == "Mul" else _masked(fn) if node.op_type in _U32_WRAPPING else fn
                 uint32.update(node.output)
             self._nodes.append((node.op_type, fn, attrs, list(node.input), list(node.output)))
         if unsupported:

@@ -432,7 +432,7 @@ class Generator:
             "provider": self.provider,
             "output": str(writer.path),
             "format": writer.format,
-            "io": writer.io,
+            "direct_io_fraction": round(writer.direct_fraction, 4),
             "seed": seed,
             "start": start,
             "model": self.spec.name,

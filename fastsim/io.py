@@ -6,14 +6,15 @@ to ``NAME`` only when every row is written, so no half-written file ever looks
 finished. HDF5 files follow the CaloChallenge layout: ``incident_energies``
 (N, 1) and ``showers`` (N, n_voxels), float32 MeV, with the run's description
 in file attributes (``fastsim.*``: spec, seed, n, start, conditions, model
-sha256, fastsim version). Compressed (gzip, lzf) showers are chunked;
-uncompressed ones are one contiguous dataset, page-aligned in the file, whose
-rows are written with ``O_DIRECT`` where the file system allows it and the
-memory is page-aligned (:func:`aligned_empty`; the generator's run buffers
-are): taking ~1 GB/s of new data into the page cache cost this project's
-2-core test machine as much CPU as decoding it. Anything else -- ragged ends,
-other memory, file systems that refuse ``O_DIRECT`` -- goes through h5py;
-the bytes are the same either way (``ShowerWriter.io`` says which ran).
+sha256, fastsim version). Compressed (gzip, lzf) showers are chunked and
+written by h5py; uncompressed ones are one contiguous dataset, page-aligned in
+the file, written by ``pwrite`` at its offset -- with ``O_DIRECT`` for rows
+whose file offset and memory are page-aligned (:func:`aligned_empty`; the
+generator's run buffers are) where the file system allows it: taking ~1 GB/s
+of new data into the page cache cost this project's 2-core test machine as
+much CPU as decoding it. Ragged ends, other memory and file systems that
+refuse ``O_DIRECT`` go through the page cache; the bytes are the same either
+way (``ShowerWriter.direct_fraction`` says how much went direct).
 
 Resuming: after each batch the data are flushed, then the attribute
 ``fastsim.progress`` (rows complete) is updated and flushed, so the attribute
@@ -250,10 +251,13 @@ class ShowerWriter:
         self.done = 0
         self._file: Any = None
         self._closed = False
-        self._direct: int | None = None  # O_DIRECT descriptor of a contiguous showers dataset
+        # A contiguous showers dataset is written with pwrite at its offset: through the
+        # page cache (_raw) and, for page-aligned rows and memory, with O_DIRECT (_direct).
+        self._raw: int | None = None
+        self._direct: int | None = None
         self._data_offset = 0
-        #: How the showers reach the disk: "direct" (O_DIRECT), or "hdf5" (through h5py and the page cache).
-        self.io = "hdf5"
+        self.bytes_direct = 0  # shower bytes this writer sent with O_DIRECT
+        self.bytes_written = 0  # all shower bytes this writer wrote
         if resume:
             self._reopen()
         else:
@@ -280,7 +284,7 @@ class ShowerWriter:
     def _create_h5(self) -> None:
         import h5py
 
-        self._file = h5py.File(self.partial, "w", libver="earliest", rdcc_nbytes=0,
+        self._file = h5py.File(self.partial, "w", libver="earliest",
                                alignment_threshold=1 << 16, alignment_interval=_DIRECT_ALIGN)
         options: dict[str, Any] = {}
         if self.compression:
@@ -306,57 +310,76 @@ class ShowerWriter:
             self._file.attrs[ATTR_PREFIX + key] = _encode(value)
         self._file.attrs[ATTR_PREFIX + "progress"] = 0
         self._file.flush()
-        self._open_direct()
+        self._open_raw()
 
-    def _open_direct(self) -> None:
-        """Use O_DIRECT for a contiguous, aligned showers dataset where the file system takes it."""
+    def _open_raw(self) -> None:
+        """Descriptors for a contiguous showers dataset: plain, and O_DIRECT where it is aligned and allowed.
+
+        h5py then never writes the showers (its sieve buffer could otherwise write
+        stale bytes over rows that went around it); chunked datasets stay with h5py.
+        """
         dataset = self._file["showers"]
         offset = dataset.id.get_offset()
-        if dataset.chunks is not None or offset is None or offset % _DIRECT_ALIGN or not hasattr(os, "O_DIRECT"):
+        if dataset.chunks is not None or offset is None:
             return
-        try:
-            self._direct = os.open(self.partial, os.O_WRONLY | os.O_DIRECT)
-        except OSError:  # e.g. tmpfs: no O_DIRECT; h5py writes instead
-            return
-        self._data_offset, self.io = offset, "direct"
+        self._raw, self._data_offset = os.open(self.partial, os.O_WRONLY), offset
+        if offset % _DIRECT_ALIGN == 0 and hasattr(os, "O_DIRECT"):
+            try:
+                self._direct = os.open(self.partial, os.O_WRONLY | os.O_DIRECT)
+            except OSError:  # e.g. tmpfs: no O_DIRECT, the plain descriptor does it all
+                pass
 
-    def _close_direct(self) -> None:
-        if self._direct is not None:
-            os.close(self._direct)
-            self._direct = None
+    def _close_raw(self) -> None:
+        for name in ("_direct", "_raw"):
+            fd = getattr(self, name)
+            setattr(self, name, None)  # first, so nothing can write to a reused descriptor number
+            if fd is not None:
+                os.close(fd)
+
+    @property
+    def direct_fraction(self) -> float:
+        """Fraction of the shower bytes written so far that went with O_DIRECT."""
+        return self.bytes_direct / self.bytes_written if self.bytes_written else 0.0
 
     def _write_showers(self, showers: np.ndarray) -> None:
-        """Rows [done, done + k): the page-aligned middle with O_DIRECT, the rest through h5py."""
-        dataset = self._file["showers"]
+        """Rows [done, done + k): by pwrite at the dataset's offset (the page-aligned middle with
+        O_DIRECT), or through h5py for a chunked dataset."""
         k, row_bytes = len(showers), self.n_voxels * 4
-        through_h5py = [(0, k)]
+        if self._raw is None:
+            dataset = self._file["showers"]
+            step = dataset.chunks[0]
+            for first in range(0, k, step):  # in pieces: h5py holds the GIL for each write
+                dataset[self.done + first:self.done + first + step] = showers[first:first + step]
+            self.bytes_written += k * row_bytes
+            return
+        plain = [(0, k)]
         if self._direct is not None:
             period = _DIRECT_ALIGN // math.gcd(row_bytes, _DIRECT_ALIGN)  # rows between aligned offsets
             lo = min(k, -self.done % period)
             hi = lo + (k - lo) // period * period
             # The memory must be page-aligned too (the generator's run buffers are).
-            if hi > lo and showers[lo:].ctypes.data % _DIRECT_ALIGN == 0 and self._pwrite_direct(showers[lo:hi], lo):
-                through_h5py = [(0, lo), (hi, k)]
-        step = dataset.chunks[0] if dataset.chunks else max(1, _CHUNK_BYTES // row_bytes)
-        for a, b in through_h5py:
-            for first in range(a, b, step):  # in pieces: h5py holds the GIL for each write
-                last = min(b, first + step)
-                dataset[self.done + first:self.done + last] = showers[first:last]
+            if hi > lo and showers[lo:].ctypes.data % _DIRECT_ALIGN == 0 and self._pwrite(showers, lo, hi, direct=True):
+                plain = [(0, lo), (hi, k)]
+        for lo, hi in plain:
+            if hi > lo:
+                self._pwrite(showers, lo, hi, direct=False)
 
-    def _pwrite_direct(self, rows: np.ndarray, lo: int) -> bool:
-        """Write ``rows`` (rows done + lo ...) with O_DIRECT; False if the file system refuses it outright."""
-        view = memoryview(rows).cast("B")
+    def _pwrite(self, showers: np.ndarray, lo: int, hi: int, *, direct: bool) -> bool:
+        """Write rows lo..hi of ``showers`` to file rows done + lo...; False if O_DIRECT is refused outright."""
+        view = memoryview(showers[lo:hi]).cast("B")
         start = position = self._data_offset + (self.done + lo) * self.n_voxels * 4
         try:
             while len(view):
-                written = os.pwrite(self._direct, view, position)
+                written = os.pwrite(self._direct if direct else self._raw, view, position)
                 view, position = view[written:], position + written
         except OSError as exc:
-            if exc.errno != errno.EINVAL or position != start:
+            if not direct or exc.errno != errno.EINVAL or position != start:
                 raise
-            self._close_direct()  # this file system takes no O_DIRECT writes: h5py from now on
-            self.io = "hdf5"
+            fd, self._direct = self._direct, None  # this file system takes no O_DIRECT writes
+            os.close(fd)
             return False
+        self.bytes_written += position - start
+        self.bytes_direct += (position - start) if direct else 0
         return True
 
     def _create_npy(self) -> None:
@@ -401,9 +424,9 @@ class ShowerWriter:
             self.done = int(progress)
             if self.compression is None:
                 self.compression = showers.compression
-            self._open_direct()
+            self._open_raw()
         except BaseException:
-            self._close_direct()
+            self._close_raw()
             self._file.close()
             self._file = None
             raise
@@ -444,7 +467,7 @@ class ShowerWriter:
         if self.done != self.n:
             raise OutputError(f"output: only {self.done} of {self.n} rows written to {str(self.partial)!r}")
         if self.format == "h5":
-            self._close_direct()
+            self._close_raw()
             self._file.attrs[ATTR_PREFIX + "complete"] = True
             self._file.close()
         elif self.format == "npz":
@@ -473,7 +496,7 @@ class ShowerWriter:
             return
         keep = self.format == "h5" and self.done > 0
         try:
-            self._close_direct()
+            self._close_raw()
             if self._file is not None:
                 self._file.close()
             if self.format == "npz":

@@ -52,8 +52,8 @@ def test_written_files_hold_exactly_the_generated_showers(gen, reference, tmp_pa
 
 @pytest.mark.parametrize("threads", [1, 2])
 def test_write_recycles_a_fixed_pool_of_buffers_without_mixing_runs(wide_model, tmp_path, monkeypatch, threads):
-    # A slow writer makes the decoder wait for buffers to come back: every run must still
-    # land in the file intact, and no more than WRITE_QUEUE + 2 buffers may ever exist.
+    # A slow writer keeps the queue full while the same few buffers go round: every run must
+    # still land in the file intact, and no more than WRITE_QUEUE + 2 buffers may ever exist.
     import time
 
     from fastsim import generator as generator_module
@@ -103,7 +103,9 @@ def test_hdf5_layout_and_attributes(gen, tmp_path):
 def test_uncompressed_showers_are_one_aligned_contiguous_dataset_written_directly(gen, reference, tmp_path):
     path = tmp_path / "d.h5"
     summary = gen.write(path, N, "10GeV:1TeV", seed=3, batch_size=512)
-    assert summary["io"] == "direct"  # O_DIRECT on this file system, from page-aligned run buffers
+    # O_DIRECT on this file system, from page-aligned run buffers: all but the last 28 rows
+    # (1500 = 23 x 64 + 28; offsets are page-aligned every 64 rows of 6480 floats).
+    assert summary["direct_io_fraction"] == round((N - 28) / N, 4)
     with h5py.File(path, "r") as fh:
         showers = fh["showers"]
         assert showers.chunks is None and showers.compression is None
@@ -112,21 +114,26 @@ def test_uncompressed_showers_are_one_aligned_contiguous_dataset_written_directl
 
 
 @pytest.mark.parametrize("refusal", ["open", "write"])
-def test_without_o_direct_the_same_bytes_go_through_h5py(gen, reference, tmp_path, monkeypatch, refusal):
+def test_without_o_direct_the_same_bytes_go_through_the_page_cache(gen, reference, tmp_path, monkeypatch, refusal):
     # Some file systems (tmpfs, some network mounts) refuse O_DIRECT when opening, others on
-    # the first write: either way the file must come out the same, written by h5py.
+    # the first write: either way the file must come out the same.
     import errno
     import os
 
     real_open, real_pwrite = os.open, os.pwrite
+    direct_fds = set()
 
     def open_(path, flags, *args):
-        if refusal == "open" and flags & getattr(os, "O_DIRECT", 0):
-            raise OSError(errno.EINVAL, "Invalid argument")
+        if flags & getattr(os, "O_DIRECT", 0):
+            if refusal == "open":
+                raise OSError(errno.EINVAL, "Invalid argument")
+            fd = real_open(path, flags, *args)
+            direct_fds.add(fd)
+            return fd
         return real_open(path, flags, *args)
 
     def pwrite(fd, data, offset):
-        if refusal == "write":
+        if fd in direct_fds:
             raise OSError(errno.EINVAL, "Invalid argument")
         return real_pwrite(fd, data, offset)
 
@@ -134,26 +141,47 @@ def test_without_o_direct_the_same_bytes_go_through_h5py(gen, reference, tmp_pat
     monkeypatch.setattr(os, "pwrite", pwrite)
     summary = gen.write(tmp_path / "b.h5", N, "10GeV:1TeV", seed=3, batch_size=512)
     monkeypatch.undo()
-    assert summary["io"] == "hdf5"
+    assert summary["direct_io_fraction"] == 0.0
+    assert bool(direct_fds) == (refusal == "write")
     energies, showers = read_output(tmp_path / "b.h5")
     assert np.array_equal(energies, reference[0]) and np.array_equal(showers, reference[1])
 
 
 def test_writer_takes_rows_in_any_memory_and_at_any_offset(tmp_path):
-    # Arrays a caller hands to ShowerWriter are not page-aligned, and rows may start anywhere:
-    # the aligned middle goes directly when it can, the rest through h5py, same bytes.
-    rng = np.random.default_rng(0)
-    data = rng.random((300, 6480), dtype=np.float32)
-    path = tmp_path / "any.h5"
+    # Arrays a caller hands to ShowerWriter need not be page-aligned, and rows may start
+    # anywhere: only rows whose file offset and memory are both page-aligned go direct.
     from fastsim.io import aligned_empty
 
+    rng = np.random.default_rng(0)
+    data = rng.random((300, 6480), dtype=np.float32)
     aligned = aligned_empty((300, 6480))
     aligned[...] = data
-    with ShowerWriter(path, n=300, n_voxels=6480) as writer:
-        writer.write(np.ones((7, 1)), data[:7])            # unaligned start
-        writer.write(np.ones((121, 1)), aligned[7:128])     # out of phase with the file
-        writer.write(np.ones((172, 1)), aligned[128:])      # in phase: direct middle, h5py tail
-    assert np.array_equal(read_output(path)[1], data)
+    row = 6480 * 4
+    with ShowerWriter(tmp_path / "any.h5", n=300, n_voxels=6480) as writer:
+        writer.write(np.ones((7, 1)), data[:7])            # ordinary memory
+        writer.write(np.ones((121, 1)), aligned[:121])      # file rows 7..: memory out of phase
+        assert writer.bytes_direct == 0
+        writer.write(np.ones((172, 1)), aligned[128:])      # file rows 128..: in phase
+        assert writer.bytes_direct == 128 * row  # two 64-row blocks; the last 44 rows through the cache
+    expected = np.concatenate([data[:7], data[:121], data[128:]])
+    assert np.array_equal(read_output(tmp_path / "any.h5")[1], expected)
+
+
+def test_an_open_showers_handle_cannot_write_stale_bytes_over_direct_rows(tmp_path):
+    # h5py's sieve buffer must never write stale bytes over rows that went around it: with a
+    # reader's handle to "showers" open all along, every row still comes out right.
+    from fastsim.io import aligned_empty
+
+    data = aligned_empty((1024, 10))
+    data[...] = np.arange(1024 * 10, dtype=np.float32).reshape(1024, 10)
+    with ShowerWriter(tmp_path / "h.h5", n=2048, n_voxels=10) as writer:
+        held = writer._file["showers"]
+        for rows in (600, 424, 600, 424):
+            start = writer.done % 1024
+            writer.write(np.ones((rows, 1)), data[start:start + rows])
+        del held
+    got = read_output(tmp_path / "h.h5")[1]
+    assert np.array_equal(got[:1024], data) and np.array_equal(got[1024:], data)
 
 
 def test_partial_file_until_closed_then_renamed(tmp_path):
@@ -204,12 +232,13 @@ def _interrupt_write(gen, path, after_runs, **kwargs):
         del gen._decoded
 
 
-def test_resume_is_bitwise_identical_to_an_uninterrupted_run(gen, reference, tmp_path):
+@pytest.mark.parametrize("compression", ["lzf", None])  # chunked by h5py; contiguous, O_DIRECT
+def test_resume_is_bitwise_identical_to_an_uninterrupted_run(gen, reference, tmp_path, compression):
     path = tmp_path / "r.h5"
     # batch_size 256 still decodes whole 1024-row runs on the block grid; each run is written at once.
-    _interrupt_write(gen, path, 1, n=N, conditions="10GeV:1TeV", seed=3, batch_size=256, compression="lzf")
+    _interrupt_write(gen, path, 1, n=N, conditions="10GeV:1TeV", seed=3, batch_size=256, compression=compression)
     assert not path.exists() and partial_progress(path) == 1024
-    summary = gen.write(path, N, "10GeV:1TeV", seed=3, batch_size=700, compression="lzf", resume=True)
+    summary = gen.write(path, N, "10GeV:1TeV", seed=3, batch_size=700, compression=compression, resume=True)
     assert summary["resumed_from"] == 1024 and summary["generated"] == N - 1024
     energies, showers = read_output(path)
     assert np.array_equal(energies, reference[0]) and np.array_equal(showers, reference[1])

@@ -180,13 +180,13 @@ class ShowerVAE(nn.Module):
 # Voxel-noise hash: exact uint32 arithmetic -- wrapping multiplies and adds,
 # and right shifts done as exact division by 2^k (ONNX Runtime's CUDA provider
 # has no BitShift kernel) -- so torch, ONNX Runtime on any device and any host
-# draw the same bits. ONNX (opset 17) has no xor, so the per-shower rounds
-# square (x -> y^2 + c with y = x + (x >> 16)): without a nonlinearity, seeds
-# one quantum apart would give visibly related noise. Per voxel, h = (state +
-# A_v) * M_v spreads the mixed shower state over the voxels and each word is
-# h -> h^2 + c: a square's top bits -- all that a float32 of the word keeps
-# -- depend on every bit of h, and it breaks the lattice that two affine maps
-# of one state would put two voxels on.
+# draw the same bits. Every step after the seeds is a bijection of uint32, so
+# distinct shower states never merge (a squaring would: h and h + 2^31 square
+# alike): the nonlinear step is RC6's x -> x (2x + 1) + c, and ONNX (opset 17)
+# has no xor, so the per-shower rounds bring the high half down with a
+# 16-bit rotation. Per voxel, h = (state + A_v) * M_v spreads the mixed shower
+# state over the voxels, and each word is the nonlinear step of the last: its
+# top bits -- all that a float32 of a word keeps -- depend on every bit of h.
 _U32 = 0xFFFFFFFF
 _SEED_SCALE = 2.0**16  # resolution of a seed latent
 _SEED_OFFSET = 2**24  # makes floor(z * scale) positive for |z| < 256
@@ -197,16 +197,25 @@ _VOXEL_ROUNDS = (0x85EBCA6B, 0xC2B2AE35)  # one per word
 NOISE_WORDS_OP = "fastsim::NoiseWords"
 
 
+def _scramble(ops, x, constant):
+    """x (2x + 1) + c mod 2^32: a permutation of uint32 (RC6), nonlinear, mixing upwards."""
+    return ops.add(ops.mul(x, ops.add(ops.add(x, x), 1)), constant)
+
+
+def _rotate16(ops, x):
+    """x rotated by 16 bits (a permutation): brings the high half down for the next scramble."""
+    return ops.add(ops.mul(x, 1 << 16), ops.shr(x, 16))
+
+
 def noise_words(ops, a, b, voxel_add, voxel_mul) -> list:
     """Two uint32 words per voxel slot from the two seed integers; ``ops`` is the arithmetic backend."""
     state = ops.add(ops.mul(a, _SEED_MIX), b)
     for constant in _SHOWER_ROUNDS:
-        y = ops.add(state, ops.shr(state, 16))
-        state = ops.add(ops.mul(y, y), constant)
+        state = _scramble(ops, _rotate16(ops, state), constant)
     h = ops.mul(ops.add(state, voxel_add), voxel_mul)
     words = []
     for constant in _VOXEL_ROUNDS:
-        h = ops.add(ops.mul(h, h), constant)
+        h = _scramble(ops, h, constant)
         words.append(h)
     return words
 
@@ -216,6 +225,8 @@ class _TorchU32:
 
     @staticmethod
     def mul(x, y):
+        if isinstance(y, int) and y < 2**31:  # the product stays below 2^63
+            return (x * y) & _U32
         # Split y so no product passes 2^63: the low 32 bits come out exact.
         y_lo, y_hi = y & 0xFFFF, (y >> 16) & 0xFFFF
         return (x * y_lo + (((x * y_hi) & 0xFFFF) << 16)) & _U32
