@@ -17,10 +17,10 @@ from fastsim.errors import (
     SpecError,
 )
 from fastsim.dataset import ShowerFile, open_showers
-from fastsim.distributed import open_dataset  # imports dask only when a cluster is used
 from fastsim.generator import Generator, load
 from fastsim.geometry import CylindricalGeometry, Layer, default_geometry
 from fastsim.models import bundled_models
+from fastsim.shards import open_dataset
 from fastsim.spec import ModelSpec, read_spec
 
 __all__ = [

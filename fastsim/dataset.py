@@ -1,13 +1,17 @@
 """Reading shower files in the CaloChallenge HDF5 layout, lazily and validated.
 
 A file holds ``incident_energies`` (N, 1) in MeV and ``showers`` (N, n_voxels) in
-MeV. This module owns opening such a file, checking its structure up front (keys,
+MeV. This module holds opening such a file, checking its structure up front (keys,
 shapes, lengths, the voxel count against a geometry, the incident energies) and
 streaming the showers in chunks, each checked as it is read for negative or
 non-finite values. The real dataset-2 files are 100k x 6480, so nothing here reads
 the whole showers dataset unless asked to.
 
 Every problem is a :class:`fastsim.errors.DataError` naming the file and dataset.
+
+:class:`ShowerSource` is what every reader of showers offers (a
+:class:`ShowerFile` here, a folder of shards in :mod:`fastsim.shards`), so code
+that consumes showers names that type, not a concrete reader.
 """
 
 from __future__ import annotations
@@ -15,19 +19,61 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from types import TracebackType
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
 from fastsim.errors import DataError
 from fastsim.geometry import CylindricalGeometry, GeometryError, default_geometry
 
-__all__ = ["DEFAULT_CHUNK_SIZE", "ShowerFile", "open_showers"]
+__all__ = ["DEFAULT_CHUNK_SIZE", "ShowerFile", "ShowerSource", "open_showers"]
 
 #: Showers per chunk when iterating (about 26 MB of float32 for 6480 voxels).
 DEFAULT_CHUNK_SIZE = 1000
 
 ENERGIES_KEY = "incident_energies"
 SHOWERS_KEY = "showers"
+
+_Source = TypeVar("_Source", bound="ShowerSource")
+
+
+class ShowerSource(Protocol):
+    """Showers read lazily from storage: a shower file or a folder of shards.
+
+    Rows are showers; energies are MeV. ``iter_chunks`` and ``read`` yield
+    ``(energies (k,) float64, showers (k, n_voxels) float32)``. A source is a
+    context manager that closes what it holds open.
+    """
+
+    path: Path
+    geometry: CylindricalGeometry | None
+
+    @property
+    def n(self) -> int: ...
+
+    @property
+    def n_voxels(self) -> int: ...
+
+    @property
+    def incident_energies(self) -> np.ndarray: ...
+
+    @property
+    def attrs(self) -> dict[str, Any]: ...
+
+    def __len__(self) -> int: ...
+
+    def iter_chunks(self, chunk_size: int = ..., start: int = 0,
+                    stop: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]: ...
+
+    def read(self, start: int = 0, stop: int | None = None) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def close(self) -> None: ...
+
+    def __enter__(self: _Source) -> _Source: ...
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None: ...
 
 
 class ShowerFile:

@@ -1,4 +1,4 @@
-"""Distributed generation on Dask: shards, the run manifest, resume, and reading shards back.
+"""Distributed generation on Dask: planning shards, running them, the run manifest, resume.
 
 A run of ``n`` showers is split into shards whose boundaries fall on the prior's
 random-stream blocks (:data:`fastsim.prior.BLOCK_SIZE`), so shard ``j`` holds
@@ -20,6 +20,9 @@ shared file system, as on batch clusters); one client at a time holds ``OUT``
 (an advisory lock, released even when the client is killed). Dask is optional: it is imported
 only when a cluster is used (``pip install 'fastsim[dask]'``); without a
 client the shards are generated one after the other in this process.
+
+Reading the shards of a finished run back is :mod:`fastsim.shards`
+(:func:`fastsim.open_dataset`), which needs none of this.
 """
 
 from __future__ import annotations
@@ -42,9 +45,29 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from fastsim._version import __version__
-from fastsim.errors import ArgumentError, DataError, FastsimError, ModelError, OutputError, ProviderError
+from fastsim.errors import (
+    ArgumentError,
+    ClusterError,
+    DataError,
+    FastsimError,
+    ModelError,
+    OutputError,
+    ProviderError,
+)
 from fastsim.prior import BLOCK_SIZE, MAX_SEED
 from fastsim.session import DEVICES, provider_chain
+
+# Reading shards back lives in fastsim.shards; these names stay importable from here.
+from fastsim.shards import (
+    DASK_HINT,
+    MANIFEST_FORMAT,
+    MANIFEST_NAME,
+    SHARD_DATASETS,
+    ShardedDataset,
+    open_dataset,
+    read_manifest,
+    shard_checksums,
+)
 
 __all__ = [
     "DASK_HINT",
@@ -59,9 +82,6 @@ __all__ = [
     "shard_checksums",
 ]
 
-MANIFEST_NAME = "manifest.json"
-MANIFEST_FORMAT = "fastsim-shards/1"
-DASK_HINT = "pip install 'fastsim[dask]'"
 #: Showers per shard when the number of shards is not given: 100 random-stream blocks,
 #: about 2.6 GB of float32 for 6480 voxels -- minutes of work per task, a file size
 #: batch file systems handle well.
@@ -71,17 +91,11 @@ _SHARD_FILE = re.compile(r"^shard-\d{5,}\.h5$")
 # A shard being written: shard-00042.h5.<token>[.partial], unique per attempt, so that a
 # straggler from an earlier, killed run never writes into the file of a new attempt.
 _PARTIAL_FILE = re.compile(r"^shard-\d{5,}\.h5\.[0-9a-f]{32}(\.partial)?$")
-_DATASETS = ("incident_energies", "showers")
-_HASH_ROWS = 4096
 # While shards finish, the manifest is rewritten only when this many times its last
 # write's duration has passed since (always written at the end).
 _MANIFEST_BUDGET = 20
 # The fields that identify a run: a manifest that differs in any of them is another run.
 _IDENTITY = ("n", "seed", "block_size", "conditions", "model_sha256", "shard_ranges")
-
-
-class ClusterError(FastsimError):
-    """The Dask cluster cannot be reached or used, or a shard kept failing."""
 
 
 # ----------------------------------------------------------------------------- planning
@@ -118,24 +132,6 @@ def plan_shards(n: int, shards: int | None = None, *, block_size: int = BLOCK_SI
 # ----------------------------------------------------------------------------- files and manifest
 
 
-def shard_checksums(path: str | os.PathLike) -> dict[str, str]:
-    """sha256 of each dataset's bytes (C order, as stored) in a shard file, read in chunks."""
-    import h5py
-
-    path = Path(path)
-    try:
-        with h5py.File(path, "r") as fh:
-            sums = {}
-            for key in _DATASETS + (("conditions",) if "conditions" in fh else ()):
-                data, digest = fh[key], hashlib.sha256()
-                for lo in range(0, data.shape[0], _HASH_ROWS):
-                    digest.update(np.ascontiguousarray(data[lo:lo + _HASH_ROWS]).tobytes())
-                sums[key] = digest.hexdigest()
-            return sums
-    except (OSError, KeyError) as exc:
-        raise DataError(f"{path}: cannot read shard file ({exc})") from None
-
-
 def _write_json_atomic(path: Path, doc: dict) -> None:
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
@@ -149,20 +145,6 @@ def _write_json_atomic(path: Path, doc: dict) -> None:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise OutputError(f"out: cannot write {str(path)!r} ({exc.strerror or exc})") from None
-
-
-def read_manifest(out: str | os.PathLike) -> dict:
-    """The manifest of the run in folder ``out`` (a :class:`DataError` if it is missing or malformed)."""
-    path = Path(out) / MANIFEST_NAME
-    try:
-        doc = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DataError(f"{Path(out)}: no {MANIFEST_NAME}; not the output folder of a sharded run") from None
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{path}: unreadable manifest ({exc})") from None
-    if not isinstance(doc, dict) or doc.get("format") != MANIFEST_FORMAT or not isinstance(doc.get("shards"), list):
-        raise DataError(f"{path}: not a fastsim shard manifest (expected format {MANIFEST_FORMAT!r})")
-    return doc
 
 
 def _identity(doc: dict) -> dict:
@@ -324,7 +306,7 @@ class _HashingWriter:
 
     def __init__(self, writer: Any, with_conditions: bool) -> None:
         self.writer = writer
-        keys = _DATASETS + (("conditions",) if with_conditions else ())
+        keys = SHARD_DATASETS + (("conditions",) if with_conditions else ())
         self.sums = {key: hashlib.sha256() for key in keys}
 
     def write(self, conditions: np.ndarray, showers: np.ndarray) -> None:
@@ -714,189 +696,3 @@ def _run(client: Any, todo: list[_ShardTask], doc: dict, manifest_path: Path, re
         finally:
             client.cancel(list(futures))
     return finished
-
-
-# ----------------------------------------------------------------------------- reading back
-
-
-class ShardedDataset:
-    """The shards of a finished run, read in order as one CaloChallenge dataset.
-
-    Nothing is loaded up front but the manifest and the incident energies;
-    :meth:`iter_chunks` and :meth:`read` open one shard file at a time. Use
-    :func:`open_dataset` to make one.
-    """
-
-    def __init__(self, path: str | os.PathLike, geometry: Any = None) -> None:
-        self.path = Path(path)
-        self.manifest = read_manifest(self.path)
-        self.geometry = geometry
-        pending = [e["index"] for e in self.manifest["shards"] if e.get("status") != "done"]
-        if pending:
-            shown = ", ".join(map(str, pending[:10])) + (", ..." if len(pending) > 10 else "")
-            raise DataError(f"{self.path}: the run is incomplete: {len(pending)} of "
-                            f"{len(self.manifest['shards'])} shards are not done ({shown}); "
-                            "run the same generate command again to finish it")
-        self._shards = [(int(e["start"]), int(e["stop"]), self.path / e["file"]) for e in self.manifest["shards"]]
-        missing = [str(p.name) for _, _, p in self._shards if not p.is_file()]
-        if missing:
-            raise DataError(f"{self.path}: shard files missing: {', '.join(missing[:5])}")
-        self._energies: np.ndarray | None = None
-        self._dask_files: list = []
-        if self.geometry is None:
-            self.geometry = self._find_geometry()
-
-    def _find_geometry(self) -> Any:
-        # The model's own geometry, else whatever the first shard file finds for itself.
-        block = self.manifest.get("spec", {}).get("output", {}).get("geometry")
-        if block:
-            from fastsim.geometry import CylindricalGeometry, GeometryError
-
-            try:
-                return CylindricalGeometry.from_dict(block)
-            except GeometryError as exc:
-                raise DataError(f"{self.path}: the model's geometry in {MANIFEST_NAME} is malformed ({exc})") from None
-        from fastsim.dataset import open_showers
-
-        with open_showers(self._shards[0][2]) as first:
-            return first.geometry
-
-    @property
-    def n(self) -> int:
-        """Number of showers over all shards."""
-        return int(self.manifest["n"])
-
-    def __len__(self) -> int:
-        return self.n
-
-    @property
-    def n_voxels(self) -> int:
-        return int(self.manifest["spec"]["output"]["n_voxels"])
-
-    @property
-    def n_shards(self) -> int:
-        return len(self._shards)
-
-    @property
-    def attrs(self) -> dict:
-        """Run-level attributes: seed, model sha256, conditions, producer (from the manifest)."""
-        keys = ("seed", "n", "model_sha256", "conditions", "producer", "block_size")
-        return {key: self.manifest.get(key) for key in keys}
-
-    @property
-    def incident_energies(self) -> np.ndarray:
-        """Incident energies (N,) float64 in MeV, read from every shard on first use."""
-        if self._energies is None:
-            parts = []
-            for shard in self.iter_shards():
-                with shard:
-                    parts.append(shard.incident_energies)
-            self._energies = np.concatenate(parts)
-        return self._energies
-
-    def iter_shards(self) -> Iterator[Any]:
-        """Each shard as an open :class:`fastsim.dataset.ShowerFile`, in order (close each when done)."""
-        from fastsim.dataset import open_showers
-
-        for _, _, path in self._shards:
-            yield open_showers(path, geometry=self.geometry)
-
-    def iter_chunks(self, chunk_size: int = 1000, start: int = 0,
-                    stop: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Yield (energies (k,) float64, showers (k, n_voxels) float32) for rows start:stop.
-
-        Chunks run across shard boundaries: every chunk but the last has ``chunk_size`` rows.
-        """
-        from fastsim.dataset import open_showers
-
-        stop = self.n if stop is None else stop
-        for name, value in (("chunk_size", chunk_size), ("start", start), ("stop", stop)):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-                raise DataError(f"{self.path}: {name} must be an integer, got {value!r}")
-        if chunk_size < 1:
-            raise DataError(f"{self.path}: chunk_size must be >= 1, got {chunk_size}")
-        if not 0 <= start <= stop <= self.n:
-            raise DataError(f"{self.path}: rows {start}:{stop} are outside 0:{self.n}")
-        pending: list[tuple[np.ndarray, np.ndarray]] = []
-        n_pending = 0
-        for first, last, path in self._shards:
-            lo, hi = max(first, start), min(last, stop)
-            if lo >= hi:
-                continue
-            with open_showers(path, geometry=self.geometry) as shard:
-                # Read so that the chunk grid stays aligned with rows start, start + chunk_size, ...
-                pos = lo
-                while pos < hi:
-                    take = min(chunk_size - n_pending, hi - pos)
-                    pending.append(shard.read(pos - first, pos - first + take))
-                    n_pending += take
-                    pos += take
-                    if n_pending == chunk_size:
-                        yield _concat(pending)
-                        pending, n_pending = [], 0
-        if pending:
-            yield _concat(pending)
-
-    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        return self.iter_chunks()
-
-    def read(self, start: int = 0, stop: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Rows start:stop at once: (energies (k,) float64, showers (k, n_voxels) float32)."""
-        stop = self.n if stop is None else stop
-        return _concat(list(self.iter_chunks(max(stop - start, 1), start, stop)) or
-                       [(np.empty(0), np.empty((0, self.n_voxels), np.float32))])
-
-    def to_dask(self) -> tuple[Any, Any]:
-        """Lazy dask arrays (energies (N,), showers (N, n_voxels)) over all shards; needs Dask."""
-        try:
-            import dask.array as da
-            import h5py
-        except ImportError:
-            raise ClusterError(f"to_dask: needs Dask, which is not installed; install it with {DASK_HINT}") from None
-        energies, showers = [], []
-        for _, _, path in self._shards:
-            fh = h5py.File(path, "r")
-            self._dask_files.append(fh)
-            rows = max(1, min(fh["showers"].shape[0], (64 << 20) // max(1, 4 * self.n_voxels)))
-            energies.append(da.from_array(fh["incident_energies"], chunks=(rows, 1)).reshape(-1))
-            showers.append(da.from_array(fh["showers"], chunks=(rows, self.n_voxels)))
-        return da.concatenate(energies), da.concatenate(showers)
-
-    def close(self) -> None:
-        for fh in self._dask_files:
-            fh.close()
-        self._dask_files = []
-
-    def __enter__(self) -> ShardedDataset:
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"ShardedDataset({str(self.path)!r}, n={self.n}, shards={self.n_shards})"
-
-
-def _concat(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
-    if len(parts) == 1:
-        return parts[0]
-    return np.concatenate([e for e, _ in parts]), np.concatenate([s for _, s in parts])
-
-
-def open_dataset(path: str | os.PathLike, geometry: Any = None) -> Any:
-    """Open generated showers for lazy reading: a folder of shards or one HDF5 file.
-
-    A folder (the ``out`` of :func:`generate`) gives a :class:`ShardedDataset`
-    that reads its shards in order as one dataset; a file gives
-    :class:`fastsim.dataset.ShowerFile`. Both offer ``n``, ``n_voxels``,
-    ``incident_energies``, ``iter_chunks`` and ``read``.
-
-    >>> with fastsim.open_dataset("showers/") as data:
-    ...     for energies, showers in data.iter_chunks(10_000):
-    ...         ...
-    """
-    if Path(path).is_dir():
-        return ShardedDataset(path, geometry)
-    from fastsim.dataset import open_showers
-
-    return open_showers(path, geometry=geometry)

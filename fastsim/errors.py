@@ -10,6 +10,7 @@ from __future__ import annotations
 
 __all__ = [
     "ArgumentError",
+    "ClusterError",
     "ConditionError",
     "DataError",
     "FastsimError",
@@ -51,6 +52,10 @@ class ProviderError(FastsimError):
 
 class OutputError(FastsimError):
     """The output path cannot be written, already exists, or cannot be resumed."""
+
+
+class ClusterError(FastsimError):
+    """The Dask cluster cannot be reached or used, Dask is missing, or a shard kept failing."""
 
 
 class FastsimWarning(UserWarning):

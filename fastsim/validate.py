@@ -87,7 +87,7 @@ def open_input(source: Any, geometry: CylindricalGeometry | None, *, name: str) 
     geometry later, with a message naming ``name``.
     """
     if isinstance(source, (str, os.PathLike)):
-        from fastsim.distributed import open_dataset  # a file, or a folder of shards
+        from fastsim.shards import open_dataset  # a file, or a folder of shards
 
         source = open_dataset(source, geometry=geometry)
     if isinstance(source, tuple) and len(source) == 2:
