@@ -5,6 +5,7 @@ decoder; the ``fastsim`` command line does the same into HDF5 files.
 """
 
 from fastsim._version import __version__
+from fastsim.dataset import ShowerFile, open_showers
 from fastsim.errors import (
     ArgumentError,
     ConditionError,
@@ -16,7 +17,6 @@ from fastsim.errors import (
     ProviderError,
     SpecError,
 )
-from fastsim.dataset import ShowerFile, open_showers
 from fastsim.generator import Generator, load
 from fastsim.geometry import CylindricalGeometry, Layer, default_geometry
 from fastsim.models import bundled_models

@@ -79,11 +79,11 @@ class ShowerSource(Protocol):
 class ShowerFile:
     """An open CaloChallenge shower file; use :func:`open_showers` to make one."""
 
-    def __init__(self, path: str | os.PathLike, geometry: CylindricalGeometry | None = None) -> None:
+    def __init__(self, path: str | os.PathLike[str], geometry: CylindricalGeometry | None = None) -> None:
         import h5py
 
         self.path = Path(path)
-        self._file = None
+        self._file: Any = None  # an h5py.File while open (h5py has no type hints)
         if not self.path.exists():
             raise DataError(f"{self.path}: no such shower file")
         try:
@@ -114,7 +114,8 @@ class ShowerFile:
         energies_ds = f[ENERGIES_KEY]
 
         if self._showers.ndim != 2:
-            raise DataError(f"{self.path}: dataset {SHOWERS_KEY!r} must be 2-D (N, n_voxels), got shape {self._showers.shape}")
+            raise DataError(f"{self.path}: dataset {SHOWERS_KEY!r} must be 2-D (N, n_voxels), "
+                            f"got shape {self._showers.shape}")
         if not (energies_ds.ndim == 1 or (energies_ds.ndim == 2 and energies_ds.shape[1] == 1)):
             raise DataError(f"{self.path}: dataset {ENERGIES_KEY!r} must have shape (N, 1), got {energies_ds.shape}")
         if energies_ds.shape[0] != self._showers.shape[0]:
@@ -177,7 +178,7 @@ class ShowerFile:
         return self._energies
 
     @property
-    def attrs(self) -> dict:
+    def attrs(self) -> dict[str, Any]:
         """The file's HDF5 attributes (seed, generator, ...), as a plain dict."""
         if self._file is None:
             raise DataError(f"{self.path}: the file is closed")
@@ -234,14 +235,17 @@ class ShowerFile:
     def __enter__(self) -> ShowerFile:
         return self
 
-    def __exit__(self, *exc_info) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
         self.close()
 
     def __repr__(self) -> str:
-        return f"ShowerFile({str(self.path)!r}, n={self.n}, n_voxels={self.n_voxels})" if self._file else "ShowerFile(closed)"
+        if self._file is None:
+            return "ShowerFile(closed)"
+        return f"ShowerFile({str(self.path)!r}, n={self.n}, n_voxels={self.n_voxels})"
 
 
-def open_showers(path: str | os.PathLike, geometry: CylindricalGeometry | None = None) -> ShowerFile:
+def open_showers(path: str | os.PathLike[str], geometry: CylindricalGeometry | None = None) -> ShowerFile:
     """Open a CaloChallenge shower file for lazy, validated reading.
 
     ``geometry`` is checked against the voxel count; without one, the binning XML

@@ -38,9 +38,10 @@ import threading
 import time
 import uuid
 import warnings
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -68,6 +69,12 @@ from fastsim.shards import (
     read_manifest,
     shard_checksums,
 )
+
+if TYPE_CHECKING:
+    from fastsim.conditions import ConditionPlan
+    from fastsim.generator import Generator
+    from fastsim.io import ShowerWriter
+    from fastsim.spec import ModelSpec
 
 __all__ = [
     "DASK_HINT",
@@ -132,7 +139,7 @@ def plan_shards(n: int, shards: int | None = None, *, block_size: int = BLOCK_SI
 # ----------------------------------------------------------------------------- files and manifest
 
 
-def _write_json_atomic(path: Path, doc: dict) -> None:
+def _write_json_atomic(path: Path, doc: dict[str, Any]) -> None:
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
         with open(tmp, "w") as fh:
@@ -147,11 +154,11 @@ def _write_json_atomic(path: Path, doc: dict) -> None:
         raise OutputError(f"out: cannot write {str(path)!r} ({exc.strerror or exc})") from None
 
 
-def _identity(doc: dict) -> dict:
+def _identity(doc: dict[str, Any]) -> dict[str, Any]:
     return {key: doc.get(key) for key in _IDENTITY}
 
 
-def _describe_mismatch(old: dict, new: dict) -> str:
+def _describe_mismatch(old: dict[str, Any], new: dict[str, Any]) -> str:
     names = {"model_sha256": "model sha256", "shard_ranges": "shard layout", "block_size": "block size"}
     parts = []
     for key in _IDENTITY:
@@ -168,7 +175,7 @@ def _describe_mismatch(old: dict, new: dict) -> str:
     return "; ".join(parts)
 
 
-def _inspect_output(out: Path, force: bool) -> dict | None:
+def _inspect_output(out: Path, force: bool) -> dict[str, Any] | None:
     """Check that ``out`` can hold the run (changing nothing); return the manifest of a run already there."""
     if out.exists() and not out.is_dir():
         raise OutputError(f"out: {str(out)!r} exists and is not a folder; a sharded run writes a folder of shards")
@@ -253,29 +260,28 @@ class _ShardTask:
     stop: int
     path: str
     model: _ModelRef
-    plan: Any
+    plan: ConditionPlan
     seed: int
     batch_size: int
     compression: str | None
-    attrs: dict
+    attrs: dict[str, Any]
 
 
 # Models loaded in this (worker) process, by _ModelRef; a new model replaces the old one.
-_GENERATORS: dict[_ModelRef, Any] = {}
+_GENERATORS: dict[_ModelRef, Generator] = {}
 _GENERATORS_LOCK = threading.Lock()
 _MODEL_LOADS = 0
 
 
-def _worker_generator(ref: _ModelRef) -> Any:
+def _worker_generator(ref: _ModelRef) -> Generator:
     """The generator for ``ref`` in this process, loaded on first use only."""
     global _MODEL_LOADS
     with _GENERATORS_LOCK:
         gen = _GENERATORS.get(ref)
         if gen is None:
+            from fastsim.errors import FastsimWarning
             from fastsim.generator import load
             from fastsim.spec import ModelSpec
-
-            from fastsim.errors import FastsimWarning
 
             # A warning on a worker reaches nobody: a device 'auto' whose CUDA could not
             # start must fail the shard (and say why), not make it quietly on the CPU.
@@ -304,7 +310,7 @@ class _HashingWriter:
     releases the GIL) overlaps decoding, and the checksums cost no second read of the file.
     """
 
-    def __init__(self, writer: Any, with_conditions: bool) -> None:
+    def __init__(self, writer: ShowerWriter, with_conditions: bool) -> None:
         self.writer = writer
         keys = SHARD_DATASETS + (("conditions",) if with_conditions else ())
         self.sums = {key: hashlib.sha256() for key in keys}
@@ -323,7 +329,7 @@ class _HashingWriter:
         return {key: digest.hexdigest() for key, digest in self.sums.items()}
 
 
-def _generate_shard(task: _ShardTask) -> dict:
+def _generate_shard(task: _ShardTask) -> dict[str, Any]:
     """Generate one shard into its file (temporary name, then renamed); return its record."""
     from fastsim.io import ShowerWriter
 
@@ -340,7 +346,8 @@ def _generate_shard(task: _ShardTask) -> dict:
                       fmt="h5", compression=task.compression) as writer:
         hashing = _HashingWriter(writer, with_conditions=len(names) > 1)
         # The runtime's own write path: recycled page-aligned run buffers, O_DIRECT where possible.
-        gen._write_runs(hashing, plan, task.seed, task.batch_size, task.start, None)
+        # _write_runs hands rows to write(), all a ShowerWriter is asked for there.
+        gen._write_runs(cast("ShowerWriter", hashing), plan, task.seed, task.batch_size, task.start, None)
     try:
         os.replace(staged, final)
     except OSError as exc:
@@ -421,7 +428,7 @@ def _connect(client: Any, timeout: float | None) -> Iterator[Any]:
         yield remote
 
 
-def _shard_plan(plan: Any, start: int, stop: int) -> Any:
+def _shard_plan(plan: ConditionPlan, start: int, stop: int) -> ConditionPlan:
     """The conditions of samples [start, stop) alone: per-sample arrays are cut to the shard."""
     from fastsim.conditions import ConditionPlan, Values
 
@@ -433,7 +440,7 @@ def _shard_plan(plan: Any, start: int, stop: int) -> Any:
     return ConditionPlan(plan.spec, sources, stop - start, 0)
 
 
-def _fail_shard(index: int, ranges: list, exc: BaseException, attempts: int) -> FastsimError:
+def _fail_shard(index: int, ranges: list[tuple[int, int]], exc: BaseException, attempts: int) -> FastsimError:
     start, stop = ranges[index]
     reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     where = f"shard {index} (showers {start}:{stop})"
@@ -443,7 +450,7 @@ def _fail_shard(index: int, ranges: list, exc: BaseException, attempts: int) -> 
     return ClusterError(f"{where} failed{tries}: {type(exc).__name__}: {reason}")
 
 
-def _verify(client: Any, out: Path, entries: list[dict]) -> set[int]:
+def _verify(client: Any, out: Path, entries: list[dict[str, Any]]) -> set[int]:
     """Indices of the shards whose file is present and matches its recorded checksums."""
     todo = [e for e in entries if (out / e["file"]).is_file()]
     paths = [str((out / e["file"]).resolve()) for e in todo]
@@ -451,26 +458,45 @@ def _verify(client: Any, out: Path, entries: list[dict]) -> set[int]:
         results = [_checksums_or_none(path) for path in paths]
     else:  # reading the shards back is spread over the workers too
         results = client.gather(client.map(_checksums_or_none, paths, pure=False))
-    return {e["index"] for e, sums in zip(todo, results) if sums is not None and sums == e.get("checksums")}
+    return {e["index"] for e, sums in zip(todo, results, strict=True)
+            if sums is not None and sums == e.get("checksums")}
 
 
-def _checksums_or_none(path: str) -> dict | None:
+def _checksums_or_none(path: str) -> dict[str, str] | None:
     try:
         return shard_checksums(path)
     except DataError:
         return None
 
 
+@dataclass(frozen=True)
+class _ShardedRun:
+    """A sharded run as checked before any file is touched: what to make, where, and how."""
+
+    generator: Generator  # loaded on the CPU with one thread: the client only checks and plans
+    conditions: ConditionPlan
+    out: Path
+    seed: int
+    ranges: list[tuple[int, int]]
+    existing: dict[str, Any] | None  # the manifest of a run already in ``out`` (to resume)
+    device: str
+    threads: int | None
+    batch_size: int
+    compression: str | None
+    retries: int
+    force: bool
+
+
 def generate(
-    model: str | os.PathLike = "default",
+    model: str | os.PathLike[str] = "default",
     n: int | None = None,
-    out: str | os.PathLike = "showers",
+    out: str | os.PathLike[str] = "showers",
     conditions: Any = None,
     *,
     seed: int = 0,
     shards: int | None = None,
     client: Any = None,
-    spec: Any = None,
+    spec: ModelSpec | Mapping[str, Any] | str | os.PathLike[str] | None = None,
     device: str = "auto",
     threads: int | None = None,
     batch_size: int | None = None,
@@ -479,35 +505,92 @@ def generate(
     retries: int = 2,
     force: bool = False,
     progress: bool = False,
-    on_shard: Callable[[dict], None] | None = None,
+    on_shard: Callable[[dict[str, Any]], None] | None = None,
     timeout: float | None = None,
-) -> dict:
+) -> dict[str, Any]:
     """Generate ``n`` showers as shards in folder ``out``; resume a run already there.
 
-    ``client``: a ``distributed.Client``, a Dask cluster object (e.g. from
-    dask-jobqueue), a scheduler address (``"tcp://HOST:PORT"``), ``"local:W"``
-    (a local cluster of W worker processes), or None (the shards one after the
-    other in this process, without Dask). ``shards``: how many (None: the
-    manifest's when resuming, else shards of about :data:`DEFAULT_SHARD_SIZE`).
-    ``conditions``, ``seed``, ``spec``, ``allow_extrapolation`` as in
-    :meth:`fastsim.Generator.generate`; the concatenated shards equal that
-    call's output bitwise (same provider). ``device`` and ``threads`` (ONNX
-    Runtime intra-op threads per task; None: ONNX Runtime's default without
-    Dask, 1 on a cluster, where the workers give the parallelism) apply on the
-    workers. A failing shard is retried ``retries`` times by Dask; one that
-    keeps failing stops the run with its error. ``on_shard`` is called with
-    each finished shard's record. ``timeout``: seconds to reach a scheduler
-    (None: Dask's ``distributed.comm.timeouts.connect``).
+    The concatenated shards equal the output of :meth:`fastsim.Generator.generate`
+    with the same model, conditions and seed bitwise (same provider).
 
-    Returns a summary: ``n``, ``shards``, ``generated`` and ``skipped`` shard
-    indices, ``seconds``, ``showers_per_s`` (of the generated shards), ``out``,
-    ``seed``, ``model``, ``sha256``, ``workers``.
+    Args:
+        model: a bundled model's name, an ``.onnx`` path, or ``"default"``.
+        n: number of showers (None: one per value when ``conditions`` gives arrays).
+        out: the output folder (created; it holds the shards and ``manifest.json``).
+        conditions: as in :meth:`fastsim.Generator.generate` (a value, a range,
+            an array, or a dict of those by condition name).
+        seed: the run's seed, 0 to :data:`fastsim.prior.MAX_SEED`.
+        shards: how many shards (None: the manifest's when resuming, else
+            shards of about :data:`DEFAULT_SHARD_SIZE` showers).
+        client: a ``distributed.Client``, a Dask cluster object (e.g. from
+            dask-jobqueue), a scheduler address (``"tcp://HOST:PORT"``),
+            ``"local:W"`` (a local cluster of W worker processes), or None (the
+            shards one after the other in this process, without Dask).
+        spec: a spec (path, dict or :class:`fastsim.ModelSpec`) for a model
+            without embedded metadata.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``, ...; applies on the workers.
+        threads: ONNX Runtime intra-op threads per task (None: ONNX Runtime's
+            default without Dask, 1 on a cluster, where the workers give the
+            parallelism).
+        batch_size: showers per decoder call (None: the runtime's default).
+        compression: HDF5 compression of the shard files (None, ``"gzip"``, ``"lzf"``).
+        allow_extrapolation: accept conditions outside the training range (with a warning).
+        retries: times Dask retries a failing shard; one that keeps failing
+            stops the run with its error.
+        force: start over in a folder that holds another run (its shards are removed).
+        progress: show a progress bar on stderr.
+        on_shard: called with each finished shard's manifest record (plus
+            ``pid`` and ``model_loads``).
+        timeout: seconds to reach a scheduler (None: Dask's
+            ``distributed.comm.timeouts.connect``).
+
+    Returns:
+        A summary: ``n``, ``shards``, ``generated`` and ``skipped`` shard
+        indices, ``seconds``, ``showers_per_s`` (of the generated shards),
+        ``out``, ``seed``, ``model``, ``sha256``, ``workers``.
+
+    Raises:
+        ArgumentError: a bad ``n``, ``seed``, ``shards``, ``batch_size``,
+            ``retries``, ``compression`` or ``"local:W"``.
+        ConditionError: conditions malformed or outside the training range.
+        ModelError, SpecError: the model cannot be loaded or its spec is bad.
+        ProviderError: the device is unknown, or (without a cluster) not available here.
+        OutputError: ``out`` cannot be written, another client holds it, or it
+            holds a different run (without ``force``).
+        ClusterError: the scheduler cannot be reached, Dask is missing, or a shard kept failing.
+
+    >>> summary = generate("default", 10_000, "showers/", {"incident_energy": (1e3, 1e6)},
+    ...                    shards=4, client="local:2")  # doctest: +SKIP
     """
-    from fastsim.generator import DEFAULT_BATCH_SIZE, load
-    from fastsim.io import check_mev_units, parse_compression
-
     began = time.perf_counter()
-    batch_size = DEFAULT_BATCH_SIZE if batch_size is None else batch_size
+    run = _plan_run(model, n, out, conditions, seed=seed, shards=shards, client=client, spec=spec,
+                    device=device, threads=threads, batch_size=batch_size, compression=compression,
+                    allow_extrapolation=allow_extrapolation, retries=retries, force=force)
+    with _connect(client, timeout) as dask_client, _claim_output(run.out, force):
+        workers = _count_workers(dask_client)
+        doc, done, generated = _execute(run, dask_client, progress, on_shard)
+    seconds = time.perf_counter() - began
+    n_generated = sum(run.ranges[j][1] - run.ranges[j][0] for j in generated)
+    return {
+        "out": str(run.out),
+        "n": run.conditions.n,
+        "shards": len(run.ranges),
+        "generated": sorted(generated),
+        "skipped": sorted(done),
+        "seconds": round(seconds, 3),
+        "showers_per_s": round(n_generated / seconds, 1) if n_generated else 0.0,
+        "seed": run.seed,
+        "model": str(run.generator.path),
+        "sha256": doc["model_sha256"],
+        "workers": workers,
+    }
+
+
+def _check_arguments(seed: object, batch_size: object, retries: object, compression: str | None,
+                     client: object) -> None:
+    """The cheap argument checks, before any model is loaded."""
+    from fastsim.io import parse_compression
+
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
         raise ArgumentError(f"batch_size: expected a positive integer, got {batch_size!r}")
     if isinstance(retries, bool) or not isinstance(retries, (int, np.integer)) or retries < 0:
@@ -518,6 +601,18 @@ def generate(
     if isinstance(client, str) and (client == "local" or client.startswith("local:")):
         _local_workers(client)  # a malformed local:W is an argument error before any work
 
+
+def _plan_run(model: str | os.PathLike[str], n: int | None, out: str | os.PathLike[str], conditions: Any, *,
+              seed: int, shards: int | None, client: Any,
+              spec: ModelSpec | Mapping[str, Any] | str | os.PathLike[str] | None, device: str, threads: int | None,
+              batch_size: int | None, compression: str | None, allow_extrapolation: bool, retries: int,
+              force: bool) -> _ShardedRun:
+    """Check every argument, the model, the conditions and the output folder; change nothing."""
+    from fastsim.generator import DEFAULT_BATCH_SIZE, load
+    from fastsim.io import check_mev_units
+
+    batch_size = DEFAULT_BATCH_SIZE if batch_size is None else batch_size
+    _check_arguments(seed, batch_size, retries, compression, client)
     # The client checks model, spec and conditions once, before any worker starts, and the
     # device before the output folder is touched: without a cluster the shards run here, so the
     # device must be here; with one, the workers check it again where they run.
@@ -530,64 +625,57 @@ def generate(
     plan = checked.plan(n, conditions, allow_extrapolation=allow_extrapolation)
     if shards is not None:
         plan_shards(plan.n, shards)  # a bad shard count fails before the output folder is touched
-    out = Path(out)
-    existing = _inspect_output(out, force)
+    folder = Path(out)
+    existing = _inspect_output(folder, force)
     ranges = plan_shards(plan.n, len(existing["shards"]) if shards is None and existing else shards)
-    doc = _new_manifest(checked, plan, int(seed), ranges, compression)
+    run = _ShardedRun(checked, plan, folder, int(seed), ranges, existing, device, threads, int(batch_size),
+                      compression, int(retries), force)
     if existing is not None:
-        old, new = _identity(existing), _identity(doc)
+        old, new = _identity(existing), _identity(_new_manifest(run))
         if old != new:
-            raise OutputError(f"out: {str(out)!r} holds another run: {_describe_mismatch(old, new)}; "
+            raise OutputError(f"out: {str(folder)!r} holds another run: {_describe_mismatch(old, new)}; "
                               "use a new folder, or --force (Python: force=True) to start it over")
-
-    manifest_path = out / MANIFEST_NAME
-    with _connect(client, timeout) as dask_client, _claim_output(out, force):
-        done: set[int] = set()
-        if existing is not None:
-            recorded = [e for e in existing["shards"] if e.get("status") == "done"]
-            done = _verify(dask_client, out, recorded)
-            for entry in existing["shards"]:
-                if entry["index"] in done:
-                    doc["shards"][entry["index"]] = entry
-        _write_json_atomic(manifest_path, doc)
-        if threads is None and dask_client is not None:
-            threads = 1  # on a cluster the workers give the parallelism: one ONNX Runtime thread per task
-        ref = _ModelRef(str(checked.path.resolve()), doc["model_sha256"], checked.spec.to_json(), device, threads)
-        todo = [task for task in _shard_tasks(doc, plan, ref, out, int(batch_size), compression)
-                if task.index not in done]
-        workers = _count_workers(dask_client)
-        try:
-            generated = _run(dask_client, todo, doc, manifest_path, retries, progress, on_shard,
-                             skipped=sum(b - a for j, (a, b) in enumerate(ranges) if j in done))
-        finally:
-            if dask_client is None:
-                _GENERATORS.clear()  # do not keep a session (and its device memory) in the caller
-        doc["complete"] = True
-        _write_json_atomic(manifest_path, doc)
-    seconds = time.perf_counter() - began
-    n_generated = sum(ranges[j][1] - ranges[j][0] for j in generated)
-    return {
-        "out": str(out),
-        "n": plan.n,
-        "shards": len(ranges),
-        "generated": sorted(generated),
-        "skipped": sorted(done),
-        "seconds": round(seconds, 3),
-        "showers_per_s": round(n_generated / seconds, 1) if n_generated else 0.0,
-        "seed": int(seed),
-        "model": str(checked.path),
-        "sha256": doc["model_sha256"],
-        "workers": workers,
-    }
+    return run
 
 
-def _new_manifest(checked: Any, plan: Any, seed: int, ranges: list[tuple[int, int]],
-                  compression: str | None) -> dict:
+def _execute(run: _ShardedRun, dask_client: Any, progress: bool,
+             on_shard: Callable[[dict[str, Any]], None] | None) -> tuple[dict[str, Any], set[int], list[int]]:
+    """Generate the shards not yet done, in a claimed ``out``; return the manifest, skipped and generated."""
+    manifest_path = run.out / MANIFEST_NAME
+    doc = _new_manifest(run)
+    done: set[int] = set()
+    if run.existing is not None:
+        recorded = [e for e in run.existing["shards"] if e.get("status") == "done"]
+        done = _verify(dask_client, run.out, recorded)
+        for entry in run.existing["shards"]:
+            if entry["index"] in done:
+                doc["shards"][entry["index"]] = entry
+    _write_json_atomic(manifest_path, doc)
+    threads = run.threads
+    if threads is None and dask_client is not None:
+        threads = 1  # on a cluster the workers give the parallelism: one ONNX Runtime thread per task
+    ref = _ModelRef(str(run.generator.path.resolve()), doc["model_sha256"], run.generator.spec.to_json(),
+                    run.device, threads)
+    todo = [task for task in _shard_tasks(doc, run.conditions, ref, run.out, run.batch_size, run.compression)
+            if task.index not in done]
+    try:
+        generated = _run(dask_client, todo, doc, manifest_path, run.retries, progress, on_shard,
+                         skipped=sum(b - a for j, (a, b) in enumerate(run.ranges) if j in done))
+    finally:
+        if dask_client is None:
+            _GENERATORS.clear()  # do not keep a session (and its device memory) in the caller
+    doc["complete"] = True
+    _write_json_atomic(manifest_path, doc)
+    return doc, done, generated
+
+
+def _new_manifest(run: _ShardedRun) -> dict[str, Any]:
+    checked, plan, ranges = run.generator, run.conditions, run.ranges
     return {
         "format": MANIFEST_FORMAT,
         "producer": f"fastsim {__version__}",
         "n": plan.n,
-        "seed": seed,
+        "seed": run.seed,
         "block_size": BLOCK_SIZE,
         "conditions": plan.describe(),
         "model_sha256": checked.sha256,
@@ -595,7 +683,7 @@ def _new_manifest(checked: Any, plan: Any, seed: int, ranges: list[tuple[int, in
                   "version": checked.spec.version},
         "spec": checked.spec.to_dict(),
         "shard_ranges": [list(r) for r in ranges],
-        "compression": compression,
+        "compression": run.compression,
         "checksum": "sha256 of each dataset's bytes as stored (C order, little-endian float32)",
         "complete": False,
         "shards": [{"index": j, "file": _SHARD_NAME.format(j), "start": a, "stop": b, "n": b - a,
@@ -603,7 +691,7 @@ def _new_manifest(checked: Any, plan: Any, seed: int, ranges: list[tuple[int, in
     }
 
 
-def _shard_tasks(doc: dict, plan: Any, ref: _ModelRef, out: Path, batch_size: int,
+def _shard_tasks(doc: dict[str, Any], plan: ConditionPlan, ref: _ModelRef, out: Path, batch_size: int,
                  compression: str | None) -> list[_ShardTask]:
     # Each shard file describes itself like the output of an unsharded run with start=...
     run_attrs = {"spec": ref.spec_json, "model": doc["model"]["name"], "model_sha256": ref.sha256,
@@ -625,15 +713,15 @@ def _count_workers(client: Any) -> int:
     return len(client.scheduler_info().get("workers", {}))
 
 
-def _record(doc: dict, result: dict) -> dict:
-    entry = doc["shards"][result["index"]]
+def _record(doc: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
+    entry: dict[str, Any] = doc["shards"][result["index"]]
     entry.update(status="done", n=result["n"], checksums=result["checksums"], seconds=result["seconds"],
                  host=result["host"], provider=result["provider"], error=None)
     return entry
 
 
-def _run(client: Any, todo: list[_ShardTask], doc: dict, manifest_path: Path, retries: int,
-         progress: bool, on_shard: Callable[[dict], None] | None, skipped: int) -> list[int]:
+def _run(client: Any, todo: list[_ShardTask], doc: dict[str, Any], manifest_path: Path, retries: int,
+         progress: bool, on_shard: Callable[[dict[str, Any]], None] | None, skipped: int) -> list[int]:
     """Generate the shards in ``todo``, recording each in the manifest as it finishes."""
     from tqdm import tqdm
 
@@ -644,7 +732,7 @@ def _run(client: Any, todo: list[_ShardTask], doc: dict, manifest_path: Path, re
     bar = tqdm(total=doc["n"], initial=skipped, unit="shower", unit_scale=True, desc="shards",
                disable=not progress, file=sys.stderr, smoothing=0.1)
 
-    def finish(result: dict) -> None:
+    def finish(result: dict[str, Any]) -> None:
         nonlocal n_done, last_write, write_cost
         entry = _record(doc, result)
         finished.append(result["index"])
