@@ -12,6 +12,7 @@ generated sample: treat them as part of the file format.
 from __future__ import annotations
 
 import numpy as np
+import numpy.typing as npt
 
 __all__ = ["BLOCK_SIZE", "MAX_SEED", "BlockStreams", "draw_latents", "draw_uniforms"]
 
@@ -52,7 +53,7 @@ class BlockStreams:
             self._cache[key] = cached
         return cached
 
-    def _rows(self, start: int, stop: int, stream: int, width: int, dtype) -> np.ndarray:
+    def _rows(self, start: int, stop: int, stream: int, width: int, dtype: npt.DTypeLike) -> np.ndarray:
         out = np.empty((stop - start, width), dtype=dtype)
         pos = start
         while pos < stop:

@@ -19,11 +19,11 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from conftest import ROOT, cli_env
-from decoders import make_decoder, make_spec
 from fastsim import bench
 from fastsim.errors import FastsimError, ModelError
 from fastsim.spec import embed_spec
+from helpers import ROOT, cli_env
+from helpers.decoders import make_decoder, make_spec
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
@@ -302,9 +302,8 @@ def test_torch_peer_matches_the_calochallenge_shaped_decoder(tmp_path):
 def test_torch_peer_runs_uint32_hash_arithmetic_bit_exactly(tmp_path):
     # The bundled model's voxel noise is uint32 arithmetic (Mul/Add wrap modulo 2^32, Div);
     # torch has no uint32 kernels, so the peer must emulate it exactly.
-    from torch_peer import TorchDecoder
-
     import torch
+    from torch_peer import TorchDecoder
 
     nodes = [
         helper.make_node("Mul", ["z", "scale"], ["zs"]),

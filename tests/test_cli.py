@@ -10,12 +10,12 @@ import time
 
 import numpy as np
 import pytest
-from conftest import cli_env
-from decoders import make_decoder, make_spec
 
 import fastsim
 from fastsim.io import partial_path, partial_progress, read_output
 from fastsim.models import bundled_models
+from helpers import cli_env
+from helpers.decoders import make_decoder, make_spec
 
 
 def test_version_and_help(run_fastsim):

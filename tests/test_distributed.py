@@ -21,10 +21,10 @@ import numpy as np
 import pytest
 
 import fastsim
-from conftest import cli_env
-from decoders import make_decoder
 from fastsim import distributed
 from fastsim.prior import BLOCK_SIZE
+from helpers import cli_env
+from helpers.decoders import make_decoder
 
 distributed_lib = pytest.importorskip("distributed")
 
@@ -432,8 +432,8 @@ def test_bad_local_cluster_argument(model, tmp_path, run_fastsim, dask_arg, expe
 
 def test_two_condition_model_shards_and_checksums(tmp_path):
     """Every dataset of a shard (incident_energies, showers, conditions) is covered by its checksum."""
-    from decoders import ENERGY_CONDITION
     from fastsim.spec import ConditionSpec
+    from helpers.decoders import ENERGY_CONDITION
 
     conditions = [ENERGY_CONDITION, ConditionSpec("theta", "rad", 0.1, 1.0, "uniform")]
     model = make_decoder(tmp_path / "two.onnx", latent_dim=4, n_voxels=24, conditions=conditions)

@@ -25,8 +25,7 @@ import fastsim
 from fastsim.errors import SpecError
 from fastsim.geometry import CylindricalGeometry, Layer, default_geometry
 from fastsim.spec import ConditionSpec, read_spec
-
-from decoders import ENERGY_CONDITION, RESPONSE, make_decoder, make_spec
+from helpers.decoders import ENERGY_CONDITION, RESPONSE, make_decoder, make_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 CPP_DIR = ROOT / "examples" / "cpp"

@@ -8,7 +8,6 @@ import h5py
 import numpy as np
 import pytest
 
-from distortions import small_geometry
 from fastsim.dataset import open_showers
 from fastsim.errors import DataError
 from fastsim.features import (
@@ -20,6 +19,7 @@ from fastsim.features import (
     voxel_energy_histogram,
 )
 from fastsim.geometry import CylindricalGeometry, Layer, default_geometry
+from helpers.distortions import small_geometry
 from training.simulate import simulate
 
 # Two layers, 4 alpha sectors (centres -3pi/4, -pi/4, pi/4, 3pi/4), rings 0-2-4 mm (centres 1, 3 mm).

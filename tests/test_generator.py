@@ -7,13 +7,13 @@ import math
 import h5py
 import numpy as np
 import pytest
-from decoders import ENERGY_CONDITION, RESPONSE, make_decoder
 
 import fastsim
 from fastsim.conditions import Range, parse_quantity
 from fastsim.errors import ArgumentError, ConditionError, ModelError, ProviderError, SpecError
 from fastsim.prior import BLOCK_SIZE, draw_latents
 from fastsim.spec import ConditionSpec
+from helpers.decoders import ENERGY_CONDITION, RESPONSE, make_decoder
 
 
 @pytest.fixture(scope="module")
@@ -285,7 +285,7 @@ def test_spec_argument_forms(tmp_path):
 
 
 def test_mismatched_spec_fails_on_load(tmp_path):
-    from decoders import make_spec
+    from helpers.decoders import make_spec
 
     path = make_decoder(tmp_path / "m.onnx", spec=make_spec(latent_dim=8, n_voxels=100))
     with pytest.raises(SpecError, match="width 4, spec latent_dim is 8.*width 24, spec output.n_voxels is 100"):
@@ -381,10 +381,10 @@ def test_auto_says_when_cuda_cannot_start_and_uses_the_cpu(toy_model, cuda_liste
 
 def test_a_graph_that_fails_at_run_time_is_a_model_error(tmp_path):
     import onnx
-    from decoders import make_spec
     from onnx import TensorProto, helper
 
     from fastsim.spec import embed_spec
+    from helpers.decoders import make_spec
 
     # Declares [N, 24] showers but reshapes the N conditions to [-1, 24]: fails unless 24 divides N.
     graph = helper.make_graph(

@@ -332,9 +332,8 @@ def test_write_batches_reraises_writer_errors_and_stops(tmp_path):
 
 
 def test_multi_condition_files_keep_all_conditions(tmp_path):
-    from decoders import ENERGY_CONDITION, make_decoder
-
     from fastsim.spec import ConditionSpec
+    from helpers.decoders import ENERGY_CONDITION, make_decoder
 
     path = make_decoder(tmp_path / "two.onnx",
                         conditions=[ConditionSpec("angle", "rad", 0.1, 1.0), ENERGY_CONDITION])

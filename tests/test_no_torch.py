@@ -6,7 +6,8 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, cli_env
+
+from helpers import ROOT, cli_env
 
 # Makes `import torch` / `import training` fail in the child, so a hidden import is an error
 # even on machines where torch is installed, and records any attempt.

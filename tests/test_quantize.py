@@ -12,9 +12,9 @@ import onnx
 import pytest
 
 import fastsim
-from conftest import ROOT, cli_env
-from decoders import make_decoder
 from fastsim.spec import read_spec
+from helpers import ROOT, cli_env
+from helpers.decoders import make_decoder
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 

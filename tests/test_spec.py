@@ -7,7 +7,6 @@ import json
 import onnx
 import onnxruntime as ort
 import pytest
-from decoders import ENERGY_CONDITION, make_decoder, make_model, make_spec
 
 from fastsim.errors import ModelError, SpecError
 from fastsim.spec import (
@@ -20,6 +19,7 @@ from fastsim.spec import (
     read_metadata,
     read_spec,
 )
+from helpers.decoders import ENERGY_CONDITION, make_decoder, make_model, make_spec
 
 DOCUMENT = {
     "format": "fastsim-decoder/1",

@@ -10,11 +10,11 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import cli_env
-from distortions import broaden, scale_energy, small_geometry
 from fastsim.errors import DataError
 from fastsim.features import compute_features
 from fastsim.validate import ALL_GROUPS, quick_figure_of_merit, validate, write_report
+from helpers import cli_env
+from helpers.distortions import broaden, scale_energy, small_geometry
 from training.simulate import simulate
 
 GEOMETRY = small_geometry()  # 12 layers x 8 alpha x 6 rings = 576 voxels

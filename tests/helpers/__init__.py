@@ -1,0 +1,23 @@
+"""Helpers for the tests: the repository root and the environment for CLI subprocesses.
+
+Toy decoders that honour (or break) the model contract are in
+:mod:`helpers.decoders`; distorted shower samples and a small geometry for the
+validation tests in :mod:`helpers.distortions`. Fixtures stay in ``conftest.py``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+__all__ = ["ROOT", "cli_env"]
+
+#: The repository's root folder.
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    """Environment for CLI subprocesses: one thread each (2 shared cores), no stray model path."""
+    env = {k: v for k, v in os.environ.items() if k != "FASTSIM_MODEL_PATH"}
+    env.update(OMP_NUM_THREADS="1", **extra)
+    return env
