@@ -5,6 +5,9 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP_RUNTIME := $(VENV)/.runtime-installed
 STAMP_TEST    := $(VENV)/.test-installed
+STAMP_LINT    := $(VENV)/.lint-installed
+# The test suite and the runnable examples in the runtime's docstrings, in one pytest run.
+TESTS := tests --doctest-modules fastsim
 # The CPU build of torch, installed before anything that asks for `torch`, so
 # pip never resolves a multi-GB CUDA build.
 TORCH_CPU ?= torch==2.13.0
@@ -14,6 +17,7 @@ ENERGY ?= 1GeV:1TeV
 OUT    ?= showers.h5
 
 .PHONY: generate test venv clean
+.PHONY: test-fast lint
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,13 +32,26 @@ $(STAMP_TEST): pyproject.toml | $(VENV)/bin/python
 	$(PIP) install --quiet -e ".[train,plots,validate,dask,test]"
 	touch $@ $(STAMP_RUNTIME)
 
+$(STAMP_LINT): pyproject.toml | $(VENV)/bin/python
+	$(PIP) install --quiet -e ".[lint]"
+	touch $@
+
 venv: $(STAMP_RUNTIME)
 
 generate: $(STAMP_RUNTIME)
 	$(VENV)/bin/fastsim generate -n $(N) --energy $(ENERGY) -o $(OUT) --force
 
 test: $(STAMP_TEST)
-	$(PY) -m pytest
+	$(PY) -m pytest $(TESTS)
+
+# Everything but the tests marked slow (C++/Node builds, Dask clusters, training).
+test-fast: $(STAMP_TEST)
+	$(PY) -m pytest -m "not slow" $(TESTS)
+
+# ruff on all Python code; mypy (strict, see pyproject.toml) on the runtime.
+lint: $(STAMP_LINT)
+	$(VENV)/bin/ruff check fastsim training tests benchmarks
+	$(VENV)/bin/mypy
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache

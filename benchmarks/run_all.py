@@ -154,6 +154,16 @@ def _status(value, target, higher_is_better: bool = True) -> str:
 
 def render_markdown(results: dict) -> str:
     """The Markdown page: machine, headline table with targets, sweep table, tuning table, GPU status."""
+    lines = _intro(results) + _headline_table(results) + _decode_table(results) + _tuning_table(results)
+    lines += _fidelity_table(results)
+    errors = {k: v["error"] for k, v in results["parts"].items() if isinstance(v, dict) and "error" in v}
+    if errors:
+        lines += ["## Parts that failed", ""] + [f"- {k}: {v}" for k, v in errors.items()] + [""]
+    return "\n".join(lines)
+
+
+def _intro(results: dict) -> list[str]:
+    """Where and how it was measured: machine, versions, load, model, command."""
     h = results["headline"]
     machine = results["machine"]
     lines = [
@@ -175,11 +185,37 @@ def render_markdown(results: dict) -> str:
         lines += [f"Model training data (from its spec): {results['model_training']}", ""]
     if results.get("note"):
         lines += [f"Note: {results['note']}", ""]
-    lines += [
+    return lines
+
+
+def _headline_table(results: dict) -> list[str]:
+    """Each headline figure against its target, one row per measurement that was made."""
+    h = results["headline"]
+    cores = h.get("threads")
+    lines = [
         "| measurement | figure | target | status |",
         "|---|---|---|---|",
     ]
-    cores = h.get("threads")
+    lines += _decode_rows(h, cores)
+    if h.get("vs_torch"):
+        lines.append(_vs_torch_row(h["vs_torch"], cores))
+    if h.get("vs_reference"):
+        lines.append(_vs_reference_row(h["vs_reference"]))
+    if h.get("generate"):
+        lines += _generate_rows(h["generate"])
+    if h.get("int8"):
+        i = h["int8"]
+        lines.append(f"| int8 (dynamic quantisation) / fp32, best batch each | {i['speedup_vs_fp32']:.2f}x "
+                     f"({_fmt(i['showers_per_s'])} showers/s at batch {i['batch_size']}) | speed-up, fidelity "
+                     "measured | see below |")
+    lines += ["| GPU: host-output throughput / device-to-host bound; ≤ 1 µs per shower on one H100 "
+              f"| {results['gpu']} | ≥ 0.8; ≤ 1 µs | not measured |", ""]
+    return lines
+
+
+def _decode_rows(h: dict, cores) -> list[str]:
+    """Decoding against the sgemm limit (largest and best batch) and the time per shower."""
+    lines = []
     if h.get("large_batch"):
         lb = h["large_batch"]
         lines.append(f"| decode fp32, largest batch ({lb['batch_size']}), {_threads(cores)}: fraction of sgemm limit "
@@ -203,106 +239,120 @@ def render_markdown(results: dict) -> str:
         lines.append(f"| µs per shower, fp32, best batch, {_threads(cores)} | {_fmt(b['us_per_shower'], '.1f')} µs "
                      f"| ≤ {TARGETS['us_per_shower']:.0f} µs | "
                      f"{_status(b['us_per_shower'], TARGETS['us_per_shower'], higher_is_better=False)} |")
-    if h.get("vs_torch"):
-        t = h["vs_torch"]
-        def one(k: str, v: dict) -> str:
-            text = (f"{k} thread(s): {v['ratio_best_vs_best']:.2f}x ({_fmt(v['onnxruntime_best']['showers_per_s'])} "
-                    f"vs {_fmt(v['torch_best']['showers_per_s'])} showers/s")
-            if "generate_vs_torch_best" in v:
-                text += f"; `generate()` {v['generate_vs_torch_best']:.2f}x"
-            return text + ")"
+    return lines
 
-        per = "; ".join(one(k, v) for k, v in t["by_threads"].items())
-        lines.append(f"| ONNX Runtime / PyTorch eager, best batch of each | {per} | ≥ {TARGETS['vs_torch']}x "
-                     f"| {_status(t['ratio_best_vs_best'], TARGETS['vs_torch'])} at {_threads(cores)}"
-                     + ("" if all(v["ratio_best_vs_best"] >= TARGETS["vs_torch"] for v in t["by_threads"].values())
-                        else ", **not at every thread count**") + " |")
-    if h.get("vs_reference"):
-        r = h["vs_reference"]
-        best_threads = max(r["speedup_by_threads"], key=lambda k: r["speedup_by_threads"][k])
-        speedup = r["speedup_by_threads"][best_threads]
-        per = ", ".join(f"{v:,.1f}x on {k} thread(s)" for k, v in r["speedup_by_threads"].items())
-        lines.append(f"| surrogate / reference simulator, same energies, in memory | {per} (simulator "
-                     f"{_fmt(r['reference_showers_per_s'])} showers/s, one process) "
-                     f"| ≥ {TARGETS['vs_reference']:.0f}x "
-                     f"| {_status(speedup, TARGETS['vs_reference'])} |")
-    if h.get("generate"):
-        g = h["generate"]
-        raw = g.get("raw_write")
-        raw_text = (f"; writing the same bytes alone, one thread: {_fmt(raw['showers_per_s'])} showers/s, "
-                    f"{raw['cpu_us_per_shower']:.1f} µs CPU per shower" if raw else "")
-        lines.append(f"| HDF5 end-to-end / in-memory generate | {_fmt(g['hdf5_vs_memory'], '.2f')} "
-                     f"({_fmt(g['hdf5_showers_per_s'])} vs {_fmt(g['memory_showers_per_s'])} showers/s; CLI "
-                     f"{_fmt(g['cli_hdf5_vs_memory'], '.2f')}{raw_text}) | ≥ {TARGETS['hdf5_vs_memory']} "
-                     f"| {_status(g['hdf5_vs_memory'], TARGETS['hdf5_vs_memory'])} |")
-        rss = g["peak_rss"]
-        growth = rss[-1]["peak_rss_mib"] / rss[0]["peak_rss_mib"]
-        lines.append("| peak RSS of `fastsim generate` to HDF5 | "
-                     + " → ".join(f"{r['peak_rss_mib']:.0f} MiB (n={r['n']:,})" for r in rss)
-                     + f" | flat in n | {'met' if growth < 1.1 else '**not met**'} ({growth:.2f}x) |")
-    if h.get("int8"):
-        i = h["int8"]
-        lines.append(f"| int8 (dynamic quantisation) / fp32, best batch each | {i['speedup_vs_fp32']:.2f}x "
-                     f"({_fmt(i['showers_per_s'])} showers/s at batch {i['batch_size']}) | speed-up, fidelity "
-                     "measured | see below |")
-    lines += ["| GPU: host-output throughput / device-to-host bound; ≤ 1 µs per shower on one H100 "
-              f"| {results['gpu']} | ≥ 0.8; ≤ 1 µs | not measured |", ""]
 
+def _vs_torch_row(t: dict, cores) -> str:
+    """ONNX Runtime against the PyTorch-eager peer, per thread count."""
+    def one(k: str, v: dict) -> str:
+        text = (f"{k} thread(s): {v['ratio_best_vs_best']:.2f}x ({_fmt(v['onnxruntime_best']['showers_per_s'])} "
+                f"vs {_fmt(v['torch_best']['showers_per_s'])} showers/s")
+        if "generate_vs_torch_best" in v:
+            text += f"; `generate()` {v['generate_vs_torch_best']:.2f}x"
+        return text + ")"
+
+    per = "; ".join(one(k, v) for k, v in t["by_threads"].items())
+    return (f"| ONNX Runtime / PyTorch eager, best batch of each | {per} | ≥ {TARGETS['vs_torch']}x "
+            f"| {_status(t['ratio_best_vs_best'], TARGETS['vs_torch'])} at {_threads(cores)}"
+            + ("" if all(v["ratio_best_vs_best"] >= TARGETS["vs_torch"] for v in t["by_threads"].values())
+               else ", **not at every thread count**") + " |")
+
+
+def _vs_reference_row(r: dict) -> str:
+    """The surrogate against the reference simulator on the same energies."""
+    best_threads = max(r["speedup_by_threads"], key=lambda k: r["speedup_by_threads"][k])
+    speedup = r["speedup_by_threads"][best_threads]
+    per = ", ".join(f"{v:,.1f}x on {k} thread(s)" for k, v in r["speedup_by_threads"].items())
+    return (f"| surrogate / reference simulator, same energies, in memory | {per} (simulator "
+            f"{_fmt(r['reference_showers_per_s'])} showers/s, one process) "
+            f"| ≥ {TARGETS['vs_reference']:.0f}x "
+            f"| {_status(speedup, TARGETS['vs_reference'])} |")
+
+
+def _generate_rows(g: dict) -> list[str]:
+    """End-to-end generation: HDF5 against memory, and the peak RSS as n grows."""
+    raw = g.get("raw_write")
+    raw_text = (f"; writing the same bytes alone, one thread: {_fmt(raw['showers_per_s'])} showers/s, "
+                f"{raw['cpu_us_per_shower']:.1f} µs CPU per shower" if raw else "")
+    rss = g["peak_rss"]
+    growth = rss[-1]["peak_rss_mib"] / rss[0]["peak_rss_mib"]
+    return [
+        f"| HDF5 end-to-end / in-memory generate | {_fmt(g['hdf5_vs_memory'], '.2f')} "
+        f"({_fmt(g['hdf5_showers_per_s'])} vs {_fmt(g['memory_showers_per_s'])} showers/s; CLI "
+        f"{_fmt(g['cli_hdf5_vs_memory'], '.2f')}{raw_text}) | ≥ {TARGETS['hdf5_vs_memory']} "
+        f"| {_status(g['hdf5_vs_memory'], TARGETS['hdf5_vs_memory'])} |",
+        "| peak RSS of `fastsim generate` to HDF5 | "
+        + " → ".join(f"{r['peak_rss_mib']:.0f} MiB (n={r['n']:,})" for r in rss)
+        + f" | flat in n | {'met' if growth < 1.1 else '**not met**'} ({growth:.2f}x) |",
+    ]
+
+
+def _decode_table(results: dict) -> list[str]:
+    """Showers/s against batch size, per precision and thread count, beside the PyTorch peer; the limits."""
     decode = results["parts"].get("decode", {})
+    if not decode.get("points"):
+        return []
     torch_doc = results["parts"].get("torch", {})
-    if decode.get("points"):
-        torch_rate = {(p["threads"], p["batch_size"]): p.get("showers_per_s") for p in torch_doc.get("points", [])}
-        precisions = list(dict.fromkeys(p["precision"] for p in decode["points"]))
-        threads = sorted({p["threads"] for p in decode["points"]})
-        header = "| batch | " + " | ".join(f"{pr} {t}T showers/s (fraction)" for pr in precisions for t in threads)
-        header += " | " + " | ".join(f"torch {t}T showers/s" for t in threads) + " |"
-        lines += ["## Decode throughput against batch size (ONNX Runtime, IO binding; PyTorch eager peer)", "",
-                  header, "|" + "---:|" * (1 + len(precisions) * len(threads) + len(threads))]
-        index = {(p["precision"], p["threads"], p["batch_size"]): p for p in decode["points"]}
-        for batch in sorted({p["batch_size"] for p in decode["points"]}):
-            cells = []
-            for pr in precisions:
-                for t in threads:
-                    p = index.get((pr, t, batch))
-                    if p is None or not p.get("showers_per_s"):
-                        cells.append("skipped")
-                    else:
-                        cells.append(f"{p['showers_per_s']:,.0f} ({_fmt(p.get('fraction_of_limit'), '.2f')})")
-            cells += [_fmt(torch_rate.get((t, batch))) for t in threads]
-            lines.append(f"| {batch} | " + " | ".join(cells) + " |")
-        lines.append("")
-        limits = decode.get("limits") or {}
-        lines.append("Limits (best of 10 large float32 matmuls, same cores and thread count): "
-                     + "; ".join(f"{t} thread(s): {v['flop_per_s'] / 1e9:,.0f} GFLOP/s ({v['source']}; numpy "
-                                 f"{v['numpy']['flop_per_s'] / 1e9:,.0f})" for t, v in limits.items()) + ".")
-        lines.append("")
+    torch_rate = {(p["threads"], p["batch_size"]): p.get("showers_per_s") for p in torch_doc.get("points", [])}
+    precisions = list(dict.fromkeys(p["precision"] for p in decode["points"]))
+    threads = sorted({p["threads"] for p in decode["points"]})
+    header = "| batch | " + " | ".join(f"{pr} {t}T showers/s (fraction)" for pr in precisions for t in threads)
+    header += " | " + " | ".join(f"torch {t}T showers/s" for t in threads) + " |"
+    lines = ["## Decode throughput against batch size (ONNX Runtime, IO binding; PyTorch eager peer)", "",
+             header, "|" + "---:|" * (1 + len(precisions) * len(threads) + len(threads))]
+    index = {(p["precision"], p["threads"], p["batch_size"]): p for p in decode["points"]}
+    for batch in sorted({p["batch_size"] for p in decode["points"]}):
+        cells = []
+        for pr in precisions:
+            for t in threads:
+                p = index.get((pr, t, batch))
+                if p is None or not p.get("showers_per_s"):
+                    cells.append("skipped")
+                else:
+                    cells.append(f"{p['showers_per_s']:,.0f} ({_fmt(p.get('fraction_of_limit'), '.2f')})")
+        cells += [_fmt(torch_rate.get((t, batch))) for t in threads]
+        lines.append(f"| {batch} | " + " | ".join(cells) + " |")
+    lines.append("")
+    limits = decode.get("limits") or {}
+    lines.append("Limits (best of 10 large float32 matmuls, same cores and thread count): "
+                 + "; ".join(f"{t} thread(s): {v['flop_per_s'] / 1e9:,.0f} GFLOP/s ({v['source']}; numpy "
+                             f"{v['numpy']['flop_per_s'] / 1e9:,.0f})" for t, v in limits.items()) + ".")
+    lines.append("")
+    return lines
+
+
+def _tuning_table(results: dict) -> list[str]:
+    """The ONNX Runtime CPU settings compared in interleaved rounds."""
     tuning = results["parts"].get("tuning", {})
-    if tuning.get("configs"):
-        lines += [f"## ONNX Runtime CPU settings ({tuning['n']} showers, {tuning['rounds']} interleaved rounds, "
-                  f"load after {tuning['machine'].get('loadavg_after')})", "",
-                  "| configuration | showers/s | vs baseline | showers per CPU-second |", "|---|---:|---:|---:|"]
-        for row in tuning["configs"]:
-            lines.append(f"| {row['name']} | {row['showers_per_s']:,.0f} | {row['vs_baseline']:.2f} "
-                         f"| {row['showers_per_cpu_s']:,.0f} |")
-        lines.append("")
+    if not tuning.get("configs"):
+        return []
+    lines = [f"## ONNX Runtime CPU settings ({tuning['n']} showers, {tuning['rounds']} interleaved rounds, "
+             f"load after {tuning['machine'].get('loadavg_after')})", "",
+             "| configuration | showers/s | vs baseline | showers per CPU-second |", "|---|---:|---:|---:|"]
+    for row in tuning["configs"]:
+        lines.append(f"| {row['name']} | {row['showers_per_s']:,.0f} | {row['vs_baseline']:.2f} "
+                     f"| {row['showers_per_cpu_s']:,.0f} |")
+    lines.append("")
+    return lines
+
+
+def _fidelity_table(results: dict) -> list[str]:
+    """What int8 costs in validation metrics (only with --reference-data)."""
     fidelity = results["parts"].get("fidelity")
-    if fidelity and fidelity.get("metrics"):
-        lines += [f"## int8 fidelity (`fastsim validate` against `{fidelity['reference']['path']}`, "
-                  f"n = {fidelity['reference']['n']:,})", "", "| metric | fp32 | int8 | difference |",
-                  "|---|---:|---:|---:|"]
-        for name, value in sorted(fidelity["metrics"]["fp32"].items()):
-            other = fidelity["metrics"]["int8"].get(name)
-            lines.append(f"| {name} | {value:.5f} | {_fmt(other, '.5f')} "
-                         f"| {_fmt(fidelity['metrics']['difference'].get(name), '+.5f')} |")
-        te = fidelity["total_energy_rel_change"]
-        lines += ["", f"Per-shower total energy, int8 vs fp32 (same latents): median relative change "
-                  f"{te['median']:.2e}, 99th percentile {te['p99']:.2e}, max {te['max']:.2e}.", ""]
-    elif not results.get("smoke"):
-        lines += ["int8 fidelity: not measured in this run (pass --reference-data FILE).", ""]
-    errors = {k: v["error"] for k, v in results["parts"].items() if isinstance(v, dict) and "error" in v}
-    if errors:
-        lines += ["## Parts that failed", ""] + [f"- {k}: {v}" for k, v in errors.items()] + [""]
-    return "\n".join(lines)
+    if not (fidelity and fidelity.get("metrics")):
+        return [] if results.get("smoke") else ["int8 fidelity: not measured in this run (pass --reference-data FILE).",
+                                                ""]
+    lines = [f"## int8 fidelity (`fastsim validate` against `{fidelity['reference']['path']}`, "
+             f"n = {fidelity['reference']['n']:,})", "", "| metric | fp32 | int8 | difference |",
+             "|---|---:|---:|---:|"]
+    for name, value in sorted(fidelity["metrics"]["fp32"].items()):
+        other = fidelity["metrics"]["int8"].get(name)
+        lines.append(f"| {name} | {value:.5f} | {_fmt(other, '.5f')} "
+                     f"| {_fmt(fidelity['metrics']['difference'].get(name), '+.5f')} |")
+    te = fidelity["total_energy_rel_change"]
+    lines += ["", f"Per-shower total energy, int8 vs fp32 (same latents): median relative change "
+              f"{te['median']:.2e}, 99th percentile {te['p99']:.2e}, max {te['max']:.2e}.", ""]
+    return lines
 
 
 def plot(results: dict, path: Path) -> Path | None:
@@ -323,14 +373,14 @@ def plot(results: dict, path: Path) -> Path | None:
             series.setdefault(f"ONNX Runtime {p['precision']}, {p['threads']} thread(s)", []).append(
                 (p["batch_size"], p["showers_per_s"]))
     for label, xy in series.items():
-        x, y = zip(*sorted(xy))
+        x, y = zip(*sorted(xy), strict=True)
         ax.plot(x, y, marker="o", label=label)
     peer: dict[int, list] = {}
     for p in torch_doc.get("points", []):
         if p.get("showers_per_s"):
             peer.setdefault(p["threads"], []).append((p["batch_size"], p["showers_per_s"]))
     for threads, xy in peer.items():
-        x, y = zip(*sorted(xy))
+        x, y = zip(*sorted(xy), strict=True)
         ax.plot(x, y, marker="s", linestyle="--", label=f"PyTorch eager, {threads} thread(s)")
     ref = results["parts"].get("reference", {})
     if ref.get("reference"):

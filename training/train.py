@@ -28,27 +28,35 @@ import json
 import math
 import os
 import time
-import tomllib
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
+import tomllib
 import torch
 
 from fastsim.geometry import CylindricalGeometry, default_geometry
 from training.data import ResponseFit, ShowerTensors, load_showers, read_raw
-from training.model import PRIOR_DEGREE, SPOT_DEGREE, ModelConfig, PhysicalDecoder, ShowerVAE, count_parameters, decoder_flops
+from training.model import (
+    PRIOR_DEGREE,
+    SPOT_DEGREE,
+    ModelConfig,
+    PhysicalDecoder,
+    ShowerVAE,
+    count_parameters,
+    decoder_flops,
+)
 
 __all__ = [
     "DataConfig",
     "TrainConfig",
     "fit_latent_prior",
     "fit_spot_energy",
-    "refit_voxel_noise",
     "generate_showers",
     "load_checkpoint",
     "load_config",
     "physical_decoder_from_checkpoint",
+    "refit_voxel_noise",
     "response_table",
     "train",
 ]
@@ -282,7 +290,8 @@ def refit_voxel_noise(run: str | os.PathLike, validation: str | os.PathLike, *, 
     ckpt = load_checkpoint(path)
     config = _config_from_dict(json.loads(ckpt["config_json"]))
     if config["model"].voxel_noise != "gamma":
-        raise ValueError(f"RUN: {path} has voxel_noise={config['model'].voxel_noise!r}; only 'gamma' noise has spot energies")
+        raise ValueError(f"RUN: {path} has voxel_noise={config['model'].voxel_noise!r}; "
+                         "only 'gamma' noise has spot energies")
     geometry = CylindricalGeometry.from_dict(json.loads(ckpt["geometry_json"]))
     tcfg, dcfg = config["train"], config["data"]
     n_showers = tcfg.fom_showers if n_showers is None else n_showers
@@ -404,13 +413,173 @@ def _evaluate_loss(vae: ShowerVAE, tensors: ShowerTensors, tcfg: TrainConfig, be
     return {key: value / tensors.n for key, value in sums.items()}
 
 
+@dataclass(frozen=True)
+class _Schedule:
+    """The learning rate (cosine decay to a floor) and the KL weight (linear warm-up) at each step."""
+
+    tcfg: TrainConfig
+    steps_per_epoch: int
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps_per_epoch * self.tcfg.epochs
+
+    def lr_at(self, step: int) -> float:
+        tcfg = self.tcfg
+        frac = min(1.0, step / max(1, self.total_steps))
+        return tcfg.lr * (tcfg.lr_final_fraction + (1 - tcfg.lr_final_fraction) * 0.5 * (1 + math.cos(math.pi * frac)))
+
+    def beta_at(self, step: int) -> float:
+        warmup_steps = max(1, int(self.tcfg.kl_warmup_epochs * self.steps_per_epoch))
+        return self.tcfg.beta * min(1.0, step / warmup_steps)
+
+
+@dataclass
+class _Progress:
+    """Where a run stands between epochs: what a checkpoint restores."""
+
+    history: list[dict] = field(default_factory=list)
+    start_epoch: int = 0
+    best_fom: float = math.inf
+    best_epoch: int = -1
+    elapsed_before: float = 0.0  # training seconds of earlier sessions (before --resume)
+
+
+def _load_split(dcfg: DataConfig, data: str | os.PathLike, validation: str | os.PathLike | None,
+                geometry: CylindricalGeometry) -> tuple[ShowerTensors, ShowerTensors, ResponseFit]:
+    """Training and validation showers: ``validation``, else the tail of ``data``."""
+    train_set, response = load_showers(data, e_min=dcfg.e_min, e_max=dcfg.e_max, geometry=geometry,
+                                       max_showers=dcfg.max_showers or None)
+    if validation is not None:
+        val_set, _ = load_showers(validation, e_min=dcfg.e_min, e_max=dcfg.e_max, response=response,
+                                  geometry=geometry, max_showers=dcfg.max_val_showers or None)
+        return train_set, val_set, response
+    n_val = max(1, round(train_set.n * dcfg.val_fraction))
+    if n_val >= train_set.n:
+        raise ValueError(f"--data: {train_set.n} showers are too few to split off a validation set")
+    keys = ("energy", "condition", "v", "rings")
+    val_set = ShowerTensors(*(getattr(train_set, k)[-n_val:] for k in keys), 0, train_set.kappa)
+    train_set = ShowerTensors(*(getattr(train_set, k)[:-n_val] for k in keys), train_set.n_dropped, train_set.kappa)
+    return train_set, val_set, response
+
+
+def _write_run_description(out: Path, config: dict, data: str | os.PathLike, validation: str | os.PathLike | None,
+                           train_set: ShowerTensors, val_set: ShowerTensors, response: ResponseFit,
+                           geometry: CylindricalGeometry) -> dict:
+    """Write ``config.json``; return what every checkpoint carries besides weights (config, response, ...)."""
+    config_dict = _config_to_dict(config)
+    data_info = {"train": os.fspath(data), "validation": os.fspath(validation) if validation else None,
+                 "n_train": train_set.n, "n_validation": val_set.n, "n_dropped": train_set.n_dropped}
+    (out / "config.json").write_text(json.dumps({**config_dict, "data_files": data_info,
+                                                  "response": response.to_dict()}, indent=1))
+    return {
+        "config_json": json.dumps(config_dict),
+        "response_json": json.dumps(response.to_dict()),
+        "geometry_json": json.dumps(geometry.to_dict()),
+        "data_json": json.dumps(data_info),
+        "noise_kappa": float(train_set.kappa),
+    }
+
+
+def _restore(out: Path, resume: bool, vae: ShowerVAE, optimiser: torch.optim.Optimizer, log) -> _Progress:
+    """With ``resume``, load ``last.pt`` into the model, optimiser and torch's RNG; else a fresh start."""
+    if resume and (out / "last.pt").exists():
+        ckpt = load_checkpoint(out / "last.pt")
+        vae.load_state_dict(ckpt["model"])
+        optimiser.load_state_dict(ckpt["optimizer"])
+        torch.set_rng_state(ckpt["rng_state"])
+        log(f"resumed from {out / 'last.pt'} after epoch {ckpt['epoch']}")
+        return _Progress(json.loads(ckpt["history_json"]), ckpt["epoch"] + 1, ckpt["best_fom"], ckpt["best_epoch"],
+                         ckpt["train_seconds"])
+    if resume:
+        log(f"--resume: no checkpoint in {out}, starting afresh")
+    return _Progress()
+
+
+def _fom_sample(data: str | os.PathLike, validation: str | os.PathLike | None, geometry: CylindricalGeometry,
+                tcfg: TrainConfig, train_set: ShowerTensors, val_set: ShowerTensors) -> tuple[np.ndarray, np.ndarray]:
+    """Raw validation showers for the figure of merit (the held-out tail of ``data`` without ``validation``)."""
+    if validation is not None:
+        return read_raw(validation, geometry, 0, tcfg.fom_showers)
+    n_rows = val_set.n + train_set.n + train_set.n_dropped
+    return read_raw(data, geometry, n_rows - min(val_set.n, tcfg.fom_showers), n_rows)
+
+
+def _train_epoch(vae: ShowerVAE, optimiser: torch.optim.Optimizer, train_set: ShowerTensors, schedule: _Schedule,
+                 epoch: int, device, progress: bool) -> dict[str, float]:
+    """One pass over the training showers in a seeded order; returns the mean loss terms."""
+    from tqdm import tqdm
+
+    tcfg, steps_per_epoch = schedule.tcfg, schedule.steps_per_epoch
+    vae.train()
+    perm = torch.randperm(train_set.n, generator=torch.Generator().manual_seed(tcfg.seed * 100003 + epoch))
+    sums = {"loss": 0.0, "response": 0.0, "shape": 0.0, "kl": 0.0}
+    bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{tcfg.epochs}", disable=not progress,
+               mininterval=5.0, leave=False)
+    for i in bar:
+        step = epoch * steps_per_epoch + i
+        for group in optimiser.param_groups:
+            group["lr"] = schedule.lr_at(step)
+        idx = perm[i * tcfg.batch_size:(i + 1) * tcfg.batch_size]
+        terms = vae.loss(train_set.condition[idx].to(device), train_set.v[idx].to(device),
+                         train_set.rings[idx].to(device), beta=schedule.beta_at(step), u_weight=tcfg.u_weight,
+                         shape_weight=tcfg.shape_weight)
+        optimiser.zero_grad(set_to_none=True)
+        terms["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 10.0)
+        optimiser.step()
+        for key in sums:
+            sums[key] += float(terms[key].detach()) * len(idx)
+        if i % 20 == 0:
+            bar.set_postfix(loss=f"{float(terms['loss'].detach()):.3f}", kl=f"{float(terms['kl'].detach()):.1f}")
+    bar.close()
+    return {key: value / train_set.n for key, value in sums.items()}
+
+
+def _epoch_prior(vae: ShowerVAE, config: dict, train_set: ShowerTensors) -> tuple[torch.Tensor, torch.Tensor]:
+    """The latent prior the export folds in: the aggregate posterior's fit, or N(0, I)."""
+    tcfg: TrainConfig = config["train"]
+    if tcfg.prior == "aggregate":
+        return fit_latent_prior(vae, train_set, tcfg.prior_fit_showers, tcfg.seed)
+    d = config["model"].latent_dim
+    return torch.zeros(PRIOR_DEGREE + 1, d), torch.eye(d)
+
+
+def _judge(decoder: PhysicalDecoder, dcfg: DataConfig, tcfg: TrainConfig, fom_energy: np.ndarray,
+           fom_reference: np.ndarray, fom_reference_features, geometry: CylindricalGeometry) -> dict[str, float]:
+    """Generated vs validation showers: the figure of merit and the worst response/resolution deviations."""
+    generated = generate_showers(decoder, fom_energy, seed=tcfg.seed + 1)
+    fom = _figure_of_merit(fom_energy, generated, fom_reference_features, geometry, dcfg.threshold)
+    table = response_table(fom_energy, generated.sum(1), fom_reference.sum(1), e_min=dcfg.e_min, e_max=dcfg.e_max)
+    return {"fom": fom,
+            "worst_response_dev": max(abs(r["response_ratio"] - 1) for r in table),
+            "worst_resolution_dev": max(abs(r["resolution_ratio"] - 1) for r in table)}
+
+
 def train(config: dict, data: str | os.PathLike, out: str | os.PathLike, *,
           validation: str | os.PathLike | None = None, resume: bool = False,
           geometry: CylindricalGeometry | None = None, progress: bool = True,
           log=print) -> dict:
-    """Train per ``config`` (see :func:`load_config`) on ``data``; returns a summary dict."""
-    from tqdm import tqdm
+    """Train per ``config`` on ``data``, writing checkpoints and the history into ``out``.
 
+    Args:
+        config: as returned by :func:`load_config` (``name``, ``data``, ``model``, ``train``).
+        data: the training showers (a CaloChallenge HDF5 file).
+        out: the run folder (created): ``config.json``, ``last.pt``, ``best.pt``, ``history.*``.
+        validation: held-out showers for the validation loss and the figure of
+            merit; None: the last ``val_fraction`` of ``data``.
+        resume: continue from ``out/last.pt`` when it exists.
+        geometry: the showers' binning (None: CaloChallenge dataset 2).
+        progress: show a progress bar per epoch.
+        log: called with one line per event (data loaded, each epoch, stopping).
+
+    Returns:
+        ``best_fom``, ``best_epoch``, ``epochs_run``, ``train_seconds``, ``out``.
+
+    Raises:
+        ValueError: too few showers to split off a validation set, or a geometry
+            the VAE cannot bin (layers binned differently).
+    """
     dcfg: DataConfig = config["data"]
     tcfg: TrainConfig = config["train"]
     out = Path(out)
@@ -422,20 +591,7 @@ def train(config: dict, data: str | os.PathLike, out: str | os.PathLike, *,
     torch.manual_seed(tcfg.seed)
 
     t_load = time.perf_counter()
-    max_train = dcfg.max_showers or None
-    train_set, response = load_showers(data, e_min=dcfg.e_min, e_max=dcfg.e_max, geometry=geometry,
-                                       max_showers=max_train)
-    if validation is not None:
-        val_set, _ = load_showers(validation, e_min=dcfg.e_min, e_max=dcfg.e_max, response=response,
-                                  geometry=geometry, max_showers=dcfg.max_val_showers or None)
-    else:
-        n_val = max(1, int(round(train_set.n * dcfg.val_fraction)))
-        if n_val >= train_set.n:
-            raise ValueError(f"--data: {train_set.n} showers are too few to split off a validation set")
-        val_set = ShowerTensors(*(getattr(train_set, k)[-n_val:] for k in ("energy", "condition", "v", "rings")),
-                                0, train_set.kappa)
-        train_set = ShowerTensors(*(getattr(train_set, k)[:-n_val] for k in ("energy", "condition", "v", "rings")),
-                                  train_set.n_dropped, train_set.kappa)
+    train_set, val_set, response = _load_split(dcfg, data, validation, geometry)
     log(f"data: {train_set.n} training showers ({train_set.n_dropped} empty dropped), "
         f"{val_set.n} validation showers, loaded in {time.perf_counter() - t_load:.0f} s; "
         f"voxel noise kappa {train_set.kappa:.2f} MeV")
@@ -444,121 +600,57 @@ def train(config: dict, data: str | os.PathLike, out: str | os.PathLike, *,
     vae.fit_input_scaling(train_set.condition, train_set.v, train_set.rings)
     vae.to(device)
     optimiser = torch.optim.Adam(vae.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
-    steps_per_epoch = math.ceil(train_set.n / tcfg.batch_size)
-    total_steps = steps_per_epoch * tcfg.epochs
-    warmup_steps = max(1, int(tcfg.kl_warmup_epochs * steps_per_epoch))
+    schedule = _Schedule(tcfg, math.ceil(train_set.n / tcfg.batch_size))
+    meta = _write_run_description(out, config, data, validation, train_set, val_set, response, geometry)
+    state = _restore(out, resume, vae, optimiser, log)
 
-    def lr_at(step: int) -> float:
-        frac = min(1.0, step / max(1, total_steps))
-        return tcfg.lr * (tcfg.lr_final_fraction + (1 - tcfg.lr_final_fraction) * 0.5 * (1 + math.cos(math.pi * frac)))
-
-    config_dict = _config_to_dict(config)
-    data_info = {"train": os.fspath(data), "validation": os.fspath(validation) if validation else None,
-                 "n_train": train_set.n, "n_validation": val_set.n, "n_dropped": train_set.n_dropped}
-    meta = {
-        "config_json": json.dumps(config_dict),
-        "response_json": json.dumps(response.to_dict()),
-        "geometry_json": json.dumps(geometry.to_dict()),
-        "data_json": json.dumps(data_info),
-        "noise_kappa": float(train_set.kappa),
-    }
-    (out / "config.json").write_text(json.dumps({**config_dict, "data_files": data_info,
-                                                  "response": response.to_dict()}, indent=1))
-
-    history: list[dict] = []
-    start_epoch, best_fom, best_epoch, elapsed_before = 0, math.inf, -1, 0.0
-    if resume and (out / "last.pt").exists():
-        ckpt = load_checkpoint(out / "last.pt")
-        vae.load_state_dict(ckpt["model"])
-        optimiser.load_state_dict(ckpt["optimizer"])
-        torch.set_rng_state(ckpt["rng_state"])
-        history = json.loads(ckpt["history_json"])
-        start_epoch, best_fom, best_epoch = ckpt["epoch"] + 1, ckpt["best_fom"], ckpt["best_epoch"]
-        elapsed_before = ckpt["train_seconds"]
-        log(f"resumed from {out / 'last.pt'} after epoch {ckpt['epoch']}")
-    elif resume:
-        log(f"--resume: no checkpoint in {out}, starting afresh")
-
-    # The figure of merit compares with raw validation showers (the held-out tail of --data without --validation).
-    if validation is not None:
-        fom_energy, fom_reference = read_raw(validation, geometry, 0, tcfg.fom_showers)
-    else:
-        n_rows = val_set.n + train_set.n + train_set.n_dropped
-        fom_energy, fom_reference = read_raw(data, geometry, n_rows - min(val_set.n, tcfg.fom_showers), n_rows)
+    fom_energy, fom_reference = _fom_sample(data, validation, geometry, tcfg, train_set, val_set)
     fom_reference_features = _reference_features(fom_energy, fom_reference, geometry, dcfg.threshold)
-    log(f"model: {count_parameters(vae)} parameters ({sum(count_parameters(m) for m in vae.decoder_modules())} in the decoder), "
+    log(f"model: {count_parameters(vae)} parameters "
+        f"({sum(count_parameters(m) for m in vae.decoder_modules())} in the decoder), "
         f"{decoder_flops(vae) / 1e6:.2f} MFLOP per decoded shower; device {device}, {torch.get_num_threads()} threads")
 
     t_start = time.perf_counter()
-    epochs_without_gain = history[-1]["epoch"] - best_epoch if history else 0
-    for epoch in range(start_epoch, tcfg.epochs):
+    epochs_without_gain = state.history[-1]["epoch"] - state.best_epoch if state.history else 0
+    for epoch in range(state.start_epoch, tcfg.epochs):
         t_epoch = time.perf_counter()
-        vae.train()
-        perm = torch.randperm(train_set.n, generator=torch.Generator().manual_seed(tcfg.seed * 100003 + epoch))
-        sums = {"loss": 0.0, "response": 0.0, "shape": 0.0, "kl": 0.0}
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{tcfg.epochs}", disable=not progress,
-                   mininterval=5.0, leave=False)
-        for i in bar:
-            step = epoch * steps_per_epoch + i
-            for group in optimiser.param_groups:
-                group["lr"] = lr_at(step)
-            beta = tcfg.beta * min(1.0, step / warmup_steps)
-            idx = perm[i * tcfg.batch_size:(i + 1) * tcfg.batch_size]
-            terms = vae.loss(train_set.condition[idx].to(device), train_set.v[idx].to(device),
-                             train_set.rings[idx].to(device), beta=beta, u_weight=tcfg.u_weight,
-                             shape_weight=tcfg.shape_weight)
-            optimiser.zero_grad(set_to_none=True)
-            terms["loss"].backward()
-            torch.nn.utils.clip_grad_norm_(vae.parameters(), 10.0)
-            optimiser.step()
-            for key in sums:
-                sums[key] += float(terms[key].detach()) * len(idx)
-            if i % 20 == 0:
-                bar.set_postfix(loss=f"{float(terms['loss'].detach()):.3f}", kl=f"{float(terms['kl'].detach()):.1f}")
-        bar.close()
-        train_terms = {key: value / train_set.n for key, value in sums.items()}
+        train_terms = _train_epoch(vae, optimiser, train_set, schedule, epoch, device, progress)
         val_terms = _evaluate_loss(vae, val_set, tcfg, tcfg.beta, device)
-
-        if tcfg.prior == "aggregate":
-            prior_mean, prior_chol = fit_latent_prior(vae, train_set, tcfg.prior_fit_showers, tcfg.seed)
-        else:
-            d = config["model"].latent_dim
-            prior_mean, prior_chol = torch.zeros(PRIOR_DEGREE + 1, d), torch.eye(d)
+        prior_mean, prior_chol = _epoch_prior(vae, config, train_set)
         decoder = PhysicalDecoder(vae, response, e_min=dcfg.e_min, e_max=dcfg.e_max, threshold=dcfg.threshold,
                                   prior_mean=prior_mean.to(device), prior_chol=prior_chol.to(device),
                                   noise_kappa=train_set.kappa).to(device)
-        generated = generate_showers(decoder, fom_energy, seed=tcfg.seed + 1)
-        fom = _figure_of_merit(fom_energy, generated, fom_reference_features, geometry, dcfg.threshold)
-        table = response_table(fom_energy, generated.sum(1), fom_reference.sum(1), e_min=dcfg.e_min, e_max=dcfg.e_max)
-        worst_resp = max(abs(r["response_ratio"] - 1) for r in table)
-        worst_res = max(abs(r["resolution_ratio"] - 1) for r in table)
+        judged = _judge(decoder, dcfg, tcfg, fom_energy, fom_reference, fom_reference_features, geometry)
+        fom = judged["fom"]
 
-        elapsed = elapsed_before + time.perf_counter() - t_start
-        row = {"epoch": epoch, "lr": lr_at((epoch + 1) * steps_per_epoch), "seconds": round(time.perf_counter() - t_epoch, 1),
+        elapsed = state.elapsed_before + time.perf_counter() - t_start
+        row = {"epoch": epoch, "lr": schedule.lr_at((epoch + 1) * schedule.steps_per_epoch),
+               "seconds": round(time.perf_counter() - t_epoch, 1),
                **{f"train_{k}": v for k, v in train_terms.items()}, **{f"val_{k}": v for k, v in val_terms.items()},
-               "fom": fom, "worst_response_dev": worst_resp, "worst_resolution_dev": worst_res}
-        history.append(row)
-        improved = fom < best_fom
+               **judged}
+        state.history.append(row)
+        improved = fom < state.best_fom
         if improved:
-            best_fom, best_epoch = fom, epoch
+            state.best_fom, state.best_epoch = fom, epoch
         ckpt = {
             "epoch": epoch, "model": {k: v.cpu() for k, v in vae.state_dict().items()},
             "optimizer": optimiser.state_dict(), "rng_state": torch.get_rng_state(),
             "prior_mean": prior_mean.cpu(), "prior_chol": prior_chol.cpu(),
-            "best_fom": best_fom, "best_epoch": best_epoch, "fom": fom, "train_seconds": elapsed,
-            "history_json": json.dumps(history), **meta,
+            "best_fom": state.best_fom, "best_epoch": state.best_epoch, "fom": fom, "train_seconds": elapsed,
+            "history_json": json.dumps(state.history), **meta,
         }
         _atomic_save(ckpt, out / "last.pt")
         if improved:
             _atomic_save({k: v for k, v in ckpt.items() if k != "optimizer"}, out / "best.pt")
-        _write_history(out, history)
+        _write_history(out, state.history)
         log(f"epoch {epoch + 1}/{tcfg.epochs}: loss {train_terms['loss']:.4f} (val {val_terms['loss']:.4f}), "
             f"shape {val_terms['shape']:.4f}, response {val_terms['response']:.4f}, kl {val_terms['kl']:.2f}, "
-            f"FOM {fom:.5f}{' *' if improved else ''}, worst response {worst_resp:.4f}, "
-            f"worst resolution {worst_res:.4f} [{row['seconds']:.0f} s]")
+            f"FOM {fom:.5f}{' *' if improved else ''}, worst response {judged['worst_response_dev']:.4f}, "
+            f"worst resolution {judged['worst_resolution_dev']:.4f} [{row['seconds']:.0f} s]")
         epochs_without_gain = 0 if improved else epochs_without_gain + 1
         if epochs_without_gain >= tcfg.patience:
-            log(f"early stop: no FOM gain for {tcfg.patience} epochs (best {best_fom:.5f} at epoch {best_epoch + 1})")
+            log(f"early stop: no FOM gain for {tcfg.patience} epochs "
+                f"(best {state.best_fom:.5f} at epoch {state.best_epoch + 1})")
             break
         epoch_seconds = time.perf_counter() - t_epoch
         if tcfg.max_minutes > 0 and elapsed + epoch_seconds > 60 * tcfg.max_minutes:
@@ -570,5 +662,5 @@ def train(config: dict, data: str | os.PathLike, out: str | os.PathLike, *,
                                threshold=dcfg.threshold, seed=tcfg.seed)
         _atomic_save({**best, "spot_coeffs": spot}, out / "best.pt")
         log("voxel noise: per-layer spot energies fitted to the validation sparsity")
-    return {"best_fom": best_fom, "best_epoch": best_epoch, "epochs_run": len(history),
-            "train_seconds": elapsed_before + time.perf_counter() - t_start, "out": os.fspath(out)}
+    return {"best_fom": state.best_fom, "best_epoch": state.best_epoch, "epochs_run": len(state.history),
+            "train_seconds": state.elapsed_before + time.perf_counter() - t_start, "out": os.fspath(out)}
