@@ -248,10 +248,19 @@ class ShowerFile:
 def open_showers(path: str | os.PathLike[str], geometry: CylindricalGeometry | None = None) -> ShowerFile:
     """Open a CaloChallenge shower file for lazy, validated reading.
 
-    ``geometry`` is checked against the voxel count; without one, the binning XML
-    beside the file (or dataset 2, when the voxel count fits) is used when found.
+    Args:
+        path: a CaloChallenge HDF5 file.
+        geometry: checked against the voxel count; None: the binning XML beside
+            the file (or dataset 2, when the voxel count fits) when found.
 
-    >>> with open_showers("data/electrons_train.h5") as f:
+    Returns:
+        An open :class:`ShowerFile`; use it in a ``with`` block.
+
+    Raises:
+        DataError: the file is missing or unreadable, not in the CaloChallenge
+            layout, or its energies or voxel count are wrong.
+
+    >>> with open_showers("data/electrons_train.h5") as f:  # doctest: +SKIP
     ...     for energies, showers in f.iter_chunks(1000):
     ...         ...
     """

@@ -113,7 +113,23 @@ def plan_shards(n: int, shards: int | None = None, *, block_size: int = BLOCK_SI
 
     Blocks are shared out as evenly as possible (earlier shards get one more
     when they do not divide); every boundary but ``n`` is a multiple of
-    ``block_size``. ``shards=None`` gives shards of about :data:`DEFAULT_SHARD_SIZE`.
+    ``block_size``.
+
+    Args:
+        n: number of samples (> 0).
+        shards: number of shards, at most the number of blocks; None: shards of
+            about :data:`DEFAULT_SHARD_SIZE` samples.
+        block_size: the random-stream block (:data:`fastsim.prior.BLOCK_SIZE`).
+
+    Returns:
+        The ``(start, stop)`` of each shard, in order, covering ``[0, n)``.
+
+    Raises:
+        ArgumentError: ``n`` or ``shards`` is not a positive integer, or there
+            are more shards than blocks.
+
+    >>> plan_shards(10_000, 3, block_size=1024)
+    [(0, 4096), (4096, 7168), (7168, 10000)]
     """
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n <= 0:
         raise ArgumentError(f"n: expected a positive number of samples, got {n!r}")
@@ -533,7 +549,8 @@ def generate(
             default without Dask, 1 on a cluster, where the workers give the
             parallelism).
         batch_size: showers per decoder call (None: the runtime's default).
-        compression: HDF5 compression of the shard files (None, ``"gzip"``, ``"lzf"``).
+        compression: HDF5 compression of the shard files (None, ``"gzip"``,
+            ``"gzip:LEVEL"``, ``"lzf"``).
         allow_extrapolation: accept conditions outside the training range (with a warning).
         retries: times Dask retries a failing shard; one that keeps failing
             stops the run with its error.

@@ -97,6 +97,16 @@ class Generator:
 
         No prior, no condition checks: the raw decoder. On a GPU it is one
         session run; on the CPU, CPU_RUN_ROWS-row runs spread over the workers.
+
+        Args:
+            z: latents, shape (k, latent_dim), cast to float32.
+            conditions: raw condition values in the spec's units, shape (k, n_conditions).
+
+        Returns:
+            Showers (k, n_voxels) in MeV, float32 (float16 for an fp16 model).
+
+        Raises:
+            ArgumentError: ``z`` or ``conditions`` has the wrong shape.
         """
         z = np.ascontiguousarray(z, dtype=np.float32)
         conditions = np.ascontiguousarray(conditions, dtype=np.float32)
@@ -181,9 +191,33 @@ class Generator:
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Yield ``(conditions, showers)`` chunks of at most ``batch_size`` samples, in order.
 
-        Arguments are checked now, not at the first ``next()``. ``start`` is the
-        global index of the first sample (for shards and resumed runs).
-        Memory use is independent of ``n``.
+        Arguments are checked now, not at the first ``next()``. Memory use is
+        independent of ``n``; the showers are those of :meth:`generate` with the
+        same arguments.
+
+        Args:
+            n: number of showers (None: one per value when ``conditions`` gives arrays).
+            conditions: None (sampled over the training range with the spec's
+                law), a constant (``50_000`` or ``"50GeV"``), a range
+                (``"10GeV:1TeV"`` or ``(lo, hi)``), per-sample values (an array
+                or a ``.npy``/``.csv`` file), or a mapping of those by condition name.
+            seed: the run's seed, 0 to :data:`fastsim.prior.MAX_SEED`.
+            batch_size: showers per chunk (> 0).
+            start: global index of the first sample (for shards and resumed runs).
+            allow_extrapolation: accept conditions outside the training range (with a warning).
+            **named: conditions by name, e.g. ``incident_energy="50GeV"``.
+
+        Returns:
+            An iterator of (conditions (k, n_conditions), showers (k, n_voxels)), float32, MeV.
+
+        Raises:
+            ArgumentError: a bad ``n``, ``seed``, ``batch_size`` or ``start``.
+            ConditionError: conditions malformed or outside the training range.
+
+        >>> import fastsim
+        >>> gen = fastsim.load("default", device="cpu", threads=1)
+        >>> [len(showers) for _, showers in gen.iter_batches(2500, "50GeV", batch_size=1024)]
+        [1024, 1024, 452]
         """
         plan, streams, start, batch_size = self._prepare(n, conditions, seed, batch_size, start,
                                                          allow_extrapolation, named)
@@ -297,6 +331,18 @@ class Generator:
         run's rows copied out, cut and put back on the device. The showers are
         those of :meth:`iter_batches` with the same arguments, bit for bit on the
         same provider.
+
+        Args:
+            n, conditions, seed, batch_size, start, allow_extrapolation, named:
+                as in :meth:`iter_batches`.
+
+        Returns:
+            An iterator of (conditions (k, n_conditions) float32 numpy, showers
+            ``onnxruntime.OrtValue`` (k, n_voxels) on the session's device).
+
+        Raises:
+            ArgumentError: a bad ``n``, ``seed``, ``batch_size`` or ``start``.
+            ConditionError: conditions malformed or outside the training range.
         """
         import onnxruntime as ort
 
@@ -346,12 +392,40 @@ class Generator:
         allow_extrapolation: bool = False,
         **named: Any,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Generate ``n`` showers; returns ``(conditions (n, n_conditions), showers (n, n_voxels))``, float32, MeV.
+        """Generate ``n`` showers in memory.
 
-        ``conditions``: None (sampled over the training range with the spec's
-        law), a constant (``50_000`` or ``"50GeV"``), a range (``"10GeV:1TeV"``
-        or ``(lo, hi)``), per-sample values (array or file), or a mapping by
-        condition name. The same seed gives the same showers for any batch size.
+        The same seed gives the same showers for any batch size and thread
+        count (bitwise on the CPU); sample ``start + i`` depends only on
+        ``(seed, start + i)``.
+
+        Args:
+            n: number of showers (None: one per value when ``conditions`` gives arrays).
+            conditions: None (sampled over the training range with the spec's
+                law), a constant (``50_000`` or ``"50GeV"``), a range
+                (``"10GeV:1TeV"`` or ``(lo, hi)``), per-sample values (an array
+                or a ``.npy``/``.csv`` file), or a mapping of those by condition name.
+            seed: the run's seed, 0 to :data:`fastsim.prior.MAX_SEED`.
+            batch_size: showers per session run (> 0); changes speed, not results.
+            start: global index of the first sample (for shards and resumed runs).
+            allow_extrapolation: accept conditions outside the training range (with a warning).
+            **named: conditions by name, e.g. ``incident_energy="50GeV"``.
+
+        Returns:
+            (conditions (n, n_conditions), showers (n, n_voxels)), float32, MeV.
+
+        Raises:
+            ArgumentError: a bad ``n``, ``seed``, ``batch_size`` or ``start``.
+            ConditionError: conditions malformed or outside the training range.
+
+        >>> import fastsim
+        >>> gen = fastsim.load("default", device="cpu", threads=1)
+        >>> conditions, showers = gen.generate(10, "50GeV", seed=1)
+        >>> conditions.shape, showers.shape
+        ((10, 1), (10, 6480))
+        >>> float(conditions[0, 0])
+        50000.0
+        >>> bool((gen.generate(10, "50GeV", seed=1, batch_size=1)[1] == showers).all())
+        True
         """
         plan, streams, start, batch_size = self._prepare(n, conditions, seed, batch_size, start,
                                                          allow_extrapolation, named)
@@ -394,11 +468,40 @@ class Generator:
     ) -> dict:
         """Generate ``n`` showers straight into a file (HDF5, .npz or .npy; see :mod:`fastsim.io`).
 
-        Memory stays flat in ``n``; decoding overlaps writing. With
-        ``resume=True`` an interrupted run of the same arguments is continued
-        and the result is bitwise identical to an uninterrupted one.
-        ``on_batch(k)`` is called as each batch of k showers is done (progress bars).
-        Returns a summary: n, seconds, showers_per_s, provider, output, seed, model, ...
+        Memory stays flat in ``n``; decoding overlaps writing. The file appears
+        under its name only when complete. With ``resume=True`` an interrupted
+        run of the same arguments is continued and the result is bitwise
+        identical to an uninterrupted one.
+
+        Args:
+            path: the output file; its suffix picks the format unless ``fmt`` is given.
+            n: number of showers (None: one per value when ``conditions`` gives arrays).
+            conditions: None (sampled over the training range with the spec's
+                law), a constant (``50_000`` or ``"50GeV"``), a range
+                (``"10GeV:1TeV"`` or ``(lo, hi)``), per-sample values (an array
+                or a ``.npy``/``.csv`` file), or a mapping of those by condition name.
+            seed: the run's seed, 0 to :data:`fastsim.prior.MAX_SEED`.
+            batch_size: showers per session run (> 0).
+            start: global index of the first sample (for shards).
+            fmt: ``"h5"``, ``"npz"`` or ``"npy"`` (None: from the suffix).
+            compression: None, ``"gzip"``, ``"gzip:LEVEL"`` (0-9) or ``"lzf"``;
+                ``.npz`` takes gzip only.
+            resume: continue the partial file of an interrupted run of the same arguments.
+            force: replace an existing file.
+            allow_extrapolation: accept conditions outside the training range (with a warning).
+            on_batch: called with k as each batch of k showers is done (progress bars).
+            **named: conditions by name, e.g. ``incident_energy="50GeV"``.
+
+        Returns:
+            A summary: ``n``, ``generated``, ``resumed_from``, ``seconds``,
+            ``showers_per_s``, ``provider``, ``output``, ``format``, ``seed``,
+            ``model``, ``model_sha256``, ``batch_size``, ``conditions``, ...
+
+        Raises:
+            ArgumentError: a bad ``n``, ``seed``, ``batch_size``, ``start`` or format.
+            ConditionError: conditions malformed or outside the training range.
+            OutputError: the file exists (without ``force``), cannot be written,
+                or has no partial run to resume that matches these arguments.
         """
         plan = self.plan(n, conditions, allow_extrapolation=allow_extrapolation, **named)
         seed = _positive_int(seed, "seed", zero=True, maximum=MAX_SEED)
@@ -482,15 +585,36 @@ def load(
 ) -> Generator:
     """Load a decoder by bundled name or path and check it against its spec.
 
-    ``spec``: the model's own metadata or ``MODEL.onnx.json`` sidecar when None;
-    otherwise a :class:`ModelSpec`, its dict, or a path to its JSON file.
-    ``device``: ``"auto"`` (CUDA if available, else CPU; see ``Generator.provider``),
-    ``"cpu"``, ``"cuda"`` or ``"tensorrt"`` -- never a silent fallback.
-    ``threads``: CPU threads decoding (None: one per physical core). On the
-    CPU each thread runs its own single-threaded ONNX Runtime calls of
-    CPU_RUN_ROWS rows, which measured faster than ONNX Runtime's intra-op
-    threads on this decoder's small, memory-bound operators; on a GPU it is
-    ONNX Runtime's intra-op thread count.
+    On the CPU each decoding thread runs its own single-threaded ONNX Runtime
+    calls of CPU_RUN_ROWS rows, which measured faster than ONNX Runtime's
+    intra-op threads on this decoder's small, memory-bound operators.
+
+    Args:
+        model: a bundled model's name (``fastsim models`` lists them),
+            ``"default"``, or a path to an ``.onnx`` file.
+        spec: None: the model's own metadata, else its ``MODEL.onnx.json``
+            sidecar; otherwise a :class:`ModelSpec`, its dict, or a path to its JSON file.
+        device: ``"auto"`` (CUDA if available, else CPU; see
+            ``Generator.provider``), ``"cpu"``, ``"cuda"`` or ``"tensorrt"`` --
+            never a silent fallback.
+        threads: CPU threads decoding (None: one per physical core); on a GPU,
+            ONNX Runtime's intra-op thread count.
+        optimization: ONNX Runtime graph optimisation level (``"all"``,
+            ``"extended"``, ``"basic"``, ``"disable"``).
+        provider_options: options per execution provider, passed to ONNX Runtime.
+
+    Returns:
+        A :class:`Generator` ready to generate.
+
+    Raises:
+        ModelError: no such file or bundled name, or not an ONNX model.
+        SpecError: the spec is missing, malformed, or disagrees with the graph.
+        ProviderError: the device is unknown or not available, or ``threads`` is bad.
+
+    >>> import fastsim
+    >>> gen = fastsim.load("default", device="cpu")
+    >>> gen.spec.condition_names, gen.provider
+    (('incident_energy',), 'CPUExecutionProvider')
     """
     path = resolve_model(model)
     if spec is None or isinstance(spec, (str, os.PathLike)):

@@ -1,32 +1,11 @@
 """Writing generated showers: CaloChallenge HDF5 (or .npy/.npz), atomically, resumably.
 
-:class:`ShowerWriter` writes rows ``[0, n)`` of one output file -- global
-samples ``[start, start + n)`` of a run -- to ``NAME.partial`` and renames it
-to ``NAME`` only when every row is written, so no half-written file ever looks
-finished. HDF5 files follow the CaloChallenge layout: ``incident_energies``
-(N, 1) and ``showers`` (N, n_voxels), float32 MeV, with the run's description
-in file attributes (``fastsim.*``: spec, seed, n, start, conditions, model
-sha256, fastsim version). Compressed (gzip, lzf) showers are chunked and
-written by h5py; uncompressed ones are one contiguous dataset, page-aligned in
-the file, written by ``pwrite`` at its offset -- with ``O_DIRECT`` for rows
-whose file offset and memory are page-aligned (:func:`aligned_empty`; the
-generator's run buffers are) where the file system allows it: taking ~1 GB/s
-of new data into the page cache cost this project's 2-core test machine as
-much CPU as decoding it. Ragged ends, other memory and file systems that
-refuse ``O_DIRECT`` go through the page cache; the bytes are the same either
-way (``ShowerWriter.direct_fraction`` says how much went direct).
-
-Resuming: after each batch the data are flushed, then the attribute
-``fastsim.progress`` (rows complete) is updated and flushed, so the attribute
-never claims rows that are not on disk. ``ShowerWriter(..., resume=True)``
-reopens the partial file, checks it describes the same run, and continues
-after the last complete row; because sample i depends only on (seed, i), the
-result is bitwise identical to an uninterrupted run.
-
-:func:`write_batches` overlaps decoding with writing: a single background
-thread writes while the caller's iterator decodes the next batch (ONNX Runtime
-releases the GIL), with a bounded queue so memory stays flat in n; its
-``on_written`` hook lets the producer recycle a fixed pool of buffers.
+:class:`ShowerWriter` writes one output file (rows ``[0, n)``, global samples
+``[start, start + n)`` of a run) so that no half-written file ever looks
+finished, and with ``resume=True`` continues an interrupted run of the same
+arguments, bitwise identical to an uninterrupted one. :func:`write_batches`
+overlaps decoding with writing on one background thread. The layout, the write
+path (``pwrite``, ``O_DIRECT``) and the resume protocol are in ``docs/io.md``.
 """
 
 from __future__ import annotations
