@@ -18,7 +18,7 @@ from helpers.decoders import make_decoder
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from training.quantize import quantize_model  # noqa: E402
+from training.quantize import quantize_model
 
 
 def _ops(path: Path) -> set[str]:
