@@ -347,6 +347,7 @@ def test_torch_peer_refuses_operators_it_does_not_implement(tmp_path):
 
 # --- the whole benchmark in smoke mode -------------------------------------------------------------
 
+@pytest.mark.slow  # every benchmark part in a child process, the torch peer included
 def test_run_all_smoke_produces_well_formed_results(wide_model, tmp_path):
     out = tmp_path / "results"
     proc = subprocess.run(

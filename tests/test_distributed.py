@@ -101,6 +101,7 @@ def test_plan_shards_rejects_impossible_layouts(n, shards, expected):
 # ----------------------------------------------------------------------------- bitwise reproducibility
 
 
+@pytest.mark.slow  # a Dask LocalCluster of worker processes
 @pytest.mark.parametrize("kind", ["sampled", "per-shower"])
 @pytest.mark.parametrize("shards", [1, 3, 7])
 def test_sharded_run_on_cluster_is_bitwise_the_unsharded_run(model, cluster_client, reference, energies_file,
@@ -218,6 +219,7 @@ def test_rerun_skips_verified_shards_and_redoes_missing_or_corrupt_ones(model, r
     np.testing.assert_array_equal(_read_all(out)[1], reference["sampled"][1])
 
 
+@pytest.mark.slow  # a Dask LocalCluster of worker processes
 def test_killed_worker_is_replaced_and_the_data_are_identical(model, cluster_client, reference, tmp_path):
     """A worker process dies (os._exit) as it starts shard 2: Dask reruns the shard elsewhere."""
     marker = tmp_path / "killed-once"
@@ -265,6 +267,7 @@ def _wait_for_manifest(path: Path, process: subprocess.Popen, done_at_least: int
     raise AssertionError(f"the run did not reach {done_at_least} shards in time (exit {process.poll()})")
 
 
+@pytest.mark.slow  # a Dask LocalCluster of worker processes
 def test_killed_client_then_rerun_generates_only_the_missing_shards(tmp_path, run_fastsim):
     """SIGKILL a real `fastsim generate --dask local:2` mid-run; the same command then finishes it."""
     psutil = pytest.importorskip("psutil")
@@ -382,6 +385,7 @@ def test_unusable_output_folder_is_a_clear_error(model, tmp_path, run_fastsim, w
     assert (tmp_path / "file.h5").read_text() == "not a folder"
 
 
+@pytest.mark.slow  # a Dask LocalCluster of worker processes
 def test_shard_that_keeps_failing_stops_the_run_with_its_error(model, cluster_client, tmp_path):
     """A shard whose file cannot be written fails on every retry; the run stops and says why."""
     out = tmp_path / "out"
@@ -457,6 +461,7 @@ def test_progress_bar_reports_showers_and_shards(model, tmp_path, capsys):
     assert f"{N / 1000:.2f}k/{N / 1000:.2f}k" in err and "3/3 shards" in err and "shower/s" in err
 
 
+@pytest.mark.slow  # a Dask LocalCluster of worker processes
 def test_client_may_be_a_cluster_object(model, cluster_client, reference, tmp_path):
     """dask-jobqueue users hold a cluster (SLURMCluster, HTCondorCluster); it is accepted as the client."""
     summary = distributed.generate(model, N, tmp_path / "out", seed=SEED, shards=2, client=cluster_client.cluster,

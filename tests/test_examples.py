@@ -27,6 +27,9 @@ from fastsim.geometry import CylindricalGeometry, Layer, default_geometry
 from fastsim.spec import ConditionSpec, read_spec
 from helpers.decoders import ENERGY_CONDITION, RESPONSE, make_decoder, make_spec
 
+# Every test here needs the C++ demo built or onnxruntime-node installed.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 CPP_DIR = ROOT / "examples" / "cpp"
 NODE_DIR = ROOT / "examples" / "node"

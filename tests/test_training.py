@@ -27,6 +27,9 @@ onnx = pytest.importorskip("onnx")
 import fastsim  # noqa: E402
 from fastsim.spec import SPEC_KEY, ModelSpec  # noqa: E402
 
+# Every test here simulates, trains or exports (through the real command line).
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[1]
 THRESHOLD = 0.01515
 TINY_CONFIG = """
