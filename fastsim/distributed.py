@@ -103,6 +103,8 @@ _PARTIAL_FILE = re.compile(r"^shard-\d{5,}\.h5\.[0-9a-f]{32}(\.partial)?$")
 _MANIFEST_BUDGET = 20
 # The fields that identify a run: a manifest that differs in any of them is another run.
 _IDENTITY = ("n", "seed", "block_size", "conditions", "model_sha256", "shard_ranges")
+# A connected distributed.Client, or None without Dask (Dask ships no type hints for it).
+_DaskClient = Any
 
 
 # ----------------------------------------------------------------------------- planning
@@ -405,7 +407,7 @@ def _local_workers(address: str) -> int | None:
 
 
 @contextlib.contextmanager
-def _connect(client: Any, timeout: float | None) -> Iterator[Any]:
+def _connect(client: Any, timeout: float | None) -> Iterator[_DaskClient]:
     """A Dask client for ``client``: an open Client, a scheduler address, ``"local:W"``, or None (no Dask)."""
     if client is None or hasattr(client, "submit"):
         yield client
@@ -466,7 +468,7 @@ def _fail_shard(index: int, ranges: list[tuple[int, int]], exc: BaseException, a
     return ClusterError(f"{where} failed{tries}: {type(exc).__name__}: {reason}")
 
 
-def _verify(client: Any, out: Path, entries: list[dict[str, Any]]) -> set[int]:
+def _verify(client: _DaskClient, out: Path, entries: list[dict[str, Any]]) -> set[int]:
     """Indices of the shards whose file is present and matches its recorded checksums."""
     todo = [e for e in entries if (out / e["file"]).is_file()]
     paths = [str((out / e["file"]).resolve()) for e in todo]
@@ -655,7 +657,7 @@ def _plan_run(model: str | os.PathLike[str], n: int | None, out: str | os.PathLi
     return run
 
 
-def _execute(run: _ShardedRun, dask_client: Any, progress: bool,
+def _execute(run: _ShardedRun, dask_client: _DaskClient, progress: bool,
              on_shard: Callable[[dict[str, Any]], None] | None) -> tuple[dict[str, Any], set[int], list[int]]:
     """Generate the shards not yet done, in a claimed ``out``; return the manifest, skipped and generated."""
     manifest_path = run.out / MANIFEST_NAME
@@ -724,7 +726,7 @@ def _shard_tasks(doc: dict[str, Any], plan: ConditionPlan, ref: _ModelRef, out: 
     return tasks
 
 
-def _count_workers(client: Any) -> int:
+def _count_workers(client: _DaskClient) -> int:
     if client is None:
         return 1
     return len(client.scheduler_info().get("workers", {}))
@@ -737,7 +739,7 @@ def _record(doc: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
     return entry
 
 
-def _run(client: Any, todo: list[_ShardTask], doc: dict[str, Any], manifest_path: Path, retries: int,
+def _run(client: _DaskClient, todo: list[_ShardTask], doc: dict[str, Any], manifest_path: Path, retries: int,
          progress: bool, on_shard: Callable[[dict[str, Any]], None] | None, skipped: int) -> list[int]:
     """Generate the shards in ``todo``, recording each in the manifest as it finishes."""
     from tqdm import tqdm

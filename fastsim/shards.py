@@ -25,6 +25,8 @@ import numpy as np
 from fastsim.errors import ClusterError, DataError
 
 if TYPE_CHECKING:
+    import dask.array
+
     from fastsim.dataset import ShowerSource
     from fastsim.geometry import CylindricalGeometry
 
@@ -272,7 +274,7 @@ class ShardedDataset:
         return _concat(list(self.iter_chunks(max(stop - start, 1), start, stop)) or
                        [(np.empty(0), np.empty((0, self.n_voxels), np.float32))])
 
-    def to_dask(self) -> tuple[Any, Any]:
+    def to_dask(self) -> tuple[dask.array.Array, dask.array.Array]:
         """Lazy dask arrays over all shards, for out-of-core analysis.
 
         The shard files stay open until :meth:`close`.
