@@ -170,6 +170,7 @@ class ShowerFile:
 
     @property
     def n_voxels(self) -> int:
+        """Voxels per shower."""
         return self._shape[1]
 
     @property
@@ -213,7 +214,21 @@ class ShowerFile:
     def iter_chunks(
         self, chunk_size: int = DEFAULT_CHUNK_SIZE, start: int = 0, stop: int | None = None
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Yield (energies (k,) float64, showers (k, n_voxels) float32) for rows start:stop."""
+        """Yield the showers of rows ``start:stop`` in chunks, each checked as it is read.
+
+        Args:
+            chunk_size: rows per chunk (>= 1); the last chunk may be shorter.
+            start: first row.
+            stop: row after the last; None: the end of the file.
+
+        Returns:
+            An iterator of (energies (k,) float64 MeV, showers (k, n_voxels) float32 MeV).
+
+        Raises:
+            DataError: a bound is not an integer or outside ``0:n``, ``chunk_size``
+                is below 1, the file is closed, or a chunk holds a non-finite or
+                negative value.
+        """
         if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
             raise DataError(f"{self.path}: chunk_size must be an integer >= 1, got {chunk_size!r}")
         start, stop = self._range(start, stop)
@@ -222,12 +237,24 @@ class ShowerFile:
             yield self._energies[lo:hi].copy(), self._read_rows(lo, hi)
 
     def read(self, start: int = 0, stop: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """All of rows start:stop at once: (energies (k,) float64, showers (k, n_voxels) float32)."""
+        """Rows ``start:stop`` at once.
+
+        Args:
+            start: first row.
+            stop: row after the last; None: the end of the file.
+
+        Returns:
+            (energies (k,) float64 MeV, showers (k, n_voxels) float32 MeV).
+
+        Raises:
+            DataError: as :meth:`iter_chunks`.
+        """
         start, stop = self._range(start, stop)
         return self._energies[start:stop].copy(), self._read_rows(start, stop)
 
     # -- lifetime ----------------------------------------------------------
     def close(self) -> None:
+        """Close the HDF5 file (idempotent)."""
         if self._file is not None:
             self._file.close()
             self._file = None
