@@ -231,15 +231,21 @@ def test_any_chunking_gives_the_same_showers(chunk_size, method):
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_other_uniform_geometries_are_supported_and_non_uniform_refused(method):
+def test_other_uniform_geometries_are_supported(method):
     coarse = CylindricalGeometry(tuple(Layer((0.0, 10.0, 20.0, 80.0), 4) for _ in range(30)), layer_thickness_mm=4.0)
     energies, showers = simulate(256, "20GeV", seed=1, geometry=coarse, method=method)
     assert showers.shape == (256, coarse.n_voxels)
     # 80 mm and 28 X0 contain nearly everything: 1 within the 0.25 % standard error of the mean
     assert 0.98 < _response(energies, showers).mean() < 1.008
-    mixed = CylindricalGeometry((Layer((0.0, 1.0), 1), Layer((0.0, 2.0, 3.0), 1)))
-    with pytest.raises(ConditionError, match="uniform geometry"):
-        simulate(1, "1GeV", geometry=mixed, method=method)
+
+
+def test_non_uniform_binnings_need_the_spots_method():
+    mixed = CylindricalGeometry((Layer((0.0, 5.0, 40.0), 1),) + tuple(Layer((0.0, 2.0, 10.0, 80.0), 8) for _ in range(30)))
+    energies, showers = simulate(64, "10GeV", seed=1, geometry=mixed)
+    assert showers.shape == (64, 2 + 30 * 24)
+    assert 0.97 < _response(energies, showers).mean() < 1.01
+    with pytest.raises(ConditionError, match="method: binned supports .* non-uniform binning .* use method spots"):
+        simulate(1, "1GeV", geometry=mixed, method="binned")
 
 
 # ---------------------------------------------------------------------------- writer and command
@@ -251,7 +257,7 @@ def test_write_dataset_is_the_simulation_and_reads_back(tmp_path):
         assert f.geometry == GEOMETRY and f.attrs["seed"] == 2 and f.attrs["method"] == "spots"
         got_e, got_s = f.read()
     assert np.array_equal(got_e, energies) and np.array_equal(got_s, showers)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["e.h5", "e.xml"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e.geometry.json", "e.h5", "e.xml"]
     with pytest.raises(OutputError, match="already exists"):
         write_dataset(h5, 3, progress=False)
     (tmp_path / "other.xml").write_text("<Bins/>")
@@ -262,7 +268,8 @@ def test_write_dataset_is_the_simulation_and_reads_back(tmp_path):
     # an identical binning file already there is fine
     (tmp_path / "e2.xml").write_text(xml.read_text())
     write_dataset(tmp_path / "e2.h5", 3, progress=False)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["e.h5", "e.xml", "e2.h5", "e2.xml", "other.xml"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "e.geometry.json", "e.h5", "e.xml", "e2.geometry.json", "e2.h5", "e2.xml", "other.xml"]
 
 
 def _run(*args, cwd):
