@@ -619,66 +619,70 @@ def _general_block(
     begins = ends - cell_counts
     total = int(ends[-1]) if ends.size else 0
 
-    # track direction d, and u, v spanning the plane across it (u in the plane of d and the layer normal)
-    sin_t, cos_p, sin_p = np.sin(theta), np.cos(phi), np.sin(phi)
-    tan_x, tan_y = np.tan(theta) * cos_p, np.tan(theta) * sin_p
-    u = np.stack([cos_t * cos_p, cos_t * sin_p, -sin_t], axis=1)
-    v = np.stack([-sin_p, cos_p, np.zeros(n)], axis=1)
+    # The track runs along d = (sin t cos p, sin t sin p, cos t); a spot sits at lateral offset (lu, lv) in the
+    # plane across it, lu along u = (cos t cos p, cos t sin p, -sin t) (in the plane of d and the layer normal),
+    # lv along v = (-sin p, cos p, 0). Its depth in the stack is z = axis z - lu sin t. A layer is read out in its
+    # mid-plane, rings centred on the track; the energy reaches that plane along the shower direction, so in
+    # readout coordinates the offset is (lu / cos t, lv) turned by phi: the stretch along phi is 1/cos t.
+    sin_t = np.sin(theta).astype(np.float32)
+    inv_cos_t = (1.0 / cos_t).astype(np.float32)
+    normal = bool(np.all(theta == 0.0))
+    sub_lo = sub_s[:, :-1].ravel()
+    sub_width = np.diff(sub_s, axis=1).ravel()
     ln_e = np.log(energies / 1e3).astype(np.float32)
-    inv_t_max = 1.0 / t_max
-    rm = calo.moliere_mm
+    inv_t_max = (1.0 / t_max).astype(np.float32)
+    rm = np.float32(calo.moliere_mm)
+    two_pi = 2.0 * math.pi
     # soft-photon sub-showers: a tail spot starts a new group with probability E_spot / E_group
     group_start = np.minimum(1.0, (energies / np.maximum(n_spots, 1)) / calo.critical_mev)
 
-    deposit = np.zeros(n * stack.n_voxels)
     nv = stack.n_voxels
+    deposit = np.zeros(n * nv)
     for lo in range(0, total, SPOT_SLICE):
         hi = min(lo + SPOT_SLICE, total)
         c0, c1 = np.searchsorted(ends, [lo, hi - 1], side="right")
         within = np.clip(ends[c0 : c1 + 1], lo, hi) - np.clip(begins[c0 : c1 + 1], lo, hi)
         cell = np.repeat(np.arange(c0, c1 + 1), within)
-        shower, sub = np.divmod(cell, n_sub)
+        shower = cell // n_sub
         m = hi - lo
         # depth uniform inside the sub-step (<= 0.25 X0 at normal incidence; the profile is sampled per sub-step)
-        s_lo, s_hi = sub_s[shower, sub], sub_s[shower, sub + 1]
-        depth = s_lo + (s_hi - s_lo) * rng.random(m)
-        tau = (depth * inv_t_max[shower]).astype(np.float32)
+        depth = sub_lo[cell] + sub_width[cell] * rng.random(m)
+        tau = depth.astype(np.float32) * inv_t_max[shower]
         p_core, r_core, r_tail = _radial_shape(tau, ln_e[shower], calo)
         tail = rng.random(m, dtype=np.float32) >= p_core
         radius2 = np.where(tail, r_tail, r_core) ** 2
         w = rng.random(m, dtype=np.float32)
-        radius = np.sqrt(radius2 * w / (1.0 - w)).astype(np.float64) * rm  # mm
-        psi = (2.0 * math.pi) * rng.random(m)
-        lateral_u, lateral_v = radius * np.cos(psi), radius * np.sin(psi)
+        rho = np.sqrt(radius2 * w / (1.0 - w)) * rm  # mm
+        psi = np.float32(two_pi) * rng.random(m, dtype=np.float32)
         if substructure:
-            depth, lateral_u, lateral_v = _group_tail(rng, shower, tail, depth, lateral_u, lateral_v, group_start, rm)
-        # the axis point at this depth, then the lateral offset in the plane across the axis
+            lu, lv = rho * np.cos(psi), rho * np.sin(psi)
+            depth, lu, lv = _group_tail(rng, shower, tail, depth, lu, lv, group_start, rm)
         axis_z = np.interp((depth + start[shower]) * cos_t[shower], stack.far_x0, stack.far_z)
-        uu, vv = u[shower], v[shower]
-        pz = axis_z + lateral_u * uu[:, 2]
-        px = tan_x[shower] * axis_z + lateral_u * uu[:, 0] + lateral_v * vv[:, 0]
-        py = tan_y[shower] * axis_z + lateral_u * uu[:, 1] + lateral_v * vv[:, 1]
+        if normal and not substructure:
+            pz, r, angle = axis_z, rho, psi + phi[shower]
+        else:
+            if not substructure:
+                lu, lv = rho * np.cos(psi), rho * np.sin(psi)
+            pz = axis_z - lu * sin_t[shower]
+            along = lu * inv_cos_t[shower]
+            r, angle = np.hypot(along, lv), np.arctan2(lv, along) + phi[shower]
         slab = np.searchsorted(stack.slab_z, pz, side="right") - 1
         slab[pz < 0] = -1  # out through the front face
         layer = stack.slab_readout[slab]  # -1: passive slab, in front or behind
-        keep = layer >= 0
-        shower, layer, px, py = shower[keep], layer[keep], px[keep], py[keep]
+        keep = np.flatnonzero(layer >= 0)
+        shower, layer, r, angle = shower[keep], layer[keep], r[keep], angle[keep]
         energy = spot_energy[cell[keep]]
-        # readout coordinates: the layer is read out in its mid-plane, rings centred where the track crosses it;
-        # a spot's energy reaches that plane along the shower direction, so the offset from the track is kept
-        pz = pz[keep]
-        dx, dy = px - tan_x[shower] * pz, py - tan_y[shower] * pz
-        r = np.hypot(dx, dy)
         ring = np.searchsorted(stack.ring_keys, layer * stack.key_span + np.minimum(r, 2.0 * stack.outer[layer]), side="right")
         ring -= stack.ring_start[layer]
         n_alpha = stack.n_alpha[layer]
-        sector = np.minimum(((np.arctan2(dy, dx) + math.pi) * (n_alpha / (2.0 * math.pi))).astype(np.int64), n_alpha - 1)
-        inside = (ring < stack.n_radial[layer]) & (r >= stack.inner[layer])
-        first = int(shower[0]) if shower.size else 0
-        index = (shower - first) * nv + stack.offset[layer] + sector * stack.n_radial[layer] + ring
-        last = int(shower[-1]) + 1 if shower.size else first
-        if shower.size:
-            deposit[first * nv : last * nv] += np.bincount(index[inside], weights=energy[inside], minlength=(last - first) * nv)
+        # sector k covers alpha in [-pi + k 2pi/n, -pi + (k + 1) 2pi/n)
+        sector = np.minimum((np.mod(angle + math.pi, two_pi) * (n_alpha / two_pi)).astype(np.int64), n_alpha - 1)
+        inside = np.flatnonzero((ring < stack.n_radial[layer]) & (r >= stack.inner[layer]))
+        if inside.size:
+            shower = shower[inside]
+            first, last = int(shower[0]), int(shower[-1]) + 1
+            index = (shower - first) * nv + (stack.offset[layer] + sector * stack.n_radial[layer] + ring)[inside]
+            deposit[first * nv : last * nv] += np.bincount(index, weights=energy[inside], minlength=(last - first) * nv)
     deposit = deposit.reshape(n, nv)
 
     # sampling fluctuations per voxel (the readout layer's medium), constant term, threshold
@@ -708,8 +712,9 @@ def _group_tail(rng, shower, tail, depth, lateral_u, lateral_v, group_start, rm)
     depth, lateral_u, lateral_v = depth.copy(), lateral_u.copy(), lateral_v.copy()
     k = member.size
     depth[member] = np.abs(depth[lead] + GROUP_DEPTH_X0 * rng.standard_normal(k))
-    lateral_u[member] = lateral_u[lead] + GROUP_LATERAL_RM * rm * rng.standard_normal(k)
-    lateral_v[member] = lateral_v[lead] + GROUP_LATERAL_RM * rm * rng.standard_normal(k)
+    spread = np.float32(GROUP_LATERAL_RM * rm)
+    lateral_u[member] = lateral_u[lead] + spread * rng.standard_normal(k, dtype=np.float32)
+    lateral_v[member] = lateral_v[lead] + spread * rng.standard_normal(k, dtype=np.float32)
     return depth, lateral_u, lateral_v
 
 
