@@ -1,19 +1,26 @@
-"""Cylindrical voxel geometry and the CaloChallenge binning XML.
+"""Cylindrical voxel geometry, the CaloChallenge binning XML, and the material geometry file beside it.
 
 A calorimeter is a stack of layers along the particle direction (the cylinder
 axis); each layer is divided into radial rings (edges in mm) and ``n_alpha``
-angular sectors. Showers are flattened in (layer, alpha, radial) order, so a
-uniform geometry reshapes to ``(N, n_layers, n_alpha, n_radial)``.
+angular sectors, which may differ from layer to layer (CaloChallenge dataset 1).
+Showers are flattened in (layer, alpha, radial) order, so a uniform geometry
+reshapes to ``(N, n_layers, n_alpha, n_radial)``.
 
 This module owns that layout: the :class:`Layer` and
 :class:`CylindricalGeometry` types, their dictionary form (the model spec's
 ``geometry`` block), reading and writing the CaloChallenge binning XML
 (``<Bins><Bin pid=".." name=".."><Layer id=".." r_edges=".." n_bin_alpha=".."/>``),
-and the default geometry shipped with the package (CaloChallenge dataset 2,
-45 layers x 16 alpha x 9 radial = 6480 voxels).
+the default geometry shipped with the package (CaloChallenge dataset 2,
+45 layers x 16 alpha x 9 radial = 6480 voxels), and the material geometry
+(:class:`MaterialGeometry`): a small JSON file ``NAME.geometry.json`` beside
+``NAME.xml`` giving each layer's medium, thickness (mm, X0 or lambda_int) and
+sampling fraction, with passive slabs between them (docs/simulator.md).
+:func:`load_detector` returns (binning, material) for a bundled dataset name
+(``1-photons``, ``1-pions``, ``2``, ``3``) or a binning path.
 
 As in the CaloChallenge's own reader, a layer written with ``r_edges="0"``
-carries no voxels and is skipped.
+carries no voxels and is skipped; the ids of the others are kept
+(``layer_ids``) and the skipped ones are written back as empty layers.
 """
 
 from __future__ import annotations

@@ -330,3 +330,92 @@ def test_benchmark_smoke_records_figures(tmp_path):
     assert {"numpy", "cpu_count", "loadavg_at_start", "loadavg_at_end"} <= set(record["machine"])
     markdown = (tmp_path / "simulate.md").read_text()
     assert "showers/s" in markdown and "| spots | log-uniform 1 GeV-1 TeV |" in markdown
+
+
+# ---------------------------------------------------------------------------- particles, angles, datasets (command)
+def test_simulate_command_photons_on_dataset_1_with_angles(tmp_path):
+    import h5py
+
+    out = tmp_path / "new" / "folder" / "photons.h5"  # the folder is created
+    result = _run("simulate", "-n", "40", "--seed", "3", "--particle", "22", "--dataset", "1-photons",
+                  "--energy", "10GeV", "--theta", "10deg:50deg", "--phi", "0:2pi", "--substructure", "-o", str(out), cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in out.parent.iterdir()) == ["photons.geometry.json", "photons.h5", "photons.xml"]
+    with h5py.File(out) as f:
+        assert f["showers"].shape == (40, 368) and f["incident_energies"].shape == (40, 1)
+        theta, phi = f["incident_theta"][:, 0], f["incident_phi"][:, 0]
+        assert f["particle"].shape == (40, 1) and np.all(f["particle"][:] == 22)
+        assert f.attrs["particle"] == "photon" and f.attrs["substructure"] and f.attrs["geometry"] == "photons.geometry.json"
+        assert "calochallenge-1-photons" in f.attrs["geometry_json"] and f.attrs["binning_xml"].startswith("<Bins>")
+        showers = f["showers"][:]
+    assert np.all((theta >= np.radians(10)) & (theta <= np.radians(50))) and np.all((phi >= 0) & (phi <= 2 * np.pi))
+    # the same showers as the library call, and the files beside it load as a detector again
+    from fastsim.geometry import load_detector
+
+    binning, material = load_detector(out.with_suffix(".xml"))
+    assert binning.n_voxels == 368 and binning.layer_ids == (0, 1, 2, 3, 12) and binning.particle == "photon"
+    _, expected = simulate(40, "10GeV", seed=3, geometry=binning, material=material, particle="photon",
+                           theta="10deg:50deg", phi="0:2pi", substructure=True)
+    assert np.array_equal(showers, expected)
+    with open_showers(out) as f:
+        assert f.geometry.n_voxels == 368
+
+
+def test_simulate_command_default_writes_no_angle_or_particle_columns(tmp_path):
+    import h5py
+
+    out = tmp_path / "e.h5"
+    assert _run("simulate", "-n", "3", "--energy", "5GeV", "-o", str(out), cwd=ROOT).returncode == 0
+    with h5py.File(out) as f:
+        assert sorted(f) == ["incident_energies", "showers"]  # as CaloChallenge dataset 2
+        assert f.attrs["particle_pdg"] == 11 and f.attrs["theta"] == "fixed 0 rad"
+
+
+def _binning_beside(tmp_path, geometry_file):
+    xml = tmp_path / "mine.xml"
+    xml.write_text((ROOT / "fastsim" / "data" / "binning_dataset_1_photons.xml").read_text())
+    if geometry_file:
+        text = (ROOT / "fastsim" / "data" / geometry_file).read_text()
+        (tmp_path / "mine.geometry.json").write_text(text)
+    return xml
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(["--particle", "kaon"], "'--particle': particle: expected electron (11), positron (-11) or photon (22), got 'kaon'"),
+     (["--particle", "211"], "'--particle': particle: charged pions (211) are not simulated"),
+     (["--particle", "pi-"], "charged pions (pi-) are not simulated"),
+     (["--theta", "95deg"], "'--theta': theta: expected angles between 0 deg and 80 deg, got 95 deg"),
+     (["--theta", "-5deg:30deg"], "'--theta': theta: expected angles between 0 deg and 80 deg, got -5 deg"),
+     (["--phi", "3turns"], "'--phi': phi: unknown unit 'turns'"),
+     (["--phi", "7rad"], "'--phi': phi: expected angles between -360 deg and 360 deg"),
+     (["--dataset", "4"], "'--binning': binning: expected a dataset name (1-photons, 1-pions, 2, 3)"),
+     (["--method", "binned", "--particle", "photon"], "'--method': method: binned supports"),
+     (["--method", "binned", "--dataset", "1-photons"], "non-uniform binning")],
+)
+def test_simulate_command_bad_particle_angle_binning_one_line_exit_2(tmp_path, args, message):
+    out = tmp_path / "sub" / "bad.h5"
+    result = _run("simulate", "-n", "5", *args, "-o", str(out), cwd=ROOT)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error:") and message in lines[0], result.stderr
+    assert list(tmp_path.iterdir()) == []  # no file, not even the output folder
+
+
+@pytest.mark.parametrize(
+    ("geometry_file", "message"),
+    [(None, "its geometry file '{dir}/mine.geometry.json' (materials per layer) is missing"),
+     ("binning_dataset_1_pions.geometry.json",
+      "geometry file '{dir}/mine.geometry.json': 7 readout layers [0, 1, 2, 3, 12, 13, 14], but the binning has 5 "
+      "layers with voxels (ids [0, 1, 2, 3, 12])"),
+     ("binning_dataset_2.geometry.json", "45 readout layers")],
+)
+def test_simulate_command_binning_without_matching_geometry_file(tmp_path, geometry_file, message):
+    xml = _binning_beside(tmp_path, geometry_file)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    out = tmp_path / "out" / "bad.h5"
+    result = _run("simulate", "-n", "5", "--binning", str(xml), "-o", str(out), cwd=ROOT)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "'--binning'" in lines[0] and message.format(dir=tmp_path) in lines[0], result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
