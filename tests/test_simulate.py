@@ -328,6 +328,9 @@ def test_benchmark_smoke_records_figures(tmp_path):
         row = record["results"][method]["log_uniform_1GeV_1TeV"]
         assert row["showers_per_s_best"] > 0 and 20_000 < row["mean_spots_per_shower"] < 40_000
     assert {"numpy", "cpu_count", "loadavg_at_start", "loadavg_at_end"} <= set(record["machine"])
+    kinds = {(k["dataset"], k["particle"], k["theta"], k["method"]): k for k in record["kinds"]}
+    assert ("3", "electron", "0", "spots") in kinds and ("2", "electron", "0deg:60deg", "spots") in kinds
+    assert all(k["showers_per_s_best"] > 0 and k["n_voxels"] in (368, 533, 6480, 40500) for k in kinds.values())
     markdown = (tmp_path / "simulate.md").read_text()
     assert "showers/s" in markdown and "| spots | log-uniform 1 GeV-1 TeV |" in markdown
 

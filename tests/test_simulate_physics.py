@@ -33,10 +33,10 @@ def test_photon_showers_start_nine_sevenths_x0_later():
     _, electrons = simulate(800, "10GeV", seed=21)
     _, photons = simulate(800, "10GeV", seed=21, particle="photon")
     shift = _cog_x0(photons).mean() - _cog_x0(electrons).mean()
-    assert shift == pytest.approx(PHOTON_CONVERSION_X0, abs=0.2)  # measured 1.27 X0; standard error 0.07
+    assert shift == pytest.approx(PHOTON_CONVERSION_X0, abs=0.2)  # measured 1.28 X0; standard error 0.07
     # the exponential conversion depth adds its variance (9/7)^2 to the centre of gravity's
     excess = _cog_x0(photons).var() - _cog_x0(electrons).var()
-    assert excess == pytest.approx(PHOTON_CONVERSION_X0**2, rel=0.3)
+    assert excess == pytest.approx(PHOTON_CONVERSION_X0**2, rel=0.3)  # measured 1.46 (late conversions leak)
 
 
 def test_photon_centre_of_gravity_grows_one_x0_per_e_fold():
@@ -105,7 +105,8 @@ def test_inclined_showers_stretch_by_one_over_cos_theta_along_phi():
             # measured 1.15 (1/cos 30 = 1.155)
             assert ratio == pytest.approx(1 / math.cos(math.radians(30)), rel=0.1)
         else:
-            # measured 2.02 (1/cos 60 = 2): the development across the oblique cut adds ~1 %
+            # measured 1.98 (1/cos 60 = 2): the development across the oblique cut changes it by ~1 %;
+            # it shows in the per-layer centroids (next test)
             assert 1.95 < ratio < 2.2
         # the centroid stays on the track
         assert abs(median_x) < 0.03 * along and abs(median_y) < 0.03 * across
@@ -139,7 +140,7 @@ def test_inclined_material_per_layer_grows_as_one_over_cos_theta():
     _, normal = simulate(300, "20GeV", seed=25, theta=1e-9)
     _, inclined = simulate(300, "20GeV", seed=25, theta="60deg")
     ratio = _cog_x0(normal).mean() / _cog_x0(inclined).mean()
-    assert ratio == pytest.approx(1 / math.cos(math.radians(60)), rel=0.05)  # measured 1.98
+    assert ratio == pytest.approx(1 / math.cos(math.radians(60)), rel=0.05)  # measured 2.01
 
 
 def test_phi_turns_the_inclined_shower_in_alpha():
@@ -195,7 +196,7 @@ def test_substructure_groups_give_the_centroid_variance_the_law_predicts():
             s = showers.astype(np.float64)
             variance.append(((s * x).sum(axis=1) / s.sum(axis=1)).var())
         ratio = variance[1] / variance[0]
-        # measured 3.7 at 2 GeV (m = 3.4), 3.6 at 20 GeV (m = 2.6)
+        # measured 4.3 at 2 GeV (m = 3.4, band 2.7-5.5), 3.3 at 20 GeV (m = 2.6, band 2.1-3.9)
         assert 1 + f_tail.min() * (2 * m - 2) < ratio < 1 + f_tail.max() * (2 * m - 2), (energy, ratio, m)
 
 
@@ -218,10 +219,10 @@ def test_substructure_adds_correlated_fluctuations_and_keeps_the_mean_shower():
             profile=layer_energy.mean(axis=0) / layer_energy.mean(axis=0).sum(),
         )
     plain, grouped = results[False], results[True]
-    # on top of spot and sampling statistics: measured +19 % centroid and +10 % width spread
+    # on top of spot and sampling statistics: measured +15 % centroid and +7 % width spread
     assert grouped["centre_sd"] > 1.10 * plain["centre_sd"]
     assert grouped["width_sd"] > 1.05 * plain["width_sd"]
-    # lateral and longitudinal fluctuations correlated: measured -0.02 without, +0.08 with
+    # lateral and longitudinal fluctuations correlated: measured -0.03 without, +0.10 with
     assert abs(plain["near"]) < 0.04 and grouped["near"] > plain["near"] + 0.04
     # the mean shower is the same GFlash shower: response and longitudinal profile
     assert grouped["response"].mean() == pytest.approx(plain["response"].mean(), abs=0.01)
@@ -252,9 +253,9 @@ def test_dataset_1_photons_containment_and_resolution():
             middle = geometry.layers[2]
             rings = showers[:, geometry.layer_slices()[2]].reshape(-1, middle.n_alpha, middle.n_radial).sum(axis=(0, 1))
             inside = rings[: middle.r_edges.index(40.0)].sum() / rings.sum()
-            assert 0.85 < inside < 0.95  # measured 0.89
+            assert 0.85 < inside < 0.95  # measured 0.886
     means = [r.mean() for r in responses]
-    assert 0.95 < means[0] < means[1] < means[2] < 1.0  # measured 0.974, 0.986, 0.993
+    assert 0.95 < means[0] < means[1] < means[2] < 1.0  # measured 0.972, 0.986, 0.992
     a, _ = _resolution_fit(energies_gev, responses)
     assert 0.09 < a < 0.15  # measured 0.12
 
@@ -269,9 +270,9 @@ def test_dataset_3_containment_and_resolution():
     for e in energies_gev:
         energies, showers = simulate(250, f"{e}GeV", seed=31, geometry=geometry, material=material)
         responses.append(showers.sum(axis=1, dtype=np.float64) / energies)
-    assert all(0.97 < r.mean() < 1.0 for r in responses)  # measured 0.988-0.993
+    assert all(0.97 < r.mean() < 1.0 for r in responses)  # measured 0.988, 0.994, 0.990
     a, _ = _resolution_fit(energies_gev, responses)
-    assert 0.15 < a < 0.21  # measured 0.19
+    assert 0.15 < a < 0.21  # measured 0.17 (0.19 with another seed: 250 showers per point)
 
 
 def test_dataset_1_pions_binning_takes_electrons_into_the_tile_layers():

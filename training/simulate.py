@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from fastsim.errors import ConditionError, OutputError
-from fastsim.geometry import CylindricalGeometry, GeometryError, MaterialGeometry, default_geometry
+from fastsim.geometry import CylindricalGeometry, MaterialGeometry, default_geometry
 
 __all__ = [
     "BLOCK_SIZE",
