@@ -26,6 +26,31 @@ def _cog_x0(showers, geometry=DS2[0]):
     return (layers * (np.arange(geometry.n_layers) + 0.5)).sum(axis=1) / layers.sum(axis=1) * X0_PER_LAYER
 
 
+# ---------------------------------------------------------------------------- the 3D engine
+def _zscore(a, b):
+    return (a.mean(axis=0) - b.mean(axis=0)) / np.sqrt(a.var(axis=0) / len(a) + b.var(axis=0) / len(b))
+
+
+@pytest.mark.parametrize("energy", ["2GeV", "20GeV"])
+def test_3d_engine_is_the_original_simulator_at_normal_incidence(energy):
+    # theta = 1e-9 rad runs the 3D spot engine (sub-steps, projection) instead of the per-layer original:
+    # the same GFlash shower in distribution (response, longitudinal profile, ring profile, hit voxels)
+    geometry, _ = DS2
+    runs = [simulate(600, energy, seed=20, theta=theta) for theta in (0.0, 1e-9)]
+    features = []
+    for energies, showers in runs:
+        cube = geometry.reshape(showers).astype(np.float64) / energies[:, None, None, None]
+        features.append((cube.sum(axis=(1, 2, 3)), cube.sum(axis=(2, 3)), cube.sum(axis=(1, 2)),
+                         (showers > 0).sum(axis=1).astype(np.float64)))
+    (r0, l0, g0, h0), (r1, l1, g1, h1) = features
+    assert abs(_zscore(r0, r1)) < 4.5
+    used = l0.mean(axis=0) > 1e-3
+    assert np.abs(_zscore(l0[:, used], l1[:, used])).max() < 4.5
+    assert np.abs(_zscore(g0, g1)).max() < 4.5
+    assert abs(_zscore(h0, h1)) < 4.5
+    assert 0.9 < r1.std() / r0.std() < 1.1
+
+
 # ---------------------------------------------------------------------------- photons
 def test_photon_showers_start_nine_sevenths_x0_later():
     # PDG Review "Passage of particles through matter": a high-energy photon's pair-production

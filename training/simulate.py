@@ -605,9 +605,10 @@ def _general_block(
     step_s = np.maximum(stack.step_x0[None, :] / cos_t[:, None] - start[:, None], 0.0)
     sub_s = np.maximum(stack.sub_x0[None, :] / cos_t[:, None] - start[:, None], 0.0)
     beta = (alpha - 1.0) / t_max
-    step_energy = energies[:, None] * np.diff(gamma_cdf(alpha[:, None], beta[:, None] * step_s), axis=1)
+    # (a CDF difference can come out at -1e-16 where the incomplete gamma switches method: clip at 0)
+    step_energy = energies[:, None] * np.maximum(np.diff(gamma_cdf(alpha[:, None], beta[:, None] * step_s), axis=1), 0.0)
     beta_spot = (alpha_spot - 1.0) / t_spot
-    sub_prob = np.diff(gamma_cdf(alpha_spot[:, None], beta_spot[:, None] * sub_s), axis=1)
+    sub_prob = np.maximum(np.diff(gamma_cdf(alpha_spot[:, None], beta_spot[:, None] * sub_s), axis=1), 0.0)
     beyond = np.clip(1.0 - sub_prob.sum(axis=1, keepdims=True), 0.0, 1.0)
     n_spots = _spot_count(energies, calo)
     counts = rng.multinomial(n_spots, np.concatenate([sub_prob, beyond], axis=1))[:, :n_sub]
