@@ -1,12 +1,14 @@
-"""Throughput of the reference simulator (training/simulate.py), both methods, recorded in benchmarks/results.
+"""Throughput of the reference simulator (training/simulate.py), per kind of shower, recorded in benchmarks/results.
 
 Measures showers/s of ``method="spots"`` (every GFlash spot drawn: the reference,
 whose cost grows with energy; target >= 200 showers/s for log-uniform
 1 GeV-1 TeV electrons) and ``method="binned"`` (spot counts per voxel drawn
 directly, for large training sets), for log-uniform 1 GeV-1 TeV and fixed
-energies, and end to end into a gzip-compressed HDF5 file with ``write_dataset``.
-The simulator is numpy in one process; the machine is shared, so the load
-average is recorded alongside the figures.
+energies, and end to end into a gzip-compressed HDF5 file with ``write_dataset``;
+then each kind of training shower (electron / photon, normal / inclined 0-60 deg,
+substructure, CaloChallenge datasets 1, 2 and 3), log-uniform 1 GeV-1 TeV, with
+the hours one process needs for 100,000 of them. The simulator is numpy in one
+process; the machine is shared, so the load average is recorded alongside.
 
     .venv/bin/python benchmarks/bench_simulate.py            # full run (~2 min)
     .venv/bin/python benchmarks/bench_simulate.py --smoke    # seconds, for tests
@@ -28,6 +30,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from fastsim.geometry import load_detector  # noqa: E402
 from training.simulate import BLOCK_SIZE, METHODS, SIW, parse_energy, simulate, write_dataset  # noqa: E402
 
 __all__ = ["main", "measure"]
@@ -73,6 +76,44 @@ def measure(n: int, n_fixed: int, repeats: int, fixed: tuple[str, ...]) -> dict:
     return results
 
 
+#: (dataset, particle, theta, substructure, method) of each kind of training shower measured.
+KINDS = (
+    ("2", "electron", "0", False, "spots"),
+    ("2", "electron", "0", False, "binned"),
+    ("2", "electron", "0deg:60deg", False, "spots"),
+    ("2", "electron", "0", True, "spots"),
+    ("2", "photon", "0", False, "spots"),
+    ("2", "photon", "0deg:60deg", True, "spots"),
+    ("1-photons", "photon", "0", False, "spots"),
+    ("1-photons", "photon", "0deg:60deg", True, "spots"),
+    ("1-pions", "electron", "0", False, "spots"),
+    ("3", "electron", "0", False, "spots"),
+    ("3", "electron", "0", False, "binned"),
+    ("3", "electron", "0deg:60deg", False, "spots"),
+)
+
+
+def measure_kinds(n: int, repeats: int, kinds=KINDS) -> list[dict]:
+    """showers/s of each kind, log-uniform 1 GeV-1 TeV electrons or photons, phi uniform when inclined."""
+    rows = []
+    for dataset, particle, theta, substructure, method in kinds:
+        geometry, material = load_detector(dataset)
+        settings = dict(geometry=geometry, material=material, particle=particle, theta=theta,
+                        phi="0:2pi" if theta != "0" else 0.0, substructure=substructure, method=method)
+        simulate(min(n, BLOCK_SIZE), "1GeV:1TeV", seed=99, **settings)  # warm-up
+        times = []
+        for r in range(repeats):
+            t0 = time.perf_counter()
+            simulate(n, "1GeV:1TeV", seed=1 + r, **settings)
+            times.append(time.perf_counter() - t0)
+        best = n / min(times)
+        rows.append({"dataset": dataset, "n_voxels": geometry.n_voxels, "particle": particle, "theta": theta,
+                     "substructure": substructure, "method": method, "n": n, "repeats": repeats,
+                     "showers_per_s_best": best, "showers_per_s_median": n / float(np.median(times)),
+                     "hours_per_100k_one_process": 1e5 / best / 3600})
+    return rows
+
+
 def _machine() -> dict:
     import h5py
 
@@ -92,15 +133,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=4096, help="showers per log-uniform measurement")
     parser.add_argument("--n-fixed", type=int, default=512, help="showers per fixed-energy measurement")
     parser.add_argument("--repeats", type=int, default=3, help="repetitions (best and median reported)")
+    parser.add_argument("--n-kind", type=int, default=512, help="showers per kind of training shower")
     parser.add_argument("--smoke", action="store_true", help="tiny run, results written under --out-dir")
     parser.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args(argv)
     fixed = ("1GeV", "10GeV", "100GeV", "1TeV")
     if args.smoke:
         args.n, args.n_fixed, args.repeats, fixed = BLOCK_SIZE, BLOCK_SIZE, 1, ("1GeV", "10GeV")
+        args.n_kind = 16
 
     machine = _machine()
     results = measure(args.n, args.n_fixed, args.repeats, fixed)
+    kinds = measure_kinds(args.n_kind, args.repeats, KINDS[:3] + KINDS[-3:-2] if args.smoke else KINDS)
     machine["loadavg_at_end"] = os.getloadavg()
     record = {
         "benchmark": "reference simulator throughput",
@@ -109,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         "target": {"method": "spots", "workload": "log_uniform_1GeV_1TeV", "showers_per_s": TARGET_SPOTS_PER_S},
         "machine": machine,
         "results": results,
+        "kinds": kinds,
     }
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / "simulate.json").write_text(json.dumps(record, indent=2) + "\n")
@@ -147,6 +192,18 @@ def _markdown(record: dict) -> str:
         lines.append(f"End to end into gzip HDF5 (`write_dataset(method=\"{method}\")`, log-uniform): {h5['n']} showers "
                      f"in {h5['seconds']:.2f} s = {h5['showers_per_s']:.0f} showers/s, "
                      f"{h5['bytes_per_shower'] / 1e3:.1f} kB per shower on disk.")
+    lines += [
+        "",
+        "## Per kind of training shower (log-uniform 1 GeV-1 TeV; inclined: theta uniform 0-60 deg, phi 0-2 pi)",
+        "",
+        "| dataset | voxels | particle | theta | substructure | method | showers | best showers/s | "
+        "hours per 100k, one process |",
+        "|---|---:|---|---|---|---|---:|---:|---:|",
+    ]
+    for k in record.get("kinds", []):
+        lines.append(f"| {k['dataset']} | {k['n_voxels']} | {k['particle']} | {k['theta']} | "
+                     f"{'yes' if k['substructure'] else 'no'} | {k['method']} | {k['n']} | "
+                     f"{k['showers_per_s_best']:.0f} | {k['hours_per_100k_one_process']:.2f} |")
     target = record["target"]
     got = res[target["method"]][target["workload"]]["showers_per_s_best"]
     lines += [

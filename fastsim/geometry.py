@@ -1,24 +1,32 @@
-"""Cylindrical voxel geometry and the CaloChallenge binning XML.
+"""Cylindrical voxel geometry, the CaloChallenge binning XML, and the material geometry file beside it.
 
 A calorimeter is a stack of layers along the particle direction (the cylinder
 axis); each layer is divided into radial rings (edges in mm) and ``n_alpha``
-angular sectors. Showers are flattened in (layer, alpha, radial) order, so a
-uniform geometry reshapes to ``(N, n_layers, n_alpha, n_radial)``.
+angular sectors, which may differ from layer to layer (CaloChallenge dataset 1).
+Showers are flattened in (layer, alpha, radial) order, so a uniform geometry
+reshapes to ``(N, n_layers, n_alpha, n_radial)``.
 
 This module owns that layout: the :class:`Layer` and
 :class:`CylindricalGeometry` types, their dictionary form (the model spec's
 ``geometry`` block), reading and writing the CaloChallenge binning XML
 (``<Bins><Bin pid=".." name=".."><Layer id=".." r_edges=".." n_bin_alpha=".."/>``),
-and the default geometry shipped with the package (CaloChallenge dataset 2,
-45 layers x 16 alpha x 9 radial = 6480 voxels).
+the default geometry shipped with the package (CaloChallenge dataset 2,
+45 layers x 16 alpha x 9 radial = 6480 voxels), and the material geometry
+(:class:`MaterialGeometry`): a small JSON file ``NAME.geometry.json`` beside
+``NAME.xml`` giving each layer's medium, thickness (mm, X0 or lambda_int) and
+sampling fraction, with passive slabs between them (docs/simulator.md).
+:func:`load_detector` returns (binning, material) for a bundled dataset name
+(``1-photons``, ``1-pions``, ``2``, ``3``) or a binning path.
 
 As in the CaloChallenge's own reader, a layer written with ``r_edges="0"``
-carries no voxels and is skipped.
+carries no voxels and is skipped; the ids of the others are kept
+(``layer_ids``) and the skipped ones are written back as empty layers.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import math
 import os
 import xml.etree.ElementTree as ET
@@ -32,11 +40,18 @@ import numpy as np
 from fastsim.errors import DataError, OutputError
 
 __all__ = [
+    "DATASET_BINNINGS",
+    "DEFAULT_GEOMETRY_XML",
+    "MATERIAL_FORMAT",
     "CylindricalGeometry",
     "GeometryError",
     "Layer",
+    "MaterialGeometry",
+    "MaterialLayer",
+    "Medium",
     "default_geometry",
-    "DEFAULT_GEOMETRY_XML",
+    "load_detector",
+    "material_path",
 ]
 
 #: File name of the packaged default geometry (inside ``fastsim/data``).
@@ -107,6 +122,8 @@ class CylindricalGeometry:
     layers: tuple[Layer, ...]
     layer_thickness_mm: float = 3.4
     particle: str = "electron"
+    #: The binning's id of each layer (CaloChallenge dataset 1 skips ids: 0, 1, 2, 3, 12); () means 0, 1, 2, ...
+    layer_ids: tuple[int, ...] = ()
     _offsets: tuple[int, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -121,6 +138,13 @@ class CylindricalGeometry:
             raise GeometryError(f"CylindricalGeometry: layer_thickness_mm must be > 0, got {self.layer_thickness_mm!r}")
         object.__setattr__(self, "layers", layers)
         object.__setattr__(self, "layer_thickness_mm", thickness)
+        ids = tuple(self.layer_ids) or tuple(range(len(layers)))
+        if len(ids) != len(layers) or any(isinstance(i, bool) or not isinstance(i, (int, np.integer)) for i in ids):
+            raise GeometryError(f"CylindricalGeometry: layer_ids must be {len(layers)} integers, got {self.layer_ids!r:.80}")
+        ids = tuple(int(i) for i in ids)
+        if ids[0] < 0 or any(b <= a for a, b in zip(ids[:-1], ids[1:])):
+            raise GeometryError(f"CylindricalGeometry: layer_ids must be increasing and >= 0, got {ids!r:.80}")
+        object.__setattr__(self, "layer_ids", ids)
         object.__setattr__(self, "_offsets", tuple(np.cumsum([0] + [la.n_voxels for la in layers]).tolist()))
 
     # -- sizes -------------------------------------------------------------
@@ -172,11 +196,14 @@ class CylindricalGeometry:
 
     # -- dictionary form (the spec's "geometry" block) ------------------------
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "kind": "cylindrical",
             "layer_thickness_mm": self.layer_thickness_mm,
             "layers": [{"r_edges": list(la.r_edges), "n_alpha": la.n_alpha} for la in self.layers],
         }
+        if self.layer_ids != tuple(range(self.n_layers)):
+            data["layer_ids"] = list(self.layer_ids)
+        return data
 
     @classmethod
     def from_dict(cls, data: Any) -> CylindricalGeometry:
@@ -200,6 +227,7 @@ class CylindricalGeometry:
             tuple(layers),
             layer_thickness_mm=data.get("layer_thickness_mm", 3.4),
             particle=data.get("particle", "electron"),
+            layer_ids=tuple(data.get("layer_ids", ())),
         )
 
     # -- CaloChallenge binning XML --------------------------------------------
@@ -234,11 +262,9 @@ class CylindricalGeometry:
             raise GeometryError(f"{where}: several particles ({', '.join(names)}); pass particle=")
         element = bins[0]
 
-        layers = []
-        for child in element:
-            if child.tag != "Layer":
-                continue
-            lid = child.get("id", "?")
+        layers, ids = [], []
+        for position, child in enumerate(c for c in element if c.tag == "Layer"):
+            lid = child.get("id", str(position))
             raw_edges = child.get("r_edges")
             if raw_edges is None:
                 raise GeometryError(f"{where}: Layer id={lid} has no r_edges attribute")
@@ -257,6 +283,10 @@ class CylindricalGeometry:
                 layers.append(Layer(tuple(edges), n_alpha))
             except GeometryError as exc:
                 raise GeometryError(f"{where}: Layer id={lid}: {exc}") from None
+            try:
+                ids.append(int(lid))
+            except ValueError:
+                raise GeometryError(f"{where}: Layer id must be an integer, got {lid!r}") from None
         if not layers:
             raise GeometryError(f"{where}: every layer is empty (r_edges=\"0\"); no voxels")
         thickness = element.get("layer_thickness_mm", "3.4")
@@ -264,7 +294,9 @@ class CylindricalGeometry:
             thickness_mm = float(thickness)
         except ValueError:
             raise GeometryError(f"{where}: layer_thickness_mm must be a number, got {thickness!r}") from None
-        return cls(tuple(layers), layer_thickness_mm=thickness_mm, particle=element.get("name", "electron"))
+        if any(b <= a for a, b in zip(ids[:-1], ids[1:])) or ids[0] < 0:
+            raise GeometryError(f"{where}: Layer ids must be increasing and >= 0, got {ids}")
+        return cls(tuple(layers), layer_thickness_mm=thickness_mm, particle=element.get("name", "electron"), layer_ids=tuple(ids))
 
     def to_xml_string(self) -> str:
         """The geometry as CaloChallenge binning XML text."""
@@ -275,14 +307,17 @@ class CylindricalGeometry:
             "Bin",
             {"pid": str(pid), "name": self.particle, "layer_thickness_mm": _fmt(self.layer_thickness_mm)},
         )
-        for index, layer in enumerate(self.layers):
+        by_id = dict(zip(self.layer_ids, self.layers))
+        # ids the binning skips are written as empty layers, as the CaloChallenge files do
+        for index in range(self.layer_ids[-1] + 1):
+            layer = by_id.get(index)
             ET.SubElement(
                 element,
                 "Layer",
                 {
                     "id": str(index),
-                    "r_edges": ",".join(_fmt(e) for e in layer.r_edges),
-                    "n_bin_alpha": str(layer.n_alpha),
+                    "r_edges": ",".join(_fmt(e) for e in layer.r_edges) if layer else "0",
+                    "n_bin_alpha": str(layer.n_alpha) if layer else "1",
                 },
             )
         ET.indent(root, space="  ")
@@ -312,3 +347,274 @@ def default_geometry() -> CylindricalGeometry:
     """CaloChallenge dataset 2: 45 layers x 16 alpha x 9 radial (6480 voxels), 3.4 mm layers."""
     text = resources.files("fastsim").joinpath("data", DEFAULT_GEOMETRY_XML).read_text(encoding="utf-8")
     return CylindricalGeometry.from_xml(text)
+
+
+# --------------------------------------------------------------------------- material geometry
+#: Format tag of a material geometry file (the JSON file shipped beside a binning XML).
+MATERIAL_FORMAT = "fastsim-geometry/1"
+#: Suffix that turns a binning XML's path into its material geometry file's path.
+MATERIAL_SUFFIX = ".geometry.json"
+#: Bundled CaloChallenge binnings by dataset name (files inside ``fastsim/data``).
+DATASET_BINNINGS = {
+    "1-photons": "binning_dataset_1_photons.xml",
+    "1-pions": "binning_dataset_1_pions.xml",
+    "2": "binning_dataset_2.xml",
+    "3": "binning_dataset_3.xml",
+}
+
+_MEDIUM_KEYS = {
+    "x0_mm": "radiation length X0",
+    "lambda_mm": "nuclear interaction length lambda_int",
+    "moliere_mm": "Moliere radius R_M",
+    "critical_mev": "critical energy E_c",
+    "z_eff": "effective atomic number",
+    "sampling_frequency": "F_s = X0 / sampling period",
+    "e_over_mip": "electron / mip response ratio",
+    "stochastic": "stochastic term a (sigma/E = a / sqrt(E/GeV))",
+    "constant": "constant term b",
+    "threshold_mev": "voxel threshold on the output scale",
+}
+
+
+@dataclass(frozen=True)
+class Medium:
+    """A calorimeter medium's constants (lengths in mm, energies in MeV); see docs/simulator.md."""
+
+    name: str
+    x0_mm: float
+    lambda_mm: float
+    moliere_mm: float
+    critical_mev: float
+    z_eff: float
+    sampling_frequency: float = 1.0
+    e_over_mip: float = 1.0
+    stochastic: float = 0.0
+    constant: float = 0.0
+    threshold_mev: float = 0.0
+
+
+@dataclass(frozen=True)
+class MaterialLayer:
+    """One slab of the stack along the layer normal: a readout layer (``binning_id``) or passive material."""
+
+    name: str
+    medium: Medium
+    thickness_mm: float
+    binning_id: int | None = None
+    sampling_fraction: float = 0.0
+
+    @property
+    def thickness_x0(self) -> float:
+        return self.thickness_mm / self.medium.x0_mm
+
+    @property
+    def thickness_lambda(self) -> float:
+        return self.thickness_mm / self.medium.lambda_mm
+
+    @property
+    def readout(self) -> bool:
+        return self.binning_id is not None
+
+
+@dataclass(frozen=True)
+class MaterialGeometry:
+    """The material a binning's layers are made of: slabs in depth order, media, the shower medium.
+
+    Read from the small JSON file beside a binning XML (``NAME.geometry.json`` beside
+    ``NAME.xml``); ``readout_layers`` must match the binning's layers one to one.
+    """
+
+    name: str
+    version: str
+    layers: tuple[MaterialLayer, ...]
+    shower_medium: Medium
+    description: str = ""
+    sources: tuple[str, ...] = ()
+
+    @property
+    def readout_layers(self) -> tuple[MaterialLayer, ...]:
+        return tuple(layer for layer in self.layers if layer.readout)
+
+    @property
+    def depth_x0(self) -> float:
+        return float(sum(layer.thickness_x0 for layer in self.layers))
+
+    @property
+    def depth_lambda(self) -> float:
+        return float(sum(layer.thickness_lambda for layer in self.layers))
+
+    def check_binning(self, binning: CylindricalGeometry, where: str = "geometry file") -> None:
+        """Raise GeometryError unless the readout layers are the binning's layers (same count, same ids)."""
+        ids = tuple(layer.binning_id for layer in self.readout_layers)
+        if len(ids) != binning.n_layers:
+            raise GeometryError(
+                f"{where}: {len(ids)} readout layers {list(ids)}, but the binning has {binning.n_layers} "
+                f"layers with voxels (ids {list(binning.layer_ids)})"
+            )
+        if ids != binning.layer_ids:
+            raise GeometryError(f"{where}: readout layer ids {list(ids)} differ from the binning's {list(binning.layer_ids)}")
+
+    @classmethod
+    def uniform(cls, binning: CylindricalGeometry, medium: Medium, sampling_fraction: float = 0.0) -> MaterialGeometry:
+        """Every readout layer ``binning.layer_thickness_mm`` of one medium, nothing passive."""
+        layers = tuple(
+            MaterialLayer(f"layer {i}", medium, binning.layer_thickness_mm, i, sampling_fraction) for i in binning.layer_ids
+        )
+        return cls(f"uniform {medium.name}", "1", layers, medium)
+
+    # -- JSON -----------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "geometry file") -> MaterialGeometry:
+        if not isinstance(data, dict):
+            raise GeometryError(f"{where}: expected a JSON object, got {type(data).__name__}")
+        if data.get("format") != MATERIAL_FORMAT:
+            raise GeometryError(f"{where}: format must be {MATERIAL_FORMAT!r}, got {data.get('format')!r}")
+        for key in ("name", "version"):
+            if not isinstance(data.get(key), str) or not data.get(key):
+                raise GeometryError(f"{where}: {key} must be a non-empty string, got {data.get(key)!r}")
+        raw_media = data.get("media")
+        if not isinstance(raw_media, dict) or not raw_media:
+            raise GeometryError(f"{where}: media must be an object of named media, got {raw_media!r:.80}")
+        media = {name: _medium(name, raw, f"{where}: media.{name}") for name, raw in raw_media.items()}
+        shower = data.get("shower_medium")
+        if shower not in media:
+            raise GeometryError(f"{where}: shower_medium must name one of the media ({', '.join(media)}), got {shower!r}")
+        raw_layers = data.get("layers")
+        if not isinstance(raw_layers, list) or not raw_layers:
+            raise GeometryError(f"{where}: layers must be a non-empty list, got {raw_layers!r:.80}")
+        layers = tuple(_material_layer(raw, media, f"{where}: layers[{i}]") for i, raw in enumerate(raw_layers))
+        ids = [layer.binning_id for layer in layers if layer.readout]
+        if not ids:
+            raise GeometryError(f"{where}: no readout layer (a layer with a binning id)")
+        if any(b <= a for a, b in zip(ids[:-1], ids[1:])):
+            raise GeometryError(f"{where}: readout layer ids must increase with depth, got {ids}")
+        sources = data.get("sources", [])
+        if not isinstance(sources, list) or not all(isinstance(s, str) for s in sources):
+            raise GeometryError(f"{where}: sources must be a list of strings, got {sources!r:.80}")
+        return cls(str(data["name"]), str(data["version"]), layers, media[shower], str(data.get("description", "")), tuple(sources))
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike) -> MaterialGeometry:
+        """Read a material geometry JSON file; a missing or malformed file is a GeometryError naming it."""
+        where = f"geometry file {os.fspath(path)!r}"
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise GeometryError(f"{where}: file not found") from None
+        except OSError as exc:
+            raise GeometryError(f"{where}: cannot read ({exc.strerror or exc})") from None
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise GeometryError(f"{where}: not JSON: {exc}") from None
+        return cls.from_dict(data, where)
+
+    def to_dict(self) -> dict[str, Any]:
+        media: dict[str, Medium] = {}
+        for layer in self.layers:
+            media.setdefault(layer.medium.name, layer.medium)
+        media.setdefault(self.shower_medium.name, self.shower_medium)
+        return {
+            "format": MATERIAL_FORMAT,
+            "name": self.name,
+            "version": self.version,
+            "description": self.description,
+            "sources": list(self.sources),
+            "shower_medium": self.shower_medium.name,
+            "media": {name: {k: getattr(m, k) for k in _MEDIUM_KEYS} for name, m in media.items()},
+            "layers": [
+                {"name": la.name, "id": la.binning_id, "medium": la.medium.name, "thickness_mm": la.thickness_mm,
+                 **({"sampling_fraction": la.sampling_fraction} if la.readout else {})}
+                for la in self.layers
+            ],
+        }
+
+    def to_json_string(self) -> str:
+        return json.dumps(self.to_dict(), indent=1) + "\n"
+
+
+def _number(raw: dict, key: str, where: str, positive: bool = True, default: float | None = None) -> float:
+    value = raw.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or (
+        value <= 0 if positive else value < 0
+    ):
+        raise GeometryError(f"{where}: {key} must be a number {'> 0' if positive else '>= 0'}, got {value!r}")
+    return float(value)
+
+
+def _medium(name: str, raw: Any, where: str) -> Medium:
+    if not isinstance(raw, dict):
+        raise GeometryError(f"{where}: expected an object, got {raw!r:.80}")
+    unknown = set(raw) - set(_MEDIUM_KEYS) - {"comment"}
+    if unknown:
+        raise GeometryError(f"{where}: unknown keys {sorted(unknown)}; expected {', '.join(_MEDIUM_KEYS)}")
+    positive = ("x0_mm", "lambda_mm", "moliere_mm", "critical_mev", "z_eff")
+    values = {k: _number(raw, k, where) for k in positive}
+    defaults = {"sampling_frequency": 1.0, "e_over_mip": 1.0, "stochastic": 0.0, "constant": 0.0, "threshold_mev": 0.0}
+    for key, default in defaults.items():
+        values[key] = _number(raw, key, where, positive=key in ("sampling_frequency", "e_over_mip"), default=default)
+    return Medium(name, **values)
+
+
+def _material_layer(raw: Any, media: dict[str, Medium], where: str) -> MaterialLayer:
+    if not isinstance(raw, dict):
+        raise GeometryError(f"{where}: expected an object, got {raw!r:.80}")
+    unknown = set(raw) - {"name", "id", "medium", "thickness_mm", "thickness_x0", "thickness_lambda", "sampling_fraction", "comment"}
+    if unknown:
+        raise GeometryError(f"{where}: unknown keys {sorted(unknown)}")
+    medium = media.get(raw.get("medium"))
+    if medium is None:
+        raise GeometryError(f"{where}: medium must name one of the media ({', '.join(media)}), got {raw.get('medium')!r}")
+    given = [k for k in ("thickness_mm", "thickness_x0", "thickness_lambda") if k in raw]
+    if len(given) != 1:
+        raise GeometryError(f"{where}: give exactly one of thickness_mm, thickness_x0, thickness_lambda, got {given or 'none'}")
+    value = _number(raw, given[0], where)
+    scale = {"thickness_mm": 1.0, "thickness_x0": medium.x0_mm, "thickness_lambda": medium.lambda_mm}[given[0]]
+    binning_id = raw.get("id")
+    if binning_id is not None and (isinstance(binning_id, bool) or not isinstance(binning_id, int) or binning_id < 0):
+        raise GeometryError(f"{where}: id must be the binning layer id (an integer >= 0) or null, got {binning_id!r}")
+    fraction = 0.0
+    if binning_id is not None:
+        fraction = _number(raw, "sampling_fraction", where)
+        if fraction > 1:
+            raise GeometryError(f"{where}: sampling_fraction must be in (0, 1], got {fraction!r}")
+    return MaterialLayer(str(raw.get("name", "")), medium, value * scale, binning_id, fraction)
+
+
+def material_path(binning_path: str | os.PathLike) -> Path:
+    """The material geometry file that belongs beside a binning XML: ``NAME.xml`` -> ``NAME.geometry.json``."""
+    path = Path(binning_path)
+    return path.with_name(path.stem + MATERIAL_SUFFIX)
+
+
+def load_detector(source: str | os.PathLike, particle: str | None = None) -> tuple[CylindricalGeometry, MaterialGeometry]:
+    """(binning, material) of a bundled dataset name (``1-photons``, ``1-pions``, ``2``, ``3``) or a binning XML path.
+
+    A path needs its material geometry file beside it (``NAME.geometry.json``); the file's
+    readout layers must be the binning's layers. Errors are GeometryErrors naming the file.
+    """
+    text = os.fspath(source)
+    if text in DATASET_BINNINGS:
+        folder = resources.files("fastsim").joinpath("data")
+        xml_text = folder.joinpath(DATASET_BINNINGS[text]).read_text(encoding="utf-8")
+        binning = CylindricalGeometry.from_xml(xml_text, particle)
+        json_name = Path(DATASET_BINNINGS[text]).stem + MATERIAL_SUFFIX
+        material = MaterialGeometry.from_dict(
+            json.loads(folder.joinpath(json_name).read_text(encoding="utf-8")), f"geometry file {json_name!r}"
+        )
+        material.check_binning(binning, f"geometry file {json_name!r}")
+        return binning, material
+    path = Path(text)
+    if path.suffix.lower() != ".xml":
+        raise GeometryError(
+            f"binning: expected a dataset name ({', '.join(DATASET_BINNINGS)}) or a binning .xml file, got {text!r}"
+        )
+    if not path.is_file():
+        raise GeometryError(f"binning XML {text!r}: file not found")
+    binning = CylindricalGeometry.from_xml(path, particle)
+    beside = material_path(path)
+    if not beside.is_file():
+        raise GeometryError(f"binning XML {text!r}: its geometry file {str(beside)!r} (materials per layer) is missing")
+    material = MaterialGeometry.from_file(beside)
+    material.check_binning(binning, f"geometry file {str(beside)!r}")
+    return binning, material

@@ -176,3 +176,131 @@ def test_reshape_rejects_wrong_width():
 def test_writing_xml_into_a_missing_directory_is_an_output_error(tmp_path):
     with pytest.raises(OutputError, match="no_dir/b.xml.*cannot write"):
         default_geometry().to_xml(tmp_path / "no_dir" / "b.xml")
+
+
+# ---------------------------------------------------------------------------- CaloChallenge datasets and materials
+import json  # noqa: E402
+
+from fastsim.geometry import (  # noqa: E402
+    DATASET_BINNINGS,
+    MaterialGeometry,
+    load_detector,
+    material_path,
+)
+
+
+@pytest.mark.parametrize(
+    ("name", "n_voxels", "ids", "bins"),
+    [("1-photons", 368, (0, 1, 2, 3, 12), [(1, 8), (10, 16), (10, 19), (1, 5), (1, 5)]),
+     ("1-pions", 533, (0, 1, 2, 3, 12, 13, 14), [(1, 8), (10, 10), (10, 10), (1, 5), (10, 15), (10, 16), (1, 10)]),
+     ("2", 6480, tuple(range(45)), [(16, 9)] * 45),
+     ("3", 40500, tuple(range(45)), [(50, 18)] * 45)],
+)
+def test_calochallenge_binnings_ship_with_their_geometry_files(name, n_voxels, ids, bins):
+    binning, material = load_detector(name)
+    assert binning.n_voxels == n_voxels and binning.layer_ids == ids
+    assert [(la.n_alpha, la.n_radial) for la in binning.layers] == bins
+    assert tuple(la.binning_id for la in material.readout_layers) == ids
+    assert binning.uniform == (name in ("2", "3"))
+    # the geometry file beside the packaged binning has the same name stem
+    from importlib import resources
+
+    folder = resources.files("fastsim").joinpath("data")
+    assert folder.joinpath(material_path(DATASET_BINNINGS[name]).name).is_file()
+
+
+def test_dataset_geometry_depths():
+    # Si-W: 45 x 3.4 mm / 4.22 mm = 36.3 X0; ATLAS-like barrel: 22.3 X0 of accordion behind 2.3 X0 of dead
+    # material and the presampler, then 1.5 + 4.1 + 1.8 lambda of tile
+    _, siw = load_detector("2")
+    assert siw.depth_x0 == pytest.approx(36.26, abs=0.01) and siw.shower_medium.name == "si-w"
+    assert siw.readout_layers[0].thickness_x0 == 3.4 / 4.22
+    _, atlas = load_detector("1-pions")
+    em = [la.thickness_x0 for la in atlas.layers if la.medium.name == "pb-lar"]
+    assert em == pytest.approx([4.3, 16.0, 2.0])
+    tile = [la.thickness_lambda for la in atlas.layers if la.medium.name == "fe-scint"]
+    assert tile == pytest.approx([1.5, 4.1, 1.8])
+    assert [la.name for la in atlas.readout_layers][:4] == ["presampler", "EM strips (EMB1)", "EM middle (EMB2)", "EM back (EMB3)"]
+    assert sum(la.thickness_x0 for la in atlas.layers[:3]) == pytest.approx(1.7 + 11.0 / 140.0 + 0.6)
+
+
+def test_layer_ids_survive_an_xml_round_trip_with_empty_layers(tmp_path):
+    binning, _ = load_detector("1-photons")
+    text = binning.to_xml_string()
+    assert text.count("<Layer") == 13 and text.count('r_edges="0"') == 8  # ids 4-11 written empty
+    assert CylindricalGeometry.from_xml(text) == binning
+    back = CylindricalGeometry.from_dict(binning.to_dict())
+    assert back.layers == binning.layers and back.layer_ids == binning.layer_ids
+
+
+def test_material_round_trip_through_json(tmp_path):
+    _, material = load_detector("1-photons")
+    path = tmp_path / "m.geometry.json"
+    path.write_text(material.to_json_string())
+    back = MaterialGeometry.from_file(path)
+    assert back.layers == material.layers and back.shower_medium == material.shower_medium
+
+
+def _material_doc():
+    return json.loads(_data_text("binning_dataset_1_photons.geometry.json"))
+
+
+def _data_text(name):
+    from importlib import resources
+
+    return resources.files("fastsim").joinpath("data", name).read_text(encoding="utf-8")
+
+
+BAD_MATERIALS = {
+    "format": (lambda d: d.update(format="other/2"), "format must be 'fastsim-geometry/1'"),
+    "no name": (lambda d: d.update(name=""), "name must be a non-empty string"),
+    "shower medium": (lambda d: d.update(shower_medium="lead"), "shower_medium must name one of the media"),
+    "unknown medium": (lambda d: d["layers"][1].update(medium="water"), r"layers\[1\]: medium must name one of the media"),
+    "two thicknesses": (lambda d: d["layers"][1].update(thickness_x0=0.1), r"layers\[1\]: give exactly one of thickness_mm"),
+    "negative": (lambda d: d["layers"][3].update(thickness_x0=-4.3), r"layers\[3\]: thickness_x0 must be a number > 0, got -4.3"),
+    "no sampling fraction": (lambda d: d["layers"][3].pop("sampling_fraction"), r"layers\[3\]: sampling_fraction must be a number > 0"),
+    "fraction above 1": (lambda d: d["layers"][3].update(sampling_fraction=1.5), "sampling_fraction must be in"),
+    "bad id": (lambda d: d["layers"][3].update(id="one"), "id must be the binning layer id"),
+    "ids out of order": (lambda d: d["layers"][3].update(id=7), r"readout layer ids must increase with depth, got \[0, 7, 2"),
+    "medium constant": (lambda d: d["media"]["pb-lar"].update(x0_mm=0), r"media.pb-lar: x0_mm must be a number > 0, got 0"),
+    "medium typo": (lambda d: d["media"]["pb-lar"].update(x0=19.6), r"unknown keys \['x0'\]"),
+    "layer typo": (lambda d: d["layers"][3].update(thickness=1), r"unknown keys \['thickness'\]"),
+    "no layers": (lambda d: d.update(layers=[]), "layers must be a non-empty list"),
+}
+
+
+@pytest.mark.parametrize("name", BAD_MATERIALS)
+def test_malformed_material_file_is_a_clear_error(name, tmp_path):
+    change, message = BAD_MATERIALS[name]
+    doc = _material_doc()
+    change(doc)
+    path = tmp_path / "bad.geometry.json"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(GeometryError, match=message) as info:
+        MaterialGeometry.from_file(path)
+    assert str(path) in str(info.value) and isinstance(info.value, DataError)
+
+
+def test_material_file_missing_or_not_json(tmp_path):
+    with pytest.raises(GeometryError, match="nope.geometry.json'?: file not found"):
+        MaterialGeometry.from_file(tmp_path / "nope.geometry.json")
+    (tmp_path / "x.geometry.json").write_text("{not json")
+    with pytest.raises(GeometryError, match="x.geometry.json'?: not JSON"):
+        MaterialGeometry.from_file(tmp_path / "x.geometry.json")
+
+
+def test_load_detector_needs_the_geometry_file_beside_the_binning(tmp_path):
+    xml = tmp_path / "b.xml"
+    xml.write_text(_data_text("binning_dataset_1_pions.xml"))
+    with pytest.raises(GeometryError, match=r"b.xml'?: its geometry file .*b.geometry.json'? \(materials per layer\) is missing"):
+        load_detector(xml)
+    (tmp_path / "b.geometry.json").write_text(_data_text("binning_dataset_1_photons.geometry.json"))
+    with pytest.raises(GeometryError, match=r"5 readout layers \[0, 1, 2, 3, 12\], but the binning has 7 layers"):
+        load_detector(xml)
+    (tmp_path / "b.geometry.json").write_text(_data_text("binning_dataset_1_pions.geometry.json"))
+    binning, material = load_detector(str(xml))
+    assert binning.n_voxels == 533 and len(material.readout_layers) == 7
+    with pytest.raises(GeometryError, match="expected a dataset name .* got 'b.h5'"):
+        load_detector("b.h5")
+    with pytest.raises(GeometryError, match="missing.xml'?: file not found"):
+        load_detector(tmp_path / "missing.xml")

@@ -231,15 +231,21 @@ def test_any_chunking_gives_the_same_showers(chunk_size, method):
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_other_uniform_geometries_are_supported_and_non_uniform_refused(method):
+def test_other_uniform_geometries_are_supported(method):
     coarse = CylindricalGeometry(tuple(Layer((0.0, 10.0, 20.0, 80.0), 4) for _ in range(30)), layer_thickness_mm=4.0)
     energies, showers = simulate(256, "20GeV", seed=1, geometry=coarse, method=method)
     assert showers.shape == (256, coarse.n_voxels)
     # 80 mm and 28 X0 contain nearly everything: 1 within the 0.25 % standard error of the mean
     assert 0.98 < _response(energies, showers).mean() < 1.008
-    mixed = CylindricalGeometry((Layer((0.0, 1.0), 1), Layer((0.0, 2.0, 3.0), 1)))
-    with pytest.raises(ConditionError, match="uniform geometry"):
-        simulate(1, "1GeV", geometry=mixed, method=method)
+
+
+def test_non_uniform_binnings_need_the_spots_method():
+    mixed = CylindricalGeometry((Layer((0.0, 5.0, 40.0), 1),) + tuple(Layer((0.0, 2.0, 10.0, 80.0), 8) for _ in range(30)))
+    energies, showers = simulate(64, "10GeV", seed=1, geometry=mixed)
+    assert showers.shape == (64, 2 + 30 * 24)
+    assert 0.97 < _response(energies, showers).mean() < 1.01
+    with pytest.raises(ConditionError, match="method: binned supports .* non-uniform binning .* use method spots"):
+        simulate(1, "1GeV", geometry=mixed, method="binned")
 
 
 # ---------------------------------------------------------------------------- writer and command
@@ -251,7 +257,7 @@ def test_write_dataset_is_the_simulation_and_reads_back(tmp_path):
         assert f.geometry == GEOMETRY and f.attrs["seed"] == 2 and f.attrs["method"] == "spots"
         got_e, got_s = f.read()
     assert np.array_equal(got_e, energies) and np.array_equal(got_s, showers)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["e.h5", "e.xml"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e.geometry.json", "e.h5", "e.xml"]
     with pytest.raises(OutputError, match="already exists"):
         write_dataset(h5, 3, progress=False)
     (tmp_path / "other.xml").write_text("<Bins/>")
@@ -262,7 +268,8 @@ def test_write_dataset_is_the_simulation_and_reads_back(tmp_path):
     # an identical binning file already there is fine
     (tmp_path / "e2.xml").write_text(xml.read_text())
     write_dataset(tmp_path / "e2.h5", 3, progress=False)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["e.h5", "e.xml", "e2.h5", "e2.xml", "other.xml"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "e.geometry.json", "e.h5", "e.xml", "e2.geometry.json", "e2.h5", "e2.xml", "other.xml"]
 
 
 def _run(*args, cwd):
@@ -321,5 +328,97 @@ def test_benchmark_smoke_records_figures(tmp_path):
         row = record["results"][method]["log_uniform_1GeV_1TeV"]
         assert row["showers_per_s_best"] > 0 and 20_000 < row["mean_spots_per_shower"] < 40_000
     assert {"numpy", "cpu_count", "loadavg_at_start", "loadavg_at_end"} <= set(record["machine"])
+    kinds = {(k["dataset"], k["particle"], k["theta"], k["method"]): k for k in record["kinds"]}
+    assert ("3", "electron", "0", "spots") in kinds and ("2", "electron", "0deg:60deg", "spots") in kinds
+    assert all(k["showers_per_s_best"] > 0 and k["n_voxels"] in (368, 533, 6480, 40500) for k in kinds.values())
     markdown = (tmp_path / "simulate.md").read_text()
     assert "showers/s" in markdown and "| spots | log-uniform 1 GeV-1 TeV |" in markdown
+
+
+# ---------------------------------------------------------------------------- particles, angles, datasets (command)
+def test_simulate_command_photons_on_dataset_1_with_angles(tmp_path):
+    import h5py
+
+    out = tmp_path / "new" / "folder" / "photons.h5"  # the folder is created
+    result = _run("simulate", "-n", "40", "--seed", "3", "--particle", "22", "--dataset", "1-photons",
+                  "--energy", "10GeV", "--theta", "10deg:50deg", "--phi", "0:2pi", "--substructure", "-o", str(out), cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in out.parent.iterdir()) == ["photons.geometry.json", "photons.h5", "photons.xml"]
+    with h5py.File(out) as f:
+        assert f["showers"].shape == (40, 368) and f["incident_energies"].shape == (40, 1)
+        theta, phi = f["incident_theta"][:, 0], f["incident_phi"][:, 0]
+        assert f["particle"].shape == (40, 1) and np.all(f["particle"][:] == 22)
+        assert f.attrs["particle"] == "photon" and f.attrs["substructure"] and f.attrs["geometry"] == "photons.geometry.json"
+        assert "calochallenge-1-photons" in f.attrs["geometry_json"] and f.attrs["binning_xml"].startswith("<Bins>")
+        showers = f["showers"][:]
+    assert np.all((theta >= np.radians(10)) & (theta <= np.radians(50))) and np.all((phi >= 0) & (phi <= 2 * np.pi))
+    # the same showers as the library call, and the files beside it load as a detector again
+    from fastsim.geometry import load_detector
+
+    binning, material = load_detector(out.with_suffix(".xml"))
+    assert binning.n_voxels == 368 and binning.layer_ids == (0, 1, 2, 3, 12) and binning.particle == "photon"
+    _, expected = simulate(40, "10GeV", seed=3, geometry=binning, material=material, particle="photon",
+                           theta="10deg:50deg", phi="0:2pi", substructure=True)
+    assert np.array_equal(showers, expected)
+    with open_showers(out) as f:
+        assert f.geometry.n_voxels == 368
+
+
+def test_simulate_command_default_writes_no_angle_or_particle_columns(tmp_path):
+    import h5py
+
+    out = tmp_path / "e.h5"
+    assert _run("simulate", "-n", "3", "--energy", "5GeV", "-o", str(out), cwd=ROOT).returncode == 0
+    with h5py.File(out) as f:
+        assert sorted(f) == ["incident_energies", "showers"]  # as CaloChallenge dataset 2
+        assert f.attrs["particle_pdg"] == 11 and f.attrs["theta"] == "fixed 0 rad"
+
+
+def _binning_beside(tmp_path, geometry_file):
+    xml = tmp_path / "mine.xml"
+    xml.write_text((ROOT / "fastsim" / "data" / "binning_dataset_1_photons.xml").read_text())
+    if geometry_file:
+        text = (ROOT / "fastsim" / "data" / geometry_file).read_text()
+        (tmp_path / "mine.geometry.json").write_text(text)
+    return xml
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(["--particle", "kaon"], "'--particle': particle: expected electron (11), positron (-11) or photon (22), got 'kaon'"),
+     (["--particle", "211"], "'--particle': particle: charged pions (211) are not simulated"),
+     (["--particle", "pi-"], "charged pions (pi-) are not simulated"),
+     (["--theta", "95deg"], "'--theta': theta: expected angles between 0 deg and 80 deg, got 95 deg"),
+     (["--theta", "-5deg:30deg"], "'--theta': theta: expected angles between 0 deg and 80 deg, got -5 deg"),
+     (["--phi", "3turns"], "'--phi': phi: unknown unit 'turns'"),
+     (["--phi", "7rad"], "'--phi': phi: expected angles between -360 deg and 360 deg"),
+     (["--dataset", "4"], "'--binning': binning: expected a dataset name (1-photons, 1-pions, 2, 3)"),
+     (["--method", "binned", "--particle", "photon"], "'--method': method: binned supports"),
+     (["--method", "binned", "--dataset", "1-photons"], "non-uniform binning")],
+)
+def test_simulate_command_bad_particle_angle_binning_one_line_exit_2(tmp_path, args, message):
+    out = tmp_path / "sub" / "bad.h5"
+    result = _run("simulate", "-n", "5", *args, "-o", str(out), cwd=ROOT)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error:") and message in lines[0], result.stderr
+    assert list(tmp_path.iterdir()) == []  # no file, not even the output folder
+
+
+@pytest.mark.parametrize(
+    ("geometry_file", "message"),
+    [(None, "its geometry file '{dir}/mine.geometry.json' (materials per layer) is missing"),
+     ("binning_dataset_1_pions.geometry.json",
+      "geometry file '{dir}/mine.geometry.json': 7 readout layers [0, 1, 2, 3, 12, 13, 14], but the binning has 5 "
+      "layers with voxels (ids [0, 1, 2, 3, 12])"),
+     ("binning_dataset_2.geometry.json", "45 readout layers")],
+)
+def test_simulate_command_binning_without_matching_geometry_file(tmp_path, geometry_file, message):
+    xml = _binning_beside(tmp_path, geometry_file)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    out = tmp_path / "out" / "bad.h5"
+    result = _run("simulate", "-n", "5", "--binning", str(xml), "-o", str(out), cwd=ROOT)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "'--binning'" in lines[0] and message.format(dir=tmp_path) in lines[0], result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == before

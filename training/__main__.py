@@ -25,38 +25,68 @@ def cli() -> None:
 
 @cli.command("simulate")
 @click.option("-n", "--n-showers", "n", type=click.IntRange(min=1), required=True, help="Number of showers to simulate.")
-@click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, help="Output HDF5 file (CaloChallenge layout); the binning XML is written beside it as OUTPUT stem + .xml.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, help="Output HDF5 file (CaloChallenge layout); its folder is created if missing; the binning XML (OUTPUT stem + .xml) and geometry file (stem + .geometry.json) are written beside it.")
+@click.option("--particle", default="electron", show_default=True, help="electron (11), positron (-11) or photon (22): a name or a PDG id. Charged pions are not simulated.")
+@click.option("--binning", "--dataset", "binning", default="2", show_default=True, help="CaloChallenge dataset name (1-photons, 1-pions, 2, 3) or a binning XML file with its geometry file NAME.geometry.json beside it.")
 @click.option("--energy", default="1GeV:1TeV", show_default=True, help="Incident energies: fixed (50GeV), a list cycled over the showers (10GeV,100GeV) or a log-uniform range (1GeV:1TeV); bare numbers are MeV.")
+@click.option("--theta", default="0", show_default=True, help="Polar angle to the layer normal, 0-80 deg: fixed (30deg) or uniform in a range (0deg:60deg); bare numbers are radians.")
+@click.option("--phi", default="0", show_default=True, help="Azimuth in the readout's alpha convention: fixed (90deg) or uniform in a range (0:2pi); bare numbers are radians.")
+@click.option("--substructure", is_flag=True, help="Deposit the lateral tail as soft-photon sub-showers (correlated per-shower fluctuations; docs/simulator.md).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Random seed; the same seed gives bitwise-identical showers in any chunking.")
 @click.option("--chunk-size", type=click.IntRange(min=1), default=1024, show_default=True, help="Showers simulated and written per chunk (memory use scales with it, not with -n).")
 @click.option("--compression", type=click.Choice(["gzip", "lzf", "none"]), default="gzip", show_default=True, help="HDF5 compression of the showers dataset.")
-@click.option("--method", type=click.Choice(["spots", "binned"]), default="spots", show_default=True, help="spots: every GFlash spot drawn (the reference; cost grows with energy); binned: spot counts per voxel drawn directly, equal in distribution, for large training sets fast.")
+@click.option("--method", type=click.Choice(["spots", "binned"]), default="spots", show_default=True, help="spots: every GFlash spot drawn (the reference; any particle, angle, geometry); binned: spot counts per voxel drawn directly, equal in distribution, for normal-incidence electrons on datasets 2 and 3 only.")
 @click.option("--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-def simulate_command(n, output, energy, seed, chunk_size, compression, method, force, quiet) -> None:
-    """Simulate electron showers with the GFlash-style reference simulator.
+def simulate_command(n, output, particle, binning, energy, theta, phi, substructure, seed, chunk_size, compression,
+                     method, force, quiet) -> None:
+    """Simulate electron, positron or photon showers with the GFlash-style reference simulator.
 
     \b
     Example:
       python -m training simulate -n 100000 --seed 1 -o data/electrons_train.h5
       python -m training simulate -n 1000 --energy 50GeV -o data/e50.h5
+      python -m training simulate -n 10000 --particle photon --dataset 1-photons -o data/photons.h5
+      python -m training simulate -n 10000 --theta 0deg:60deg --phi 0:2pi --substructure -o data/inclined.h5
       python -m training simulate -n 1000000 --method binned -o data/big.h5
     """
     import time
 
-    from training.simulate import write_dataset
+    from fastsim.geometry import load_detector
+    from training.simulate import Setup, parse_angle, parse_energy, parse_particle, write_dataset
 
+    # each argument checked before anything is written, errors naming the option
+    checks = (("--particle", lambda: parse_particle(particle)), ("--energy", lambda: parse_energy(energy)),
+              ("--theta", lambda: parse_angle("theta", theta)), ("--phi", lambda: parse_angle("phi", phi)),
+              ("--binning", lambda: load_detector(binning)))
+    parsed = {}
+    for hint, check in checks:
+        try:
+            parsed[hint] = check()
+        except FastsimError as exc:
+            raise click.BadParameter(str(exc), param_hint=f"'{hint}'") from None
+    geometry, material = parsed["--binning"]
+    try:
+        Setup.make(geometry, material, particle=parsed["--particle"], theta=parsed["--theta"], method=method)
+    except FastsimError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--method'") from None
     t0 = time.perf_counter()
     h5_path, xml_path = write_dataset(
         output,
         n,
-        energy,
+        parsed["--energy"],
         seed=seed,
         chunk_size=chunk_size,
+        geometry=geometry,
+        material=material,
         compression=None if compression == "none" else compression,
         overwrite=force,
         progress=not quiet and sys.stderr.isatty(),
         method=method,
+        particle=parsed["--particle"],
+        theta=parsed["--theta"],
+        phi=parsed["--phi"],
+        substructure=substructure,
     )
     if not quiet:
         seconds = time.perf_counter() - t0

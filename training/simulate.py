@@ -1,80 +1,30 @@
-"""The reference shower simulator: GFlash-style electromagnetic showers in Si-W.
+"""The reference shower simulator: GFlash-style electromagnetic showers in any CaloChallenge geometry.
 
 This module owns the physics that produces fastsim's training and validation
-data (``../shared/GFLASH.md``; Grindhammer & Peters, hep-ex/0001020) and the
-writer that stores it in the CaloChallenge layout. It is numpy only.
+data and the writer that stores it in the CaloChallenge HDF5 layout (plus
+``incident_theta``, ``incident_phi``, ``particle`` and the geometry). It is
+numpy only. The physics, its laws and parameters, the two methods and their
+measured speeds are described in docs/simulator.md.
 
-Per shower, with energy E and y = E / E_c:
+- Particles: electrons, positrons, photons (a photon's shower starts after an
+  exponential conversion depth of mean 9/7 X0). Charged pions are refused:
+  no honest hadronic parameterisation is implemented (docs/simulator.md).
+- Geometry: a binning (:class:`fastsim.geometry.CylindricalGeometry`) and its
+  material (:class:`fastsim.geometry.MaterialGeometry`): any layer count,
+  ring and sector counts per layer, passive slabs, several media.
+- Inclined incidence (theta to the layer normal, azimuth phi): spots are placed
+  in 3D along the track and projected onto the layers, each layer's rings
+  centred where the track crosses its mid-plane.
+- Correlated per-shower structure (``substructure=True``): the lateral tail is
+  deposited by soft-photon sub-showers, groups of spots that share a position.
+- Methods: ``spots`` draws every spot; ``binned`` draws the spot counts per
+  voxel directly and is limited to normal-incidence electrons and positrons
+  without substructure on a uniform single-medium stack (datasets 2 and 3).
+  With those settings both methods reproduce the original dataset-2
+  simulator bit for bit from the same seed.
 
-1. Longitudinal profile. (ln T, ln alpha) are drawn from the correlated
-   Gaussian of the sampling-calorimeter parameterisation; the energy fraction
-   of each readout layer is the Gamma(alpha, beta = (alpha - 1) / T) integral
-   over its depth (regularised incomplete gamma function). Energy beyond the
-   last layer is lost.
-2. Spots. N_spot = 93 ln Z (E/GeV)^0.876 spots (398 at 1 GeV, ~169,000 at
-   1 TeV) have depths drawn from the spot profile (T_spot, alpha_spot). As in
-   Geant4's GFlash, the spots in a layer share that layer's energy equally, so
-   the layer energies follow the energy profile while the spots set the
-   granularity of the lateral fluctuations.
-3. Radial profile. Each spot falls at radius r from the two-component
-   (core + tail) profile evaluated at its depth tau = t / T, with the
-   sampling corrections, and at a uniform azimuth. Spots beyond the outermost
-   radial edge are lost (lateral leakage).
-4. Sampling fluctuations. The energy seen by each voxel is drawn from a Gamma
-   distribution with mean e and variance a^2 * e (a = 16.5 %/sqrt(GeV)):
-   sums of such draws are again Gamma, so the total response has exactly the
-   stochastic term a / sqrt(E) whatever the partition over voxels, and small
-   deposits fluctuate strongly, as in a thin silicon sampling layer. A
-   per-shower Gaussian factor of 1 % gives the constant term. Voxels below
-   15.15 keV (0.5 keV in silicon) then read zero.
-
-Two ways to deposit the spots (``method=``); steps 1 and 4 are shared, and the
-same seed gives both methods the same energies, (T, alpha) and constant-term
-draws per shower.
-
-- ``"spots"`` (the default; the reference simulator). GFlash as Geant4 runs
-  it: every spot is drawn -- depth t from the spot Gamma profile, core or tail
-  with probability p(t / T) at its own depth, r = R sqrt(u / (1 - u)),
-  azimuth uniform -- turned into a voxel index (layer from the depth, ring by
-  ``np.searchsorted`` on the ring edges, sector from the azimuth) and
-  histogrammed with ``np.bincount``. Vectorised over all spots of a block of
-  showers, in slices of ``SPOT_SLICE`` spots to bound memory (~10 MB);
-  the per-spot radial profile runs in float32. Its cost grows with the number
-  of spots, i.e. like E^0.876, as a real simulator's does: use it as the
-  reference (validation data, the throughput comparison with the surrogate).
-- ``"binned"`` (an accelerated sampler, equal in distribution, for making
-  large training sets fast). Spots are independent draws from the shower's
-  profile, so the numbers of spots per layer, per ring in a layer and per
-  sector of a ring are exactly multinomial; this draws those counts directly
-  -- layer counts from the spot profile, ring counts from the radial profile
-  averaged over the spot depths inside the layer (``SUBSTEPS`` sub-layers),
-  sector counts uniform. Equal in distribution to ``"spots"`` up to the depth
-  dependence of the radial profile within a sub-layer; its cost barely grows
-  with energy. tests/test_simulate.py checks that the two agree (response mean
-  and width, mean longitudinal profile, mean radial profile in three depth
-  bands, hit-voxel count, at 2-50 GeV, all within 4.5 standard errors).
-
-Measured (benchmarks/results/simulate.md; one process on a shared 2-core
-machine, load average 3.6-5.9): ``spots`` 522 showers/s for log-uniform
-1 GeV-1 TeV (~14 M spots/s), 9,500/s at 1 GeV, 620/s at 100 GeV, 91/s at
-1 TeV; ``binned`` 2,400/s log-uniform, 1,300/s at 1 TeV. Peak memory of a
-process simulating a block of 1 TeV showers: 72 MB (spots), 68 MB (binned).
-
-Reproducibility. Showers are made in fixed blocks of ``BLOCK_SIZE``; block b
-draws from ``numpy.random.SeedSequence((seed, b))``. Shower i therefore
-depends only on the seed, i, the energy rule and the method, never on how a
-run is cut into chunks. Energies are fixed, a list cycled by shower index, or
-log-uniform in a range (drawn first from the block's stream).
-
-Physics measured on this model (tests/test_simulate.py, both methods):
-E_tot/E_inc ~0.97 at 1 GeV and ~0.99 from 10 GeV to 1 TeV (lateral leakage of
-the wide GFlash tail at low energy, longitudinal leakage growing slowly above
-100 GeV); fitted stochastic term 0.166-0.177 (sampling plus leakage
-fluctuations); the maximum of the mean profile moves 1.0 X0 per e-fold of
-energy; ~91 % of the energy within 9.3 mm (0.98 R_M).
-
-The output is on the CaloChallenge dataset-2 scale: MeV of deposited energy
-divided by the sampling fraction, so a contained shower sums to about E_inc.
+Showers are made in blocks of ``BLOCK_SIZE`` from ``SeedSequence((seed, block))``:
+shower i depends only on the seed, i and the settings, never on chunking.
 """
 
 from __future__ import annotations
@@ -89,18 +39,25 @@ from pathlib import Path
 import numpy as np
 
 from fastsim.errors import ConditionError, OutputError
-from fastsim.geometry import CylindricalGeometry, default_geometry
+from fastsim.geometry import CylindricalGeometry, MaterialGeometry, default_geometry
 
 __all__ = [
     "BLOCK_SIZE",
     "ENERGY_RANGE_MEV",
     "METHODS",
-    "EnergyRule",
+    "PARTICLES",
+    "PHOTON_CONVERSION_X0",
     "SIW",
+    "THETA_MAX_RAD",
+    "AngleRule",
+    "EnergyRule",
     "SamplingCalorimeter",
+    "Setup",
     "gamma_cdf",
     "iter_simulate",
+    "parse_angle",
     "parse_energy",
+    "parse_particle",
     "simulate",
     "write_dataset",
 ]
@@ -217,6 +174,111 @@ def parse_energy(spec: str | float | Sequence[float] | EnergyRule) -> EnergyRule
         return EnergyRule("log-uniform", tuple(_parse_quantity(p) for p in parts))
     values = tuple(_parse_quantity(p) for p in spec.split(","))
     return EnergyRule("fixed" if len(values) == 1 else "list", values)
+
+
+# --------------------------------------------------------------------------- particles and angles
+#: Particles the simulator makes, by PDG id, and the names that select them.
+PARTICLES = {11: "electron", -11: "positron", 22: "photon"}
+_PARTICLE_NAMES = {"electron": 11, "e-": 11, "positron": -11, "e+": -11, "photon": 22, "gamma": 22}
+_PION_NAMES = {"pion", "pion+", "pion-", "pi+", "pi-", "pi", "211", "-211"}
+#: Largest polar angle to the layer normal (the path per layer grows as 1/cos(theta)).
+THETA_MAX_RAD = math.radians(80.0)
+#: Mean conversion depth of a photon in X0 (the pair-production mean free path, 9/7 X0).
+PHOTON_CONVERSION_X0 = 9.0 / 7.0
+
+
+def parse_particle(spec: str | int) -> int:
+    """PDG id of ``electron``/``e-`` (11), ``positron``/``e+`` (-11), ``photon``/``gamma`` (22), or the id itself."""
+    text = str(spec).strip().lower()
+    if text in _PION_NAMES or text.lstrip("+-") == "211":
+        raise ConditionError(
+            f"particle: charged pions ({spec}) are not simulated: the reference simulator has no hadronic "
+            "shower parameterisation (see docs/simulator.md); expected electron (11), positron (-11) or photon (22)"
+        )
+    if text in _PARTICLE_NAMES:
+        return _PARTICLE_NAMES[text]
+    try:
+        pdg = int(text)
+    except ValueError:
+        pdg = None
+    if pdg in PARTICLES:
+        return pdg
+    raise ConditionError(f"particle: expected electron (11), positron (-11) or photon (22), got {spec!r}")
+
+
+_ANGLE_UNITS = {"rad": 1.0, "mrad": 1e-3, "deg": math.pi / 180.0, "pi": math.pi}
+
+
+@dataclass(frozen=True)
+class AngleRule:
+    """How one angle is chosen per shower: ``fixed`` or ``uniform`` in [low, high]; values in radians."""
+
+    name: str
+    kind: str
+    values: tuple[float, ...]
+    low: float
+    high: float
+
+    def __post_init__(self) -> None:
+        expected = {"fixed": 1, "uniform": 2}
+        if self.kind not in expected or len(self.values) != expected[self.kind]:
+            raise ConditionError(f"{self.name}: a {self.kind} rule needs {expected.get(self.kind, 1)} values, got {self.values}")
+        for v in self.values:
+            if not (math.isfinite(v) and self.low - 1e-12 <= v <= self.high + 1e-12):
+                raise ConditionError(
+                    f"{self.name}: expected angles between {math.degrees(self.low):g} deg and "
+                    f"{math.degrees(self.high):g} deg, got {math.degrees(v):g} deg ({v:g} rad)"
+                )
+        if self.kind == "uniform" and not self.values[0] < self.values[1]:
+            raise ConditionError(f"{self.name}: a range needs low < high, got {self.values[0]:g}:{self.values[1]:g} rad")
+
+    @property
+    def is_zero(self) -> bool:
+        return self.kind == "fixed" and self.values[0] == 0.0
+
+    def describe(self) -> str:
+        if self.kind == "uniform":
+            return f"uniform {self.values[0]:.6g}-{self.values[1]:.6g} rad"
+        return f"fixed {self.values[0]:.6g} rad"
+
+    def block_values(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """Angles (radians) of a block's n showers; a range draws from the block's stream, a fixed value draws nothing."""
+        if self.kind == "uniform":
+            return self.values[0] + (self.values[1] - self.values[0]) * rng.random(n)
+        return np.full(n, self.values[0])
+
+
+def _parse_angle_value(name: str, text: str) -> float:
+    match = re.fullmatch(r"\s*([0-9.eE+\-]*)\s*([a-zA-Z]*)\s*", text)
+    number, unit = match.groups() if match else ("", "")
+    if not match or (not number and unit.lower() != "pi"):
+        raise ConditionError(f"{name}: cannot read {text!r}; expected e.g. 30deg, 0.5rad, 2pi or 0.3 (radians)")
+    if unit and unit.lower() not in _ANGLE_UNITS:
+        raise ConditionError(f"{name}: unknown unit {unit!r} in {text!r}; expected deg, rad, mrad or pi")
+    try:
+        value = float(number) if number else 1.0
+    except ValueError:
+        raise ConditionError(f"{name}: cannot read {text!r}; expected e.g. 30deg, 0.5rad, 2pi or 0.3 (radians)") from None
+    return value * _ANGLE_UNITS[unit.lower()] if unit else value
+
+
+def parse_angle(name: str, spec: str | float | AngleRule) -> AngleRule:
+    """``theta``/``phi``: ``"30deg"`` (fixed), ``"0deg:60deg"`` or ``"0:2pi"`` (uniform); bare numbers are radians.
+
+    theta must lie in [0, 80 deg], phi in [-2 pi, 2 pi].
+    """
+    if isinstance(spec, AngleRule):
+        return spec
+    low, high = (0.0, THETA_MAX_RAD) if name == "theta" else (-2 * math.pi, 2 * math.pi)
+    if isinstance(spec, (int, float, np.floating, np.integer)) and not isinstance(spec, bool):
+        return AngleRule(name, "fixed", (float(spec),), low, high)
+    if not isinstance(spec, str):
+        raise ConditionError(f"{name}: expected an angle such as 30deg or a range 0deg:60deg, got {spec!r:.80}")
+    parts = spec.split(":")
+    if len(parts) > 2:
+        raise ConditionError(f"{name}: a range is LOW:HIGH, got {spec!r}")
+    values = tuple(_parse_angle_value(name, p) for p in parts)
+    return AngleRule(name, "fixed" if len(values) == 1 else "uniform", values, low, high)
 
 
 # --------------------------------------------------------------------------- maths
@@ -461,6 +523,202 @@ def _binned_block(
     return _respond(deposit, scale, rng, calo)
 
 
+# --------------------------------------------------------------------------- any geometry, any angle
+#: Longest shower-frame step (X0 at normal incidence) over which spots share the energy profile's integral.
+MAX_STEP_X0 = 1.0
+#: Lateral extent (Gaussian sigma, in R_M) of one soft-photon sub-shower around its position.
+GROUP_LATERAL_RM = 0.15
+#: Longitudinal extent (Gaussian sigma, X0 along the axis) of one soft-photon sub-shower.
+GROUP_DEPTH_X0 = 0.5
+
+
+def _medium_calorimeter(medium) -> SamplingCalorimeter:
+    """The GFlash constants of a material-file medium."""
+    return SamplingCalorimeter(
+        x0_mm=medium.x0_mm, moliere_mm=medium.moliere_mm, critical_mev=medium.critical_mev, z_eff=medium.z_eff,
+        sampling_frequency=medium.sampling_frequency, e_over_mip=medium.e_over_mip, stochastic=medium.stochastic,
+        constant=medium.constant, threshold_mev=medium.threshold_mev,
+    )
+
+
+class _Stack:
+    """Per-block constants of a binning + material: slab depths, step and sub-step grids, voxel lookup tables."""
+
+    def __init__(self, binning: CylindricalGeometry, material: MaterialGeometry) -> None:
+        slabs = material.layers
+        self.calo = _medium_calorimeter(material.shower_medium)
+        self.slab_z = np.concatenate([[0.0], np.cumsum([sl.thickness_mm for sl in slabs])])
+        self.slab_x0 = np.concatenate([[0.0], np.cumsum([sl.thickness_x0 for sl in slabs])])
+        # beyond the stack, depth keeps the last slab's mm per X0 (so spots there land behind it, lost)
+        self.far_z = np.append(self.slab_z, self.slab_z[-1] + 1e4 * slabs[-1].medium.x0_mm)
+        self.far_x0 = np.append(self.slab_x0, self.slab_x0[-1] + 1e4)
+        position = {lid: k for k, lid in enumerate(binning.layer_ids)}
+        self.slab_readout = np.array([position[sl.binning_id] if sl.readout else -1 for sl in slabs] + [-1], dtype=np.int64)
+        readout_slabs = [k for k, sl in enumerate(slabs) if sl.readout]
+        self.mid_z = np.array([0.5 * (self.slab_z[k] + self.slab_z[k + 1]) for k in readout_slabs])
+        # shower-frame steps: each slab cut into pieces of at most MAX_STEP_X0, each step into SUBSTEPS
+        steps = [self.slab_x0[0]]
+        for k, sl in enumerate(slabs):
+            pieces = max(1, math.ceil(sl.thickness_x0 / MAX_STEP_X0 - 1e-9))
+            steps.extend(self.slab_x0[k] + sl.thickness_x0 * np.arange(1, pieces + 1) / pieces)
+        self.step_x0 = np.asarray(steps)
+        self.n_steps = self.step_x0.size - 1
+        fine = self.step_x0[:-1, None] + np.diff(self.step_x0)[:, None] * (np.arange(SUBSTEPS) / SUBSTEPS)
+        self.sub_x0 = np.append(fine.ravel(), self.step_x0[-1])
+        # voxel lookup: ring by one searchsorted over per-layer keys (layer * key_span + upper ring edge)
+        layers = binning.layers
+        self.n_voxels = binning.n_voxels
+        self.offset = np.array([sl.start for sl in binning.layer_slices()], dtype=np.int64)
+        self.n_alpha = np.array([la.n_alpha for la in layers], dtype=np.int64)
+        self.n_radial = np.array([la.n_radial for la in layers], dtype=np.int64)
+        self.inner = np.array([la.r_edges[0] for la in layers])
+        self.outer = np.array([la.r_edges[-1] for la in layers])
+        self.key_span = 4.0 * float(self.outer.max()) + 1.0
+        self.ring_keys = np.concatenate([k * self.key_span + np.asarray(la.r_edges[1:]) for k, la in enumerate(layers)])
+        self.ring_start = np.concatenate([[0], np.cumsum(self.n_radial)[:-1]]).astype(np.int64)
+        # sampling response per voxel: the readout layer's medium
+        media = [sl.medium for sl in material.readout_layers]
+        sizes = [la.n_voxels for la in layers]
+        self.variance_per_mev = np.repeat([m.stochastic**2 * 1e3 for m in media], sizes)
+        self.threshold = np.repeat([m.threshold_mev for m in media], sizes)
+
+
+def _general_block(
+    energies: np.ndarray,
+    rng: np.random.Generator,
+    stack: _Stack,
+    pdg: int,
+    theta: np.ndarray,
+    phi: np.ndarray,
+    substructure: bool,
+) -> np.ndarray:
+    """Showers (n, n_voxels) float32 for one block, every spot placed in 3D and projected onto the layers."""
+    calo = stack.calo
+    n, n_steps, n_sub = energies.shape[0], stack.n_steps, stack.n_steps * SUBSTEPS
+    z = rng.standard_normal((n, 2))
+    scale = np.maximum(1.0 + calo.constant * rng.standard_normal(n), 0.0)
+    t_max, alpha, t_spot, alpha_spot = _longitudinal(energies, z, calo)
+    # a photon's shower starts where it converts: exponential, mean 9/7 X0 along its path
+    start = rng.exponential(PHOTON_CONVERSION_X0, n) if pdg == 22 else np.zeros(n)
+    cos_t = np.cos(theta)
+    # shower-frame depth (X0 along the axis, from the shower's start) of the step and sub-step edges
+    step_s = np.maximum(stack.step_x0[None, :] / cos_t[:, None] - start[:, None], 0.0)
+    sub_s = np.maximum(stack.sub_x0[None, :] / cos_t[:, None] - start[:, None], 0.0)
+    beta = (alpha - 1.0) / t_max
+    # (a CDF difference can come out at -1e-16 where the incomplete gamma switches method: clip at 0)
+    step_energy = energies[:, None] * np.maximum(np.diff(gamma_cdf(alpha[:, None], beta[:, None] * step_s), axis=1), 0.0)
+    beta_spot = (alpha_spot - 1.0) / t_spot
+    sub_prob = np.maximum(np.diff(gamma_cdf(alpha_spot[:, None], beta_spot[:, None] * sub_s), axis=1), 0.0)
+    beyond = np.clip(1.0 - sub_prob.sum(axis=1, keepdims=True), 0.0, 1.0)
+    n_spots = _spot_count(energies, calo)
+    counts = rng.multinomial(n_spots, np.concatenate([sub_prob, beyond], axis=1))[:, :n_sub]
+    # the spots of a step share its energy (GFlash); spots behind the last step take nothing
+    step_count = counts.reshape(n, n_steps, SUBSTEPS).sum(axis=2)
+    spot_energy = np.repeat(step_energy / np.maximum(step_count, 1), SUBSTEPS, axis=1).ravel()
+    cell_counts = counts.ravel()
+    ends = np.cumsum(cell_counts)
+    begins = ends - cell_counts
+    total = int(ends[-1]) if ends.size else 0
+
+    # The track runs along d = (sin t cos p, sin t sin p, cos t); a spot sits at lateral offset (lu, lv) in the
+    # plane across it, lu along u = (cos t cos p, cos t sin p, -sin t) (in the plane of d and the layer normal),
+    # lv along v = (-sin p, cos p, 0). Its depth in the stack is z = axis z - lu sin t. A layer is read out in its
+    # mid-plane, rings centred on the track; the energy reaches that plane along the shower direction, so in
+    # readout coordinates the offset is (lu / cos t, lv) turned by phi: the stretch along phi is 1/cos t.
+    sin_t = np.sin(theta).astype(np.float32)
+    inv_cos_t = (1.0 / cos_t).astype(np.float32)
+    normal = bool(np.all(theta == 0.0))
+    sub_lo = sub_s[:, :-1].ravel()
+    sub_width = np.diff(sub_s, axis=1).ravel()
+    ln_e = np.log(energies / 1e3).astype(np.float32)
+    inv_t_max = (1.0 / t_max).astype(np.float32)
+    rm = np.float32(calo.moliere_mm)
+    two_pi = 2.0 * math.pi
+    # soft-photon sub-showers: a tail spot starts a new group with probability E_spot / E_group
+    group_start = np.minimum(1.0, (energies / np.maximum(n_spots, 1)) / calo.critical_mev)
+
+    nv = stack.n_voxels
+    deposit = np.zeros(n * nv)
+    for lo in range(0, total, SPOT_SLICE):
+        hi = min(lo + SPOT_SLICE, total)
+        c0, c1 = np.searchsorted(ends, [lo, hi - 1], side="right")
+        within = np.clip(ends[c0 : c1 + 1], lo, hi) - np.clip(begins[c0 : c1 + 1], lo, hi)
+        cell = np.repeat(np.arange(c0, c1 + 1), within)
+        shower = cell // n_sub
+        m = hi - lo
+        # depth uniform inside the sub-step (<= 0.25 X0 at normal incidence; the profile is sampled per sub-step)
+        depth = sub_lo[cell] + sub_width[cell] * rng.random(m)
+        tau = depth.astype(np.float32) * inv_t_max[shower]
+        p_core, r_core, r_tail = _radial_shape(tau, ln_e[shower], calo)
+        tail = rng.random(m, dtype=np.float32) >= p_core
+        radius2 = np.where(tail, r_tail, r_core) ** 2
+        w = rng.random(m, dtype=np.float32)
+        rho = np.sqrt(radius2 * w / (1.0 - w)) * rm  # mm
+        psi = np.float32(two_pi) * rng.random(m, dtype=np.float32)
+        if substructure:
+            lu, lv = rho * np.cos(psi), rho * np.sin(psi)
+            depth, lu, lv = _group_tail(rng, shower, tail, depth, lu, lv, group_start, rm)
+        axis_z = np.interp((depth + start[shower]) * cos_t[shower], stack.far_x0, stack.far_z)
+        if normal and not substructure:
+            pz, r, angle = axis_z, rho, psi + phi[shower]
+        else:
+            if not substructure:
+                lu, lv = rho * np.cos(psi), rho * np.sin(psi)
+            pz = axis_z - lu * sin_t[shower]
+            along = lu * inv_cos_t[shower]
+            r, angle = np.hypot(along, lv), np.arctan2(lv, along) + phi[shower]
+        slab = np.searchsorted(stack.slab_z, pz, side="right") - 1
+        slab[pz < 0] = -1  # out through the front face
+        layer = stack.slab_readout[slab]  # -1: passive slab, in front or behind
+        keep = np.flatnonzero(layer >= 0)
+        shower, layer, r, angle = shower[keep], layer[keep], r[keep], angle[keep]
+        energy = spot_energy[cell[keep]]
+        ring = np.searchsorted(stack.ring_keys, layer * stack.key_span + np.minimum(r, 2.0 * stack.outer[layer]), side="right")
+        ring -= stack.ring_start[layer]
+        n_alpha = stack.n_alpha[layer]
+        # sector k covers alpha in [-pi + k 2pi/n, -pi + (k + 1) 2pi/n)
+        sector = np.minimum((np.mod(angle + math.pi, two_pi) * (n_alpha / two_pi)).astype(np.int64), n_alpha - 1)
+        inside = np.flatnonzero((ring < stack.n_radial[layer]) & (r >= stack.inner[layer]))
+        if inside.size:
+            shower = shower[inside]
+            first, last = int(shower[0]), int(shower[-1]) + 1
+            index = (shower - first) * nv + (stack.offset[layer] + sector * stack.n_radial[layer] + ring)[inside]
+            deposit[first * nv : last * nv] += np.bincount(index, weights=energy[inside], minlength=(last - first) * nv)
+    deposit = deposit.reshape(n, nv)
+
+    # sampling fluctuations per voxel (the readout layer's medium), constant term, threshold
+    flat = deposit.reshape(-1)
+    hit = np.flatnonzero(flat)
+    variance = stack.variance_per_mev[hit % nv]
+    noisy = variance > 0
+    flat[hit[noisy]] = rng.gamma(flat[hit[noisy]] / variance[noisy], variance[noisy])
+    deposit *= scale[:, None]
+    deposit[deposit < stack.threshold[None, :]] = 0.0
+    return deposit.astype(np.float32)
+
+
+def _group_tail(rng, shower, tail, depth, lateral_u, lateral_v, group_start, rm):
+    """Soft-photon sub-showers: consecutive tail spots of a shower (depth-ordered) form groups that share the
+    lateral position of their first spot (plus GROUP_LATERAL_RM) and its depth (plus GROUP_DEPTH_X0)."""
+    index = np.flatnonzero(tail)
+    if index.size == 0:
+        return depth, lateral_u, lateral_v
+    owner = shower[index]
+    starts = rng.random(index.size) < group_start[owner]
+    starts[0] = True
+    starts[1:] |= owner[1:] != owner[:-1]  # a group never spans two showers
+    leader = index[np.maximum.accumulate(np.where(starts, np.arange(index.size), 0))]
+    member = index[~starts]
+    lead = leader[~starts]
+    depth, lateral_u, lateral_v = depth.copy(), lateral_u.copy(), lateral_v.copy()
+    k = member.size
+    depth[member] = np.abs(depth[lead] + GROUP_DEPTH_X0 * rng.standard_normal(k))
+    spread = np.float32(GROUP_LATERAL_RM * rm)
+    lateral_u[member] = lateral_u[lead] + spread * rng.standard_normal(k, dtype=np.float32)
+    lateral_v[member] = lateral_v[lead] + spread * rng.standard_normal(k, dtype=np.float32)
+    return depth, lateral_u, lateral_v
+
+
 _BLOCK_MAKERS = {"spots": _spot_block, "binned": _binned_block}
 
 
@@ -470,29 +728,116 @@ def _check_method(method: str) -> str:
     return method
 
 
-def _check_geometry(geometry: CylindricalGeometry) -> None:
-    if not geometry.uniform:
-        raise ConditionError("geometry: the simulator needs every layer binned alike (a uniform geometry)")
+def _siw_medium(calo: SamplingCalorimeter):
+    from fastsim.geometry import Medium
+
+    # lambda_int of 2 x (1.4 mm W + 0.3 mm Si) per 3.4 mm (PDG: W 99.46 mm, Si 465.2 mm)
+    return Medium("si-w", calo.x0_mm, 115.5, calo.moliere_mm, calo.critical_mev, calo.z_eff, calo.sampling_frequency,
+                  calo.e_over_mip, calo.stochastic, calo.constant, calo.threshold_mev)
 
 
-def _iter_blocks(
-    rule: EnergyRule,
-    seed: int,
-    start: int,
-    stop: int,
-    geometry: CylindricalGeometry,
-    calorimeter: SamplingCalorimeter,
-    method: str,
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Yield the rows start:stop block by block; each block is always made whole, then cut."""
-    make_block = _BLOCK_MAKERS[method]
+@dataclass(frozen=True)
+class Setup:
+    """Everything but the energies and the seed that decides a run's showers (checked on construction).
+
+    ``material=None`` means the binning's layers are each ``layer_thickness_mm`` of the Si-W stack
+    (the ``calorimeter`` constants), as the original simulator assumed.
+    """
+
+    binning: CylindricalGeometry
+    material: MaterialGeometry
+    particle: int = 11
+    theta: AngleRule = AngleRule("theta", "fixed", (0.0,), 0.0, THETA_MAX_RAD)
+    phi: AngleRule = AngleRule("phi", "fixed", (0.0,), -2 * math.pi, 2 * math.pi)
+    method: str = "spots"
+    substructure: bool = False
+
+    @classmethod
+    def make(
+        cls,
+        geometry: CylindricalGeometry | None = None,
+        material: MaterialGeometry | None = None,
+        *,
+        particle: str | int = "electron",
+        theta: str | float | AngleRule = 0.0,
+        phi: str | float | AngleRule = 0.0,
+        method: str = "spots",
+        substructure: bool = False,
+        calorimeter: SamplingCalorimeter = SIW,
+    ) -> Setup:
+        method = _check_method(method)
+        pdg = parse_particle(particle)
+        theta_rule, phi_rule = parse_angle("theta", theta), parse_angle("phi", phi)
+        if not isinstance(substructure, bool):
+            raise ConditionError(f"substructure: expected True or False, got {substructure!r:.80}")
+        binning = geometry or default_geometry()
+        if not isinstance(binning, CylindricalGeometry):
+            raise ConditionError(f"geometry: expected a CylindricalGeometry, got {type(binning).__name__}")
+        if material is None:
+            material = MaterialGeometry.uniform(binning, _siw_medium(calorimeter), 0.033)
+        elif not isinstance(material, MaterialGeometry):
+            raise ConditionError(f"material: expected a MaterialGeometry, got {type(material).__name__}")
+        material.check_binning(binning, f"geometry {material.name!r}")
+        setup = cls(binning, material, pdg, theta_rule, phi_rule, method, substructure)
+        if method == "binned" and not setup.legacy:
+            raise ConditionError(
+                "method: binned supports normal-incidence electrons and positrons without substructure on a uniform "
+                f"single-medium stack; got particle {PARTICLES[pdg]}, theta {theta_rule.describe()}, "
+                f"substructure {substructure}, {'uniform' if binning.uniform else 'non-uniform'} binning "
+                f"({material.name}); use method spots"
+            )
+        return setup
+
+    @property
+    def legacy(self) -> bool:
+        """True where the original per-layer samplers apply (and reproduce the original showers bit for bit)."""
+        slabs = self.material.layers
+        return (
+            self.particle in (11, -11)
+            and self.theta.is_zero
+            and not self.substructure
+            and self.binning.uniform
+            and all(sl.readout and sl.medium == slabs[0].medium and sl.thickness_mm == slabs[0].thickness_mm for sl in slabs)
+        )
+
+    def legacy_parts(self) -> tuple[CylindricalGeometry, SamplingCalorimeter]:
+        layer = self.material.layers[0]
+        geometry = CylindricalGeometry(self.binning.layers, layer_thickness_mm=layer.thickness_mm)
+        return geometry, _medium_calorimeter(layer.medium)
+
+    def describe(self) -> dict:
+        """Attributes recorded in an output file."""
+        return {
+            "particle": PARTICLES[self.particle],
+            "particle_pdg": self.particle,
+            "theta": self.theta.describe(),
+            "phi": self.phi.describe(),
+            "method": self.method,
+            "substructure": self.substructure,
+            "material": self.material.name,
+            "material_version": self.material.version,
+        }
+
+
+def _iter_blocks(rule: EnergyRule, seed: int, start: int, stop: int, setup: Setup):
+    """Yield (energies, theta, phi, showers) of the rows start:stop block by block; each block is made whole, then cut."""
+    if setup.legacy:
+        geometry, calo = setup.legacy_parts()
+        make_block = _BLOCK_MAKERS[setup.method]
+    else:
+        stack = _Stack(setup.binning, setup.material)
     for block in range(start // BLOCK_SIZE, -(-stop // BLOCK_SIZE)):
         rng = np.random.default_rng(np.random.SeedSequence((seed, block)))
         energies = rule.block_energies(block, rng)
-        showers = make_block(energies, rng, geometry, calorimeter)
+        theta = setup.theta.block_values(BLOCK_SIZE, rng)
+        phi = setup.phi.block_values(BLOCK_SIZE, rng)
+        if setup.legacy:
+            showers = make_block(energies, rng, geometry, calo)
+        else:
+            showers = _general_block(energies, rng, stack, setup.particle, theta, phi, setup.substructure)
         offset = block * BLOCK_SIZE
         lo, hi = max(start, offset) - offset, min(stop, offset + BLOCK_SIZE) - offset
-        yield energies[lo:hi], showers[lo:hi]
+        yield energies[lo:hi], theta[lo:hi], phi[lo:hi], showers[lo:hi]
 
 
 def simulate(
@@ -502,31 +847,41 @@ def simulate(
     seed: int = 0,
     start: int = 0,
     geometry: CylindricalGeometry | None = None,
+    material: MaterialGeometry | None = None,
     calorimeter: SamplingCalorimeter = SIW,
     method: str = "spots",
-) -> tuple[np.ndarray, np.ndarray]:
+    particle: str | int = "electron",
+    theta: str | float | AngleRule = 0.0,
+    phi: str | float | AngleRule = 0.0,
+    substructure: bool = False,
+    return_angles: bool = False,
+):
     """Simulate showers ``start .. start + n``: (energies (n,) float64 MeV, showers (n, n_voxels) float32 MeV).
 
-    ``method="spots"`` draws every spot (GFlash as Geant4 runs it; cost grows with energy);
-    ``method="binned"`` draws the spot counts per voxel directly, equal in distribution, for
-    making large training sets fast.
+    ``geometry`` is the binning, ``material`` its material (default: the Si-W stack);
+    ``particle`` electron, positron or photon (name or PDG id); ``theta``/``phi`` fixed
+    angles or ranges (``"0deg:60deg"``; bare numbers are radians); ``substructure``
+    adds the soft-photon sub-showers. With ``return_angles=True`` the result is
+    (energies, showers, theta, phi). ``method="binned"`` is the accelerated sampler
+    for normal-incidence electrons on uniform single-medium stacks.
 
     >>> energies, showers = simulate(10, "50GeV", seed=1)
     """
     n, start, seed = _check_count("n", n), _check_count("start", start), _check_count("seed", seed)
-    method = _check_method(method)
+    setup = Setup.make(geometry, material, particle=particle, theta=theta, phi=phi, method=method,
+                       substructure=substructure, calorimeter=calorimeter)
     rule = parse_energy(energy)
-    geometry = geometry or default_geometry()
-    _check_geometry(geometry)
     energies = np.empty(n, dtype=np.float64)
-    showers = np.empty((n, geometry.n_voxels), dtype=np.float32)
+    thetas, phis = np.empty(n), np.empty(n)
+    showers = np.empty((n, setup.binning.n_voxels), dtype=np.float32)
     done = 0
-    for block_energies, block_showers in _iter_blocks(rule, seed, start, start + n, geometry, calorimeter, method):
+    for block_energies, block_theta, block_phi, block_showers in _iter_blocks(rule, seed, start, start + n, setup):
         k = block_energies.shape[0]
         energies[done : done + k] = block_energies
+        thetas[done : done + k], phis[done : done + k] = block_theta, block_phi
         showers[done : done + k] = block_showers
         done += k
-    return energies, showers
+    return (energies, showers, thetas, phis) if return_angles else (energies, showers)
 
 
 def iter_simulate(
@@ -539,31 +894,34 @@ def iter_simulate(
     geometry: CylindricalGeometry | None = None,
     calorimeter: SamplingCalorimeter = SIW,
     method: str = "spots",
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Yield (energies, showers) chunks of ``chunk_size`` covering showers start .. start + n.
+    setup: Setup | None = None,
+    return_angles: bool = False,
+) -> Iterator[tuple[np.ndarray, ...]]:
+    """Yield (energies, showers) chunks of ``chunk_size`` covering showers start .. start + n
+    ((energies, showers, theta, phi) with ``return_angles``).
 
-    The concatenated chunks equal one ``simulate(n, start=start, method=method)`` call.
+    ``setup`` (a :class:`Setup`) replaces ``geometry``/``calorimeter``/``method`` when given.
+    The concatenated chunks equal one ``simulate`` call with the same settings.
     """
     n, start, seed = _check_count("n", n), _check_count("start", start), _check_count("seed", seed)
-    method = _check_method(method)
     chunk_size = _check_count("chunk_size", chunk_size, minimum=1)
+    if setup is None:
+        setup = Setup.make(geometry, method=method, calorimeter=calorimeter)
     rule = parse_energy(energy)
-    geometry = geometry or default_geometry()
-    _check_geometry(geometry)
-    pending_e: list[np.ndarray] = []
-    pending_s: list[np.ndarray] = []
+    pending: list[tuple[np.ndarray, ...]] = []
     held = 0
-    for block_energies, block_showers in _iter_blocks(rule, seed, start, start + n, geometry, calorimeter, method):
-        pending_e.append(block_energies)
-        pending_s.append(block_showers)
-        held += block_energies.shape[0]
+    for e, t, p, s in _iter_blocks(rule, seed, start, start + n, setup):
+        pending.append((e, s, t, p))
+        held += e.shape[0]
         while held >= chunk_size:
-            energies, showers = np.concatenate(pending_e), np.concatenate(pending_s)
-            yield energies[:chunk_size], showers[:chunk_size]
-            pending_e, pending_s = [energies[chunk_size:]], [showers[chunk_size:]]
+            joined = [np.concatenate(parts) for parts in zip(*pending)]
+            out = tuple(a[:chunk_size] for a in joined)
+            yield out if return_angles else out[:2]
+            pending = [tuple(a[chunk_size:] for a in joined)]
             held -= chunk_size
     if held:
-        yield np.concatenate(pending_e), np.concatenate(pending_s)
+        out = tuple(np.concatenate(parts) for parts in zip(*pending))
+        yield out if return_angles else out[:2]
 
 
 def _check_count(name: str, value: int, minimum: int = 0) -> int:
@@ -581,55 +939,79 @@ def write_dataset(
     seed: int = 0,
     chunk_size: int = 8 * BLOCK_SIZE,
     geometry: CylindricalGeometry | None = None,
+    material: MaterialGeometry | None = None,
     compression: str | None = "gzip",
     overwrite: bool = False,
     progress: bool = True,
     method: str = "spots",
+    particle: str | int = "electron",
+    theta: str | float | AngleRule = 0.0,
+    phi: str | float | AngleRule = 0.0,
+    substructure: bool = False,
 ) -> tuple[Path, Path]:
-    """Simulate n showers into a CaloChallenge HDF5 file plus its binning XML (``PATH.xml`` stem).
+    """Simulate n showers into a CaloChallenge HDF5 file, its binning XML (``PATH.xml`` stem) and,
+    with ``material``, its geometry file (``PATH.geometry.json``).
 
-    The file is written chunk by chunk under a temporary name and renamed when complete,
-    so memory stays flat in n and an interrupted run never leaves a file that looks finished.
-    ``method`` is as in :func:`simulate` and recorded in the file's attributes.
-    Returns (hdf5 path, xml path).
+    Datasets: ``incident_energies`` (n, 1) and ``showers`` (n, n_voxels) in MeV as CaloChallenge;
+    ``incident_theta``/``incident_phi`` (n, 1) radians when theta is not fixed at 0; ``particle``
+    (n, 1) PDG id when the particle is not an electron. Attributes name the settings, the binning
+    and geometry files and carry their text. The output folder is created if missing; the file is
+    written under a temporary name and renamed when complete. Returns (hdf5 path, xml path).
     """
+    import dataclasses
+
     import h5py
     from tqdm import tqdm
 
     from fastsim import __version__
+    from fastsim.geometry import MATERIAL_SUFFIX
 
     n = _check_count("n", n, minimum=1)
     chunk_size = _check_count("chunk_size", chunk_size, minimum=1)
-    method = _check_method(method)
+    setup = Setup.make(geometry, material, particle=particle, theta=theta, phi=phi, method=method,
+                       substructure=substructure)
     rule = parse_energy(energy)
-    geometry = geometry or default_geometry()
-    _check_geometry(geometry)
     if compression not in (None, "gzip", "lzf"):
         raise OutputError(f"compression: expected gzip, lzf or none, got {compression!r}")
     path = Path(path)
+    if path.suffix.lower() in (".xml", ".json"):
+        raise OutputError(f"output: expected an HDF5 file name (e.g. showers.h5), got {path}; .xml and .json names are taken by the binning and geometry")
     xml_path = path.with_suffix(".xml")
-    if path.suffix.lower() == ".xml":
-        raise OutputError(f"output: expected an HDF5 file name (e.g. showers.h5), got {path}; the .xml name is taken by the binning")
+    json_path = path.with_name(path.stem + MATERIAL_SUFFIX)
+    binning = dataclasses.replace(setup.binning, particle=PARTICLES[setup.particle])
+    xml_text = binning.to_xml_string()
+    json_text = setup.material.to_json_string()
     if path.exists() and not overwrite:
         raise OutputError(f"output: {path} already exists (pass --force to overwrite)")
-    if xml_path.exists() and not overwrite and xml_path.read_text(errors="replace") != geometry.to_xml_string():
-        raise OutputError(f"output: {xml_path} already exists with other content (pass --force to overwrite)")
-    if not path.parent.is_dir():
-        raise OutputError(f"output: directory {path.parent} does not exist")
+    for side, text in ((xml_path, xml_text), (json_path, json_text)):
+        if side.exists() and not overwrite and side.read_text(errors="replace") != text:
+            raise OutputError(f"output: {side} already exists with other content (pass --force to overwrite)")
+    if path.parent.exists() and not path.parent.is_dir():
+        raise OutputError(f"output: {path.parent} is not a directory")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"output: cannot create directory {path.parent} ({exc.strerror or exc})") from None
+    angles = not setup.theta.is_zero or not (setup.phi.kind == "fixed" and setup.phi.values[0] == 0.0)
     tmp = path.with_name(path.name + ".partial")
     # ~0.8 MB HDF5 chunks fit h5py's default chunk cache, so row-wise reads stay cheap
-    row_chunk = max(1, min(n, 32))
+    row_chunk = max(1, min(n, 32, (1 << 20) // (4 * binning.n_voxels) or 1))
     try:
         with h5py.File(tmp, "w") as f:
             energies_ds = f.create_dataset("incident_energies", (n, 1), dtype="float64", chunks=(min(n, 4096), 1))
             showers_ds = f.create_dataset(
                 "showers",
-                (n, geometry.n_voxels),
+                (n, binning.n_voxels),
                 dtype="float32",
-                chunks=(row_chunk, geometry.n_voxels),
+                chunks=(row_chunk, binning.n_voxels),
                 compression=compression,
                 shuffle=compression is not None,
             )
+            if angles:
+                theta_ds = f.create_dataset("incident_theta", (n, 1), dtype="float64")
+                phi_ds = f.create_dataset("incident_phi", (n, 1), dtype="float64")
+            if setup.particle != 11:
+                f.create_dataset("particle", data=np.full((n, 1), setup.particle, dtype=np.int32))
             f.attrs.update(
                 {
                     "generator": "fastsim reference simulator (training.simulate, GFlash-style)",
@@ -637,24 +1019,39 @@ def write_dataset(
                     "seed": seed,
                     "n": n,
                     "energy": rule.describe(),
-                    "method": method,
                     "block_size": BLOCK_SIZE,
                     "binning": xml_path.name,
+                    "binning_xml": xml_text,
+                    "geometry": json_path.name,
+                    "geometry_json": json_text,
+                    **setup.describe(),
                 }
             )
             with tqdm(total=n, unit="shower", disable=not progress, desc="simulate") as bar:
                 done = 0
-                for chunk_energies, chunk_showers in iter_simulate(
-                    n, rule, seed=seed, chunk_size=chunk_size, geometry=geometry, method=method
-                ):
-                    k = chunk_energies.shape[0]
-                    energies_ds[done : done + k, 0] = chunk_energies
-                    showers_ds[done : done + k] = chunk_showers
+                for e, s, t, p in iter_simulate(n, rule, seed=seed, chunk_size=chunk_size, setup=setup, return_angles=True):
+                    k = e.shape[0]
+                    energies_ds[done : done + k, 0] = e
+                    showers_ds[done : done + k] = s
+                    if angles:
+                        theta_ds[done : done + k, 0] = t
+                        phi_ds[done : done + k, 0] = p
                     done += k
                     bar.update(k)
-        geometry.to_xml(xml_path)
+        binning.to_xml(xml_path)
+        _write_text(json_path, json_text)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     return path, xml_path
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise OutputError(f"output: cannot write {path} ({exc.strerror or exc})") from None
