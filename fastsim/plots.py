@@ -71,7 +71,7 @@ def caption(comparison: Comparison) -> str:
     model = f" ({gen['model']} {gen.get('model_version', '')})".replace(" )", ")") if "model" in gen else ""
     lo, hi = r.get("energy_range_mev") or (float("nan"), float("nan"))
     return (f"generated N={gen['n_showers']:,}{model}, reference N={r['reference']['n_showers']:,}, "
-            f"$E_{{inc}}$ {lo / 1e3:.3g}–{hi / 1e3:.3g} GeV")
+            f"$E_{{inc}}$ {lo / 1e3:.4g}–{hi / 1e3:.4g} GeV")
 
 
 def _titled(fig: Any, comparison: Comparison, title: str) -> None:
