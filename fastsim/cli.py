@@ -276,7 +276,7 @@ def models(as_json) -> None:
 @click.option("--classifier-showers", default=20_000, show_default=True, type=click.IntRange(min=50),
               help="Showers per sample for the high-level classifier test.")
 @click.option("--voxel-classifier-showers", default=20_000, show_default=True, type=click.IntRange(min=50),
-              help="Showers per sample for the voxel classifier, the slowest stage (~2 min at 20,000 on 2 cores); "
+              help="Showers per sample for the voxel classifier (about a minute at 20,000 on 2 cores); "
                    "fewer is faster and less sensitive.")
 @click.option("--bootstrap", "n_bootstrap", default=20, show_default=True, type=click.IntRange(min=2),
               help="Bootstrap resamples behind the errors of separation powers and Wasserstein distances.")
@@ -291,7 +291,7 @@ def validate(generated, reference, output_dir, geometry_xml, n_max, groups, floo
 
     Every figure comes with its statistical error and its floor (a perfect
     surrogate's score at the same sample sizes). Progress per stage goes to
-    stderr; the voxel classifier and the classifier groups take longest.
+    stderr, with the seconds each stage took (docs/validation.md: what takes long, how to shorten it).
 
     \b
     $ fastsim validate generated.h5 reference.h5 -o report/

@@ -756,10 +756,10 @@ _GROUPS: dict[str, tuple[Callable[[_Run], None], str]] = {
     "fpd": (_fpd_group, "covariance square roots at 5 sample sizes"),
     "kpd": (_kpd_group, "kernel matrices of kpd_batch_size squared"),
     "classifier": (_classifier_group, "boosted trees, two fits"),
-    "classifier-voxel": (_voxel_classifier_group, "a neural network on every voxel, two fits: the slowest"),
+    "classifier-voxel": (_voxel_classifier_group, "a third read of the voxels and two network fits"),
 }
 
-#: Metric groups, in report order. ``classifier-voxel`` trains a network on voxels and is the slowest.
+#: Metric groups, in report order (derived from the registry above).
 ALL_GROUPS = tuple(_GROUPS)
 DEFAULT_GROUPS = ALL_GROUPS
 
@@ -1125,7 +1125,7 @@ def format_energy_table(result: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
-        cells = [f"{row['e_low_mev'] / 1e3:.3g}–{row['e_high_mev'] / 1e3:.3g}", str(row["n_reference"]),
+        cells = [f"{_gev(row['e_low_mev'])}–{_gev(row['e_high_mev'])}", str(row["n_reference"]),
                  str(row["n_generated"])]
         for kind in ("response", "resolution"):
             cells += [_fmt(row[f"{kind}_reference"], row.get(f"{kind}_error_reference")),
@@ -1133,6 +1133,12 @@ def format_energy_table(result: dict[str, Any]) -> str:
                       _fmt(row[f"{kind}_ratio"], row.get(f"{kind}_ratio_error"))]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _gev(mev: float) -> str:
+    """An energy in GeV with three significant digits, without exponents (1000, not 1e+03)."""
+    gev = mev / 1e3
+    return f"{gev:.3g}" if gev < 100 else f"{gev:.0f}"
 
 
 def _fmt(value: Any, error: Any = None, digits: int = 4) -> str:
