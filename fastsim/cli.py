@@ -269,36 +269,58 @@ def models(as_json) -> None:
 @click.option("--metrics", "groups", default="all", show_default=True, metavar="GROUP[,GROUP...]",
               help="Metric groups: all, or some of separation, wasserstein, energy-bins, fpd, kpd, classifier, "
                    "classifier-voxel.")
+@click.option("--floor-reference", default=None, type=click.Path(exists=True),
+              help="A second reference, independent of REFERENCE, with at least as many showers as GENERATED: "
+                   "the floors then compare it with REFERENCE at the same sizes (else REFERENCE is split when "
+                   "it holds twice the generated showers, else bootstrapped).")
 @click.option("--classifier-showers", default=20_000, show_default=True, type=click.IntRange(min=50),
-              help="Showers per sample for the high-level classifier test (the voxel one uses a quarter).")
+              help="Showers per sample for the high-level classifier test.")
+@click.option("--voxel-classifier-showers", default=20_000, show_default=True, type=click.IntRange(min=50),
+              help="Showers per sample for the voxel classifier (about a minute at 20,000 on 2 cores); "
+                   "fewer is faster and less sensitive.")
+@click.option("--bootstrap", "n_bootstrap", default=20, show_default=True, type=click.IntRange(min=2),
+              help="Bootstrap resamples behind the errors of separation powers and Wasserstein distances.")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0, max=MAX_SEED),
-              help="Seed of the subsampling and classifier training.")
+              help="Seed of the subsampling, resampling and classifier training.")
 @click.option("--no-plots", is_flag=True, help="Write metrics.json and report.md only (no matplotlib needed).")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON on stdout instead of a table.")
-def validate(generated, reference, output_dir, geometry_xml, n_max, groups, classifier_showers, seed, no_plots,
-             as_json) -> None:
+@click.option("-q", "--quiet", is_flag=True, help="No progress lines on stderr.")
+def validate(generated, reference, output_dir, geometry_xml, n_max, groups, floor_reference, classifier_showers,
+             voxel_classifier_showers, n_bootstrap, seed, no_plots, as_json, quiet) -> None:
     """Compare generated showers with reference showers: CaloChallenge metrics, report and plots.
+
+    Every figure comes with its statistical error and its floor (a perfect
+    surrogate's score at the same sample sizes). Progress per stage goes to
+    stderr, with the seconds each stage took (docs/validation.md: what takes long, how to shorten it).
 
     \b
     $ fastsim validate generated.h5 reference.h5 -o report/
+    $ fastsim validate gen.h5 ref.h5 --floor-reference ref2.h5 -o report/
     $ fastsim validate gen.h5 ref.h5 -n 20000 --metrics separation,classifier --json
     """
+    import os
+
     from fastsim.geometry import CylindricalGeometry
-    from fastsim.validate import format_energy_table, format_table, write_report
+    from fastsim.validate import format_energy_table, format_table, format_worst, write_report
+
+    def progress(line: str) -> None:
+        if not quiet:
+            click.echo(f"validate: {line}", err=True)
 
     geometry = CylindricalGeometry.from_xml(geometry_xml) if geometry_xml else None
     result = write_report(generated, reference, output_dir, geometry, groups, n_max, plots=not no_plots,
-                          classifier_n=classifier_showers, voxel_classifier_n=max(50, classifier_showers // 4),
-                          seed=seed)
+                          floor_reference=floor_reference, classifier_n=classifier_showers,
+                          voxel_classifier_n=voxel_classifier_showers, n_bootstrap=n_bootstrap, seed=seed,
+                          progress=progress)
     if as_json:
         _echo_json(result)
         return
     click.echo(format_table(result))
-    energy = format_energy_table(result)
-    if energy:
-        click.echo("")
-        click.echo(energy)
-    click.echo(f"\nreport written to {output_dir}/ (metrics.json, report.md"
+    for table in (format_worst(result), format_energy_table(result)):
+        if table:
+            click.echo("")
+            click.echo(table)
+    click.echo(f"\nreport written to {os.path.join(output_dir, '')} (metrics.json, report.md"
                f"{', plots' if not no_plots else ''})", err=True)
 
 

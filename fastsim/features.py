@@ -212,25 +212,25 @@ def _layout(geometry: CylindricalGeometry) -> dict[str, np.ndarray]:
 
 
 def iter_source(
-    source: Any, *, chunk_size: int = _DEFAULT_CHUNK, stop: int | None = None
+    source: Any, *, chunk_size: int = _DEFAULT_CHUNK, start: int = 0, stop: int | None = None
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield (energies (k,), showers (k, n_voxels)) chunks from a source.
 
     A source is an ``(incident_energies, showers)`` pair of arrays, or anything
     with ``iter_chunks(chunk_size=, start=, stop=)`` such as an open
-    ``fastsim.dataset.ShowerFile``. ``stop`` limits the number of showers read.
+    ``fastsim.dataset.ShowerFile``. Rows ``start:stop`` are read.
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size: expected a positive integer, got {chunk_size}")
     if isinstance(source, tuple) and len(source) == 2:
         energies, showers = source
         n = len(energies) if stop is None else min(stop, len(energies))
-        for begin in range(0, n, chunk_size):
+        for begin in range(start, n, chunk_size):
             end = min(begin + chunk_size, n)
             yield np.asarray(energies[begin:end]).reshape(-1), np.asarray(showers[begin:end])
         return
     if hasattr(source, "iter_chunks"):
-        for energies, showers in source.iter_chunks(chunk_size=chunk_size, start=0, stop=stop):
+        for energies, showers in source.iter_chunks(chunk_size=chunk_size, start=start, stop=stop):
             yield np.asarray(energies).reshape(-1), showers
         return
     raise TypeError(
@@ -245,13 +245,14 @@ def compute_features(
     *,
     threshold: float = DEFAULT_THRESHOLD_MEV,
     chunk_size: int = _DEFAULT_CHUNK,
+    start: int = 0,
     stop: int | None = None,
 ) -> ShowerFeatures:
-    """Features of every shower of a source, computed chunk by chunk (see :func:`iter_source`)."""
+    """Features of rows ``start:stop`` of a source, computed chunk by chunk (see :func:`iter_source`)."""
     geometry = geometry if geometry is not None else default_geometry()
     return ShowerFeatures.concatenate(
         shower_features(energies, showers, geometry, threshold=threshold)
-        for energies, showers in iter_source(source, chunk_size=chunk_size, stop=stop)
+        for energies, showers in iter_source(source, chunk_size=chunk_size, start=start, stop=stop)
     )
 
 

@@ -13,8 +13,11 @@ Fast Calorimeter Simulation Challenge 2022 (CaloChallenge) evaluation and of
   and extrapolated linearly in 1/N to N -> infinity.
 - :func:`kpd` -- kernel physics distance: the unbiased MMD^2 with the polynomial
   kernel ``(x.y/d + 1)^4``, median over batches with a half inter-quantile error.
-- :func:`classifier_auc` -- a classifier two-sample test: ROC AUC of a calibrated
-  classifier trained to tell the two samples apart (0.5 = indistinguishable).
+- :func:`classifier_auc` -- a classifier two-sample test: ROC AUC of a
+  classifier trained to tell the two samples apart (0.5 = indistinguishable),
+  with its bootstrap spread and whether the training converged;
+  :func:`two_sample_split` and :func:`fit_classifier` are its two halves, so
+  another classifier can be scored on exactly the same split.
 
 Separation power and W1 are numpy only; FPD needs scipy and the classifier
 scikit-learn (the ``validate`` extra). Those are imported when used.
@@ -39,6 +42,8 @@ __all__ = [
     "mmd_poly_unbiased",
     "kpd",
     "classifier_auc",
+    "fit_classifier",
+    "two_sample_split",
 ]
 
 _VALIDATE_HINT = "pip install 'fastsim[validate]'"
@@ -287,77 +292,110 @@ def classifier_auc(
     model: str = "boosted-trees",
     n_max: int | None = 20_000,
     seed: int = 0,
-) -> dict[str, float]:
-    """Classifier two-sample test: ROC AUC of a calibrated reference-vs-generated classifier.
+    n_resamples: int = 200,
+) -> dict[str, Any]:
+    """Classifier two-sample test: ROC AUC of a reference-vs-generated classifier, with its spread.
 
     Each sample is subsampled to at most ``n_max`` rows and balanced to the
     smaller one. The rows are split 60/20/20 into train, validation and test
-    sets; features are standardised on the training set; the classifier is fit
-    on the training set, calibrated (isotonic) on the validation set, and
-    scored on the test set.
+    sets (the CaloChallenge split); features are standardised on the training
+    set. The classifier is fit on the training set with early stopping on the
+    validation set, and the AUC is that of its scores on the test set. An
+    isotonic calibration on the validation set gives the probabilities of the
+    JSD estimate.
 
     ``model`` is ``"boosted-trees"`` (scikit-learn HistGradientBoosting, for
-    high-level features) or ``"mlp"`` (a small scikit-learn MLP, for voxels).
+    high-level features) or ``"mlp"`` (the fully connected network of
+    :mod:`fastsim.classifier`, for voxels).
 
     Returns a dict with ``auc`` (0.5: the classifier cannot tell the samples
-    apart, 1.0: it always can), ``jsd`` (the Jensen-Shannon divergence
-    estimate from the calibrated test-set probabilities, in bits, 0 to 1) and
-    ``n_train``/``n_test``.
+    apart, 1.0: it always can), ``auc_error`` (standard deviation over
+    ``n_resamples`` bootstrap resamples of the test set), ``converged`` (early
+    stopping ended the training, rather than its iteration cap),
+    ``epochs``/``best_epoch`` (iterations for boosted trees), ``jsd`` (the
+    Jensen-Shannon divergence estimate in bits, 0 to 1) and ``n_train``/``n_test``.
     """
     if model not in ("boosted-trees", "mlp"):
         raise ValueError(f"model: expected 'boosted-trees' or 'mlp', got {model!r}")
+    data, labels, split = two_sample_split(reference, generated, n_max=n_max, seed=seed)
+    return fit_classifier(data, labels, split, model=model, seed=seed, n_resamples=n_resamples)
+
+
+def two_sample_split(
+    reference: np.ndarray, generated: np.ndarray, *, n_max: int | None = 20_000, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Balanced, shuffled rows of both samples (label 1: generated) and a 60/20/20 train/validation/test split.
+
+    The rows chosen and their order depend only on the sample sizes, ``n_max``
+    and ``seed``, so two representations of the same showers get the same split.
+    """
     x, y = _as_feature_matrices(reference, generated, keep_float32=True)
     rng = np.random.default_rng(seed)
     n_each = min(len(x), len(y), n_max or len(x))
     if n_each < 50:
         raise ValueError(f"reference and generated: need at least 50 rows each for a classifier test, got {n_each}")
-    x = x[rng.permutation(len(x))[:n_each]]
-    y = y[rng.permutation(len(y))[:n_each]]
+    x = x[np.sort(rng.permutation(len(x))[:n_each])]
+    y = y[np.sort(rng.permutation(len(y))[:n_each])]
     data = np.concatenate([x, y])
+    del x, y
     labels = np.concatenate([np.zeros(n_each, np.int64), np.ones(n_each, np.int64)])
     order = rng.permutation(len(data))
     data, labels = data[order], labels[order]
     n_train, n_val = int(0.6 * len(data)), int(0.2 * len(data))
     train, val, test = np.split(np.arange(len(data)), [n_train, n_train + n_val])
+    return data, labels, (train, val, test)
 
-    preprocessing = _require("sklearn.preprocessing")
-    calibration = _require("sklearn.calibration")
-    frozen = _require("sklearn.frozen")
-    sk_metrics = _require("sklearn.metrics")
-    scaler = preprocessing.StandardScaler().fit(data[train])
-    data = scaler.transform(data)
-    # Constant columns give 0/0 in the scaler only as nan-free zeros; keep inputs finite.
-    data = np.nan_to_num(data, copy=False)
+
+def fit_classifier(
+    data: np.ndarray,
+    labels: np.ndarray,
+    split: tuple[np.ndarray, np.ndarray, np.ndarray],
+    *,
+    model: str = "boosted-trees",
+    seed: int = 0,
+    n_resamples: int = 200,
+) -> dict[str, Any]:
+    """Train on ``split[0]`` with early stopping on ``split[1]``, score ``split[2]`` (see :func:`classifier_auc`).
+
+    ``data`` is standardised in place with the training rows' moments.
+    """
+    train, val, test = split
+    # Standardise with the training set's moments; constant columns stay at zero.
+    mean = data[train].mean(axis=0, dtype=np.float64)
+    std = data[train].std(axis=0, dtype=np.float64)
+    std[~(std > 0)] = 1.0
+    data -= mean.astype(data.dtype)
+    data /= std.astype(data.dtype)
+    isotonic = _require("sklearn.isotonic")
     if model == "boosted-trees":
         ensemble = _require("sklearn.ensemble")
+        max_iter = 1000  # early stopping ends it; the cap only guards the run time
         clf = ensemble.HistGradientBoostingClassifier(
-            max_iter=200, learning_rate=0.1, early_stopping=True, validation_fraction=0.15, random_state=seed
+            max_iter=max_iter, learning_rate=0.1, early_stopping=True, validation_fraction=0.15,
+            n_iter_no_change=10, random_state=seed,
         )
-    else:
-        neural = _require("sklearn.neural_network")
-        clf = neural.MLPClassifier(
-            hidden_layer_sizes=(128, 64),
-            alpha=1e-4,
-            batch_size=256,
-            learning_rate_init=1e-3,
-            max_iter=30,
-            early_stopping=True,
-            validation_fraction=0.15,
-            n_iter_no_change=5,
-            random_state=seed,
-        )
-    exceptions = _require("sklearn.exceptions")
-    with warnings.catch_warnings():
-        # A fixed epoch budget is deliberate: a classifier that has not converged
-        # only makes the test conservative.
-        warnings.simplefilter("ignore", exceptions.ConvergenceWarning)
         clf.fit(data[train], labels[train])
-    calibrated = calibration.CalibratedClassifierCV(frozen.FrozenEstimator(clf), method="isotonic")
-    calibrated.fit(data[val], labels[val])
-    prob = calibrated.predict_proba(data[test])[:, 1]
-    auc = float(sk_metrics.roc_auc_score(labels[test], prob))
+        score = clf.decision_function(data)
+        epochs = best = int(clf.n_iter_)
+        converged = epochs < max_iter
+    else:
+        from fastsim.classifier import train_mlp
+
+        fit = train_mlp(data[train], labels[train], data[val], labels[val], hidden=(128, 128),
+                        learning_rate=1e-4, batch_size=500, max_epochs=40, patience=4, seed=seed)
+        score = fit.model.logits(data)
+        epochs, best, converged = fit.epochs_run, fit.best_epoch, fit.converged
+    from fastsim.classifier import bootstrap_auc, roc_auc
+
+    calibrator = isotonic.IsotonicRegression(out_of_bounds="clip", y_min=1e-6, y_max=1 - 1e-6)
+    calibrator.fit(score[val], labels[val])
+    prob = calibrator.predict(score[test])
     return {
-        "auc": auc,
+        "auc": roc_auc(score[test], labels[test]),
+        "auc_error": bootstrap_auc(score[test], labels[test], n_resamples=n_resamples, seed=seed),
+        "converged": bool(converged),
+        "epochs": int(epochs),
+        "best_epoch": int(best),
         "jsd": _jsd_from_probabilities(prob, labels[test]),
         "n_train": int(len(train)),
         "n_test": int(len(test)),

@@ -4,7 +4,9 @@ This module owns the figures of the validation report: response and
 resolution vs incident energy, longitudinal and radial profiles, E_tot/E_inc,
 layer-energy and shower-shape histograms, the voxel-energy spectrum and the
 separation power per layer. The reference is drawn as a filled histogram, the
-generated sample as a line, as in the CaloChallenge plots.
+generated sample as a line, as in the CaloChallenge plots. Every ratio panel
+carries its statistical error bars, and every figure states the sample sizes,
+the incident-energy range and the model that generated the showers.
 
 matplotlib is an optional dependency (the ``plots`` extra) and is imported
 only here, when a plot is drawn; figures are built with the object API
@@ -14,6 +16,7 @@ only here, when a plot is drawn; figures are built with the object API
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +27,20 @@ from fastsim.errors import FastsimError
 if TYPE_CHECKING:  # pragma: no cover
     from fastsim.validate import Comparison
 
-__all__ = ["PLOTS_HINT", "draw_all", "require_matplotlib"]
+__all__ = [
+    "DRAWERS",
+    "PLOTS_HINT",
+    "caption",
+    "draw_all",
+    "draw_layer_energies",
+    "draw_longitudinal_profile",
+    "draw_radial_profile",
+    "draw_response_resolution",
+    "draw_separation_per_layer",
+    "draw_shapes",
+    "draw_voxel_spectrum",
+    "require_matplotlib",
+]
 
 PLOTS_HINT = "pip install 'fastsim[plots]'"
 
@@ -41,8 +57,25 @@ def require_matplotlib() -> Any:
     return Figure
 
 
+# ----------------------------------------------------------------------------- building blocks
+
+
 def _figure(width: float, height: float) -> Any:
     return require_matplotlib()(figsize=(width, height), layout="constrained")
+
+
+def caption(comparison: Comparison) -> str:
+    """One line for every figure: sample sizes, incident-energy range, model and floor method."""
+    r = comparison.result
+    gen = r["generated"]
+    model = f" ({gen['model']} {gen.get('model_version', '')})".replace(" )", ")") if "model" in gen else ""
+    lo, hi = r.get("energy_range_mev") or (float("nan"), float("nan"))
+    return (f"generated N={gen['n_showers']:,}{model}, reference N={r['reference']['n_showers']:,}, "
+            f"$E_{{inc}}$ {lo / 1e3:.4g}–{hi / 1e3:.4g} GeV")
+
+
+def _titled(fig: Any, comparison: Comparison, title: str) -> None:
+    fig.suptitle(f"{title}\n{caption(comparison)}", fontsize=9)
 
 
 def _save(fig: Any, folder: Path, name: str) -> Path:
@@ -61,49 +94,56 @@ def _main_and_ratio(fig: Any, cell: Any) -> tuple[Any, Any]:
     return main, ratio
 
 
-def _ratio_panel(ax: Any, x: np.ndarray, gen: np.ndarray, ref: np.ndarray, *, step: bool) -> None:
+def _ratio_with_errors(gen: np.ndarray, ref: np.ndarray, gen_error: np.ndarray,
+                       ref_error: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """gen / ref and its propagated error (nan where ref is not positive)."""
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(ref > 0, gen / ref, np.nan)
-    if step:
+        rel = np.hypot(np.where(gen > 0, gen_error / gen, np.nan), np.where(ref > 0, ref_error / ref, np.nan))
+    return ratio, np.abs(ratio) * rel
+
+
+def _ratio_panel(ax: Any, x: np.ndarray, ratio: np.ndarray, error: np.ndarray, *, step: bool) -> None:
+    if step:  # x are bin edges: a line per bin, error bars at the bin centres
         ax.stairs(ratio, x, color=_GEN["color"], linewidth=1.2, baseline=None)
+        centres = 0.5 * (x[1:] + x[:-1])
+        ax.errorbar(centres, ratio, yerr=error, fmt="none", ecolor=_GEN["color"], elinewidth=0.8)
     else:
-        ax.plot(x, ratio, "o-", color=_GEN["color"], markersize=3)
+        ax.errorbar(x, ratio, yerr=error, fmt="o-", color=_GEN["color"], markersize=3, capsize=2)
     ax.axhline(1.0, color="grey", linewidth=0.8)
     ax.set_ylim(0.5, 1.5)
     ax.set_ylabel("gen / ref")
 
 
-def _hist_panel(
-    fig: Any,
-    cell: Any,
-    ref: np.ndarray,
-    gen: np.ndarray,
-    edges: np.ndarray,
-    xlabel: str,
-    *,
-    logx: bool = False,
-    title: str = "",
-) -> None:
+def _hist_panel(fig: Any, cell: Any, ref: np.ndarray, gen: np.ndarray, edges: np.ndarray, xlabel: str, *,
+                logx: bool = False, title: str = "") -> None:
+    """Normalised histograms of one feature with a ratio panel (Poisson errors per bin)."""
     main, ratio = _main_and_ratio(fig, cell)
     h_ref, _ = np.histogram(ref[np.isfinite(ref)], bins=edges)
     h_gen, _ = np.histogram(gen[np.isfinite(gen)], bins=edges)
-    widths = np.diff(edges)
-    d_ref = h_ref / max(h_ref.sum(), 1) / widths
-    d_gen = h_gen / max(h_gen.sum(), 1) / widths
-    main.stairs(d_ref, edges, fill=True, **_REF)
-    main.stairs(d_gen, edges, **_GEN)
-    if (d_ref > 0).any() or (d_gen > 0).any():
-        main.set_yscale("log")
-    main.set_ylabel("normalised entries")
+    _overlay(main, ratio, h_ref, h_gen, edges)
     if title:
         main.set_title(title, fontsize=9)
-    main.legend(fontsize=7, frameon=False)
-    _ratio_panel(ratio, edges, d_gen, d_ref, step=True)
     ratio.set_xlabel(xlabel)
     if logx:
         main.set_xscale("log")
     else:
         main.set_xlim(*_zoom(np.concatenate([ref, gen]), edges))
+
+
+def _overlay(main: Any, ratio: Any, h_ref: np.ndarray, h_gen: np.ndarray, edges: np.ndarray) -> None:
+    """Densities of two count histograms, reference filled, and their ratio with Poisson errors."""
+    widths = np.diff(edges)
+    n_ref, n_gen = max(h_ref.sum(), 1), max(h_gen.sum(), 1)
+    d_ref, d_gen = h_ref / n_ref / widths, h_gen / n_gen / widths
+    main.stairs(d_ref, edges, fill=True, **_REF)
+    main.stairs(d_gen, edges, **_GEN)
+    if (d_ref > 0).any() or (d_gen > 0).any():
+        main.set_yscale("log")
+    main.set_ylabel("normalised entries")
+    main.legend(fontsize=7, frameon=False)
+    values, errors = _ratio_with_errors(d_gen, d_ref, np.sqrt(h_gen) / n_gen / widths, np.sqrt(h_ref) / n_ref / widths)
+    _ratio_panel(ratio, edges, values, errors, step=True)
 
 
 def _zoom(values: np.ndarray, edges: np.ndarray) -> tuple[float, float]:
@@ -116,159 +156,202 @@ def _zoom(values: np.ndarray, edges: np.ndarray) -> tuple[float, float]:
     return float(max(edges[0], low - margin)), float(min(edges[-1], high + margin))
 
 
-def _energy_plot(result: dict[str, Any], folder: Path) -> Path | None:
-    rows = result.get("energy_bins") or []
-    if not rows:
-        return None
-    centres = np.array([math.sqrt(r["e_low_mev"] * r["e_high_mev"]) / 1e3 for r in rows])
-
-    def column(key: str) -> np.ndarray:
-        return np.array([np.nan if r[key] is None else r[key] for r in rows], dtype=float)
-
-    fig = _figure(6.5, 7.0)
-    grid = fig.add_gridspec(3, 1, height_ratios=(3, 3, 1.5))
-    resp = fig.add_subplot(grid[0])
-    res = fig.add_subplot(grid[1], sharex=resp)
-    ratio = fig.add_subplot(grid[2], sharex=resp)
-    for label, style, marker in (("reference", _REF, "s"), ("generated", _GEN, "o")):
-        resp.errorbar(centres, column(f"response_{label}"), yerr=column(f"response_error_{label}"),
-                      fmt=marker, color=style["color"], label=label, markersize=4, capsize=2)
-        res.errorbar(centres, column(f"resolution_{label}"), yerr=column(f"resolution_error_{label}"),
-                     fmt=marker, color=style["color"], label=label, markersize=4, capsize=2)
-    resp.set_ylabel(r"response $\langle E_{tot}/E_{inc}\rangle$")
-    res.set_ylabel(r"resolution $\sigma/\mu$ of $E_{tot}/E_{inc}$")
-    res.set_yscale("log")
-    ratio.plot(centres, column("response_ratio"), "o-", color="black", markersize=3, label="response")
-    ratio.plot(centres, column("resolution_ratio"), "s--", color="grey", markersize=3, label="resolution")
-    ratio.axhline(1.0, color="grey", linewidth=0.8)
-    ratio.set_ylabel("gen / ref")
-    ratio.set_xlabel(r"incident energy $E_{inc}$ [GeV]")
-    ratio.legend(fontsize=7, frameon=False, ncol=2)
-    for ax in (resp, res):
-        ax.tick_params(labelbottom=False)
-        ax.legend(fontsize=8, frameon=False)
-    resp.set_xscale("log")
-    resp.set_title("Response and resolution vs incident energy", fontsize=10)
-    return _save(fig, folder, "response_resolution")
+def _column(rows: list[dict[str, Any]], key: str) -> np.ndarray:
+    return np.array([np.nan if r.get(key) is None else r[key] for r in rows], dtype=float)
 
 
-def _profile_plot(x: np.ndarray, ref: np.ndarray, gen: np.ndarray, xlabel: str, ylabel: str, title: str,
-                  folder: Path, name: str, edges: np.ndarray | None = None) -> Path:
-    fig = _figure(6.0, 5.0)
+def _plain_log_ticks(axis: Any) -> None:
+    """Ticks at 1, 2, 5 x 10^k as plain numbers and no minor labels on a log axis (minor labels overlapped)."""
+    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    formatter = ScalarFormatter()
+    formatter.set_scientific(False)
+    axis.set_major_formatter(formatter)
+    axis.set_minor_formatter(NullFormatter())
+
+
+def _profile_plot(comparison: Comparison, x: np.ndarray, ref: np.ndarray, gen: np.ndarray, ref_error: np.ndarray,
+                  gen_error: np.ndarray, xlabel: str, ylabel: str, title: str, folder: Path, name: str,
+                  edges: np.ndarray | None = None) -> Path:
+    fig = _figure(6.0, 5.2)
     main, ratio = _main_and_ratio(fig, fig.add_gridspec(1, 1)[0])
+    values, errors = _ratio_with_errors(gen, ref, gen_error, ref_error)
     if edges is not None:
         main.stairs(ref, edges, fill=True, **_REF)
         main.stairs(gen, edges, **_GEN)
-        _ratio_panel(ratio, edges, gen, ref, step=True)
+        _ratio_panel(ratio, edges, values, errors, step=True)
     else:
         main.fill_between(x, ref, step=None, color=_REF["color"], alpha=_REF["alpha"], label="reference")
         main.plot(x, gen, "o-", color=_GEN["color"], markersize=3, label="generated")
-        _ratio_panel(ratio, x, gen, ref, step=False)
+        _ratio_panel(ratio, x, values, errors, step=False)
     main.set_yscale("log")
     main.set_ylabel(ylabel)
-    main.set_title(title, fontsize=10)
     main.legend(fontsize=8, frameon=False)
     ratio.set_xlabel(xlabel)
+    _titled(fig, comparison, title)
     return _save(fig, folder, name)
 
 
-def _chosen_layers(comparison: Comparison, count: int) -> list[int]:
-    n_layers = comparison.reference.n_layers
-    return sorted({int(round(v)) for v in np.linspace(0, n_layers - 1, min(count, n_layers))})
+# ----------------------------------------------------------------------------- the figures
 
 
-def _max_layer(comparison: Comparison) -> int:
-    return int(np.argmax(comparison.reference.layer_energy.mean(axis=0)))
+def draw_response_resolution(comparison: Comparison, folder: Path) -> Path | None:
+    """Mean response and relative resolution per incident-energy bin, each with its ratio panel."""
+    rows = comparison.result.get("energy_bins") or []
+    if not rows:
+        return None
+    centres = np.array([math.sqrt(r["e_low_mev"] * r["e_high_mev"]) / 1e3 for r in rows])
+    fig = _figure(6.5, 8.0)
+    grid = fig.add_gridspec(4, 1, height_ratios=(3, 1.3, 3, 1.3))
+    panels = {}
+    for i, key in enumerate(("response", "resolution")):
+        main = fig.add_subplot(grid[2 * i], sharex=panels.get("response"))
+        ratio = fig.add_subplot(grid[2 * i + 1], sharex=main)
+        panels[key] = main
+        for label, style, marker in (("reference", _REF, "s"), ("generated", _GEN, "o")):
+            main.errorbar(centres, _column(rows, f"{key}_{label}"), yerr=_column(rows, f"{key}_error_{label}"),
+                          fmt=marker, color=style["color"], label=label, markersize=4, capsize=2)
+        ratio.errorbar(centres, _column(rows, f"{key}_ratio"), yerr=_column(rows, f"{key}_ratio_error"),
+                       fmt="o", color="black", markersize=3, capsize=2)
+        ratio.axhline(1.0, color="grey", linewidth=0.8)
+        ratio.set_ylabel("gen / ref", fontsize=8)
+        main.legend(fontsize=8, frameon=False)
+        main.tick_params(axis="x", which="both", labelbottom=False)
+        if i == 0:
+            ratio.tick_params(axis="x", which="both", labelbottom=False)
+    panels["response"].set_ylabel(r"response $\langle E_{tot}/E_{inc}\rangle$")
+    panels["resolution"].set_ylabel(r"resolution $\sigma/\mu$ of $E_{tot}/E_{inc}$")
+    panels["resolution"].set_yscale("log")
+    _plain_log_ticks(panels["resolution"].yaxis)
+    panels["response"].set_xscale("log")
+    _plain_log_ticks(panels["response"].xaxis)
+    fig.axes[-1].set_xlabel(r"incident energy $E_{inc}$ [GeV]")
+    _titled(fig, comparison, "Response and resolution vs incident energy")
+    return _save(fig, folder, "response_resolution")
+
+
+def draw_longitudinal_profile(comparison: Comparison, folder: Path) -> Path:
+    """Mean fraction of E_inc per layer."""
+    ref, gen = comparison.reference, comparison.generated
+    n_layers = ref.n_layers
+
+    def mean_and_error(f: Any) -> tuple[np.ndarray, np.ndarray]:
+        fractions = f.layer_energy / f.incident_energy[:, None]
+        return fractions.mean(axis=0), fractions.std(axis=0, ddof=1) / math.sqrt(max(f.n, 2))
+
+    (m_ref, e_ref), (m_gen, e_gen) = mean_and_error(ref), mean_and_error(gen)
+    return _profile_plot(comparison, np.arange(n_layers), m_ref, m_gen, e_ref, e_gen, "layer",
+                         r"mean $E_{layer}/E_{inc}$", "Longitudinal profile", folder, "longitudinal_profile",
+                         edges=np.arange(n_layers + 1) - 0.5)
+
+
+def draw_radial_profile(comparison: Comparison, folder: Path) -> Path | None:
+    """Mean fraction of E_inc per radial ring, summed over layers."""
+    extras = comparison.extras
+    if "radial_profile_reference" not in extras:
+        return None
+    return _profile_plot(comparison, extras["ring_centres"], extras["radial_profile_reference"],
+                         extras["radial_profile_generated"], extras["radial_profile_error_reference"],
+                         extras["radial_profile_error_generated"], "r (ring centre) [mm]",
+                         r"mean $E_{ring}/E_{inc}$ (all layers)", "Radial profile", folder, "radial_profile")
+
+
+def draw_shapes(comparison: Comparison, folder: Path) -> Path:
+    """E_tot/E_inc, the longitudinal moments and the lateral moments of the layer with the largest mean energy."""
+    ref, gen, bins = comparison.reference, comparison.generated, comparison.extras["bins"]
+    peak = int(np.argmax(ref.layer_energy.mean(axis=0)))
+    fig = _figure(11.0, 7.8)
+    grid = fig.add_gridspec(2, 3)
+    panels = [
+        (ref.response, gen.response, bins["e_ratio"], r"$E_{tot}/E_{inc}$"),
+        (ref.longitudinal_centre, gen.longitudinal_centre, bins["longitudinal_centre"], "longitudinal centre [mm]"),
+        (ref.longitudinal_width, gen.longitudinal_width, bins["longitudinal_width"], "longitudinal width [mm]"),
+        (ref.centre_x[:, peak], gen.centre_x[:, peak], bins["centre_x"], f"centre x, layer {peak} [mm]"),
+        (ref.width_x[:, peak], gen.width_x[:, peak], bins["width_x"], f"width x, layer {peak} [mm]"),
+        (ref.width_r[:, peak], gen.width_r[:, peak], bins["width_r"], f"width r, layer {peak} [mm]"),
+    ]
+    for cell, (a, b, edges, label) in zip(grid, panels):
+        _hist_panel(fig, cell, a, b, edges, label)
+    _titled(fig, comparison, "Shower shapes (per-layer features: the layer with the largest mean energy)")
+    return _save(fig, folder, "shapes")
+
+
+def _worst_layers(comparison: Comparison, family: str, count: int) -> list[int]:
+    """The layers of a family furthest above their floors, from the report's worst-feature list."""
+    worst = [row["layer"] for row in comparison.result.get("worst_features") or [] if row["feature"] == family]
+    return list(dict.fromkeys(worst))[:count]
+
+
+def draw_layer_energies(comparison: Comparison, folder: Path) -> Path:
+    """Layer-energy histograms: layers across the depth, and the worst layers of the report first."""
+    ref, gen, bins = comparison.reference, comparison.generated, comparison.extras["bins"]
+    n_layers = ref.n_layers
+    spread = [int(round(v)) for v in np.linspace(0, n_layers - 1, min(6, n_layers))]
+    layers = list(dict.fromkeys(_worst_layers(comparison, "layer_energy", 3) + spread))[:6]
+    fig = _figure(11.0, 7.8)
+    grid = fig.add_gridspec(2, 3)
+    for cell, layer in zip(grid, layers):
+        _hist_panel(fig, cell, ref.layer_energy[:, layer], gen.layer_energy[:, layer], bins["layer_energy"][layer],
+                    "energy [MeV]", logx=True, title=f"energy in layer {layer}")
+    _titled(fig, comparison, "Layer energies (the worst layers by separation power first)")
+    return _save(fig, folder, "layer_energies")
+
+
+def draw_voxel_spectrum(comparison: Comparison, folder: Path) -> Path | None:
+    """The voxel-energy spectrum above threshold."""
+    extras = comparison.extras
+    if "voxel_counts_reference" not in extras:
+        return None
+    edges = extras["voxel_edges"]
+    fig = _figure(6.0, 5.2)
+    main, ratio = _main_and_ratio(fig, fig.add_gridspec(1, 1)[0])
+    _overlay(main, ratio, np.asarray(extras["voxel_counts_reference"], dtype=float),
+             np.asarray(extras["voxel_counts_generated"], dtype=float), edges)
+    main.set_xscale("log")
+    ratio.set_xlabel("voxel energy [MeV]")
+    _titled(fig, comparison, "Voxel energy spectrum (above threshold)")
+    return _save(fig, folder, "voxel_energy")
+
+
+def draw_separation_per_layer(comparison: Comparison, folder: Path) -> Path | None:
+    """Separation power per layer of every family, with its floor dashed."""
+    per_layer = comparison.result.get("per_layer") or {}
+    per_layer = {k: v for k, v in per_layer.items() if k.startswith("separation_power.")}
+    if not per_layer:
+        return None
+    fig = _figure(7.5, 5.0)
+    ax = fig.add_subplot()
+    for key, entry in per_layer.items():
+        value = _column([{"v": v} for v in entry["value"]], "v")
+        error = _column([{"v": v} for v in entry.get("error", [None] * len(value))], "v")
+        base = _column([{"v": v} for v in entry["reference"]], "v")
+        layers = np.arange(len(value))
+        line = ax.errorbar(layers, value, yerr=error, fmt="-", linewidth=1.2, elinewidth=0.6,
+                           label=key.split(".", 1)[1])
+        ax.plot(layers, base, "--", linewidth=0.8, color=line[0].get_color())
+    ax.set_yscale("log")
+    ax.set_xlabel("layer")
+    ax.set_ylabel("separation power")
+    ax.legend(fontsize=7, frameon=False, ncol=2)
+    _titled(fig, comparison, "Separation power per layer (dashed: the floor)")
+    return _save(fig, folder, "separation_power_per_layer")
+
+
+#: Every figure of the report, in report order.
+DRAWERS: tuple[Callable[[Any, Path], Path | None], ...] = (
+    draw_response_resolution,
+    draw_longitudinal_profile,
+    draw_radial_profile,
+    draw_shapes,
+    draw_layer_energies,
+    draw_voxel_spectrum,
+    draw_separation_per_layer,
+)
 
 
 def draw_all(comparison: Comparison, folder: str | Path) -> list[Path]:
     """Draw every plot of the report into ``folder``; returns the PNG paths written."""
     require_matplotlib()
     folder = Path(folder)
-    ref, gen, extras = comparison.reference, comparison.generated, comparison.extras
-    bins = extras["bins"]
-    written: list[Path] = []
-    energy = _energy_plot(comparison.result, folder)
-    if energy is not None:
-        written.append(energy)
-
-    # Longitudinal profile: mean fraction of E_inc per layer.
-    n_layers = ref.n_layers
-    layer_edges = np.arange(n_layers + 1) - 0.5
-    written.append(_profile_plot(
-        np.arange(n_layers),
-        (ref.layer_energy / ref.incident_energy[:, None]).mean(axis=0),
-        (gen.layer_energy / gen.incident_energy[:, None]).mean(axis=0),
-        "layer", r"mean $E_{layer}/E_{inc}$", "Longitudinal profile", folder, "longitudinal_profile", edges=layer_edges,
-    ))
-    if "radial_profile_reference" in extras:
-        written.append(_profile_plot(
-            extras["ring_centres"], extras["radial_profile_reference"], extras["radial_profile_generated"],
-            "r (ring centre) [mm]", r"mean $E_{ring}/E_{inc}$ (all layers)", "Radial profile", folder, "radial_profile",
-        ))
-
-    # E_tot / E_inc and the scalar shape features.
-    fig = _figure(11.0, 7.5)
-    grid = fig.add_gridspec(2, 3)
-    peak = _max_layer(comparison)
-    panels = [
-        (ref.response, gen.response, bins["e_ratio"], r"$E_{tot}/E_{inc}$", ""),
-        (ref.longitudinal_centre, gen.longitudinal_centre, bins["longitudinal_centre"], "longitudinal centre [mm]", ""),
-        (ref.longitudinal_width, gen.longitudinal_width, bins["longitudinal_width"], "longitudinal width [mm]", ""),
-        (ref.centre_x[:, peak], gen.centre_x[:, peak], bins["centre_x"], f"centre x, layer {peak} [mm]", ""),
-        (ref.width_x[:, peak], gen.width_x[:, peak], bins["width_x"], f"width x, layer {peak} [mm]", ""),
-        (ref.width_r[:, peak], gen.width_r[:, peak], bins["width_r"], f"width r, layer {peak} [mm]", ""),
-    ]
-    for cell, (a, b, edges, label, title) in zip(grid, panels):
-        _hist_panel(fig, cell, a, b, edges, label, title=title)
-    fig.suptitle("Shower shapes (layer with the largest mean energy where per layer)", fontsize=10)
-    written.append(_save(fig, folder, "shapes"))
-
-    # Layer energies in a few layers across the depth.
-    layers = _chosen_layers(comparison, 6)
-    fig = _figure(11.0, 7.5)
-    grid = fig.add_gridspec(2, 3)
-    for cell, layer in zip(grid, layers):
-        _hist_panel(fig, cell, ref.layer_energy[:, layer], gen.layer_energy[:, layer], bins["layer_energy"][layer],
-                    "energy [MeV]", logx=True, title=f"energy in layer {layer}")
-    written.append(_save(fig, folder, "layer_energies"))
-
-    # Voxel-energy spectrum.
-    if "voxel_counts_reference" in extras:
-        edges = extras["voxel_edges"]
-        widths = np.diff(edges)
-        d_ref = extras["voxel_counts_reference"] / max(extras["voxel_counts_reference"].sum(), 1) / widths
-        d_gen = extras["voxel_counts_generated"] / max(extras["voxel_counts_generated"].sum(), 1) / widths
-        fig = _figure(6.0, 5.0)
-        main, ratio = _main_and_ratio(fig, fig.add_gridspec(1, 1)[0])
-        main.stairs(d_ref, edges, fill=True, **_REF)
-        main.stairs(d_gen, edges, **_GEN)
-        main.set_xscale("log")
-        main.set_yscale("log")
-        main.set_ylabel("normalised entries")
-        main.set_title("Voxel energy spectrum (above threshold)", fontsize=10)
-        main.legend(fontsize=8, frameon=False)
-        _ratio_panel(ratio, edges, d_gen, d_ref, step=True)
-        ratio.set_xlabel("voxel energy [MeV]")
-        written.append(_save(fig, folder, "voxel_energy"))
-
-    # Separation power per layer, with the reference-vs-reference baseline dashed.
-    per_layer = comparison.result.get("per_layer") or {}
-    if per_layer:
-        fig = _figure(7.0, 4.5)
-        ax = fig.add_subplot()
-        colours = {}
-        for key, entry in per_layer.items():
-            name = key.split(".", 1)[1]
-            value = np.array([np.nan if v is None else v for v in entry["value"]], dtype=float)
-            base = np.array([np.nan if v is None else v for v in entry["reference"]], dtype=float)
-            (line,) = ax.plot(np.arange(len(value)), value, "-", linewidth=1.2, label=name)
-            colours[name] = line.get_color()
-            ax.plot(np.arange(len(base)), base, "--", linewidth=0.8, color=line.get_color())
-        ax.set_yscale("log")
-        ax.set_xlabel("layer")
-        ax.set_ylabel("separation power")
-        ax.set_title("Separation power per layer (dashed: reference vs reference)", fontsize=10)
-        ax.legend(fontsize=7, frameon=False, ncol=2)
-        written.append(_save(fig, folder, "separation_power_per_layer"))
-    return written
+    return [path for draw in DRAWERS if (path := draw(comparison, folder)) is not None]

@@ -171,9 +171,11 @@ def test_scale_by_reference_uses_the_reference_max_and_leaves_zero_columns():
 def test_classifier_auc_is_one_half_for_identical_distributions(model):
     rng = np.random.default_rng(4)
     out = metrics.classifier_auc(rng.normal(size=(2000, 6)), rng.normal(size=(2000, 6)), model=model)
-    assert abs(out["auc"] - 0.5) < 0.05
+    assert abs(out["auc"] - 0.5) < 3 * out["auc_error"]
+    assert 0.005 < out["auc_error"] < 0.03  # ~ 1/sqrt(12 * 400) for 400 rows per class
     assert out["jsd"] < 0.02
     assert out["n_test"] == 800
+    assert out["converged"] and 1 <= out["best_epoch"] <= out["epochs"]
 
 
 @pytest.mark.parametrize("model", ["boosted-trees", "mlp"])
@@ -194,3 +196,56 @@ def test_classifier_auc_rejects_unknown_models_and_tiny_samples():
         metrics.classifier_auc(x, x, model="svm")
     with pytest.raises(ValueError, match="at least 50"):
         metrics.classifier_auc(x[:20], x[:20])
+
+
+def test_the_split_depends_only_on_sizes_so_two_representations_share_it():
+    rng = np.random.default_rng(6)
+    a, b = rng.normal(size=(300, 3)), rng.normal(size=(250, 3))
+    data, labels, split = metrics.two_sample_split(a, b, n_max=200, seed=3)
+    data_2, labels_2, split_2 = metrics.two_sample_split(np.exp(a), np.exp(b), n_max=200, seed=3)
+    np.testing.assert_array_equal(labels, labels_2)
+    np.testing.assert_allclose(np.exp(data), data_2, rtol=1e-6)
+    assert [len(part) for part in split] == [240, 80, 80] and all(np.array_equal(p, q) for p, q in zip(split, split_2))
+    assert labels.sum() == 200
+
+
+# ----------------------------------------------------------------------------- the numpy network
+
+
+def test_roc_auc_matches_scikit_learn_with_ties_and_weights():
+    from sklearn.metrics import roc_auc_score
+
+    from fastsim.classifier import roc_auc
+
+    rng = np.random.default_rng(7)
+    labels = rng.integers(0, 2, 500)
+    scores = np.round(rng.normal(labels * 0.5, 1.0), 1)  # rounded: many ties
+    weights = rng.integers(0, 4, 500)
+    assert roc_auc(scores, labels) == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
+    assert roc_auc(scores, labels, weights) == pytest.approx(
+        roc_auc_score(labels, scores, sample_weight=weights), abs=1e-12)
+
+
+def test_the_network_learns_a_nonlinear_boundary_converges_and_is_deterministic():
+    from fastsim.classifier import roc_auc, train_mlp
+
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(3000, 4)).astype(np.float32)
+    y = (np.hypot(x[:, 0], x[:, 1]) > 1.2).astype(np.float32)  # a circle: no linear model separates it
+    kwargs = dict(hidden=(32, 32), learning_rate=3e-3, batch_size=100, max_epochs=60, patience=5, seed=1)
+    fit = train_mlp(x[:2000], y[:2000], x[2000:2500], y[2000:2500], **kwargs)
+    assert roc_auc(fit.model.logits(x[2500:]), y[2500:]) > 0.97
+    assert fit.converged and fit.best_epoch < fit.epochs_run <= 60
+    assert min(fit.val_loss) == fit.val_loss[fit.best_epoch - 1]
+    again = train_mlp(x[:2000], y[:2000], x[2000:2500], y[2000:2500], **kwargs)
+    np.testing.assert_array_equal(again.model.logits(x[2500:]), fit.model.logits(x[2500:]))
+
+
+def test_a_network_stopped_by_its_epoch_cap_says_it_did_not_converge():
+    from fastsim.classifier import train_mlp
+
+    rng = np.random.default_rng(9)
+    x = rng.normal(size=(600, 3)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.float32)
+    fit = train_mlp(x[:400], y[:400], x[400:], y[400:], hidden=(8,), learning_rate=1e-3, max_epochs=3, seed=0)
+    assert not fit.converged and fit.epochs_run == 3

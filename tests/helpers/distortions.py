@@ -11,7 +11,7 @@ import numpy as np
 
 from fastsim.geometry import CylindricalGeometry, Layer
 
-__all__ = ["broaden", "scale_energy", "small_geometry"]
+__all__ = ["broaden", "drop_small_deposits", "scale_energy", "scale_layer", "small_geometry"]
 
 
 def small_geometry(n_layers: int = 12, n_alpha: int = 8, n_radial: int = 6) -> CylindricalGeometry:
@@ -33,3 +33,17 @@ def broaden(showers: np.ndarray, geometry: CylindricalGeometry, fraction: float)
     out[..., 1:] += moved[..., :-1]
     out[..., -1] += moved[..., -1]
     return out.reshape(showers.shape).astype(np.float32)
+
+
+def scale_layer(showers: np.ndarray, geometry: CylindricalGeometry, layer: int, factor: float) -> np.ndarray:
+    """The voxels of one layer times ``factor`` (a few per cent: a local miscalibration)."""
+    out = np.array(showers, dtype=np.float32)
+    out[:, geometry.layer_slices()[layer]] *= np.float32(factor)
+    return out
+
+
+def drop_small_deposits(showers: np.ndarray, below: float) -> np.ndarray:
+    """Voxels under ``below`` MeV emptied: the missing small deposits of a too-smooth surrogate."""
+    out = np.array(showers, dtype=np.float32)
+    out[out < below] = 0.0
+    return out
