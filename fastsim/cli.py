@@ -113,7 +113,7 @@ def generate(n, energy, output, model, spec_file, seed, batch_size, device, thre
 
     import fastsim
     from fastsim.generator import DEFAULT_BATCH_SIZE
-    from fastsim.io import check_output_path, partial_path, partial_progress
+    from fastsim.io import check_output_path, find_partial, partial_progress
 
     if shards is not None or dask_address is not None:
         from fastsim import distributed
@@ -164,7 +164,7 @@ def generate(n, energy, output, model, spec_file, seed, batch_size, device, thre
                                   fmt=fmt, compression=compression, resume=resume, force=force,
                                   on_batch=bar.update)
     except KeyboardInterrupt:
-        if partial_path(output).exists():
+        if find_partial(output) is not None:
             click.echo("fastsim: interrupted; run the same command with --resume to continue", err=True)
         else:
             click.echo("fastsim: interrupted before any showers were written; nothing to resume", err=True)

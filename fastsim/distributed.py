@@ -68,9 +68,9 @@ DASK_HINT = "pip install 'fastsim[dask]'"
 DEFAULT_SHARD_SIZE = 100 * BLOCK_SIZE
 _SHARD_NAME = "shard-{:05d}.h5"
 _SHARD_FILE = re.compile(r"^shard-\d{5,}\.h5$")
-# A shard being written: shard-00042.h5.<token>[.partial], unique per attempt, so that a
-# straggler from an earlier, killed run never writes into the file of a new attempt.
-_PARTIAL_FILE = re.compile(r"^shard-\d{5,}\.h5\.[0-9a-f]{32}(\.partial)?$")
+# A shard being written: shard-00042.h5.<token>[.<12 hex>.partial|.lock], unique per attempt, so
+# that a straggler from an earlier, killed run never writes into the file of a new attempt.
+_PARTIAL_FILE = re.compile(r"^shard-\d{5,}\.h5\.[0-9a-f]{32}(\.[0-9a-f]{12}\.partial|\.partial|\.lock)?$")
 _DATASETS = ("incident_energies", "showers")
 _HASH_ROWS = 4096
 # While shards finish, the manifest is rewritten only when this many times its last

@@ -30,10 +30,11 @@ from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 
+from fastsim._util import concat_rows, ort_message, positive_int
 from fastsim.conditions import ConditionPlan, plan_conditions
 from fastsim.errors import ArgumentError, ConditionError, ModelError, ProviderError
 from fastsim.io import WRITE_QUEUE, ShowerWriter, aligned_empty, check_mev_units, write_batches
-from fastsim.models import file_sha256, resolve_model
+from fastsim.models import model_sha256, resolve_model
 from fastsim.prior import BLOCK_SIZE, MAX_SEED, BlockStreams
 from fastsim.session import make_session, physical_cores, provider_chain
 from fastsim.spec import ModelSpec, check_graph, read_metadata, read_spec
@@ -51,20 +52,6 @@ DEFAULT_BATCH_SIZE = 2048
 #: run grid whatever the batch size, and ONNX Runtime's CPU kernels give the
 #: same bits as in one large run.
 CPU_RUN_ROWS = 64
-
-
-def _positive_int(value: Any, name: str, *, zero: bool = False, maximum: int | None = None) -> int:
-    ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool) and (value >= 0 if zero else value > 0)
-    if not ok or (maximum is not None and value > maximum):
-        bound = f" at most {maximum}" if maximum is not None else ""
-        raise ArgumentError(f"{name}: expected a {'non-negative' if zero else 'positive'} integer{bound}, got {value!r}")
-    return int(value)
-
-
-def _join(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
-    if len(parts) == 1:
-        return parts[0]
-    return np.concatenate([c for c, _ in parts]), np.concatenate([s for _, s in parts])
 
 
 class Generator:
@@ -89,8 +76,8 @@ class Generator:
 
     @cached_property
     def sha256(self) -> str:
-        """sha256 of the model file (identifies the model in output files and for resume)."""
-        return file_sha256(self.path)
+        """sha256 of the model file and its external data (identifies the model in output files and for resume)."""
+        return model_sha256(self.path)
 
     def decode(self, z: np.ndarray, conditions: np.ndarray) -> np.ndarray:
         """Decode latents (k, latent_dim) and conditions (k, n_conditions) -> showers (k, n_voxels).
@@ -151,9 +138,8 @@ class Generator:
                 future.result()
             return out
         except Exception as exc:  # onnxruntime's Fail/RuntimeException/...: report it in one line
-            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelError(f"model {str(self.path)!r} failed to decode a batch of {len(z)}: "
-                             f"{message.rsplit(' : ', 1)[-1]}") from None
+                             f"{ort_message(exc)}") from None
 
     def plan(self, n: int | None = None, conditions: Any = None, *, allow_extrapolation: bool = False,
              **named: Any) -> ConditionPlan:
@@ -192,9 +178,9 @@ class Generator:
     def _prepare(self, n, conditions, seed, batch_size, start, allow_extrapolation, named):
         """Checked arguments of a generation: (condition plan, random streams, start, batch size)."""
         plan = self.plan(n, conditions, allow_extrapolation=allow_extrapolation, **named)
-        seed = _positive_int(seed, "seed", zero=True, maximum=MAX_SEED)
-        batch_size = _positive_int(batch_size, "batch_size")
-        start = _positive_int(start, "start", zero=True)
+        seed = positive_int(seed, "seed", zero=True, maximum=MAX_SEED)
+        batch_size = positive_int(batch_size, "batch_size")
+        start = positive_int(start, "start", zero=True)
         return plan, BlockStreams(seed, self.spec.latent_dim, self.spec.n_conditions), start, batch_size
 
     def _batches(self, plan: ConditionPlan, streams: BlockStreams, start: int, batch_size: int):
@@ -253,10 +239,10 @@ class Generator:
                 n_pending += take
                 pos += take
                 if n_pending == batch_size:
-                    yield _join(pending)
+                    yield concat_rows(pending)
                     pending, n_pending = [], 0
         if pending:
-            yield _join(pending)
+            yield concat_rows(pending)
 
     @contextlib.contextmanager
     def _decode_pool(self) -> Iterator[ThreadPoolExecutor | None]:
@@ -401,9 +387,9 @@ class Generator:
         Returns a summary: n, seconds, showers_per_s, provider, output, seed, model, ...
         """
         plan = self.plan(n, conditions, allow_extrapolation=allow_extrapolation, **named)
-        seed = _positive_int(seed, "seed", zero=True, maximum=MAX_SEED)
-        batch_size = _positive_int(batch_size, "batch_size")
-        start = _positive_int(start, "start", zero=True)
+        seed = positive_int(seed, "seed", zero=True, maximum=MAX_SEED)
+        batch_size = positive_int(batch_size, "batch_size")
+        start = positive_int(start, "start", zero=True)
         attrs = {
             "spec": self.spec.to_json(),
             "model": self.spec.name,
@@ -499,8 +485,8 @@ def load(
         read_metadata(path)  # raises ModelError when the file is not ONNX
         model_spec = spec if isinstance(spec, ModelSpec) else ModelSpec.from_dict(spec)
     on_cpu = provider_chain(device)[0] == "CPUExecutionProvider"
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads <= 0):
-        raise ProviderError(f"threads: expected a positive integer, got {threads!r}")
+    if threads is not None:
+        threads = positive_int(threads, "threads", error=ProviderError)
     session, provider = make_session(path, device, 1 if on_cpu else threads, optimization=optimization,
                                      provider_options=provider_options)
     check_graph(model_spec, session.get_inputs(), session.get_outputs())

@@ -14,7 +14,7 @@ from conftest import cli_env
 from decoders import make_decoder, make_spec
 
 import fastsim
-from fastsim.io import partial_path, partial_progress, read_output
+from fastsim.io import find_partial, partial_progress, read_output
 from fastsim.models import bundled_models
 
 
@@ -152,7 +152,7 @@ BAD_INPUTS = [
     (["--model", "{toy}", "--seed", str(2**64)], "'--seed': 18446744073709551616 is not in the range"),
     (["--model", "{bad}/gev.onnx", "--energy", "50GeV"], "store energies in MeV"),
     (["--model", "{toy}", "--compression", "zstd"], "compression"),
-    (["--model", "{toy}", "--resume"], "no partial run to resume"),
+    (["--model", "{toy}", "--resume"], "no partial run of"),
     (["--model", "{toy}", "-o", "{bad}/no-such-dir/out.h5"], "does not exist"),
     (["--model", "{toy}", "-o", "{bad}/plainfile/out.h5"], "is not a folder"),
     (["--model", "{toy}", "-o", "{bad}/existing.h5"], "already exists; pass --force"),
@@ -240,7 +240,7 @@ def test_resume_after_an_interrupted_run_is_bitwise_identical(slow_model, tmp_pa
     assert resumed.returncode == 0, resumed.stderr
     summary = json.loads(resumed.stdout)
     assert summary["resumed_from"] == done and summary["generated"] == n - done
-    assert out.is_file() and not partial_path(out).exists()
+    assert out.is_file() and find_partial(out) is None
 
     reference = tmp_path / "reference.h5"
     full = run_fastsim("generate", *common[:-1], str(reference), "--batch-size", "3000", "--quiet")
