@@ -10,7 +10,8 @@ One copy of each, with the strongest guarantee any caller needs:
   target is left as it was;
 - :func:`ort_message` -- the first line of an ONNX Runtime exception without its
   ``[ONNXRuntimeError] : 1 : FAIL :`` prefix;
-- :func:`concat_rows` -- join ``(conditions, showers)`` pieces into one pair.
+- :func:`concat_rows` -- join ``(conditions, showers)`` pieces into one pair;
+- :func:`available_memory` and :func:`format_bytes` -- for checking a run's size before it starts.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ import numpy as np
 
 from fastsim.errors import ArgumentError, OutputError
 
-__all__ = ["atomic_path", "atomic_write_text", "concat_rows", "first_line", "ort_message", "positive_int",
-           "temporary_name"]
+__all__ = ["atomic_path", "atomic_write_text", "available_memory", "concat_rows", "first_line", "format_bytes",
+           "ort_message", "positive_int", "temporary_name"]
 
 
 def positive_int(value: Any, name: str, *, zero: bool = False, maximum: int | None = None,
@@ -122,3 +123,42 @@ def atomic_write_text(path: str | os.PathLike, text: str, *, what: str = "output
     with atomic_path(path, what=what) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return path
+
+
+def format_bytes(nbytes: float) -> str:
+    """``1.5 GB``, ``20.9 MB``, ``512 bytes`` (decimal units, three significant digits)."""
+    for unit in ("bytes", "kB", "MB", "GB", "TB", "PB", "EB"):
+        if nbytes < 1000 or unit == "EB":
+            return f"{nbytes:.0f} {unit}" if unit == "bytes" else f"{nbytes:.3g} {unit}"
+        nbytes /= 1000
+    return ""  # not reached
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this process can still take: the system's MemAvailable, or less under a cgroup limit.
+
+    None where it cannot be told (not Linux): callers then skip their check.
+    """
+    available = None
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    available = int(line.split()[1]) * 1024
+                    break
+    except (OSError, ValueError, IndexError):
+        pass
+    if available is None:
+        try:
+            available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError, AttributeError):
+            return None
+    try:  # a container's memory limit (cgroup v2) can be far below the machine's
+        with open("/sys/fs/cgroup/memory.max") as fh:
+            limit = fh.read().strip()
+        if limit.isdigit():
+            with open("/sys/fs/cgroup/memory.current") as fh:
+                available = min(available, int(limit) - int(fh.read().strip()))
+    except (OSError, ValueError):
+        pass
+    return max(available, 0)

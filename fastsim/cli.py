@@ -100,8 +100,10 @@ def cli() -> None:
               help="Generate the shards on a Dask cluster: a scheduler address (tcp://HOST:PORT) or local:W "
                    "for W local worker processes; each task uses --threads ONNX Runtime threads (default 1). "
                    "Needs the dask extra.")
+@click.option("--dashboard", "dashboard_address", default=None, metavar="[HOST]:PORT",
+              help="With --dask local:W, serve the Dask dashboard at this address (e.g. :8787); default: none.")
 def generate(n, energy, output, model, spec_file, seed, batch_size, device, threads, fmt, compression, force,
-             resume, allow_extrapolation, quiet, as_json, shards, dask_address) -> None:
+             resume, allow_extrapolation, quiet, as_json, shards, dask_address, dashboard_address) -> None:
     """Generate showers into an HDF5 (CaloChallenge layout), .npz or .npy file.
 
     \b
@@ -115,6 +117,9 @@ def generate(n, energy, output, model, spec_file, seed, batch_size, device, thre
     from fastsim.generator import DEFAULT_BATCH_SIZE
     from fastsim.io import check_output_path, find_partial, partial_progress
 
+    if dashboard_address is not None and not (dask_address or "").startswith("local"):
+        raise click.BadParameter("a dashboard is served by a local cluster: use it with --dask local:W "
+                                 "(a remote scheduler has its own)", param_hint="'--dashboard'")
     if shards is not None or dask_address is not None:
         from fastsim import distributed
 
@@ -125,7 +130,7 @@ def generate(n, energy, output, model, spec_file, seed, batch_size, device, thre
             summary = distributed.generate(
                 model, n, output, energy, seed=seed, shards=shards, client=dask_address, spec=spec_file,
                 device=device, threads=threads, batch_size=batch_size, compression=compression,
-                allow_extrapolation=allow_extrapolation, force=force,
+                allow_extrapolation=allow_extrapolation, force=force, dashboard=dashboard_address,
                 progress=not (quiet or as_json) and sys.stderr.isatty())
         for warning in caught:
             click.echo(f"fastsim: warning: {warning.message}", err=True)

@@ -28,7 +28,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from fastsim._util import first_line
+from fastsim._util import first_line, positive_int
 from fastsim.errors import ArgumentError, ConditionError, FastsimWarning
 from fastsim.spec import ConditionSpec, ModelSpec
 
@@ -141,9 +141,10 @@ def load_values(path: str | os.PathLike, *, argument: str = "energy") -> np.ndar
 def _read_csv(path: Path, argument: str) -> np.ndarray:
     """Rows of numbers separated by commas, or else by white space; ``#`` comments and blank lines skipped.
 
-    The first row may be a header only when it is recognisably text: every field
-    starts with a letter, quote or underscore (``energy``, ``"E [MeV]"``). A row
-    that looks numeric but does not parse (``5e4x``) is an error naming its line.
+    The first row may be a header only when it is recognisably text: it starts
+    with a letter, quote or underscore and holds no number (``energy``,
+    ``"E [MeV]"``). A row that looks numeric but does not parse (``5e4x``) is an
+    error naming its line.
     """
     try:
         text = path.read_text(encoding="utf-8")
@@ -158,7 +159,8 @@ def _read_csv(path: Path, argument: str) -> np.ndarray:
     def fields(line: str) -> list[str]:
         return [f.strip() for f in line.split(",")] if comma else line.split()
 
-    if all(_HEADER_FIELD.match(f) for f in fields(rows[0][1])):
+    first = rows[0][1]
+    if _HEADER_FIELD.match(first) and not any(_is_float(f) for f in fields(first)):
         rows = rows[1:]
         if not rows:
             raise ConditionError(f"{argument}: file {str(path)!r} has a header line and no values")
@@ -393,7 +395,9 @@ def plan_conditions(
         source = parse_condition(named[cond.name], cond.unit, argument=cond.name) if cond.name in named \
             else Range(cond.min, cond.max)
         if isinstance(source, Values) and source.array.ndim != 1:
-            raise ConditionError(f"{cond.name}: expected one value per sample (N,), got shape {source.array.shape}")
+            shape = source.array.shape
+            columns = f" ({shape[1]} columns)" if len(shape) == 2 else ""
+            raise ConditionError(f"{cond.name}: expected one value per sample (N,), got shape {shape}{columns}")
         sources.append(source)
 
     lengths = {len(s.array) for s in sources if isinstance(s, Values)}
@@ -405,8 +409,7 @@ def plan_conditions(
         n = lengths.pop()
     elif lengths and lengths != {n}:
         raise ConditionError(f"conditions: {lengths.pop()} per-sample values given for n={n} samples")
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n <= 0:
-        raise ArgumentError(f"n: expected a positive number of samples, got {n!r}")
+    n = positive_int(n, "n")
 
     for cond, source in zip(spec.conditions, sources, strict=False):
         if isinstance(source, Constant):

@@ -41,6 +41,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from fastsim._util import atomic_write_text, concat_rows, first_line, positive_int
 from fastsim._version import __version__
 from fastsim.errors import ArgumentError, DataError, FastsimError, ModelError, OutputError, ProviderError
 from fastsim.prior import BLOCK_SIZE, MAX_SEED
@@ -137,18 +138,7 @@ def shard_checksums(path: str | os.PathLike) -> dict[str, str]:
 
 
 def _write_json_atomic(path: Path, doc: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "w") as fh:
-            json.dump(doc, fh, indent=1)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise OutputError(f"out: cannot write {str(path)!r} ({exc.strerror or exc})") from None
+    atomic_write_text(path, json.dumps(doc, indent=1) + "\n", what="out")
 
 
 def read_manifest(out: str | os.PathLike) -> dict:
@@ -400,8 +390,11 @@ def _local_workers(address: str) -> int | None:
 
 
 @contextlib.contextmanager
-def _connect(client: Any, timeout: float | None) -> Iterator[Any]:
-    """A Dask client for ``client``: an open Client, a scheduler address, ``"local:W"``, or None (no Dask)."""
+def _connect(client: Any, timeout: float | None, dashboard: str | None = None) -> Iterator[Any]:
+    """A Dask client for ``client``: an open Client, a scheduler address, ``"local:W"``, or None (no Dask).
+
+    A local cluster serves its dashboard only at ``dashboard`` (e.g. ``":8787"``) when given.
+    """
     if client is None or hasattr(client, "submit"):
         yield client
         return
@@ -416,9 +409,13 @@ def _connect(client: Any, timeout: float | None) -> Iterator[Any]:
     if address == "local" or address.startswith("local:"):
         workers = _local_workers(address)
         distributed = _require_distributed()
-        # Processes, not threads: ONNX Runtime and h5py hold the GIL for parts of the work.
+        # Processes, not threads: ONNX Runtime and h5py hold the GIL for parts of the work. Without
+        # a dashboard the scheduler still serves HTTP (on :8787 by default, warning on the second
+        # run): put that on a free local port instead.
+        http = {"dashboard_address": dashboard} if dashboard else \
+            {"dashboard_address": "127.0.0.1:0", "scheduler_kwargs": {"dashboard": False}}
         with distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                      dashboard_address=None) as cluster, distributed.Client(cluster) as local:
+                                      **http) as cluster, distributed.Client(cluster) as local:
             yield local
         return
     if not address:
@@ -432,7 +429,7 @@ def _connect(client: Any, timeout: float | None) -> Iterator[Any]:
     try:
         remote = distributed.Client(address, timeout=timeout)
     except (OSError, TimeoutError, ValueError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = first_line(exc)
         raise ClusterError(f"dask: cannot reach a Dask scheduler at {address!r} within {timeout:g} s ({reason}); "
                            "check the address (tcp://HOST:PORT) and that the scheduler runs") from None
     with remote:
@@ -453,7 +450,7 @@ def _shard_plan(plan: Any, start: int, stop: int) -> Any:
 
 def _fail_shard(index: int, ranges: list, exc: BaseException, attempts: int) -> FastsimError:
     start, stop = ranges[index]
-    reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    reason = first_line(exc)
     where = f"shard {index} (showers {start}:{stop})"
     tries = f" after {attempts} attempts" if attempts > 1 else ""
     if isinstance(exc, FastsimError):
@@ -499,6 +496,7 @@ def generate(
     progress: bool = False,
     on_shard: Callable[[dict], None] | None = None,
     timeout: float | None = None,
+    dashboard: str | None = None,
 ) -> dict:
     """Generate ``n`` showers as shards in folder ``out``; resume a run already there.
 
@@ -515,23 +513,20 @@ def generate(
     workers. A failing shard is retried ``retries`` times by Dask; one that
     keeps failing stops the run with its error. ``on_shard`` is called with
     each finished shard's record. ``timeout``: seconds to reach a scheduler
-    (None: Dask's ``distributed.comm.timeouts.connect``).
+    (None: Dask's ``distributed.comm.timeouts.connect``). ``dashboard``: where a
+    ``"local:W"`` cluster serves its Dask dashboard (e.g. ``":8787"``; None: none).
 
     Returns a summary: ``n``, ``shards``, ``generated`` and ``skipped`` shard
     indices, ``seconds``, ``showers_per_s`` (of the generated shards), ``out``,
     ``seed``, ``model``, ``sha256``, ``workers``.
     """
     from fastsim.generator import DEFAULT_BATCH_SIZE, load
-    from fastsim.io import check_mev_units, parse_compression
+    from fastsim.io import check_mev_units, check_output_size, parse_compression
 
     began = time.perf_counter()
-    batch_size = DEFAULT_BATCH_SIZE if batch_size is None else batch_size
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
-        raise ArgumentError(f"batch_size: expected a positive integer, got {batch_size!r}")
-    if isinstance(retries, bool) or not isinstance(retries, (int, np.integer)) or retries < 0:
-        raise ArgumentError(f"retries: expected a non-negative integer, got {retries!r}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= MAX_SEED:
-        raise ArgumentError(f"seed: expected a non-negative integer at most {MAX_SEED}, got {seed!r}")
+    batch_size = positive_int(DEFAULT_BATCH_SIZE if batch_size is None else batch_size, "batch_size")
+    retries = positive_int(retries, "retries", zero=True)
+    seed = positive_int(seed, "seed", zero=True, maximum=MAX_SEED)
     parse_compression(compression, "h5")
     if isinstance(client, str) and (client == "local" or client.startswith("local:")):
         _local_workers(client)  # a malformed local:W is an argument error before any work
@@ -546,10 +541,18 @@ def generate(
     checked = load(model, spec=spec, device="cpu", threads=1)
     check_mev_units(checked.spec)
     plan = checked.plan(n, conditions, allow_extrapolation=allow_extrapolation)
+    # Sizes that cannot work are refused before the output folder (and a manifest) exists.
+    checked.check_memory(int(batch_size))
+    compressed = parse_compression(compression, "h5")[0] is not None
+    check_output_size(Path(out).parent, plan.n, checked.spec.n_voxels, checked.spec.n_conditions, compressed=True)
     if shards is not None:
         plan_shards(plan.n, shards)  # a bad shard count fails before the output folder is touched
     out = Path(out)
     existing = _inspect_output(out, force)
+    if not compressed:
+        done_rows = sum(e["n"] for e in existing["shards"] if e.get("status") == "done") if existing else 0
+        check_output_size(out if out.is_dir() else out.parent, plan.n - done_rows, checked.spec.n_voxels,
+                          checked.spec.n_conditions)
     ranges = plan_shards(plan.n, len(existing["shards"]) if shards is None and existing else shards)
     doc = _new_manifest(checked, plan, int(seed), ranges, compression)
     if existing is not None:
@@ -559,7 +562,7 @@ def generate(
                               "use a new folder, or --force (Python: force=True) to start it over")
 
     manifest_path = out / MANIFEST_NAME
-    with _connect(client, timeout) as dask_client, _claim_output(out, force):
+    with _connect(client, timeout, dashboard) as dask_client, _claim_output(out, force):
         done: set[int] = set()
         if existing is not None:
             recorded = [e for e in existing["shards"] if e.get("status") == "done"]
@@ -832,10 +835,10 @@ class ShardedDataset:
                     n_pending += take
                     pos += take
                     if n_pending == chunk_size:
-                        yield _concat(pending)
+                        yield concat_rows(pending)
                         pending, n_pending = [], 0
         if pending:
-            yield _concat(pending)
+            yield concat_rows(pending)
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         return self.iter_chunks()
@@ -843,7 +846,7 @@ class ShardedDataset:
     def read(self, start: int = 0, stop: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Rows start:stop at once: (energies (k,) float64, showers (k, n_voxels) float32)."""
         stop = self.n if stop is None else stop
-        return _concat(list(self.iter_chunks(max(stop - start, 1), start, stop)) or
+        return concat_rows(list(self.iter_chunks(max(stop - start, 1), start, stop)) or
                        [(np.empty(0), np.empty((0, self.n_voxels), np.float32))])
 
     def to_dask(self) -> tuple[Any, Any]:
@@ -875,12 +878,6 @@ class ShardedDataset:
 
     def __repr__(self) -> str:
         return f"ShardedDataset({str(self.path)!r}, n={self.n}, shards={self.n_shards})"
-
-
-def _concat(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
-    if len(parts) == 1:
-        return parts[0]
-    return np.concatenate([e for e, _ in parts]), np.concatenate([s for _, s in parts])
 
 
 def open_dataset(path: str | os.PathLike, geometry: Any = None) -> Any:

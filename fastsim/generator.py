@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 
-from fastsim._util import concat_rows, ort_message, positive_int
+from fastsim._util import available_memory, concat_rows, format_bytes, ort_message, positive_int
 from fastsim.conditions import ConditionPlan, plan_conditions
 from fastsim.errors import ArgumentError, ConditionError, ModelError, ProviderError
 from fastsim.io import WRITE_QUEUE, ShowerWriter, aligned_empty, check_mev_units, write_batches
@@ -181,6 +181,7 @@ class Generator:
         seed = positive_int(seed, "seed", zero=True, maximum=MAX_SEED)
         batch_size = positive_int(batch_size, "batch_size")
         start = positive_int(start, "start", zero=True)
+        self.check_memory(batch_size)
         return plan, BlockStreams(seed, self.spec.latent_dim, self.spec.n_conditions), start, batch_size
 
     def _batches(self, plan: ConditionPlan, streams: BlockStreams, start: int, batch_size: int):
@@ -253,6 +254,38 @@ class Generator:
         finally:
             if pool is not None:
                 pool.shutdown()
+
+    def check_memory(self, batch_size: int, *, in_memory: int = 0) -> None:
+        """Refuse, before anything starts, a run that cannot fit in the memory available now.
+
+        A run holds WRITE_QUEUE + 2 run buffers of ``ceil(batch_size / BLOCK_SIZE) *
+        BLOCK_SIZE`` showers (see :meth:`write`), the latents of a run and of a
+        prior block, and ``in_memory`` whole showers for :meth:`generate`. An
+        :class:`ArgumentError` names the batch size, ``n`` or the model's
+        dimensions, whichever is at fault.
+        """
+        available = available_memory()
+        if available is None:
+            return
+        spec, item = self.spec, np.dtype(self._out_dtype).itemsize
+        run_rows = -(-batch_size // BLOCK_SIZE) * BLOCK_SIZE
+        per_row = spec.n_voxels * item * (WRITE_QUEUE + 2) + 8 * spec.latent_dim + 8 * spec.n_conditions
+        smallest = BLOCK_SIZE * per_row + BLOCK_SIZE * 4 * spec.latent_dim
+        needed = run_rows * per_row + BLOCK_SIZE * 4 * spec.latent_dim
+        stored = in_memory * 4 * (spec.n_voxels + spec.n_conditions)
+        if smallest > available:
+            raise ArgumentError(f"model: {spec.name!r} has {spec.n_voxels} voxels and a latent of {spec.latent_dim}; "
+                                f"even a batch of {BLOCK_SIZE} showers needs {format_bytes(smallest)} of memory, "
+                                f"and {format_bytes(available)} is available")
+        if needed > available:
+            most = max(BLOCK_SIZE, (available - BLOCK_SIZE * 4 * spec.latent_dim) // per_row // BLOCK_SIZE * BLOCK_SIZE)
+            raise ArgumentError(f"batch_size: a batch of {batch_size} showers needs about {format_bytes(needed)} of "
+                                f"memory, and {format_bytes(available)} is available; use a batch size of at most "
+                                f"{most}")
+        if needed + stored > available:
+            raise ArgumentError(f"n: {in_memory} showers held in memory need {format_bytes(stored)}, and "
+                                f"{format_bytes(available)} is available; write them to a file (Generator.write, "
+                                "fastsim generate -o) or take them in batches (iter_batches)")
 
     @property
     def device_type(self) -> str:
@@ -341,6 +374,7 @@ class Generator:
         """
         plan, streams, start, batch_size = self._prepare(n, conditions, seed, batch_size, start,
                                                          allow_extrapolation, named)
+        self.check_memory(batch_size, in_memory=plan.n)
         all_conditions = np.empty((plan.n, self.spec.n_conditions), dtype=np.float32)
         showers = np.empty((plan.n, self.spec.n_voxels), dtype=np.float32)
         end, run_rows = start + plan.n, -(-batch_size // BLOCK_SIZE) * BLOCK_SIZE
@@ -399,6 +433,7 @@ class Generator:
             "conditions": plan.describe(),
         }
         check_mev_units(self.spec)
+        self.check_memory(batch_size)
         began = time.perf_counter()
         writer = ShowerWriter(path, n=plan.n, n_voxels=self.spec.n_voxels,
                               condition_names=self.spec.condition_names, attrs=attrs, fmt=fmt,

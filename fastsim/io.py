@@ -48,7 +48,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
-from fastsim._util import first_line
+from fastsim._util import first_line, format_bytes
 from fastsim._version import __version__
 from fastsim.errors import ArgumentError, OutputError
 
@@ -62,6 +62,7 @@ __all__ = [
     "ShowerWriter",
     "aligned_empty",
     "check_free_space",
+    "check_output_size",
     "check_mev_units",
     "check_output_path",
     "find_partial",
@@ -86,6 +87,8 @@ _CHUNK_BYTES = 1 << 20
 # written with O_DIRECT where the file system allows: taking ~1 GB/s of new data into the
 # page cache cost the kernel as much CPU as decoding it (measured: benchmarks/README.md).
 _DIRECT_ALIGN = 4096
+# The largest offset a file can have (off_t is signed 64-bit).
+_MAX_FILE_BYTES = 2**63 - 1
 # Room a compressed batch may need beyond its raw size: chunk index and object headers.
 _METADATA_SLACK = 1 << 20
 #: Batches decoded ahead of the writer thread (bounded, so memory stays flat in n).
@@ -275,6 +278,23 @@ def _lock_held(path: Path) -> str | None:
         os.close(fd)  # closing drops the probe's shared lock
 
 
+def check_output_size(folder: str | os.PathLike, n: int, n_voxels: int, n_conditions: int = 1, *,
+                      compressed: bool = False) -> None:
+    """Refuse, before anything is written, a run whose output cannot exist.
+
+    ``n`` rows of float32 showers, energy and conditions: larger than the largest
+    file (2^63 bytes) is refused always; larger than the free space of ``folder``
+    when uncompressed (a compressed size is only known as it is written, so those
+    are checked batch by batch, see :meth:`ShowerWriter.write`).
+    """
+    row = 4 * (n_voxels + 1 + (n_conditions if n_conditions > 1 else 0))
+    if n * row > _MAX_FILE_BYTES:
+        raise OutputError(f"n: {n} showers of {n_voxels} voxels would take {format_bytes(n * row)}, more than "
+                          f"any file can hold ({format_bytes(_MAX_FILE_BYTES)})")
+    if not compressed:
+        check_free_space(folder, n * row, f"writing {n} showers uncompressed")
+
+
 def check_free_space(folder: str | os.PathLike, nbytes: int, what: str) -> None:
     """Refuse to start writing ``nbytes`` into ``folder`` when its file system has less free space."""
     try:
@@ -282,15 +302,7 @@ def check_free_space(folder: str | os.PathLike, nbytes: int, what: str) -> None:
     except OSError:
         return  # cannot tell: the write itself will say
     if nbytes > free:
-        raise OutputError(f"output: {what} needs {_size(nbytes)}, but {str(folder)!r} has {_size(free)} free")
-
-
-def _size(nbytes: float) -> str:
-    for unit in ("bytes", "kB", "MB", "GB", "TB", "PB"):
-        if nbytes < 1000 or unit == "PB":
-            return f"{nbytes:.0f} {unit}" if unit == "bytes" else f"{nbytes:.3g} {unit}"
-        nbytes /= 1000
-    return ""
+        raise OutputError(f"output: {what} needs {format_bytes(nbytes)}, but {str(folder)!r} has {format_bytes(free)} free")
 
 
 def _companion(path: Path) -> Path:
@@ -320,7 +332,10 @@ def check_output_path(path: str | os.PathLike, *, force: bool = False, resume: b
     Also that no other run is writing it now (see :class:`OutputLock`) and that
     the names of its partial files fit the file system.
     """
-    return _check_output(Path(path), force, resume, fmt, probe_lock=True)
+    try:
+        return _check_output(Path(path), force, resume, fmt, probe_lock=True)
+    except OSError as exc:  # e.g. a folder name too long for the file system
+        raise OutputError(f"output: cannot use {str(path)[:80]!r}: {exc.strerror or exc}") from None
 
 
 def _check_output(path: Path, force: bool, resume: bool, fmt: str | None, *, probe_lock: bool) -> Path:
@@ -337,9 +352,9 @@ def _check_output(path: Path, force: bool, resume: bool, fmt: str | None, *, pro
     except (OSError, ValueError):
         name_max = 255
     if len(os.fsencode(longest)) + _PARTIAL_EXTRA > name_max:
-        raise OutputError(f"output: file name {path.name[:40]!r}... is {len(os.fsencode(path.name))} bytes long; "
-                          f"while it is written it gets a {_PARTIAL_EXTRA}-byte suffix, and this file system "
-                          f"allows {name_max} bytes: use a name of at most "
+        raise OutputError(f"output: file name {path.name[:40]!r}... is too long: {len(os.fsencode(path.name))} "
+                          f"bytes, and while it is written it gets a {_PARTIAL_EXTRA}-byte suffix; this file system "
+                          f"allows {name_max} bytes, so use a name of at most "
                           f"{name_max - _PARTIAL_EXTRA - (len(os.fsencode(longest)) - len(os.fsencode(path.name)))}"
                           " bytes")
     if path.is_dir():
@@ -448,15 +463,16 @@ class ShowerWriter:
         self.bytes_written = 0  # all shower bytes this writer wrote
         if resume:
             self._reopen()
-        else:
-            self._create()
-        if self.compression is None:  # compressed sizes are unknown: those are checked batch by batch
             try:
-                check_free_space(self.partial.parent, (self.n - self.done) * self._row_bytes,
-                                 f"writing {self.n - self.done} showers uncompressed")
+                check_output_size(self.partial.parent, self.n - self.done, self.n_voxels, len(self.condition_names),
+                                  compressed=self.compression is not None)
             except OutputError:
-                self.abort()  # a resumed partial file stays; a new one goes
+                self.abort()  # the partial file stays, for when there is room
                 raise
+        else:
+            check_output_size(self.partial.parent, self.n, self.n_voxels, len(self.condition_names),
+                              compressed=self.compression is not None)
+            self._create()
 
     @property
     def _row_bytes(self) -> int:
@@ -554,7 +570,8 @@ class ShowerWriter:
             dataset = self._file["showers"]
             step = dataset.chunks[0]
             for first in range(0, k, step):  # in pieces: h5py holds the GIL for each write
-                dataset[self.done + first:self.done + first + step] = showers[first:first + step]
+                last = min(k, first + step)
+                dataset[self.done + first:self.done + last] = showers[first:last]
             self.bytes_written += k * row_bytes
             return
         plain = [(0, k)]
@@ -657,8 +674,8 @@ class ShowerWriter:
             except OSError:
                 free = None
             if free is not None and free < k * self._row_bytes + _METADATA_SLACK:
-                raise OutputError(f"output: {str(self.partial.parent)!r} is nearly full ({_size(free)} free, a batch "
-                                  f"of {k} showers may take {_size(k * self._row_bytes)}); " + self._after_failure())
+                raise OutputError(f"output: {str(self.partial.parent)!r} is nearly full ({format_bytes(free)} free, a batch "
+                                  f"of {k} showers may take {format_bytes(k * self._row_bytes)}); " + self._after_failure())
         in_hdf5 = self._raw is None  # contiguous showers go around HDF5, by pwrite
         try:
             if self.format == "h5":

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from fastsim._util import atomic_path
 from fastsim.errors import FastsimError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -47,9 +48,8 @@ def _figure(width: float, height: float) -> Any:
 
 def _save(fig: Any, folder: Path, name: str) -> Path:
     path = folder / f"{name}.png"
-    tmp = folder / f".{name}.png.tmp"
-    fig.savefig(tmp, dpi=110, format="png")
-    tmp.replace(path)
+    with atomic_path(path, what="plot") as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     return path
 
 
