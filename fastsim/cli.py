@@ -110,6 +110,7 @@ def generate(n, energy, output, model, spec_file, seed, batch_size, device, thre
     $ fastsim generate -n 100000 --energy 10GeV:1TeV -o showers.h5
     $ fastsim generate --energy energies.npy --model my.onnx -o out.h5 --json
     $ fastsim generate -n 10000000 --shards 100 --dask tcp://scheduler:8786 -o showers/
+    $ fastsim generate -n 1000000 --dask local:4 --dashboard :8787 -o showers/
     """
     import warnings
 
@@ -353,8 +354,9 @@ def bench(model, batch_sizes, threads, precision, device, mode, min_time, no_lim
                         mode=mode, min_time=min_time, limit=not no_limit, limit_size=limit_size,
                         generator_n=generate_n, progress=show)
     if output:
-        with open(output, "w") as fh:
-            json.dump(doc, fh, indent=2)
+        from fastsim._util import atomic_write_text
+
+        atomic_write_text(output, json.dumps(doc, indent=2) + "\n", what="--output")
     if as_json:
         _echo_json(doc)
         return

@@ -386,6 +386,10 @@ def _local_workers(address: str) -> int | None:
         return None
     if not count.isdigit() or int(count) <= 0:
         raise ArgumentError(f"dask: expected 'local:W' with W a positive number of workers, got {address!r}")
+    most = 4 * (os.cpu_count() or 1)  # each worker is a process with its own model: more only thrash
+    if int(count) > most:
+        raise ArgumentError(f"dask: 'local:W' starts W worker processes on this machine; expected at most {most} "
+                            f"(4 per CPU), got {address!r}")
     return int(count)
 
 

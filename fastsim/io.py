@@ -1,9 +1,15 @@
 """Writing generated showers: CaloChallenge HDF5 (or .npy/.npz), atomically, resumably.
 
 :class:`ShowerWriter` writes rows ``[0, n)`` of one output file -- global
-samples ``[start, start + n)`` of a run -- to ``NAME.partial`` and renames it
-to ``NAME`` only when every row is written, so no half-written file ever looks
-finished. HDF5 files follow the CaloChallenge layout: ``incident_energies``
+samples ``[start, start + n)`` of a run -- to a partial file of its own,
+``NAME.<12 hex>.partial``, and renames it to ``NAME`` only when every row is
+written, so no half-written file ever looks finished. While it writes it holds
+an advisory lock on ``NAME.lock`` (:class:`OutputLock`): a second run writing
+the same output is refused with one line instead of swapping files with the
+first. Sizes that cannot work (a file beyond 2^63 bytes, more than the free
+disk space uncompressed) are refused before anything is written; a disk that
+fills up while writing ends the run with one line that says whether the
+partial file was kept (to ``--resume`` once there is room) or removed. HDF5 files follow the CaloChallenge layout: ``incident_energies``
 (N, 1) and ``showers`` (N, n_voxels), float32 MeV, with the run's description
 in file attributes (``fastsim.*``: spec, seed, n, start, conditions, model
 sha256, fastsim version). Compressed (gzip, lzf) showers are chunked and
@@ -19,7 +25,7 @@ way (``ShowerWriter.direct_fraction`` says how much went direct).
 Resuming: after each batch the data are flushed, then the attribute
 ``fastsim.progress`` (rows complete) is updated and flushed, so the attribute
 never claims rows that are not on disk. ``ShowerWriter(..., resume=True)``
-reopens the partial file, checks it describes the same run, and continues
+reopens the partial file (:func:`find_partial`), checks it describes the same run, and continues
 after the last complete row; because sample i depends only on (seed, i), the
 result is bitwise identical to an uninterrupted run.
 
@@ -368,7 +374,7 @@ def _check_output(path: Path, force: bool, resume: bool, fmt: str | None, *, pro
         raise OutputError(f"output: another fastsim run{holder} is writing {str(path)!r}; let it finish or "
                           "stop it first")
     targets = [path] + ([_companion(path)] if fmt == "npy" else [])
-    existing = [str(p) for p in targets if p.exists()]
+    existing = [str(p) for p in targets if p.exists() or p.is_symlink()]  # a dangling link is in the way too
     if existing and not force:
         hint = "pass --force to overwrite" + ("" if resume else " or --resume to continue a partial run")
         raise OutputError(f"output: {existing[0]!r} already exists; {hint}")

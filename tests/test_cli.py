@@ -206,7 +206,7 @@ def slow_model(tmp_path_factory):
 @pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
 def test_resume_after_an_interrupted_run_is_bitwise_identical(slow_model, tmp_path, run_fastsim, stop):
     out = tmp_path / "killed.h5"
-    n = 8_000
+    n = 24_000  # long enough that the signal lands mid-run on a loaded machine
     common = ["--model", str(slow_model), "--energy", "1GeV:1TeV", "--seed", "21", "-n", str(n),
               "--compression", "gzip:1", "-o", str(out)]
     process = subprocess.Popen([sys.executable, "-m", "fastsim.cli", "generate", *common,

@@ -101,6 +101,8 @@ def inputs(tmp_path_factory) -> Path:
     _symbolic_model(d / "wide-latent.onnx", latent_dim=2_000_000_000)
     _symbolic_model(d / "wide-output.onnx", n_voxels=2**33)
     (d / "bad-spec.json").write_text("{not json")
+    (d / "dangling.h5").symlink_to(d / "nowhere" / "x.h5")
+    (d / "lockdir.h5.lock").mkdir()
     (d / "bad.xml").write_text("<Bins><Bin")
     (d / "alpha.xml").write_text('<Bins><Bin name="e"><Layer id="0" r_edges="0,1" n_bin_alpha="x"/></Bin></Bins>')
     (d / "edges.xml").write_text('<Bins><Bin name="e"><Layer id="0" r_edges="5,1" n_bin_alpha="1"/></Bin></Bins>')
@@ -185,6 +187,9 @@ CORPUS = {
     "compression unknown": (["generate", "-n", "5", "-o", "o.h5", "--compression", "zstd", *TOY], "compression"),
     "compression lzf npz": (["generate", "-n", "5", "-o", "o.npz", "--compression", "lzf", *TOY], "compression"),
     "compression npy": (["generate", "-n", "5", "-o", "o.npy", "--compression", "gzip", *TOY], "compression"),
+    "output a dangling symlink": (["generate", "-n", "5", "-o", "{in}/dangling.h5", *TOY], "already exists"),
+    "output lock path a folder": (["generate", "-n", "5", "-o", "{in}/lockdir.h5", *TOY], "lock file"),
+    "output in /proc": (["generate", "-n", "5", "-o", "/proc/fastsim-test.h5", *TOY], "output"),
     "resume nothing": (["generate", "-n", "5", "-o", "o.h5", "--resume", *TOY], "resume"),
     "resume and force": (["generate", "-n", "5", "-o", "o.h5", "--resume", "--force", *TOY], "--resume"),
     "resume npz": (["generate", "-n", "5", "-o", "o.npz", "--resume", *TOY], "resume"),
@@ -218,6 +223,8 @@ CORPUS = {
     "shards, batch larger than memory": (["generate", "-n", "10", "--batch-size", "100000000000", "-o", "out",
                                           "--shards", "1", *TOY], "batch_size"),
     "shards, more than blocks": (["generate", "-n", "10", "-o", "out", "--shards", "3", *TOY], "shards"),
+    "dask local, a process per shower": (["generate", "-n", "10", "-o", "out", "--dask", "local:99999", *TOY],
+                                         "at most"),
     "dask local zero": (["generate", "-n", "10", "-o", "out", "--dask", "local:0", *TOY], "dask"),
     "shards npz": (["generate", "-n", "10", "-o", "out", "--shards", "1", "--format", "npz", *TOY], "--format"),
     # binning files and validation inputs
