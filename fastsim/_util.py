@@ -112,7 +112,7 @@ def atomic_path(path: str | os.PathLike, *, what: str = "output") -> Iterator[Pa
         with contextlib.suppress(OSError):
             tmp.unlink()
         if isinstance(exc, OSError):
-            raise OutputError(f"{what}: cannot write {str(path)!r} ({exc.strerror or exc})") from None
+            raise OutputError(f"{what} {str(path)!r}: cannot write ({exc.strerror or exc})") from None
         raise
     _fsync_folder(path.parent if str(path.parent) else Path("."))
 

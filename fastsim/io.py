@@ -674,14 +674,18 @@ class ShowerWriter:
         if self.format == "h5" and self.compression is not None:
             # HDF5 does not recover from a full disk (a later close fails, and at exit HDF5
             # 2.0 crashes on the file it could not close): stop before a batch could fill it.
-            # A compressed batch takes at most its raw size, plus a little for the chunk index.
+            # A compressed batch takes at most its raw size, and after the first batch about
+            # what the rows so far took (twice that, to be safe), plus a little for the index.
+            need = k * self._row_bytes
             try:
                 free = shutil.disk_usage(self.partial.parent).free
+                if self.done:
+                    need = min(need, 2 * k * os.stat(self.partial).st_size // self.done)
             except OSError:
                 free = None
-            if free is not None and free < k * self._row_bytes + _METADATA_SLACK:
-                raise OutputError(f"output: {str(self.partial.parent)!r} is nearly full ({format_bytes(free)} free, a batch "
-                                  f"of {k} showers may take {format_bytes(k * self._row_bytes)}); " + self._after_failure())
+            if free is not None and free < need + _METADATA_SLACK:
+                raise OutputError(f"output: {str(self.partial.parent)!r} is nearly full ({format_bytes(free)} free, a "
+                                  f"batch of {k} showers may take {format_bytes(need)}); " + self._after_failure())
         in_hdf5 = self._raw is None  # contiguous showers go around HDF5, by pwrite
         try:
             if self.format == "h5":

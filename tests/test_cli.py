@@ -214,12 +214,19 @@ def test_resume_after_an_interrupted_run_is_bitwise_identical(slow_model, tmp_pa
                                env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60
     try:
-        while partial_progress(out) < 640:
+        # Let the run go on in short steps, held (SIGSTOP) while its progress is read, so that
+        # the signal lands mid-run however loaded the machine is.
+        while True:
             assert process.poll() is None, process.communicate()
             assert time.monotonic() < deadline, "the run made no progress"
-            time.sleep(0.02)
+            process.send_signal(signal.SIGSTOP)
+            if partial_progress(out) >= 640:
+                break
+            process.send_signal(signal.SIGCONT)
+            time.sleep(0.005)
     finally:
         process.send_signal(stop)
+        process.send_signal(signal.SIGCONT)
         _, stderr = process.communicate()
     if stop == signal.SIGKILL:
         assert process.returncode == -signal.SIGKILL

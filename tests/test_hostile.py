@@ -401,6 +401,33 @@ def test_generating_onto_a_full_tmpfs_is_one_clean_error(run_fastsim, small_disk
     assert list(small_disk.iterdir()) == []
 
 
+def test_a_disk_that_fills_mid_run_keeps_the_partial_file_and_resume_finishes_it(run_fastsim, tmp_path):
+    folder = tmp_path / "small"
+    if not _mount_tmpfs(folder, "30m"):
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        out = folder / "x.h5"
+        common = ["-n", 10_000, "--energy", "50GeV", "-o", out, "--compression", "gzip", "--batch-size", 1024]
+        full = run_fastsim("generate", *common)
+        assert full.returncode == 2, full.stderr
+        lines = full.stderr.strip().splitlines()
+        partial = find_partial(out)
+        assert len(lines) == 1 and partial is not None, full.stderr
+        done = partial_progress(out)
+        assert 1024 <= done < 10_000 and done % 1024 == 0
+        assert f"the {done} showers written so far are kept in {str(partial)!r}" in lines[0]
+        assert "--resume" in lines[0] and not out.exists()
+        subprocess.run(["mount", "-o", "remount,size=200m", str(folder)], check=True)  # make room
+        resumed = run_fastsim("generate", *common, "--resume")
+        assert resumed.returncode == 0, resumed.stderr
+        assert f"(resumed after {done})" in resumed.stderr
+        energies, showers = read_output(out)
+        assert showers.shape == (10_000, 6480) and np.all(energies == 50_000.0)
+        assert sorted(p.name for p in folder.iterdir()) == ["x.h5"]
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
 # ---------------------------------------------------------------------------- item 3: external data
 
 
