@@ -15,6 +15,7 @@ import click
 from fastsim._version import __version__
 from fastsim.errors import FastsimError
 from fastsim.prior import MAX_SEED
+from fastsim.session import MAX_THREADS
 
 __all__ = ["cli", "main"]
 
@@ -80,7 +81,7 @@ def cli() -> None:
 @click.option("--device", default="auto", show_default=True,
               type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]),
               help="Execution device; a missing GPU is an error, never a silent CPU fallback.")
-@click.option("--threads", default=None, type=click.IntRange(min=1),
+@click.option("--threads", default=None, type=click.IntRange(min=1, max=MAX_THREADS),
               help="CPU threads decoding in parallel (default: one per physical core; "
                    "on a GPU: ONNX Runtime intra-op threads).")
 @click.option("--format", "fmt", default=None, type=click.Choice(["h5", "npz", "npy"]),

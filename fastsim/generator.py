@@ -36,7 +36,7 @@ from fastsim.errors import ArgumentError, ConditionError, ModelError, ProviderEr
 from fastsim.io import WRITE_QUEUE, ShowerWriter, aligned_empty, check_mev_units, write_batches
 from fastsim.models import model_sha256, resolve_model
 from fastsim.prior import BLOCK_SIZE, MAX_SEED, BlockStreams
-from fastsim.session import make_session, physical_cores, provider_chain
+from fastsim.session import MAX_THREADS, make_session, physical_cores, provider_chain
 from fastsim.spec import ModelSpec, check_graph, read_metadata, read_spec
 
 __all__ = ["DEFAULT_BATCH_SIZE", "Generator", "load"]
@@ -521,7 +521,7 @@ def load(
         model_spec = spec if isinstance(spec, ModelSpec) else ModelSpec.from_dict(spec)
     on_cpu = provider_chain(device)[0] == "CPUExecutionProvider"
     if threads is not None:
-        threads = positive_int(threads, "threads", error=ProviderError)
+        threads = positive_int(threads, "threads", maximum=MAX_THREADS, error=ProviderError)
     session, provider = make_session(path, device, 1 if on_cpu else threads, optimization=optimization,
                                      provider_options=provider_options)
     check_graph(model_spec, session.get_inputs(), session.get_outputs())

@@ -20,9 +20,11 @@ from typing import Any, Mapping
 from fastsim._util import ort_message, positive_int
 from fastsim.errors import FastsimWarning, ModelError, ProviderError
 
-__all__ = ["DEVICES", "available_providers", "make_session", "physical_cores", "provider_chain"]
+__all__ = ["DEVICES", "MAX_THREADS", "available_providers", "make_session", "physical_cores", "provider_chain"]
 
 DEVICES = ("auto", "cpu", "cuda", "tensorrt")
+#: More threads than any machine has cores for (and than ONNX Runtime's int32 takes).
+MAX_THREADS = 4096
 _PROVIDERS = {
     "cpu": ["CPUExecutionProvider"],
     "cuda": ["CUDAExecutionProvider"],
@@ -84,7 +86,7 @@ def _options(threads: int | None, optimization: str, gpu: bool, config: Mapping[
 
     options = ort.SessionOptions()
     if threads is not None:
-        options.intra_op_num_threads = positive_int(threads, "threads", error=ProviderError)
+        options.intra_op_num_threads = positive_int(threads, "threads", maximum=MAX_THREADS, error=ProviderError)
     # One request at a time: inter-op parallelism only adds contention for a feed-forward decoder.
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL

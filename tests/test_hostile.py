@@ -196,6 +196,7 @@ CORPUS = {
     # other options
     "seed negative": (["generate", "-n", "5", "-o", "o.h5", "--seed", "-1", *TOY], "--seed"),
     "seed 2^63": (["generate", "-n", "5", "-o", "o.h5", "--seed", str(2**63), *TOY], "--seed"),
+    "threads absurd": (["generate", "-n", "5", "-o", "o.h5", "--threads", "99999999999999999999", *TOY], "--threads"),
     "threads zero": (["generate", "-n", "5", "-o", "o.h5", "--threads", "0", *TOY], "--threads"),
     "device unknown": (["generate", "-n", "5", "-o", "o.h5", "--device", "tpu", *TOY], "--device"),
     "format unknown": (["generate", "-n", "5", "-o", "o.h5", "--format", "csv", *TOY], "--format"),
