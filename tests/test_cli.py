@@ -212,7 +212,10 @@ def test_resume_after_an_interrupted_run_is_bitwise_identical(slow_model, tmp_pa
     # At the lowest priority, so that on a loaded machine this test's polling still gets to run.
     process = subprocess.Popen(["nice", "-n", "19", sys.executable, "-m", "fastsim.cli", "generate", *common,
                                 "--batch-size", "64", "--threads", "1", "--quiet"],
-                               env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                               env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               # A shell starts background jobs with SIGINT ignored, and the child would
+                               # inherit that: give it the default, as a terminal's Ctrl-C finds it.
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 60
     try:
         # Let the run go on in short steps, held (SIGSTOP) while its progress is read, so that
