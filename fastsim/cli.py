@@ -15,6 +15,7 @@ import click
 from fastsim._version import __version__
 from fastsim.errors import FastsimError
 from fastsim.prior import MAX_SEED
+from fastsim.session import MAX_THREADS
 
 __all__ = ["cli", "main"]
 
@@ -80,7 +81,7 @@ def cli() -> None:
 @click.option("--device", default="auto", show_default=True,
               type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]),
               help="Execution device; a missing GPU is an error, never a silent CPU fallback.")
-@click.option("--threads", default=None, type=click.IntRange(min=1),
+@click.option("--threads", default=None, type=click.IntRange(min=1, max=MAX_THREADS),
               help="CPU threads decoding in parallel (default: one per physical core; "
                    "on a GPU: ONNX Runtime intra-op threads).")
 @click.option("--format", "fmt", default=None, type=click.Choice(["h5", "npz", "npy"]),
@@ -100,21 +101,27 @@ def cli() -> None:
               help="Generate the shards on a Dask cluster: a scheduler address (tcp://HOST:PORT) or local:W "
                    "for W local worker processes; each task uses --threads ONNX Runtime threads (default 1). "
                    "Needs the dask extra.")
+@click.option("--dashboard", "dashboard_address", default=None, metavar="[HOST]:PORT",
+              help="With --dask local:W, serve the Dask dashboard at this address (e.g. :8787); default: none.")
 def generate(n, energy, output, model, spec_file, seed, batch_size, device, threads, fmt, compression, force,
-             resume, allow_extrapolation, quiet, as_json, shards, dask_address) -> None:
+             resume, allow_extrapolation, quiet, as_json, shards, dask_address, dashboard_address) -> None:
     """Generate showers into an HDF5 (CaloChallenge layout), .npz or .npy file.
 
     \b
     $ fastsim generate -n 100000 --energy 10GeV:1TeV -o showers.h5
     $ fastsim generate --energy energies.npy --model my.onnx -o out.h5 --json
     $ fastsim generate -n 10000000 --shards 100 --dask tcp://scheduler:8786 -o showers/
+    $ fastsim generate -n 1000000 --dask local:4 --dashboard :8787 -o showers/
     """
     import warnings
 
     import fastsim
     from fastsim.generator import DEFAULT_BATCH_SIZE
-    from fastsim.io import check_output_path, partial_path, partial_progress
+    from fastsim.io import check_output_path, find_partial, partial_progress
 
+    if dashboard_address is not None and not (dask_address or "").startswith("local"):
+        raise click.BadParameter("a dashboard is served by a local cluster: use it with --dask local:W "
+                                 "(a remote scheduler has its own)", param_hint="'--dashboard'")
     if shards is not None or dask_address is not None:
         from fastsim import distributed
 
@@ -125,7 +132,7 @@ def generate(n, energy, output, model, spec_file, seed, batch_size, device, thre
             summary = distributed.generate(
                 model, n, output, energy, seed=seed, shards=shards, client=dask_address, spec=spec_file,
                 device=device, threads=threads, batch_size=batch_size, compression=compression,
-                allow_extrapolation=allow_extrapolation, force=force,
+                allow_extrapolation=allow_extrapolation, force=force, dashboard=dashboard_address,
                 progress=not (quiet or as_json) and sys.stderr.isatty())
         for warning in caught:
             click.echo(f"fastsim: warning: {warning.message}", err=True)
@@ -164,7 +171,7 @@ def generate(n, energy, output, model, spec_file, seed, batch_size, device, thre
                                   fmt=fmt, compression=compression, resume=resume, force=force,
                                   on_batch=bar.update)
     except KeyboardInterrupt:
-        if partial_path(output).exists():
+        if find_partial(output) is not None:
             click.echo("fastsim: interrupted; run the same command with --resume to continue", err=True)
         else:
             click.echo("fastsim: interrupted before any showers were written; nothing to resume", err=True)
@@ -370,8 +377,9 @@ def bench(model, batch_sizes, threads, precision, device, mode, min_time, no_lim
                         mode=mode, min_time=min_time, limit=not no_limit, limit_size=limit_size,
                         generator_n=generate_n, progress=show)
     if output:
-        with open(output, "w") as fh:
-            json.dump(doc, fh, indent=2)
+        from fastsim._util import atomic_write_text
+
+        atomic_write_text(output, json.dumps(doc, indent=2) + "\n", what="--output")
     if as_json:
         _echo_json(doc)
         return

@@ -28,6 +28,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from fastsim._util import first_line, positive_int
 from fastsim.errors import ArgumentError, ConditionError, FastsimWarning
 from fastsim.spec import ConditionSpec, ModelSpec
 
@@ -49,6 +50,10 @@ ENERGY_UNITS = {"ev": 1e-6, "kev": 1e-3, "mev": 1.0, "gev": 1e3, "tev": 1e6}
 _FILE_SUFFIXES = (".npy", ".csv", ".txt", ".h5", ".hdf5")
 _QUANTITY = re.compile(r"^\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|[-+]?inf|nan)\s*([A-Za-z]*)\s*$",
                        re.IGNORECASE)
+# A header field: text, not a mistyped number (which starts with a digit, sign or point).
+_HEADER_FIELD = re.compile(r"""^["'A-Za-z_]""")
+# Conditions reach the decoder as float32: values it cannot hold are refused, even when extrapolating.
+_FLOAT32 = np.finfo(np.float32)
 # Boundaries compared with a little slack: float32 round trips of e.g. 1 TeV must pass.
 _RANGE_RTOL = 1e-6
 
@@ -106,9 +111,11 @@ def load_values(path: str | os.PathLike, *, argument: str = "energy") -> np.ndar
     suffix = path.suffix.lower()
     try:
         if suffix == ".npy":
+            if path.stat().st_size == 0:
+                raise ConditionError(f"{argument}: file {str(path)!r} is empty (0 bytes), expected a .npy array")
             values = np.load(path, mmap_mode="r", allow_pickle=False)
         elif suffix in (".csv", ".txt"):
-            values = _read_csv(path)
+            values = _read_csv(path, argument)
         elif suffix in (".h5", ".hdf5"):
             values = _read_hdf5(path, argument)
         else:
@@ -117,10 +124,11 @@ def load_values(path: str | os.PathLike, *, argument: str = "energy") -> np.ndar
             )
     except ConditionError:
         raise
-    except (OSError, ValueError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ConditionError(f"{argument}: cannot read values from {str(path)!r}: {reason}") from None
-    if not np.issubdtype(values.dtype, np.number) or np.issubdtype(values.dtype, np.complexfloating):
+    except (OSError, ValueError, EOFError, TypeError, KeyError, RuntimeError) as exc:
+        # EOFError: a truncated .npy (click would take it for Ctrl-D); the rest: numpy's and h5py's
+        raise ConditionError(f"{argument}: cannot read values from {str(path)!r}: {first_line(exc)}") from None
+    if values.dtype.fields is not None or values.dtype == np.bool_ or not np.issubdtype(values.dtype, np.number) \
+            or np.issubdtype(values.dtype, np.complexfloating):
         raise ConditionError(f"{argument}: file {str(path)!r} holds {values.dtype} values, expected numbers")
     if values.ndim == 2 and values.shape[1] == 1:
         values = values[:, 0]
@@ -130,12 +138,56 @@ def load_values(path: str | os.PathLike, *, argument: str = "energy") -> np.ndar
     return values
 
 
-def _read_csv(path: Path) -> np.ndarray:
+def _read_csv(path: Path, argument: str) -> np.ndarray:
+    """Rows of numbers separated by commas, or else by white space; ``#`` comments and blank lines skipped.
+
+    The first row may be a header only when it is recognisably text: it starts
+    with a letter, quote or underscore and holds no number (``energy``,
+    ``"E [MeV]"``). A row that looks numeric but does not parse (``5e4x``) is an
+    error naming its line.
+    """
     try:
-        return np.loadtxt(path, delimiter=",", ndmin=1, dtype=np.float64)
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConditionError(f"{argument}: file {str(path)!r} is not a text (UTF-8) CSV file") from None
+    rows = [(number, line.strip()) for number, line in enumerate(text.splitlines(), 1)
+            if line.strip() and not line.lstrip().startswith("#")]
+    if not rows:
+        raise ConditionError(f"{argument}: file {str(path)!r} holds no values (it is empty or only comments)")
+    comma = any("," in line for _, line in rows)
+
+    def fields(line: str) -> list[str]:
+        return [f.strip() for f in line.split(",")] if comma else line.split()
+
+    first = rows[0][1]
+    if _HEADER_FIELD.match(first) and not any(_is_float(f) for f in fields(first)):
+        rows = rows[1:]
+        if not rows:
+            raise ConditionError(f"{argument}: file {str(path)!r} has a header line and no values")
+    values = []
+    width = None
+    for number, line in rows:
+        items = fields(line)
+        try:
+            row = [float(item) for item in items]
+        except ValueError:
+            bad = next(item for item in items if not _is_float(item))
+            raise ConditionError(f"{argument}: file {str(path)!r} line {number}: {bad!r} is not a number "
+                                 f"(read {line[:60]!r})") from None
+        if width is not None and len(row) != width:
+            raise ConditionError(f"{argument}: file {str(path)!r} line {number} has {len(row)} values, the lines "
+                                 f"before it {width} (separated by {'commas' if comma else 'white space'})")
+        width = len(row)
+        values.append(row)
+    return np.asarray(values, dtype=np.float64)
+
+
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
     except ValueError:
-        # One header line is common in CSV exports.
-        return np.loadtxt(path, delimiter=",", ndmin=1, dtype=np.float64, skiprows=1)
+        return False
+    return True
 
 
 def _read_hdf5(path: Path, argument: str) -> np.ndarray:
@@ -145,7 +197,14 @@ def _read_hdf5(path: Path, argument: str) -> np.ndarray:
         if "incident_energies" not in fh:
             raise ConditionError(f"{argument}: HDF5 file {str(path)!r} has no 'incident_energies' dataset "
                                  f"(it has {sorted(fh.keys())})")
-        return np.asarray(fh["incident_energies"][...], dtype=np.float64)
+        data = fh["incident_energies"]
+        if not isinstance(data, h5py.Dataset):
+            raise ConditionError(f"{argument}: 'incident_energies' in HDF5 file {str(path)!r} is a "
+                                 f"{type(data).__name__.lower()}, expected a dataset of numbers")
+        if data.dtype.fields is not None or data.dtype.kind not in "iuf":
+            raise ConditionError(f"{argument}: 'incident_energies' in HDF5 file {str(path)!r} holds {data.dtype} "
+                                 "values, expected numbers")
+        return np.asarray(data[...], dtype=np.float64)
 
 
 def parse_condition(value: Any, unit: str = "MeV", *, argument: str = "energy") -> Constant | Range | Values:
@@ -271,6 +330,14 @@ def _check_values(cond: ConditionSpec, values: np.ndarray, argument: str, allow_
     if not finite.all():
         index = int(np.argmin(finite))
         raise ConditionError(f"{argument}: values must be finite, got {values[index]} at index {index}")
+    magnitude = np.abs(values)
+    # Overflow to inf, or underflow to 0 or a subnormal: the decoder would see another value.
+    unfit = (magnitude > _FLOAT32.max) | ((magnitude > 0) & (magnitude < _FLOAT32.smallest_normal))
+    if unfit.any():
+        index = int(np.argmax(unfit))
+        raise ConditionError(f"{argument}: {values[index]:g} {cond.unit} at index {index} cannot be held in "
+                             f"float32 (the decoder's input type: magnitudes {_FLOAT32.smallest_normal:.4g} to "
+                             f"{_FLOAT32.max:.4g}); this is not allowed even with extrapolation")
     is_energy = cond.unit.lower() in ENERGY_UNITS
     if is_energy and (values <= 0).any():
         index = int(np.argmax(values <= 0))
@@ -328,7 +395,9 @@ def plan_conditions(
         source = parse_condition(named[cond.name], cond.unit, argument=cond.name) if cond.name in named \
             else Range(cond.min, cond.max)
         if isinstance(source, Values) and source.array.ndim != 1:
-            raise ConditionError(f"{cond.name}: expected one value per sample (N,), got shape {source.array.shape}")
+            shape = source.array.shape
+            columns = f" ({shape[1]} columns)" if len(shape) == 2 else ""
+            raise ConditionError(f"{cond.name}: expected one value per sample (N,), got shape {shape}{columns}")
         sources.append(source)
 
     lengths = {len(s.array) for s in sources if isinstance(s, Values)}
@@ -340,8 +409,7 @@ def plan_conditions(
         n = lengths.pop()
     elif lengths and lengths != {n}:
         raise ConditionError(f"conditions: {lengths.pop()} per-sample values given for n={n} samples")
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n <= 0:
-        raise ArgumentError(f"n: expected a positive number of samples, got {n!r}")
+    n = positive_int(n, "n")
 
     for cond, source in zip(spec.conditions, sources, strict=False):
         if isinstance(source, Constant):

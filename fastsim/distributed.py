@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
+from fastsim._util import atomic_write_text, first_line, positive_int
 from fastsim._version import __version__
 from fastsim.errors import (
     ArgumentError,
@@ -95,9 +96,9 @@ __all__ = [
 DEFAULT_SHARD_SIZE = 100 * BLOCK_SIZE
 _SHARD_NAME = "shard-{:05d}.h5"
 _SHARD_FILE = re.compile(r"^shard-\d{5,}\.h5$")
-# A shard being written: shard-00042.h5.<token>[.partial], unique per attempt, so that a
-# straggler from an earlier, killed run never writes into the file of a new attempt.
-_PARTIAL_FILE = re.compile(r"^shard-\d{5,}\.h5\.[0-9a-f]{32}(\.partial)?$")
+# A shard being written: shard-00042.h5.<token>[.<12 hex>.partial|.lock], unique per attempt, so
+# that a straggler from an earlier, killed run never writes into the file of a new attempt.
+_PARTIAL_FILE = re.compile(r"^shard-\d{5,}\.h5\.[0-9a-f]{32}(\.[0-9a-f]{12}\.partial|\.partial|\.lock)?$")
 # While shards finish, the manifest is rewritten only when this many times its last
 # write's duration has passed since (always written at the end).
 _MANIFEST_BUDGET = 20
@@ -158,18 +159,7 @@ def plan_shards(n: int, shards: int | None = None, *, block_size: int = BLOCK_SI
 
 
 def _write_json_atomic(path: Path, doc: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "w") as fh:
-            json.dump(doc, fh, indent=1)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise OutputError(f"out: cannot write {str(path)!r} ({exc.strerror or exc})") from None
+    atomic_write_text(path, json.dumps(doc, indent=1) + "\n", what="out")
 
 
 def _identity(doc: dict[str, Any]) -> dict[str, Any]:
@@ -403,12 +393,19 @@ def _local_workers(address: str) -> int | None:
         return None
     if not count.isdigit() or int(count) <= 0:
         raise ArgumentError(f"dask: expected 'local:W' with W a positive number of workers, got {address!r}")
+    most = 4 * (os.cpu_count() or 1)  # each worker is a process with its own model: more only thrash
+    if int(count) > most:
+        raise ArgumentError(f"dask: 'local:W' starts W worker processes on this machine; expected at most {most} "
+                            f"(4 per CPU), got {address!r}")
     return int(count)
 
 
 @contextlib.contextmanager
-def _connect(client: Any, timeout: float | None) -> Iterator[_DaskClient]:
-    """A Dask client for ``client``: an open Client, a scheduler address, ``"local:W"``, or None (no Dask)."""
+def _connect(client: Any, timeout: float | None, dashboard: str | None = None) -> Iterator[_DaskClient]:
+    """A Dask client for ``client``: an open Client, a scheduler address, ``"local:W"``, or None (no Dask).
+
+    A local cluster serves its dashboard only at ``dashboard`` (e.g. ``":8787"``) when given.
+    """
     if client is None or hasattr(client, "submit"):
         yield client
         return
@@ -423,9 +420,13 @@ def _connect(client: Any, timeout: float | None) -> Iterator[_DaskClient]:
     if address == "local" or address.startswith("local:"):
         workers = _local_workers(address)
         distributed = _require_distributed()
-        # Processes, not threads: ONNX Runtime and h5py hold the GIL for parts of the work.
+        # Processes, not threads: ONNX Runtime and h5py hold the GIL for parts of the work. Without
+        # a dashboard the scheduler still serves HTTP (on :8787 by default, warning on the second
+        # run): put that on a free local port instead.
+        http: dict[str, Any] = {"dashboard_address": dashboard} if dashboard else \
+            {"dashboard_address": "127.0.0.1:0", "scheduler_kwargs": {"dashboard": False}}
         with distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                      dashboard_address=None) as cluster, distributed.Client(cluster) as local:
+                                      **http) as cluster, distributed.Client(cluster) as local:
             yield local
         return
     if not address:
@@ -439,7 +440,7 @@ def _connect(client: Any, timeout: float | None) -> Iterator[_DaskClient]:
     try:
         remote = distributed.Client(address, timeout=timeout)
     except (OSError, TimeoutError, ValueError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = first_line(exc)
         raise ClusterError(f"dask: cannot reach a Dask scheduler at {address!r} within {timeout:g} s ({reason}); "
                            "check the address (tcp://HOST:PORT) and that the scheduler runs") from None
     with remote:
@@ -460,7 +461,7 @@ def _shard_plan(plan: ConditionPlan, start: int, stop: int) -> ConditionPlan:
 
 def _fail_shard(index: int, ranges: list[tuple[int, int]], exc: BaseException, attempts: int) -> FastsimError:
     start, stop = ranges[index]
-    reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    reason = first_line(exc)
     where = f"shard {index} (showers {start}:{stop})"
     tries = f" after {attempts} attempts" if attempts > 1 else ""
     if isinstance(exc, FastsimError):
@@ -525,6 +526,7 @@ def generate(
     progress: bool = False,
     on_shard: Callable[[dict[str, Any]], None] | None = None,
     timeout: float | None = None,
+    dashboard: str | None = None,
 ) -> dict[str, Any]:
     """Generate ``n`` showers as shards in folder ``out``; resume a run already there.
 
@@ -585,7 +587,7 @@ def generate(
     run = _plan_run(model, n, out, conditions, seed=seed, shards=shards, client=client, spec=spec,
                     device=device, threads=threads, batch_size=batch_size, compression=compression,
                     allow_extrapolation=allow_extrapolation, retries=retries, force=force)
-    with _connect(client, timeout) as dask_client, _claim_output(run.out, force):
+    with _connect(client, timeout, dashboard) as dask_client, _claim_output(run.out, force):
         workers = _count_workers(dask_client)
         doc, done, generated = _execute(run, dask_client, progress, on_shard)
     seconds = time.perf_counter() - began
@@ -610,12 +612,9 @@ def _check_arguments(seed: object, batch_size: object, retries: object, compress
     """The cheap argument checks, before any model is loaded."""
     from fastsim.io import parse_compression
 
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
-        raise ArgumentError(f"batch_size: expected a positive integer, got {batch_size!r}")
-    if isinstance(retries, bool) or not isinstance(retries, (int, np.integer)) or retries < 0:
-        raise ArgumentError(f"retries: expected a non-negative integer, got {retries!r}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= MAX_SEED:
-        raise ArgumentError(f"seed: expected a non-negative integer at most {MAX_SEED}, got {seed!r}")
+    positive_int(batch_size, "batch_size")
+    positive_int(retries, "retries", zero=True)
+    positive_int(seed, "seed", zero=True, maximum=MAX_SEED)
     parse_compression(compression, "h5")
     if isinstance(client, str) and (client == "local" or client.startswith("local:")):
         _local_workers(client)  # a malformed local:W is an argument error before any work
@@ -628,7 +627,7 @@ def _plan_run(model: str | os.PathLike[str], n: int | None, out: str | os.PathLi
               force: bool) -> _ShardedRun:
     """Check every argument, the model, the conditions and the output folder; change nothing."""
     from fastsim.generator import DEFAULT_BATCH_SIZE, load
-    from fastsim.io import check_mev_units
+    from fastsim.io import check_mev_units, check_output_size, parse_compression
 
     batch_size = DEFAULT_BATCH_SIZE if batch_size is None else batch_size
     _check_arguments(seed, batch_size, retries, compression, client)
@@ -642,10 +641,18 @@ def _plan_run(model: str | os.PathLike[str], n: int | None, out: str | os.PathLi
     checked = load(model, spec=spec, device="cpu", threads=1)
     check_mev_units(checked.spec)
     plan = checked.plan(n, conditions, allow_extrapolation=allow_extrapolation)
+    # Sizes that cannot work are refused before the output folder (and a manifest) exists.
+    checked.check_memory(int(batch_size))
+    compressed = parse_compression(compression, "h5")[0] is not None
+    check_output_size(Path(out).parent, plan.n, checked.spec.n_voxels, checked.spec.n_conditions, compressed=True)
     if shards is not None:
         plan_shards(plan.n, shards)  # a bad shard count fails before the output folder is touched
     folder = Path(out)
     existing = _inspect_output(folder, force)
+    if not compressed:
+        done_rows = sum(e["n"] for e in existing["shards"] if e.get("status") == "done") if existing else 0
+        check_output_size(folder if folder.is_dir() else folder.parent, plan.n - done_rows,
+                          checked.spec.n_voxels, checked.spec.n_conditions)
     ranges = plan_shards(plan.n, len(existing["shards"]) if shards is None and existing else shards)
     run = _ShardedRun(checked, plan, folder, int(seed), ranges, existing, device, threads, int(batch_size),
                       compression, int(retries), force)

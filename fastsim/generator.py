@@ -30,12 +30,13 @@ from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 
+from fastsim._util import available_memory, concat_rows, format_bytes, ort_message, positive_int
 from fastsim.conditions import ConditionPlan, plan_conditions
 from fastsim.errors import ArgumentError, ConditionError, ModelError, ProviderError
 from fastsim.io import WRITE_QUEUE, ShowerWriter, aligned_empty, check_mev_units, write_batches
-from fastsim.models import file_sha256, resolve_model
+from fastsim.models import model_sha256, resolve_model
 from fastsim.prior import BLOCK_SIZE, MAX_SEED, BlockStreams
-from fastsim.session import make_session, physical_cores, provider_chain
+from fastsim.session import MAX_THREADS, make_session, physical_cores, provider_chain
 from fastsim.spec import ModelSpec, check_graph, read_metadata, read_spec
 
 __all__ = ["DEFAULT_BATCH_SIZE", "Generator", "load"]
@@ -51,20 +52,6 @@ DEFAULT_BATCH_SIZE = 2048
 #: run grid whatever the batch size, and ONNX Runtime's CPU kernels give the
 #: same bits as in one large run.
 CPU_RUN_ROWS = 64
-
-
-def _positive_int(value: Any, name: str, *, zero: bool = False, maximum: int | None = None) -> int:
-    ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool) and (value >= 0 if zero else value > 0)
-    if not ok or (maximum is not None and value > maximum):
-        bound = f" at most {maximum}" if maximum is not None else ""
-        raise ArgumentError(f"{name}: expected a {'non-negative' if zero else 'positive'} integer{bound}, got {value!r}")
-    return int(value)
-
-
-def _join(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
-    if len(parts) == 1:
-        return parts[0]
-    return np.concatenate([c for c, _ in parts]), np.concatenate([s for _, s in parts])
 
 
 class Generator:
@@ -89,8 +76,8 @@ class Generator:
 
     @cached_property
     def sha256(self) -> str:
-        """sha256 of the model file (identifies the model in output files and for resume)."""
-        return file_sha256(self.path)
+        """sha256 of the model file and its external data (identifies the model in output files and for resume)."""
+        return model_sha256(self.path)
 
     def decode(self, z: np.ndarray, conditions: np.ndarray) -> np.ndarray:
         """Decode latents (k, latent_dim) and conditions (k, n_conditions) -> showers (k, n_voxels).
@@ -161,9 +148,8 @@ class Generator:
                 future.result()
             return out
         except Exception as exc:  # onnxruntime's Fail/RuntimeException/...: report it in one line
-            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelError(f"model {str(self.path)!r} failed to decode a batch of {len(z)}: "
-                             f"{message.rsplit(' : ', 1)[-1]}") from None
+                             f"{ort_message(exc)}") from None
 
     def plan(self, n: int | None = None, conditions: Any = None, *, allow_extrapolation: bool = False,
              **named: Any) -> ConditionPlan:
@@ -226,9 +212,10 @@ class Generator:
     def _prepare(self, n, conditions, seed, batch_size, start, allow_extrapolation, named):
         """Checked arguments of a generation: (condition plan, random streams, start, batch size)."""
         plan = self.plan(n, conditions, allow_extrapolation=allow_extrapolation, **named)
-        seed = _positive_int(seed, "seed", zero=True, maximum=MAX_SEED)
-        batch_size = _positive_int(batch_size, "batch_size")
-        start = _positive_int(start, "start", zero=True)
+        seed = positive_int(seed, "seed", zero=True, maximum=MAX_SEED)
+        batch_size = positive_int(batch_size, "batch_size")
+        start = positive_int(start, "start", zero=True)
+        self.check_memory(batch_size)
         return plan, BlockStreams(seed, self.spec.latent_dim, self.spec.n_conditions), start, batch_size
 
     def _batches(self, plan: ConditionPlan, streams: BlockStreams, start: int, batch_size: int):
@@ -287,10 +274,10 @@ class Generator:
                 n_pending += take
                 pos += take
                 if n_pending == batch_size:
-                    yield _join(pending)
+                    yield concat_rows(pending)
                     pending, n_pending = [], 0
         if pending:
-            yield _join(pending)
+            yield concat_rows(pending)
 
     @contextlib.contextmanager
     def _decode_pool(self) -> Iterator[ThreadPoolExecutor | None]:
@@ -301,6 +288,38 @@ class Generator:
         finally:
             if pool is not None:
                 pool.shutdown()
+
+    def check_memory(self, batch_size: int, *, in_memory: int = 0) -> None:
+        """Refuse, before anything starts, a run that cannot fit in the memory available now.
+
+        A run holds WRITE_QUEUE + 2 run buffers of ``ceil(batch_size / BLOCK_SIZE) *
+        BLOCK_SIZE`` showers (see :meth:`write`), the latents of a run and of a
+        prior block, and ``in_memory`` whole showers for :meth:`generate`. An
+        :class:`ArgumentError` names the batch size, ``n`` or the model's
+        dimensions, whichever is at fault.
+        """
+        available = available_memory()
+        if available is None:
+            return
+        spec, item = self.spec, np.dtype(self._out_dtype).itemsize
+        run_rows = -(-batch_size // BLOCK_SIZE) * BLOCK_SIZE
+        per_row = spec.n_voxels * item * (WRITE_QUEUE + 2) + 8 * spec.latent_dim + 8 * spec.n_conditions
+        smallest = BLOCK_SIZE * per_row + BLOCK_SIZE * 4 * spec.latent_dim
+        needed = run_rows * per_row + BLOCK_SIZE * 4 * spec.latent_dim
+        stored = in_memory * 4 * (spec.n_voxels + spec.n_conditions)
+        if smallest > available:
+            raise ArgumentError(f"model: {spec.name!r} has {spec.n_voxels} voxels and a latent of {spec.latent_dim}; "
+                                f"even a batch of {BLOCK_SIZE} showers needs {format_bytes(smallest)} of memory, "
+                                f"and {format_bytes(available)} is available")
+        if needed > available:
+            most = max(BLOCK_SIZE, (available - BLOCK_SIZE * 4 * spec.latent_dim) // per_row // BLOCK_SIZE * BLOCK_SIZE)
+            raise ArgumentError(f"batch_size: a batch of {batch_size} showers needs about {format_bytes(needed)} of "
+                                f"memory, and {format_bytes(available)} is available; use a batch size of at most "
+                                f"{most}")
+        if needed + stored > available:
+            raise ArgumentError(f"n: {in_memory} showers held in memory need {format_bytes(stored)}, and "
+                                f"{format_bytes(available)} is available; write them to a file (Generator.write, "
+                                "fastsim generate -o) or take them in batches (iter_batches)")
 
     @property
     def device_type(self) -> str:
@@ -429,6 +448,7 @@ class Generator:
         """
         plan, streams, start, batch_size = self._prepare(n, conditions, seed, batch_size, start,
                                                          allow_extrapolation, named)
+        self.check_memory(batch_size, in_memory=plan.n)
         all_conditions = np.empty((plan.n, self.spec.n_conditions), dtype=np.float32)
         showers = np.empty((plan.n, self.spec.n_voxels), dtype=np.float32)
         end, run_rows = start + plan.n, -(-batch_size // BLOCK_SIZE) * BLOCK_SIZE
@@ -504,9 +524,9 @@ class Generator:
                 or has no partial run to resume that matches these arguments.
         """
         plan = self.plan(n, conditions, allow_extrapolation=allow_extrapolation, **named)
-        seed = _positive_int(seed, "seed", zero=True, maximum=MAX_SEED)
-        batch_size = _positive_int(batch_size, "batch_size")
-        start = _positive_int(start, "start", zero=True)
+        seed = positive_int(seed, "seed", zero=True, maximum=MAX_SEED)
+        batch_size = positive_int(batch_size, "batch_size")
+        start = positive_int(start, "start", zero=True)
         attrs = {
             "spec": self.spec.to_json(),
             "model": self.spec.name,
@@ -516,6 +536,7 @@ class Generator:
             "conditions": plan.describe(),
         }
         check_mev_units(self.spec)
+        self.check_memory(batch_size)
         began = time.perf_counter()
         writer = ShowerWriter(path, n=plan.n, n_voxels=self.spec.n_voxels,
                               condition_names=self.spec.condition_names, attrs=attrs, fmt=fmt,
@@ -623,8 +644,8 @@ def load(
         read_metadata(path)  # raises ModelError when the file is not ONNX
         model_spec = spec if isinstance(spec, ModelSpec) else ModelSpec.from_dict(spec)
     on_cpu = provider_chain(device)[0] == "CPUExecutionProvider"
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads <= 0):
-        raise ProviderError(f"threads: expected a positive integer, got {threads!r}")
+    if threads is not None:
+        threads = positive_int(threads, "threads", maximum=MAX_THREADS, error=ProviderError)
     session, provider = make_session(path, device, 1 if on_cpu else threads, optimization=optimization,
                                      provider_options=provider_options)
     check_graph(model_spec, session.get_inputs(), session.get_outputs())

@@ -37,7 +37,8 @@ from typing import Any
 
 import numpy as np
 
-from fastsim.errors import DataError, OutputError
+from fastsim._util import atomic_write_text
+from fastsim.errors import DataError
 
 __all__ = [
     "DATASET_BINNINGS",
@@ -325,14 +326,7 @@ class CylindricalGeometry:
 
     def to_xml(self, path: str | os.PathLike) -> Path:
         """Write the binning XML to ``path`` (atomically: temporary name, then rename)."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        try:
-            tmp.write_text(self.to_xml_string(), encoding="utf-8")
-            os.replace(tmp, path)
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            raise OutputError(f"binning XML {str(path)!r}: cannot write ({exc.strerror or exc})") from None
+        return atomic_write_text(path, self.to_xml_string(), what="binning XML")
         return path
 
 

@@ -1,43 +1,58 @@
 """Writing generated showers: CaloChallenge HDF5 (or .npy/.npz), atomically, resumably.
 
-:class:`ShowerWriter` writes one output file (rows ``[0, n)``, global samples
+:class:`ShowerWriter` writes rows ``[0, n)`` of one output file (global samples
 ``[start, start + n)`` of a run) so that no half-written file ever looks
-finished, and with ``resume=True`` continues an interrupted run of the same
-arguments, bitwise identical to an uninterrupted one. :func:`write_batches`
-overlaps decoding with writing on one background thread. The layout, the write
-path (``pwrite``, ``O_DIRECT``) and the resume protocol are in ``docs/io.md``.
+finished: each attempt writes ``NAME.<12 hex>.partial`` of its own and renames
+it when complete, holding an advisory lock on ``NAME.lock`` (:class:`OutputLock`)
+so a second run writing the same output is refused with one line. Sizes that
+cannot work are refused before anything is written; a disk that fills up ends
+the run with one line saying whether the partial file was kept (``--resume``)
+or removed. With ``resume=True`` it continues an interrupted run of the same
+arguments (:func:`find_partial`), bitwise identical to an uninterrupted one.
+:func:`write_batches` overlaps decoding with writing on one background thread.
+The layout, the write path (``pwrite``, ``O_DIRECT``) and the resume protocol
+are in ``docs/io.md``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import math
 import mmap
 import os
 import queue
+import re
+import shutil
 import threading
+import uuid
 import zipfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
+from fastsim._util import first_line, format_bytes
 from fastsim._version import __version__
 from fastsim.errors import ArgumentError, OutputError
 
 __all__ = [
     "ATTR_PREFIX",
     "FORMATS",
+    "LOCK_SUFFIX",
     "PARTIAL_SUFFIX",
     "WRITE_QUEUE",
+    "OutputLock",
     "ShowerWriter",
     "aligned_empty",
+    "check_free_space",
+    "check_output_size",
     "check_mev_units",
     "check_output_path",
+    "find_partial",
     "output_format",
     "parse_compression",
-    "partial_path",
     "partial_progress",
     "read_output",
     "write_batches",
@@ -45,6 +60,9 @@ __all__ = [
 
 FORMATS = ("h5", "npz", "npy")
 PARTIAL_SUFFIX = ".partial"
+LOCK_SUFFIX = ".lock"
+# Longest addition to an output name: the partial file's ".<12 hex>.partial".
+_PARTIAL_EXTRA = len(".0123456789ab" + PARTIAL_SUFFIX)
 ATTR_PREFIX = "fastsim."
 _SUFFIX_FORMATS = {".h5": "h5", ".hdf5": "h5", ".hdf": "h5", ".npz": "npz", ".npy": "npy"}
 # Target size of one HDF5 chunk of compressed showers; rows per chunk is a power of two
@@ -54,6 +72,10 @@ _CHUNK_BYTES = 1 << 20
 # written with O_DIRECT where the file system allows: taking ~1 GB/s of new data into the
 # page cache cost the kernel as much CPU as decoding it (measured: benchmarks/README.md).
 _DIRECT_ALIGN = 4096
+# The largest offset a file can have (off_t is signed 64-bit).
+_MAX_FILE_BYTES = 2**63 - 1
+# Room a compressed batch may need beyond its raw size: chunk index and object headers.
+_METADATA_SLACK = 1 << 20
 #: Batches decoded ahead of the writer thread (bounded, so memory stays flat in n).
 WRITE_QUEUE = 2
 # Attributes that must agree for a partial file to be resumed.
@@ -99,17 +121,27 @@ def parse_compression(compression: str | None, fmt: str = "h5") -> tuple[str | N
     return name, (4 if name == "gzip" and level is None else level)
 
 
-def partial_path(path: str | os.PathLike) -> Path:
-    """Where ``path`` is written until complete: ``NAME.partial``."""
-    path = Path(path)
-    return path.with_name(path.name + PARTIAL_SUFFIX)
+def _partial_name(path: Path) -> re.Pattern:
+    """Names of ``path``'s partial files: ``NAME.<12 hex>.partial`` (one per attempt), or ``NAME.partial``
+    as fastsim 0.x wrote it."""
+    return re.compile(re.escape(path.name) + r"(\.[0-9a-f]{12})?" + re.escape(PARTIAL_SUFFIX) + "$")
 
 
-def partial_progress(path: str | os.PathLike) -> int:
-    """Rows already complete in the partial HDF5 file of ``path`` (0 if there is none or it is unreadable)."""
-    partial = partial_path(path)
-    if not partial.is_file():
-        return 0
+def _new_partial(path: Path) -> Path:
+    """A partial-file name unique to this attempt: ``NAME.<12 hex>.partial``."""
+    return path.with_name(f"{path.name}.{uuid.uuid4().hex[:12]}{PARTIAL_SUFFIX}")
+
+
+def _partials(path: Path) -> list[Path]:
+    folder = path.parent if str(path.parent) else Path(".")
+    pattern = _partial_name(path)
+    try:
+        return sorted(p for p in folder.iterdir() if pattern.match(p.name))
+    except OSError:
+        return []
+
+
+def _progress_of(partial: Path) -> int:
     import h5py
 
     # First without a file lock: this is a peek that may run while another process writes.
@@ -118,9 +150,144 @@ def partial_progress(path: str | os.PathLike) -> int:
         try:
             with h5py.File(partial, "r", locking=locking) as fh:
                 return int(fh.attrs.get(ATTR_PREFIX + "progress", 0))
-        except (OSError, ValueError, TypeError):
+        except (OSError, ValueError, TypeError, RuntimeError):
             continue
     return 0
+
+
+def find_partial(path: str | os.PathLike) -> Path | None:
+    """The partial file an interrupted run of ``path`` left (the one with the most rows), or None."""
+    found = _partials(Path(path))
+    if len(found) > 1:
+        found.sort(key=lambda p: (_progress_of(p), p.stat().st_mtime if p.exists() else 0.0))
+    return found[-1] if found else None
+
+
+def partial_progress(path: str | os.PathLike) -> int:
+    """Rows already complete in the partial HDF5 file of ``path`` (0 if there is none or it is unreadable)."""
+    partial = find_partial(path)
+    return 0 if partial is None or not partial.is_file() else _progress_of(partial)
+
+
+class OutputLock:
+    """An advisory lock on ``NAME.lock`` beside an output: one writer per output file at a time.
+
+    ``fcntl.flock`` on the lock file; the kernel drops it when the process ends,
+    however it ends, so a killed run never blocks the next. The holder's pid is
+    written into the file for the message that refuses a second writer. Where
+    the file system offers no flock (some network file systems), writing goes on
+    unlocked, as before; every attempt still writes to its own partial file.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.lock_path = self.path.with_name(self.path.name + LOCK_SUFFIX)
+        self._fd: int | None = None
+
+    def acquire(self) -> OutputLock:
+        try:
+            import fcntl
+        except ImportError:  # not a POSIX system
+            return self
+        while True:
+            try:
+                fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as exc:
+                raise OutputError(f"output: cannot create the lock file {str(self.lock_path)!r}: "
+                                  f"{exc.strerror or exc}") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _read_pid(fd)
+                os.close(fd)
+                raise OutputError(f"output: another fastsim run{holder} is writing {str(self.path)!r}; let it "
+                                  "finish or stop it first") from None
+            except OSError:  # no flock on this file system: go on unlocked
+                os.close(fd)
+                with contextlib.suppress(OSError):
+                    os.unlink(self.lock_path)
+                return self
+            # The previous holder may have removed the file between our open and flock:
+            # then we hold a lock nobody else sees; start again on the current file.
+            try:
+                same = os.path.samestat(os.fstat(fd), os.stat(self.lock_path))
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return
+        with contextlib.suppress(OSError):
+            os.unlink(self.lock_path)  # while still held, so no one locks a removed file
+        os.close(fd)
+
+    def __enter__(self) -> OutputLock:
+        return self.acquire()
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.release()
+
+
+def _read_pid(fd: int) -> str:
+    try:
+        text = os.pread(fd, 32, 0).decode().strip()
+    except (OSError, UnicodeDecodeError):
+        return ""
+    return f" (pid {text})" if text.isdigit() else ""
+
+
+def _lock_held(path: Path) -> str | None:
+    """`` (pid N)`` or ``""`` if another process holds ``path``'s output lock now, None if nobody does."""
+    try:
+        import fcntl
+
+        fd = os.open(path.with_name(path.name + LOCK_SUFFIX), os.O_RDONLY)
+    except (ImportError, OSError):
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return None
+    except BlockingIOError:
+        return _read_pid(fd)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)  # closing drops the probe's shared lock
+
+
+def check_output_size(folder: str | os.PathLike, n: int, n_voxels: int, n_conditions: int = 1, *,
+                      compressed: bool = False) -> None:
+    """Refuse, before anything is written, a run whose output cannot exist.
+
+    ``n`` rows of float32 showers, energy and conditions: larger than the largest
+    file (2^63 bytes) is refused always; larger than the free space of ``folder``
+    when uncompressed (a compressed size is only known as it is written, so those
+    are checked batch by batch, see :meth:`ShowerWriter.write`).
+    """
+    row = 4 * (n_voxels + 1 + (n_conditions if n_conditions > 1 else 0))
+    if n * row > _MAX_FILE_BYTES:
+        raise OutputError(f"n: {n} showers of {n_voxels} voxels would take {format_bytes(n * row)}, more than "
+                          f"any file can hold ({format_bytes(_MAX_FILE_BYTES)})")
+    if not compressed:
+        check_free_space(folder, n * row, f"writing {n} showers uncompressed")
+
+
+def check_free_space(folder: str | os.PathLike, nbytes: int, what: str) -> None:
+    """Refuse to start writing ``nbytes`` into ``folder`` when its file system has less free space."""
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return  # cannot tell: the write itself will say
+    if nbytes > free:
+        raise OutputError(f"output: {what} needs {format_bytes(nbytes)}, but {str(folder)!r} has {format_bytes(free)} free")
 
 
 def _companion(path: Path) -> Path:
@@ -145,8 +312,18 @@ def check_mev_units(spec: Any) -> None:
 
 def check_output_path(path: str | os.PathLike, *, force: bool = False, resume: bool = False,
                       fmt: str | None = None) -> Path:
-    """Check that ``path`` can be written: its folder exists and is writable, it is not in the way."""
-    path = Path(path)
+    """Check that ``path`` can be written: its folder exists and is writable, it is not in the way.
+
+    Also that no other run is writing it now (see :class:`OutputLock`) and that
+    the names of its partial files fit the file system.
+    """
+    try:
+        return _check_output(Path(path), force, resume, fmt, probe_lock=True)
+    except OSError as exc:  # e.g. a folder name too long for the file system
+        raise OutputError(f"output: cannot use {str(path)[:80]!r}: {exc.strerror or exc}") from None
+
+
+def _check_output(path: Path, force: bool, resume: bool, fmt: str | None, *, probe_lock: bool) -> Path:
     fmt = output_format(path, fmt)
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
@@ -154,22 +331,39 @@ def check_output_path(path: str | os.PathLike, *, force: bool = False, resume: b
         raise OutputError(f"output: folder {str(folder)!r} {problem}")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise OutputError(f"output: folder {str(folder)!r} is not writable")
+    longest = max([path.name] + ([_companion(path).name] if fmt == "npy" else []), key=lambda n: len(os.fsencode(n)))
+    try:
+        name_max = os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        name_max = 255
+    if len(os.fsencode(longest)) + _PARTIAL_EXTRA > name_max:
+        raise OutputError(f"output: file name {path.name[:40]!r}... is too long: {len(os.fsencode(path.name))} "
+                          f"bytes, and while it is written it gets a {_PARTIAL_EXTRA}-byte suffix; this file system "
+                          f"allows {name_max} bytes, so use a name of at most "
+                          f"{name_max - _PARTIAL_EXTRA - (len(os.fsencode(longest)) - len(os.fsencode(path.name)))}"
+                          " bytes")
     if path.is_dir():
         raise OutputError(f"output: {str(path)!r} is a folder, expected a file name")
     if resume and fmt != "h5":
         raise OutputError(f"resume: only HDF5 output (.h5) can be resumed, got {fmt!r} output")
     if resume and force:
         raise OutputError("resume/force: give one of --resume and --force, not both")
+    holder = _lock_held(path) if probe_lock else None
+    if holder is not None:
+        raise OutputError(f"output: another fastsim run{holder} is writing {str(path)!r}; let it finish or "
+                          "stop it first")
     targets = [path] + ([_companion(path)] if fmt == "npy" else [])
-    existing = [str(p) for p in targets if p.exists()]
+    existing = [str(p) for p in targets if p.exists() or p.is_symlink()]  # a dangling link is in the way too
     if existing and not force:
         hint = "pass --force to overwrite" + ("" if resume else " or --resume to continue a partial run")
         raise OutputError(f"output: {existing[0]!r} already exists; {hint}")
-    if not resume and not force and partial_path(path).exists():
-        raise OutputError(f"output: an interrupted run left {str(partial_path(path))!r}; pass --resume to "
+    partial = find_partial(path)
+    if not resume and not force and partial is not None:
+        raise OutputError(f"output: an interrupted run left {str(partial)!r}; pass --resume to "
                           "continue it or --force to start again")
-    if resume and not partial_path(path).is_file():
-        raise OutputError(f"resume: no partial run to resume ({str(partial_path(path))!r} does not exist)")
+    if resume and (partial is None or not partial.is_file()):
+        raise OutputError(f"resume: no partial run of {str(path)!r} to resume (no {path.name}.*{PARTIAL_SUFFIX} "
+                          "file beside it)")
     return path
 
 
@@ -218,7 +412,21 @@ class ShowerWriter:
     ) -> None:
         self.path = check_output_path(path, force=force, resume=resume, fmt=fmt)
         self.format = output_format(self.path, fmt)
-        self.partial = partial_path(self.path)
+        # One writer per output: the lock is held until close/abort, and the checks are
+        # repeated under it (another run may have finished or started meanwhile).
+        self._lock = OutputLock(self.path).acquire()
+        try:
+            self._open(n, n_voxels, condition_names, attrs, fmt, compression, resume, force)
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def _open(self, n, n_voxels, condition_names, attrs, fmt, compression, resume, force) -> None:
+        _check_output(self.path, force, resume, fmt, probe_lock=False)
+        # Each attempt writes its own partial file; a resumed run continues the one it finds.
+        found = find_partial(self.path) if resume else None
+        self.partial = found if found is not None else _new_partial(self.path)
+        self._companion_partial = _new_partial(_companion(self.path))
         self.n, self.n_voxels = int(n), int(n_voxels)
         self.condition_names = tuple(condition_names)
         self.energy_column = (self.condition_names.index("incident_energy")
@@ -230,6 +438,7 @@ class ShowerWriter:
         self.done = 0
         self._file: Any = None
         self._closed = False
+        self._h5_failed = False  # HDF5 reported a write error: the file cannot be trusted or resumed
         # A contiguous showers dataset is written with pwrite at its offset: through the
         # page cache (_raw) and, for page-aligned rows and memory, with O_DIRECT (_direct).
         self._raw: int | None = None
@@ -239,13 +448,30 @@ class ShowerWriter:
         self.bytes_written = 0  # all shower bytes this writer wrote
         if resume:
             self._reopen()
+            try:
+                check_output_size(self.partial.parent, self.n - self.done, self.n_voxels, len(self.condition_names),
+                                  compressed=self.compression is not None)
+            except OutputError:
+                self.abort()  # the partial file stays, for when there is room
+                raise
         else:
+            check_output_size(self.partial.parent, self.n, self.n_voxels, len(self.condition_names),
+                              compressed=self.compression is not None)
             self._create()
+
+    @property
+    def _row_bytes(self) -> int:
+        """Bytes one row takes uncompressed: showers, energy and (with several conditions) conditions."""
+        n_conditions = len(self.condition_names)
+        return 4 * (self.n_voxels + 1 + (n_conditions if n_conditions > 1 else 0))
 
     # -- opening ---------------------------------------------------------------------------
     def _create(self) -> None:
-        if self.partial.exists():
-            self.partial.unlink()
+        # Partial files of earlier attempts (only --force gets here with one): under the
+        # lock, no live run writes them.
+        for old in _partials(self.path) + _partials(_companion(self.path)):
+            with contextlib.suppress(FileNotFoundError):
+                old.unlink()
         try:
             if self.format == "h5":
                 self._create_h5()
@@ -253,11 +479,12 @@ class ShowerWriter:
                 self._create_npz()
             else:
                 self._create_npy()
-        except OSError as exc:
-            self._discard()
-            raise OutputError(f"output: cannot create {str(self.partial)!r}: {exc.strerror or exc}") from None
+        except (OSError, RuntimeError) as exc:  # h5py raises either for a failed write
+            self._h5_failed = self.format == "h5"
+            self.abort()
+            raise OutputError(f"output: cannot create {str(self.partial)!r}: {_os_reason(exc)}") from None
         except BaseException:
-            self._discard()  # never leave a partial file that a later --resume would trust
+            self.abort()  # never leave a partial file that a later --resume would trust
             raise
 
     def _create_h5(self) -> None:
@@ -328,7 +555,8 @@ class ShowerWriter:
             dataset = self._file["showers"]
             step = dataset.chunks[0]
             for first in range(0, k, step):  # in pieces: h5py holds the GIL for each write
-                dataset[self.done + first:self.done + first + step] = showers[first:first + step]
+                last = min(k, first + step)
+                dataset[self.done + first:self.done + last] = showers[first:last]
             self.bytes_written += k * row_bytes
             return
         plain = [(0, k)]
@@ -369,7 +597,10 @@ class ShowerWriter:
 
     def _create_npz(self) -> None:
         method = zipfile.ZIP_DEFLATED if self.compression else zipfile.ZIP_STORED
-        self._zip = zipfile.ZipFile(self.partial, "w", compression=method, allowZip64=True,
+        # The archive writes to a file this writer owns, so a failed archive can be dropped
+        # without ZipFile trying (and failing) to finish it when it is collected.
+        self._zip_file = open(self.partial, "wb")
+        self._zip = zipfile.ZipFile(self._zip_file, "w", compression=method, allowZip64=True,
                                     compresslevel=self.compression_level)
         self._file = self._zip.open("showers.npy", "w", force_zip64=True)
         np.lib.format.write_array_header_2_0(
@@ -383,7 +614,7 @@ class ShowerWriter:
         try:
             self._file = h5py.File(self.partial, "r+")
         except OSError as exc:
-            raise OutputError(f"resume: cannot reopen {str(self.partial)!r}: {str(exc).splitlines()[0]}") from None
+            raise OutputError(f"resume: cannot reopen {str(self.partial)!r}: {first_line(exc)}") from None
         try:
             stored = {key: self._file.attrs.get(ATTR_PREFIX + key) for key in _RUN_KEYS}
             progress = self._file.attrs.get(ATTR_PREFIX + "progress")
@@ -419,9 +650,26 @@ class ShowerWriter:
         conditions = np.asarray(conditions, dtype=np.float32).reshape(k, -1)
         showers = np.ascontiguousarray(showers, dtype=np.float32)
         rows = slice(self.done, self.done + k)
+        if self.format == "h5" and self.compression is not None:
+            # HDF5 does not recover from a full disk (a later close fails, and at exit HDF5
+            # 2.0 crashes on the file it could not close): stop before a batch could fill it.
+            # A compressed batch takes at most its raw size, and after the first batch about
+            # what the rows so far took (twice that, to be safe), plus a little for the index.
+            need = k * self._row_bytes
+            try:
+                free = shutil.disk_usage(self.partial.parent).free
+                if self.done:
+                    need = min(need, 2 * k * os.stat(self.partial).st_size // self.done)
+            except OSError:
+                free = None
+            if free is not None and free < need + _METADATA_SLACK:
+                raise OutputError(f"output: {str(self.partial.parent)!r} is nearly full ({format_bytes(free)} free, a "
+                                  f"batch of {k} showers may take {format_bytes(need)}); " + self._after_failure())
+        in_hdf5 = self._raw is None  # contiguous showers go around HDF5, by pwrite
         try:
             if self.format == "h5":
                 self._write_showers(showers)
+                in_hdf5 = True
                 self._file["incident_energies"][rows] = conditions[:, self.energy_column:self.energy_column + 1]
                 if "conditions" in self._file:
                     self._file["conditions"][rows] = conditions
@@ -435,9 +683,25 @@ class ShowerWriter:
             else:
                 self._file.write(showers.tobytes())
                 self._energies[rows] = conditions[:, self.energy_column]
-        except OSError as exc:
-            raise OutputError(f"output: writing {str(self.partial)!r} failed: {exc.strerror or exc}") from None
+        except (OSError, RuntimeError) as exc:
+            # h5py raises OSError or RuntimeError for a failed write or flush; after one, the
+            # file's metadata may be half-written and HDF5 must not be trusted with it.
+            if self.format == "h5" and in_hdf5:
+                self._h5_failed = True
+            raise OutputError(f"output: writing {str(self.partial)!r} failed: {_os_reason(exc)}; "
+                              + self._after_failure()) from None
         self.done += k
+
+    def _keeps_partial(self) -> bool:
+        """Whether :meth:`abort` keeps the partial file: HDF5 with rows written and no HDF5 write error."""
+        return self.format == "h5" and self.done > 0 and not self._h5_failed
+
+    def _after_failure(self) -> str:
+        """What happens to the partial file after a failed write (the end of the error message)."""
+        if self._keeps_partial():
+            return (f"the {self.done} showers written so far are kept in {str(self.partial)!r}: make room and run "
+                    "the same command with --resume to continue, or delete it")
+        return f"the partial file {str(self.partial)!r} is removed"
 
     def close(self) -> Path:
         """Finish the file (all n rows must be written) and rename it to its final name."""
@@ -445,6 +709,22 @@ class ShowerWriter:
             return self.path
         if self.done != self.n:
             raise OutputError(f"output: only {self.done} of {self.n} rows written to {str(self.partial)!r}")
+        try:
+            self._finish()
+        except (OSError, RuntimeError) as exc:
+            self._h5_failed = self.format == "h5"
+            self.done = 0  # an unfinished file is not worth keeping: abort removes it
+            self.abort()
+            raise OutputError(f"output: finishing {str(self.partial)!r} failed: {_os_reason(exc)}; "
+                              "the partial file is removed") from None
+        except BaseException:
+            self.abort()
+            raise
+        self._closed = True
+        self._lock.release()
+        return self.path
+
+    def _finish(self) -> None:
         if self.format == "h5":
             self._close_raw()
             self._file.attrs[ATTR_PREFIX + "complete"] = True
@@ -458,38 +738,66 @@ class ShowerWriter:
                 with self._zip.open("conditions.npy", "w", force_zip64=True) as entry:
                     np.lib.format.write_array(entry, self._energies)
             self._zip.close()
+            self._zip_file.close()
         else:
             self._file.close()
-            companion = partial_path(_companion(self.path))
-            with open(companion, "wb") as fh:
+            with open(self._companion_partial, "wb") as fh:
                 np.lib.format.write_array(fh, self._energies.reshape(-1, 1))
-            os.replace(companion, _companion(self.path))
+            os.replace(self._companion_partial, _companion(self.path))
         self._file = None
         os.replace(self.partial, self.path)
-        self._closed = True
-        return self.path
 
     def abort(self) -> None:
         """Stop writing. An HDF5 partial file with rows in it is kept for resuming; otherwise removed."""
         if self._closed:
             return
-        keep = self.format == "h5" and self.done > 0
+        keep = self._keeps_partial()
         try:
             self._close_raw()
+            if self._h5_failed and self._file is not None:
+                self._abandon_h5()
             if self._file is not None:
                 self._file.close()
-            if self.format == "npz":
-                self._zip.close()
         except Exception:  # the file is being thrown away or was already broken
             keep = False
+        if self.format == "npz" and hasattr(self, "_zip"):
+            try:
+                self._zip.close()
+            except Exception:
+                keep = False
+                # Nothing more to write: stop ZipFile.__del__ from trying again (and printing).
+                self._zip.fp = None
+            with contextlib.suppress(OSError):
+                self._zip_file.close()
         self._file = None
         self._closed = True
         if not keep:
             self._discard()
+        self._lock.release()
+
+    def _abandon_h5(self) -> None:
+        """Point HDF5's descriptor of a file it failed to write at an anonymous in-memory file.
+
+        After a failed write (a full disk, an I/O error) HDF5 still holds dirty metadata;
+        closing the file would write it again and fail, and HDF5 2.0 then crashes
+        (SIGSEGV) at interpreter exit on the file it could not close. The file is being
+        discarded, so HDF5 may finish it in memory instead; the real file is removed after.
+        """
+        try:
+            fd = self._file.id.get_vfd_handle()
+            sink = os.memfd_create("fastsim-discarded") if hasattr(os, "memfd_create") else None
+        except (OSError, RuntimeError, ValueError, TypeError):
+            return
+        if sink is None:  # no memfd (not Linux): give the file's space back instead
+            with contextlib.suppress(OSError):
+                os.truncate(self.partial, 0)
+            return
+        os.dup2(sink, fd)
+        os.close(sink)
 
     def _discard(self) -> None:
-        for path in (self.partial, partial_path(_companion(self.path))):
-            if path.exists():
+        for path in (self.partial, self._companion_partial):
+            with contextlib.suppress(FileNotFoundError):
                 path.unlink()
 
     def __enter__(self) -> ShowerWriter:
@@ -500,6 +808,18 @@ class ShowerWriter:
             self.close()
         else:
             self.abort()
+
+
+def _os_reason(exc: BaseException) -> str:
+    """The operating system's words for a failed write (h5py wraps them in a long message)."""
+    if isinstance(exc, OSError) and exc.strerror and not str(exc).startswith("[Errno"):
+        return exc.strerror
+    match = re.search(r"error message = '([^']+)'", str(exc))
+    if match:
+        return match.group(1)
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return first_line(exc)
 
 
 _DONE = object()

@@ -6,6 +6,11 @@ folders of the ``FASTSIM_MODEL_PATH`` environment variable (``os.pathsep``
 separated), in ``fastsim/exported/`` inside an installed wheel (setup.py copies
 the repository's ``exported/`` there), and in the repository's ``exported/``
 folder next to an editable install.
+
+A model may keep tensors in external data files (ONNX's ``external_data``);
+:func:`external_data_files` accepts only files inside the model's folder, so a
+model cannot make the runtime read (and leak into its showers) any other file,
+and :func:`model_sha256` covers those files too.
 """
 
 from __future__ import annotations
@@ -13,11 +18,12 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from fastsim.errors import ModelError
 
-__all__ = ["DEFAULT_MODEL", "BundledModel", "bundled_models", "file_sha256", "model_dirs", "resolve_model"]
+__all__ = ["DEFAULT_MODEL", "BundledModel", "bundled_models", "external_data_files", "file_sha256", "model_dirs",
+           "model_sha256", "resolve_model"]
 
 DEFAULT_MODEL = "calo-electron"
 MODEL_PATH_ENV = "FASTSIM_MODEL_PATH"
@@ -30,6 +36,50 @@ def file_sha256(path: str | os.PathLike) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def external_data_files(path: str | os.PathLike) -> list[Path]:
+    """The external data files of an ONNX model, each checked to lie inside the model's folder.
+
+    Refused (a :class:`ModelError` naming the location): absolute locations,
+    ``..`` components, and locations whose real path -- symlinks resolved --
+    leaves the folder. Checked before ONNX Runtime sees the file.
+    """
+    from fastsim.spec import external_data_locations
+
+    path = Path(path)
+    folder = Path(os.path.realpath(path.parent if str(path.parent) else "."))
+    files: list[Path] = []
+    for location in dict.fromkeys(external_data_locations(path)):
+        parts = set(PurePosixPath(location).parts) | set(PureWindowsPath(location).parts)
+        if (not location or "\x00" in location or PurePosixPath(location).is_absolute()
+                or PureWindowsPath(location).is_absolute() or PureWindowsPath(location).drive or ".." in parts):
+            raise ModelError(f"model {str(path)!r}: external data location {location!r} is not a relative path "
+                             "inside the model's folder; refusing to read it")
+        real = Path(os.path.realpath(folder / location))
+        if not real.is_relative_to(folder):
+            raise ModelError(f"model {str(path)!r}: external data location {location!r} leads to {str(real)!r}, "
+                             f"outside the model's folder {str(folder)!r} (a symlink); refusing to read it")
+        if not real.is_file():
+            raise ModelError(f"model {str(path)!r}: external data file {location!r} does not exist beside the model")
+        files.append(real)
+    return files
+
+
+def model_sha256(path: str | os.PathLike) -> str:
+    """sha256 identifying a model: its file's, or, with external data, of the file and each data file.
+
+    For a model with external data it is the sha256 of the lines ``onnx <sha256>``
+    and ``<location> <sha256>`` for each data file in order, so changing any of
+    them changes the model's identity (in output files, manifests and resume checks).
+    """
+    own = file_sha256(path)
+    files = external_data_files(path)
+    if not files:
+        return own
+    folder = Path(os.path.realpath(Path(path).parent))
+    lines = [f"onnx {own}"] + [f"{f.relative_to(folder).as_posix()} {file_sha256(f)}" for f in files]
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from fastsim._util import atomic_path
 from fastsim.errors import FastsimError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -80,9 +81,8 @@ def _titled(fig: Any, comparison: Comparison, title: str) -> None:
 
 def _save(fig: Any, folder: Path, name: str) -> Path:
     path = folder / f"{name}.png"
-    tmp = folder / f".{name}.png.tmp"
-    fig.savefig(tmp, dpi=110, format="png")
-    tmp.replace(path)
+    with atomic_path(path, what="plot") as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     return path
 
 

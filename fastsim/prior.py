@@ -14,6 +14,8 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
+from fastsim._util import positive_int
+
 __all__ = ["BLOCK_SIZE", "MAX_SEED", "BlockStreams", "draw_latents", "draw_uniforms"]
 
 BLOCK_SIZE = 1024
@@ -34,9 +36,8 @@ class BlockStreams:
     """
 
     def __init__(self, seed: int, latent_dim: int, n_uniforms: int) -> None:
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-        self.seed, self.latent_dim, self.n_uniforms = int(seed), latent_dim, n_uniforms
+        self.seed = positive_int(seed, "seed", zero=True)  # an ArgumentError, which is a ValueError
+        self.latent_dim, self.n_uniforms = latent_dim, n_uniforms
         self._cache: dict[tuple[int, int], np.ndarray] = {}
 
     def _block(self, block: int, stream: int) -> np.ndarray:

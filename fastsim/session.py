@@ -17,11 +17,14 @@ import os
 import warnings
 from typing import Any, Mapping
 
+from fastsim._util import ort_message, positive_int
 from fastsim.errors import FastsimWarning, ModelError, ProviderError
 
-__all__ = ["DEVICES", "available_providers", "make_session", "physical_cores", "provider_chain"]
+__all__ = ["DEVICES", "MAX_THREADS", "available_providers", "make_session", "physical_cores", "provider_chain"]
 
 DEVICES = ("auto", "cpu", "cuda", "tensorrt")
+#: More threads than any machine has cores for (and than ONNX Runtime's int32 takes).
+MAX_THREADS = 4096
 _PROVIDERS = {
     "cpu": ["CPUExecutionProvider"],
     "cuda": ["CUDAExecutionProvider"],
@@ -83,9 +86,7 @@ def _options(threads: int | None, optimization: str, gpu: bool, config: Mapping[
 
     options = ort.SessionOptions()
     if threads is not None:
-        if isinstance(threads, bool) or not isinstance(threads, int) or threads <= 0:
-            raise ProviderError(f"threads: expected a positive integer, got {threads!r}")
-        options.intra_op_num_threads = threads
+        options.intra_op_num_threads = positive_int(threads, "threads", maximum=MAX_THREADS, error=ProviderError)
     # One request at a time: inter-op parallelism only adds contention for a feed-forward decoder.
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -104,12 +105,6 @@ def _options(threads: int | None, optimization: str, gpu: bool, config: Mapping[
     for key, value in (config or {}).items():
         options.add_session_config_entry(key, str(value))
     return options
-
-
-def _short(exc: BaseException) -> str:
-    """The first line of an ONNX Runtime message, without its '[ONNXRuntimeError] : 1 : FAIL :' prefix."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return text.rsplit(" : ", 1)[-1].strip()
 
 
 def _create(path: str, providers: list[str], options, provider_options):
@@ -135,7 +130,10 @@ def make_session(
     Runtime's default, one per physical core); ``provider_options`` maps a
     provider name to its options; ``config`` adds session config entries.
     """
+    from fastsim.models import external_data_files
+
     path = os.fspath(path)
+    external_data_files(path)  # external data outside the model's folder is refused before ONNX Runtime reads it
     providers = provider_chain(device)
     gpu = providers[0] != "CPUExecutionProvider"
     options = _options(threads, optimization, gpu, config)
@@ -144,14 +142,14 @@ def make_session(
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
         if gpu and device == "auto":
             # Listed but not loadable (e.g. CUDA libraries missing): auto says so and uses the CPU.
-            warnings.warn(f"device 'auto': {providers[0]} could not start ({_short(exc)}); using the CPU",
+            warnings.warn(f"device 'auto': {providers[0]} could not start ({ort_message(exc)}); using the CPU",
                           FastsimWarning, stacklevel=2)
             return make_session(path, "cpu", threads, optimization=optimization,
                                 provider_options=provider_options, config=config)
         if gpu:
-            raise ProviderError(f"device {device!r}: {providers[0]} could not start a session: {_short(exc)}; "
+            raise ProviderError(f"device {device!r}: {providers[0]} could not start a session: {ort_message(exc)}; "
                                 f"available providers: {', '.join(available_providers())}") from None
-        raise ModelError(f"model {path!r} cannot be loaded by ONNX Runtime: {_short(exc)}") from None
+        raise ModelError(f"model {path!r} cannot be loaded by ONNX Runtime: {ort_message(exc)}") from None
     used = session.get_providers()[0]
     if used != providers[0]:
         raise ProviderError(f"device {device!r}: asked for {providers[0]} but ONNX Runtime used {used}; "

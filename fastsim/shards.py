@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from fastsim._util import concat_rows
 from fastsim.errors import ClusterError, DataError
 
 if TYPE_CHECKING:
@@ -249,10 +250,10 @@ class ShardedDataset:
                     n_pending += take
                     pos += take
                     if n_pending == chunk_size:
-                        yield _concat(pending)
+                        yield concat_rows(pending)
                         pending, n_pending = [], 0
         if pending:
-            yield _concat(pending)
+            yield concat_rows(pending)
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         return self.iter_chunks()
@@ -271,7 +272,7 @@ class ShardedDataset:
             DataError: as :meth:`iter_chunks`.
         """
         stop = self.n if stop is None else stop
-        return _concat(list(self.iter_chunks(max(stop - start, 1), start, stop)) or
+        return concat_rows(list(self.iter_chunks(max(stop - start, 1), start, stop)) or
                        [(np.empty(0), np.empty((0, self.n_voxels), np.float32))])
 
     def to_dask(self) -> tuple[dask.array.Array, dask.array.Array]:
@@ -314,12 +315,6 @@ class ShardedDataset:
 
     def __repr__(self) -> str:
         return f"ShardedDataset({str(self.path)!r}, n={self.n}, shards={self.n_shards})"
-
-
-def _concat(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
-    if len(parts) == 1:
-        return parts[0]
-    return np.concatenate([e for e, _ in parts]), np.concatenate([s for _, s in parts])
 
 
 def open_dataset(path: str | os.PathLike[str], geometry: CylindricalGeometry | None = None) -> ShowerSource:

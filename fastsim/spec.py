@@ -32,6 +32,7 @@ __all__ = [
     "OutputSpec",
     "check_graph",
     "embed_spec",
+    "external_data_locations",
     "read_metadata",
     "read_spec",
     "sidecar_path",
@@ -344,6 +345,84 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
     if not (seen_ir and seen_graph):
         raise ModelError(f"model file {str(path)!r} is not an ONNX model (no ModelProto with a graph)")
     return metadata
+
+
+# Where TensorProtos can sit (onnx.proto field numbers): ModelProto.graph 7 and .functions 25;
+# GraphProto.node 1, .initializer 5, .sparse_initializer 15; NodeProto.attribute 5;
+# AttributeProto.t 5, .g 6, .tensors 10, .graphs 11, .sparse_tensor 22, .sparse_tensors 23;
+# SparseTensorProto.values 1, .indices 2; FunctionProto.node 7; TensorProto.external_data 13.
+_GRAPH_TENSORS, _GRAPH_SPARSE, _GRAPH_NODES = 5, 15, 1
+_NODE_ATTRIBUTES = 5
+_ATTR_TENSOR, _ATTR_SPARSE = (5, 10), (22, 23)
+_ATTR_GRAPHS = (6, 11)
+_MODEL_FUNCTIONS, _FUNCTION_NODES = 25, 7
+_TENSOR_EXTERNAL_DATA = 13
+_MAX_NESTING = 64
+
+
+def external_data_locations(path: str | os.PathLike) -> list[str]:
+    """The ``location`` of every tensor stored as external data in an ONNX file, in file order.
+
+    Read from the protobuf without onnx: initializers, sparse initializers and
+    tensors in node attributes, in the main graph, subgraphs and functions.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ModelError(f"model file {str(path)!r} cannot be read: {exc.strerror or exc}") from None
+    found: list[str] = []
+
+    def tensor(buf: memoryview) -> None:
+        for number, wire, value in _fields(buf):
+            if number == _TENSOR_EXTERNAL_DATA and wire == 2:
+                entry = {n: bytes(v).decode("utf-8", "replace") for n, w, v in _fields(value) if w == 2}
+                if entry.get(1) == "location":
+                    found.append(entry.get(2, ""))
+
+    def sparse(buf: memoryview) -> None:
+        for number, wire, value in _fields(buf):
+            if number in (1, 2) and wire == 2:
+                tensor(value)
+
+    def nodes(buf: memoryview, field: int, depth: int) -> None:
+        for number, wire, value in _fields(buf):
+            if number != field or wire != 2:
+                continue
+            for a_number, a_wire, attribute in _fields(value):
+                if a_number != _NODE_ATTRIBUTES or a_wire != 2:
+                    continue
+                for t_number, t_wire, item in _fields(attribute):
+                    if t_wire != 2:
+                        continue
+                    if t_number in _ATTR_TENSOR:
+                        tensor(item)
+                    elif t_number in _ATTR_SPARSE:
+                        sparse(item)
+                    elif t_number in _ATTR_GRAPHS:
+                        graph(item, depth + 1)
+
+    def graph(buf: memoryview, depth: int) -> None:
+        if depth > _MAX_NESTING:
+            raise ValueError("subgraphs nested too deeply")
+        for number, wire, value in _fields(buf):
+            if wire != 2:
+                continue
+            if number == _GRAPH_TENSORS:
+                tensor(value)
+            elif number == _GRAPH_SPARSE:
+                sparse(value)
+        nodes(buf, _GRAPH_NODES, depth)
+
+    try:
+        for number, wire, value in _fields(memoryview(data)):
+            if number == _GRAPH and wire == 2:
+                graph(value, 0)
+            elif number == _MODEL_FUNCTIONS and wire == 2:
+                nodes(value, _FUNCTION_NODES, 0)
+    except ValueError as exc:
+        raise ModelError(f"model file {str(path)!r} is not a readable ONNX model ({exc})") from None
+    return found
 
 
 def sidecar_path(model_path: str | os.PathLike) -> Path:

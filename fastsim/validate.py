@@ -51,6 +51,7 @@ from typing import Any
 import numpy as np
 
 from fastsim import metrics
+from fastsim._util import atomic_write_text
 from fastsim.errors import DataError, OutputError
 from fastsim.features import (
     DEFAULT_THRESHOLD_MEV,
@@ -1239,6 +1240,4 @@ def write_report(
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, text, what="report")

@@ -223,7 +223,7 @@ def test_per_sample_count_must_match_n(gen):
 
 @pytest.mark.parametrize("n", [0, -3, 2.5, True])
 def test_n_must_be_a_positive_integer(gen, n):
-    with pytest.raises(ArgumentError, match="n: expected a positive number"):
+    with pytest.raises(ArgumentError, match="n: expected a positive integer"):
         gen.generate(n)
 
 

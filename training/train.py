@@ -35,6 +35,7 @@ import numpy as np
 import tomllib
 import torch
 
+from fastsim._util import atomic_path, atomic_write_text
 from fastsim.geometry import CylindricalGeometry, default_geometry
 from training.data import ResponseFit, ShowerTensors, load_showers, read_raw
 from training.model import (
@@ -322,9 +323,8 @@ def _figure_of_merit(energy: np.ndarray, generated: np.ndarray, reference_featur
 
 
 def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path, what="checkpoint") as tmp:
+        torch.save(obj, tmp)
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
@@ -364,13 +364,11 @@ def _write_history(out: Path, history: list[dict]) -> None:
     keys = list(history[0])
     for row in history[1:]:
         keys += [k for k in row if k not in keys]
-    tmp = out / "history.csv.tmp"
-    with open(tmp, "w", newline="") as f:
+    with atomic_path(out / "history.csv", what="training history") as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=keys)
         writer.writeheader()
         writer.writerows(history)
-    os.replace(tmp, out / "history.csv")
-    (out / "history.json").write_text(json.dumps(history, indent=1))
+    atomic_write_text(out / "history.json", json.dumps(history, indent=1), what="training history")
     try:
         import matplotlib
 
@@ -392,9 +390,9 @@ def _write_history(out: Path, history: list[dict]) -> None:
         ax.set_xlabel("epoch")
         ax.legend()
     fig.tight_layout()
-    fig.savefig(out / "history.png.tmp.png", dpi=90)
+    with atomic_path(out / "history.png", what="training history") as tmp:
+        fig.savefig(tmp, dpi=90, format="png")
     plt.close(fig)
-    os.replace(out / "history.png.tmp.png", out / "history.png")
 
 
 def _evaluate_loss(vae: ShowerVAE, tensors: ShowerTensors, tcfg: TrainConfig, beta: float, device) -> dict:

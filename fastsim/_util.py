@@ -1,0 +1,164 @@
+"""Small helpers shared by ``fastsim`` and ``training``: argument checks, atomic file writes, short messages.
+
+One copy of each, with the strongest guarantee any caller needs:
+
+- :func:`positive_int` -- an integer argument (not a bool, not a float) in range,
+  or an error naming the argument, what was expected and what was given;
+- :func:`atomic_path` / :func:`atomic_write_text` -- write to a temporary name
+  unique to the attempt, beside the target, fsync it, rename it over the target
+  and fsync the folder; on any error the temporary file is removed and the
+  target is left as it was;
+- :func:`ort_message` -- the first line of an ONNX Runtime exception without its
+  ``[ONNXRuntimeError] : 1 : FAIL :`` prefix;
+- :func:`concat_rows` -- join ``(conditions, showers)`` pieces into one pair;
+- :func:`available_memory` and :func:`format_bytes` -- for checking a run's size before it starts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from fastsim.errors import ArgumentError, OutputError
+
+__all__ = ["atomic_path", "atomic_write_text", "available_memory", "concat_rows", "first_line", "format_bytes",
+           "ort_message", "positive_int", "temporary_name"]
+
+
+def positive_int(value: Any, name: str, *, zero: bool = False, maximum: int | None = None,
+                 error: type[Exception] = ArgumentError) -> int:
+    """``value`` as an int if it is an integer > 0 (>= 0 with ``zero``) and at most ``maximum``; else ``error``.
+
+    Bools and floats are refused even when integral: ``n=True`` or ``n=2.0`` is a
+    mistake worth naming.
+    """
+    ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool) and (value >= 0 if zero else value > 0)
+    if not ok or (maximum is not None and value > maximum):
+        bound = f" at most {maximum}" if maximum is not None else ""
+        raise error(f"{name}: expected a {'non-negative' if zero else 'positive'} integer{bound}, got {value!r}")
+    return int(value)
+
+
+def first_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception's message (its type name if it has none)."""
+    text = str(exc).strip()
+    return text.splitlines()[0].strip() if text else type(exc).__name__
+
+
+def ort_message(exc: BaseException) -> str:
+    """The first line of an ONNX Runtime message, without its '[ONNXRuntimeError] : 1 : FAIL :' prefix."""
+    return first_line(exc).rsplit(" : ", 1)[-1].strip()
+
+
+def concat_rows(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """Join ``(conditions, showers)`` pieces in order (one piece is returned as it is, without a copy)."""
+    if len(parts) == 1:
+        return parts[0]
+    return np.concatenate([c for c, _ in parts]), np.concatenate([s for _, s in parts])
+
+
+def temporary_name(path: str | os.PathLike, suffix: str = ".tmp") -> Path:
+    """A hidden name beside ``path``, unique to this attempt: ``.NAME.<32 hex>SUFFIX``.
+
+    A name too long for the folder's file system is shortened (the unique part
+    stays), so a target that can exist always has a temporary name that can too.
+    """
+    path = Path(path)
+    token = uuid.uuid4().hex
+    try:
+        limit = os.pathconf(path.parent if str(path.parent) else ".", "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = 255
+    room = limit - len(f"..{token}{suffix}".encode())
+    stem = os.fsencode(path.name)[:max(room, 0)].decode(errors="ignore")
+    return path.with_name(f".{stem}.{token}{suffix}")
+
+
+def _fsync_folder(folder: Path) -> None:
+    with contextlib.suppress(OSError):  # not every OS or file system lets a folder be opened or synced
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, *, what: str = "output") -> Iterator[Path]:
+    """Yield a temporary path to write; on success it replaces ``path`` durably, on error it is removed.
+
+    The caller writes the whole file to the yielded path (with whatever library
+    writes it: ``torch.save``, ``savefig``, ...). Then the file is fsynced,
+    renamed over ``path`` and the folder fsynced, so after a crash ``path`` is
+    either the old file or the complete new one. An ``OSError`` becomes an
+    :class:`~fastsim.errors.OutputError` naming ``what`` and ``path``.
+    """
+    path = Path(path)
+    tmp = temporary_name(path)
+    try:
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if isinstance(exc, OSError):
+            raise OutputError(f"{what} {str(path)!r}: cannot write ({exc.strerror or exc})") from None
+        raise
+    _fsync_folder(path.parent if str(path.parent) else Path("."))
+
+
+def atomic_write_text(path: str | os.PathLike, text: str, *, what: str = "output") -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically and durably (see :func:`atomic_path`)."""
+    path = Path(path)
+    with atomic_path(path, what=what) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return path
+
+
+def format_bytes(nbytes: float) -> str:
+    """``1.5 GB``, ``20.9 MB``, ``512 bytes`` (decimal units, three significant digits)."""
+    for unit in ("bytes", "kB", "MB", "GB", "TB", "PB", "EB"):
+        if nbytes < 1000 or unit == "EB":
+            return f"{nbytes:.0f} {unit}" if unit == "bytes" else f"{nbytes:.3g} {unit}"
+        nbytes /= 1000
+    return ""  # not reached
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this process can still take: the system's MemAvailable, or less under a cgroup limit.
+
+    None where it cannot be told (not Linux): callers then skip their check.
+    """
+    available = None
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    available = int(line.split()[1]) * 1024
+                    break
+    except (OSError, ValueError, IndexError):
+        pass
+    if available is None:
+        try:
+            available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError, AttributeError):
+            return None
+    try:  # a container's memory limit (cgroup v2) can be far below the machine's
+        with open("/sys/fs/cgroup/memory.max") as fh:
+            limit = fh.read().strip()
+        if limit.isdigit():
+            with open("/sys/fs/cgroup/memory.current") as fh:
+                available = min(available, int(limit) - int(fh.read().strip()))
+    except (OSError, ValueError):
+        pass
+    return max(available, 0)
