@@ -614,8 +614,10 @@ def write_dataset(
         raise OutputError(f"output: {path} already exists (pass --force to overwrite)")
     if xml_path.exists() and not overwrite and xml_path.read_text(errors="replace") != geometry.to_xml_string():
         raise OutputError(f"output: {xml_path} already exists with other content (pass --force to overwrite)")
-    if not path.parent.is_dir():
-        raise OutputError(f"output: directory {path.parent} does not exist")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)  # a fresh clone has no data/
+    except OSError as exc:
+        raise OutputError(f"output: cannot create directory {path.parent} ({exc.strerror})") from None
     tmp = path.with_name(path.name + ".partial")
     # ~0.8 MB HDF5 chunks fit h5py's default chunk cache, so row-wise reads stay cheap
     row_chunk = max(1, min(n, 32))
