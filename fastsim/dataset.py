@@ -1,7 +1,8 @@
 """Reading shower files in the CaloChallenge HDF5 layout, lazily and validated.
 
 A file holds ``incident_energies`` (N, 1) in MeV and ``showers`` (N, n_voxels) in
-MeV. This module owns opening such a file, checking its structure up front (keys,
+MeV, and every reader here returns them in those shapes (as ``Generator.generate``
+does): energies (k, 1) float64, showers (k, n_voxels) float32. This module owns opening such a file, checking its structure up front (keys,
 shapes, lengths, the voxel count against a geometry, the incident energies) and
 streaming the showers in chunks, each checked as it is read for negative or
 non-finite values. The real dataset-2 files are 100k x 6480, so nothing here reads
@@ -127,8 +128,8 @@ class ShowerFile:
 
     @property
     def incident_energies(self) -> np.ndarray:
-        """Incident energies (N,) float64 in MeV (read and checked when the file was opened)."""
-        return self._energies
+        """Incident energies (N, 1) float64 in MeV (read and checked when the file was opened)."""
+        return self._energies[:, None]
 
     @property
     def attrs(self) -> dict:
@@ -166,18 +167,18 @@ class ShowerFile:
     def iter_chunks(
         self, chunk_size: int = DEFAULT_CHUNK_SIZE, start: int = 0, stop: int | None = None
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Yield (energies (k,) float64, showers (k, n_voxels) float32) for rows start:stop."""
+        """Yield (energies (k, 1) float64, showers (k, n_voxels) float32) for rows start:stop."""
         if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
             raise DataError(f"{self.path}: chunk_size must be an integer >= 1, got {chunk_size!r}")
         start, stop = self._range(start, stop)
         for lo in range(start, stop, chunk_size):
             hi = min(lo + chunk_size, stop)
-            yield self._energies[lo:hi].copy(), self._read_rows(lo, hi)
+            yield self._energies[lo:hi, None].copy(), self._read_rows(lo, hi)
 
     def read(self, start: int = 0, stop: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """All of rows start:stop at once: (energies (k,) float64, showers (k, n_voxels) float32)."""
+        """All of rows start:stop at once: (energies (k, 1) float64, showers (k, n_voxels) float32)."""
         start, stop = self._range(start, stop)
-        return self._energies[start:stop].copy(), self._read_rows(start, stop)
+        return self._energies[start:stop, None].copy(), self._read_rows(start, stop)
 
     # -- lifetime ----------------------------------------------------------
     def close(self) -> None:

@@ -785,7 +785,7 @@ class ShardedDataset:
 
     @property
     def incident_energies(self) -> np.ndarray:
-        """Incident energies (N,) float64 in MeV, read from every shard on first use."""
+        """Incident energies (N, 1) float64 in MeV, read from every shard on first use."""
         if self._energies is None:
             parts = []
             for shard in self.iter_shards():
@@ -803,7 +803,7 @@ class ShardedDataset:
 
     def iter_chunks(self, chunk_size: int = 1000, start: int = 0,
                     stop: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Yield (energies (k,) float64, showers (k, n_voxels) float32) for rows start:stop.
+        """Yield (energies (k, 1) float64, showers (k, n_voxels) float32) for rows start:stop.
 
         Chunks run across shard boundaries: every chunk but the last has ``chunk_size`` rows.
         """
@@ -841,13 +841,13 @@ class ShardedDataset:
         return self.iter_chunks()
 
     def read(self, start: int = 0, stop: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Rows start:stop at once: (energies (k,) float64, showers (k, n_voxels) float32)."""
+        """Rows start:stop at once: (energies (k, 1) float64, showers (k, n_voxels) float32)."""
         stop = self.n if stop is None else stop
         return _concat(list(self.iter_chunks(max(stop - start, 1), start, stop)) or
-                       [(np.empty(0), np.empty((0, self.n_voxels), np.float32))])
+                       [(np.empty((0, 1)), np.empty((0, self.n_voxels), np.float32))])
 
     def to_dask(self) -> tuple[Any, Any]:
-        """Lazy dask arrays (energies (N,), showers (N, n_voxels)) over all shards; needs Dask."""
+        """Lazy dask arrays (energies (N, 1), showers (N, n_voxels)) over all shards; needs Dask."""
         try:
             import dask.array as da
             import h5py
@@ -858,7 +858,7 @@ class ShardedDataset:
             fh = h5py.File(path, "r")
             self._dask_files.append(fh)
             rows = max(1, min(fh["showers"].shape[0], (64 << 20) // max(1, 4 * self.n_voxels)))
-            energies.append(da.from_array(fh["incident_energies"], chunks=(rows, 1)).reshape(-1))
+            energies.append(da.from_array(fh["incident_energies"], chunks=(rows, 1)))
             showers.append(da.from_array(fh["showers"], chunks=(rows, self.n_voxels)))
         return da.concatenate(energies), da.concatenate(showers)
 
