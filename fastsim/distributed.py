@@ -897,6 +897,11 @@ def open_dataset(path: str | os.PathLike, geometry: Any = None) -> Any:
     """
     if Path(path).is_dir():
         return ShardedDataset(path, geometry)
+    from fastsim.formats import open_hep  # a ROOT file or a hit list written by generate
+
+    hep = open_hep(path, geometry)
+    if hep is not None:
+        return hep
     from fastsim.dataset import open_showers
 
     return open_showers(path, geometry=geometry)
