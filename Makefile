@@ -5,6 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP_RUNTIME := $(VENV)/.runtime-installed
 STAMP_TEST    := $(VENV)/.test-installed
+STAMP_DOCS    := $(VENV)/.docs-installed
 # The CPU build of torch, installed before anything that asks for `torch`, so
 # pip never resolves a multi-GB CUDA build.
 TORCH_CPU ?= torch==2.13.0
@@ -13,7 +14,7 @@ N      ?= 10000
 ENERGY ?= 1GeV:1TeV
 OUT    ?= showers.h5
 
-.PHONY: generate test venv clean
+.PHONY: generate test venv docs clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +29,10 @@ $(STAMP_TEST): pyproject.toml | $(VENV)/bin/python
 	$(PIP) install --quiet -e ".[train,plots,validate,dask,test]"
 	touch $@ $(STAMP_RUNTIME)
 
+$(STAMP_DOCS): pyproject.toml | $(VENV)/bin/python
+	$(PIP) install --quiet -e ".[docs]"
+	touch $@
+
 venv: $(STAMP_RUNTIME)
 
 generate: $(STAMP_RUNTIME)
@@ -36,5 +41,9 @@ generate: $(STAMP_RUNTIME)
 test: $(STAMP_TEST)
 	$(PY) -m pytest
 
+# The documentation site (docs/, mkdocs.yml) into site/; warnings are errors.
+docs: $(STAMP_DOCS)
+	$(VENV)/bin/mkdocs build --strict
+
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache
+	rm -rf $(VENV) build dist site *.egg-info .pytest_cache
