@@ -1,7 +1,7 @@
 """The reference shower simulator: GFlash-style electromagnetic showers in Si-W.
 
 This module owns the physics that produces fastsim's training and validation
-data (``../shared/GFLASH.md``; Grindhammer & Peters, hep-ex/0001020) and the
+data (``docs/simulator.md``; Grindhammer & Peters, hep-ex/0001020) and the
 writer that stores it in the CaloChallenge layout. It is numpy only.
 
 Per shower, with energy E and y = E / E_c:
@@ -122,7 +122,7 @@ _UNITS = {"mev": 1.0, "gev": 1.0e3, "tev": 1.0e6, "kev": 1.0e-3}
 
 @dataclass(frozen=True)
 class SamplingCalorimeter:
-    """Material and response constants of a sampling calorimeter (GFLASH.md)."""
+    """Material and response constants of a sampling calorimeter (docs/simulator.md)."""
 
     x0_mm: float = 4.22  # effective radiation length of the Si-W mixture
     moliere_mm: float = 9.5  # effective Moliere radius
