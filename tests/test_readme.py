@@ -53,8 +53,8 @@ encoder_hidden = 64
 [train]
 epochs = 1
 batch_size = 64
-fom_showers = 100
-prior_fit_showers = 200
+fom_showers = 200
+prior_fit_showers = 400
 threads = 1
 """
 
@@ -62,8 +62,8 @@ SMALLER = {
     "make generate": "make -C {repo} generate N=200 OUT={cwd}/make-showers.h5",
     "python -m training simulate -n 10000 --seed 2 -o data/reference.h5":
         "python -m training simulate -n 1000 --seed 2 -o data/reference.h5",
-    "fastsim validate showers.h5 data/reference.h5 -o report/":
-        "fastsim validate showers.h5 data/reference.h5 -o report/ -n 1000 --classifier-showers 500",
+    "fastsim validate generated.h5 data/reference.h5 -o report/":
+        "fastsim validate generated.h5 data/reference.h5 -o report/ --metrics separation,energy-bins",
     "python -m training simulate -n 100000 --seed 1 -o data/train.h5":
         "python -m training simulate -n 400 --seed 1 -o data/train.h5",
     "python -m training simulate -n 20000 --seed 2 -o data/val.h5":
