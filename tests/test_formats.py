@@ -14,7 +14,6 @@ import os
 import h5py
 import numpy as np
 import pytest
-from conftest import cli_env
 from decoders import make_decoder
 
 import fastsim
@@ -168,7 +167,8 @@ def test_root_output_without_uproot_names_the_extra(run_fastsim, model, tmp_path
     blocked = tmp_path / "blocked" / "uproot"
     blocked.mkdir(parents=True)
     (blocked / "__init__.py").write_text("raise ImportError('uproot is not installed here')\n")
-    env = cli_env(PYTHONPATH=os.pathsep.join([str(blocked.parent), os.environ.get("PYTHONPATH", "")]))
+    env = {k: v for k, v in os.environ.items() if k != "FASTSIM_MODEL_PATH"}
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(blocked.parent), env.get("PYTHONPATH", "")]))
     result = run_fastsim("generate", "-n", 10, "--model", model, "-o", tmp_path / "s.root", env=env)
     assert result.returncode == 2
     assert "pip install 'fastsim[root]'" in result.stderr
