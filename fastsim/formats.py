@@ -59,7 +59,7 @@ VOXEL_BRANCH = "voxel_energy"
 _VOXEL_UNITS = {"voxel": "", "layer": "", "x": "mm", "y": "mm", "z": "mm", "r": "mm", "alpha": "rad"}
 
 
-def hep_format(path: str | os.PathLike, fmt: str | None = None) -> str | None:
+def hep_format(path: str | os.PathLike[str], fmt: str | None = None) -> str | None:
     """``"root"`` or ``"hits"`` when ``path``/``fmt`` asks for one of this module's formats, else ``None``."""
     if fmt is not None:
         return fmt if fmt in HEP_FORMATS else None
@@ -75,13 +75,14 @@ def _require_uproot() -> Any:
     try:
         import uproot
     except ImportError:
-        raise ArgumentError(f"output: ROOT files need uproot, which is not installed; install it with {ROOT_HINT}") from None
+        raise ArgumentError(f"output: ROOT files need uproot, which is not installed; "
+                            f"install it with {ROOT_HINT}") from None
     return uproot
 
 
-def check_hep_output(path: str | os.PathLike, fmt: str, *, force: bool = False, resume: bool = False,
+def check_hep_output(path: str | os.PathLike[str], fmt: str, *, force: bool = False, resume: bool = False,
                      compression: str | None = None) -> Path:
-    """Cheap checks before a model is loaded: the name fits the format, the folder is writable, nothing is in the way."""
+    """Cheap checks before a model is loaded: the name fits the format, the folder is writable, nothing in the way."""
     path = Path(path)
     if compression is not None:
         raise ArgumentError(f"compression: {fmt} output chooses its own compression; got {compression!r}, "
@@ -97,7 +98,8 @@ def check_hep_output(path: str | os.PathLike, fmt: str, *, force: bool = False, 
                             f"got {str(path)!r}")
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
-        raise OutputError(f"output: folder {str(folder)!r} {'is not a folder' if folder.exists() else 'does not exist'}")
+        problem = "is not a folder" if folder.exists() else "does not exist"
+        raise OutputError(f"output: folder {str(folder)!r} {problem}")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise OutputError(f"output: folder {str(folder)!r} is not writable")
     if path.is_dir():
@@ -146,9 +148,9 @@ def _publish(tmp: Path, path: Path) -> None:
         os.close(folder)
 
 
-def write_hep(generator: Any, path: str | os.PathLike, n: int | None = None, conditions: Any = None, *,
+def write_hep(generator: Any, path: str | os.PathLike[str], n: int | None = None, conditions: Any = None, *,
               fmt: str | None = None, seed: int = 0, batch_size: int = 2048, force: bool = False,
-              on_batch: Callable[[int], None] | None = None) -> dict:
+              on_batch: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Generate showers with ``generator`` into a ROOT file or a hit list (see the module docstring).
 
     Args:
@@ -174,7 +176,8 @@ def write_hep(generator: Any, path: str | os.PathLike, n: int | None = None, con
 
     fmt = hep_format(path, fmt)
     if fmt is None:
-        raise ArgumentError(f"format: expected one of {list(HEP_FORMATS)} or a .root / .hits.h5 name, got {str(path)!r}")
+        raise ArgumentError(f"format: expected one of {list(HEP_FORMATS)} or a .root / .hits.h5 name, "
+                            f"got {str(path)!r}")
     path = check_hep_output(path, fmt, force=force)
     plan = generator.plan(n, conditions)
     spec = generator.spec
@@ -199,14 +202,15 @@ def write_hep(generator: Any, path: str | os.PathLike, n: int | None = None, con
             "model_sha256": generator.sha256, "conditions": plan.describe()}
 
 
-def _write_root(tmp: Path, batches: Iterator, spec: Any, geometry: Any, run: dict,
+def _write_root(tmp: Path, batches: Iterator[tuple[np.ndarray, np.ndarray]], spec: Any, geometry: Any,
+                run: dict[str, Any],
                 on_batch: Callable[[int], None] | None) -> None:
     uproot = _require_uproot()
     names = list(spec.condition_names)
-    units = {name: cond.unit for name, cond in zip(names, spec.conditions)}
+    units = {name: cond.unit for name, cond in zip(names, spec.conditions, strict=True)}
     units[VOXEL_BRANCH] = spec.output.unit
     with uproot.recreate(tmp) as root:
-        types = {name: np.float64 for name in names}
+        types: dict[str, Any] = {name: np.float64 for name in names}
         types[VOXEL_BRANCH] = (np.float32, (spec.n_voxels,))
         tree = root.mktree(TREE, types, title=f"fastsim showers of {spec.name} {spec.version} "
                                               f"(energies in {spec.output.unit})")
@@ -228,7 +232,8 @@ def _write_root(tmp: Path, batches: Iterator, spec: Any, geometry: Any, run: dic
         root["fastsim_run"] = json.dumps(run)
 
 
-def _write_hits(tmp: Path, batches: Iterator, spec: Any, geometry: Any, run: dict,
+def _write_hits(tmp: Path, batches: Iterator[tuple[np.ndarray, np.ndarray]], spec: Any, geometry: Any,
+                run: dict[str, Any],
                 on_batch: Callable[[int], None] | None) -> None:
     import h5py
 
@@ -360,7 +365,7 @@ def _spec_geometry(spec_json: str | None, n_voxels: int, path: Path, geometry: A
 class RootShowerFile(_Showers):
     """A ROOT file written by :func:`write_hep` (``showers`` tree), read with uproot."""
 
-    def __init__(self, path: str | os.PathLike, geometry: Any = None) -> None:
+    def __init__(self, path: str | os.PathLike[str], geometry: Any = None) -> None:
         uproot = _require_uproot()
         self.path = Path(path)
         if not self.path.is_file():
@@ -377,7 +382,7 @@ class RootShowerFile(_Showers):
         self.geometry = _spec_geometry(spec_json, self.n_voxels, self.path, geometry)
 
     @property
-    def attrs(self) -> dict:
+    def attrs(self) -> dict[str, Any]:
         """The run record (model, sha256, seed, conditions, producer) and the units."""
         doc = json.loads(str(self._file["fastsim_run"])) if "fastsim_run" in self._file else {}
         if "fastsim_units" in self._file:
@@ -398,7 +403,7 @@ class RootShowerFile(_Showers):
 class HitFile(_Showers):
     """A hit list written by :func:`write_hep`; chunks are the dense showers rebuilt from the hits."""
 
-    def __init__(self, path: str | os.PathLike, geometry: Any = None) -> None:
+    def __init__(self, path: str | os.PathLike[str], geometry: Any = None) -> None:
         import h5py
 
         self.path = Path(path)
@@ -418,7 +423,7 @@ class HitFile(_Showers):
         self.geometry = _spec_geometry(fh.attrs.get("fastsim.spec"), self.n_voxels, self.path, geometry)
 
     @property
-    def attrs(self) -> dict:
+    def attrs(self) -> dict[str, Any]:
         """The file's attributes (format, spec, model, seed, ...)."""
         return dict(self._file.attrs)
 
@@ -437,7 +442,7 @@ class HitFile(_Showers):
         return f"HitFile({str(self.path)!r}, n={self.n}, n_voxels={self.n_voxels})"
 
 
-def open_hep(path: str | os.PathLike, geometry: Any = None) -> RootShowerFile | HitFile | None:
+def open_hep(path: str | os.PathLike[str], geometry: Any = None) -> RootShowerFile | HitFile | None:
     """Open a ROOT file or hit list written by :func:`write_hep`; ``None`` for any other path.
 
     >>> with open_hep("showers.root") as data:        # doctest: +SKIP

@@ -147,7 +147,7 @@ def test_every_reader_gives_energies_as_n_by_1_like_generate(toy_model, tmp_path
     from fastsim import distributed
 
     n = 1500
-    energies, showers = fastsim.load(toy_model, device="cpu", threads=1).generate(n, conditions="1GeV:1TeV", seed=4)
+    energies, _ = fastsim.load(toy_model, device="cpu", threads=1).generate(n, conditions="1GeV:1TeV", seed=4)
     assert energies.shape == (n, 1)
     distributed.generate(toy_model, n, tmp_path / "shards", "1GeV:1TeV", seed=4, shards=2, device="cpu")
     single = tmp_path / "shards" / "shard-00000.h5"

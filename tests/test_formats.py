@@ -62,7 +62,7 @@ def test_root_tree_holds_conditions_voxel_energies_units_and_geometry(run_fastsi
         assert (run["seed"], run["n"], run["model"]) == (11, N, "toy-decoder")
         assert fastsim.ModelSpec.from_json(str(root["fastsim_spec"])).n_voxels == GEOMETRY.n_voxels
         voxels = root["voxels"].arrays(library="np")
-    x, y, r, alpha, layer = GEOMETRY.voxel_centres()
+    x, _, _, alpha, layer = GEOMETRY.voxel_centres()
     np.testing.assert_array_equal(voxels["voxel"], np.arange(GEOMETRY.n_voxels))
     np.testing.assert_allclose(voxels["x"], x)
     np.testing.assert_allclose(voxels["alpha"], alpha)

@@ -21,7 +21,7 @@ import sysconfig
 import tempfile
 from pathlib import Path
 
-__all__ = ["REPO", "built_wheel", "wheel_venv", "venv_env"]
+__all__ = ["REPO", "built_wheel", "venv_env", "wheel_venv"]
 
 REPO = Path(__file__).resolve().parents[1]
 # Top-level folders that are not source (generated, or environments), and caches anywhere.

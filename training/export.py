@@ -16,7 +16,8 @@ inputs ``z`` [N, latent_dim] and ``conditions`` [N, 1] in MeV, output
 
 The file is written under a temporary name and renamed only after all checks
 pass; an existing file is replaced only when asked (``overwrite=True``, ``--force``),
-and the model version is always given by the caller. ``--precision`` picks the variant: ``fp32``; ``fp16`` (the network in
+and the model version is always given by the caller. ``--precision`` picks the
+variant: ``fp32``; ``fp16`` (the network in
 float16, inputs/outputs and the MeV post-processing kept float32 because
 showers reach 1e6 MeV, past float16's range); ``int8`` is delegated to
 :mod:`training.quantize` when present.
