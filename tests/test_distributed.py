@@ -115,7 +115,7 @@ def test_sharded_run_on_cluster_is_bitwise_the_unsharded_run(model, cluster_clie
     energies, read_showers = _read_all(tmp_path / "out")
     assert read_showers.dtype == np.float32
     np.testing.assert_array_equal(read_showers, showers)
-    np.testing.assert_array_equal(energies, conditions[:, 0].astype(np.float64))
+    np.testing.assert_array_equal(energies, conditions[:, :1].astype(np.float64))
 
     manifest = distributed.read_manifest(tmp_path / "out")
     assert manifest["complete"] and manifest["seed"] == SEED and manifest["n"] == N
@@ -148,7 +148,7 @@ def test_sharded_run_in_process_equals_unsharded_file(model, reference, tmp_path
     energies, showers = _read_all(tmp_path / "out")
     with h5py.File(tmp_path / "whole.h5", "r") as fh:
         np.testing.assert_array_equal(showers, fh["showers"][...])
-        np.testing.assert_array_equal(energies, fh["incident_energies"][:, 0].astype(np.float64))
+        np.testing.assert_array_equal(energies, fh["incident_energies"][:, :1].astype(np.float64))
 
 
 # ----------------------------------------------------------------------------- reading back
