@@ -8,6 +8,7 @@ STAMP_TEST    := $(VENV)/.test-installed
 STAMP_LINT    := $(VENV)/.lint-installed
 # The test suite and the runnable examples in the runtime's docstrings, in one pytest run.
 TESTS := tests --doctest-modules fastsim
+STAMP_DOCS    := $(VENV)/.docs-installed
 # The CPU build of torch, installed before anything that asks for `torch`, so
 # pip never resolves a multi-GB CUDA build.
 TORCH_CPU ?= torch==2.13.0
@@ -16,7 +17,7 @@ N      ?= 10000
 ENERGY ?= 1GeV:1TeV
 OUT    ?= showers.h5
 
-.PHONY: generate test venv clean
+.PHONY: generate test venv docs clean
 .PHONY: test-fast lint
 
 $(VENV)/bin/python:
@@ -34,6 +35,8 @@ $(STAMP_TEST): pyproject.toml | $(VENV)/bin/python
 
 $(STAMP_LINT): pyproject.toml | $(VENV)/bin/python
 	$(PIP) install --quiet -e ".[lint]"
+$(STAMP_DOCS): pyproject.toml | $(VENV)/bin/python
+	$(PIP) install --quiet -e ".[docs]"
 	touch $@
 
 venv: $(STAMP_RUNTIME)
@@ -53,5 +56,9 @@ lint: $(STAMP_LINT)
 	$(VENV)/bin/ruff check fastsim training tests benchmarks
 	$(VENV)/bin/mypy
 
+# The documentation site (docs/, mkdocs.yml) into site/; warnings are errors.
+docs: $(STAMP_DOCS)
+	$(VENV)/bin/mkdocs build --strict
+
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache
+	rm -rf $(VENV) build dist site *.egg-info .pytest_cache

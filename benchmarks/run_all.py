@@ -1,8 +1,8 @@
 """Every throughput benchmark in one run on one machine: JSON, a Markdown table and a plot.
 
-    .venv/bin/python benchmarks/run_all.py exported/calo-electron.onnx            # ~5 min on 2 cores
-    .venv/bin/python benchmarks/run_all.py MODEL --reference-data data/val.h5     # + int8 fidelity
-    .venv/bin/python benchmarks/run_all.py MODEL --smoke --out /tmp/bench          # seconds (tests)
+    .venv/bin/python -m benchmarks.run_all exported/calo-electron.onnx            # ~5 min on 2 cores
+    .venv/bin/python -m benchmarks.run_all MODEL --reference-data data/val.h5     # + int8 fidelity
+    .venv/bin/python -m benchmarks.run_all MODEL --smoke --out /tmp/bench          # seconds (tests)
 
 Each part runs in its own child process (so thread pools, memory arenas and
 torch never share a process with what they are compared against), in this
@@ -34,8 +34,6 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 __all__ = ["headline", "main", "render_markdown"]
 

@@ -69,7 +69,8 @@ def cli() -> None:
                    "or per-shower values from .npy/.csv/.h5 (MeV). Units MeV, GeV, TeV; a bare number is MeV. "
                    "Default: the model's training range.")
 @click.option("-o", "--output", required=True, type=click.Path(),
-              help="Output file: .h5 (CaloChallenge layout), .npz or .npy; with --shards/--dask, a folder.")
+              help="Output file: .h5 (CaloChallenge layout), .npz, .npy, .root (ROOT TTree) or .hits.h5 "
+                   "(sparse hit list); with --shards/--dask, a folder.")
 @click.option("--model", default="default", show_default=True, metavar="NAME|PATH",
               help="Bundled model name (see `fastsim models`) or path to an .onnx file.")
 @click.option("--spec", "spec_file", default=None, type=click.Path(dir_okay=False),
@@ -84,7 +85,7 @@ def cli() -> None:
 @click.option("--threads", default=None, type=click.IntRange(min=1, max=MAX_THREADS),
               help="CPU threads decoding in parallel (default: one per physical core; "
                    "on a GPU: ONNX Runtime intra-op threads).")
-@click.option("--format", "fmt", default=None, type=click.Choice(["h5", "npz", "npy"]),
+@click.option("--format", "fmt", default=None, type=click.Choice(["h5", "npz", "npy", "root", "hits"]),
               help="Output format (default: from the output suffix).")
 @click.option("--compression", default=None, metavar="none|gzip[:LEVEL]|lzf",
               help="Compression of the output datasets (HDF5: gzip or lzf; .npz: gzip).")
@@ -112,6 +113,7 @@ def generate(n, energy, output, model, spec_file, seed, batch_size, device, thre
     $ fastsim generate --energy energies.npy --model my.onnx -o out.h5 --json
     $ fastsim generate -n 10000000 --shards 100 --dask tcp://scheduler:8786 -o showers/
     $ fastsim generate -n 1000000 --dask local:4 --dashboard :8787 -o showers/
+    $ fastsim generate -n 1000 --energy 50GeV -o showers.root
     """
     import warnings
 
@@ -145,8 +147,14 @@ def generate(n, energy, output, model, spec_file, seed, batch_size, device, thre
                        + (f"{summary['workers']} Dask workers)" if dask_address else "in this process)"), err=True)
         return
 
+    from fastsim.formats import check_hep_output, hep_format, write_hep
+
     # Cheap checks first: a bad output path fails before the model is loaded.
-    check_output_path(output, force=force, resume=resume, fmt=fmt)
+    hep = hep_format(output, fmt)  # ROOT or hit-list output (fastsim.formats)
+    if hep is not None:
+        check_hep_output(output, hep, force=force, resume=resume, compression=compression)
+    else:
+        check_output_path(output, force=force, resume=resume, fmt=fmt)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", fastsim.FastsimWarning)
         # Inside the block: a device 'auto' that had to use the CPU is reported on one line.
@@ -167,9 +175,13 @@ def generate(n, energy, output, model, spec_file, seed, batch_size, device, thre
         click.echo(f"fastsim: warning: {warning.message}", err=True)
     bar = _progress_bar(plan.n, partial_progress(output) if resume else 0, quiet or as_json)
     try:
-        summary = generator.write(output, conditions=plan, seed=seed, batch_size=batch_size or DEFAULT_BATCH_SIZE,
-                                  fmt=fmt, compression=compression, resume=resume, force=force,
-                                  on_batch=bar.update)
+        if hep is not None:
+            summary = write_hep(generator, output, conditions=plan, fmt=hep, seed=seed,
+                                batch_size=batch_size or DEFAULT_BATCH_SIZE, force=force, on_batch=bar.update)
+        else:
+            summary = generator.write(output, conditions=plan, seed=seed, batch_size=batch_size or DEFAULT_BATCH_SIZE,
+                                      fmt=fmt, compression=compression, resume=resume, force=force,
+                                      on_batch=bar.update)
     except KeyboardInterrupt:
         if find_partial(output) is not None:
             click.echo("fastsim: interrupted; run the same command with --resume to continue", err=True)

@@ -1,7 +1,8 @@
 """Reading shower files in the CaloChallenge HDF5 layout, lazily and validated.
 
 A file holds ``incident_energies`` (N, 1) in MeV and ``showers`` (N, n_voxels) in
-MeV. This module holds opening such a file, checking its structure up front (keys,
+MeV, and every reader here returns them in those shapes (as ``Generator.generate``
+does): energies (k, 1) float64, showers (k, n_voxels) float32. This module holds opening such a file, checking its structure up front (keys,
 shapes, lengths, the voxel count against a geometry, the incident energies) and
 streaming the showers in chunks, each checked as it is read for negative or
 non-finite values. The real dataset-2 files are 100k x 6480, so nothing here reads
@@ -175,8 +176,8 @@ class ShowerFile:
 
     @property
     def incident_energies(self) -> np.ndarray:
-        """Incident energies (N,) float64 in MeV (read and checked when the file was opened)."""
-        return self._energies
+        """Incident energies (N, 1) float64 in MeV (read and checked when the file was opened)."""
+        return self._energies[:, None]
 
     @property
     def attrs(self) -> dict[str, Any]:
@@ -222,7 +223,7 @@ class ShowerFile:
             stop: row after the last; None: the end of the file.
 
         Returns:
-            An iterator of (energies (k,) float64 MeV, showers (k, n_voxels) float32 MeV).
+            An iterator of (energies (k, 1) float64 MeV, showers (k, n_voxels) float32 MeV).
 
         Raises:
             DataError: a bound is not an integer or outside ``0:n``, ``chunk_size``
@@ -234,7 +235,7 @@ class ShowerFile:
         start, stop = self._range(start, stop)
         for lo in range(start, stop, chunk_size):
             hi = min(lo + chunk_size, stop)
-            yield self._energies[lo:hi].copy(), self._read_rows(lo, hi)
+            yield self._energies[lo:hi, None].copy(), self._read_rows(lo, hi)
 
     def read(self, start: int = 0, stop: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Rows ``start:stop`` at once.
@@ -244,13 +245,13 @@ class ShowerFile:
             stop: row after the last; None: the end of the file.
 
         Returns:
-            (energies (k,) float64 MeV, showers (k, n_voxels) float32 MeV).
+            (energies (k, 1) float64 MeV, showers (k, n_voxels) float32 MeV).
 
         Raises:
             DataError: as :meth:`iter_chunks`.
         """
         start, stop = self._range(start, stop)
-        return self._energies[start:stop].copy(), self._read_rows(start, stop)
+        return self._energies[start:stop, None].copy(), self._read_rows(start, stop)
 
     # -- lifetime ----------------------------------------------------------
     def close(self) -> None:

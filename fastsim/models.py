@@ -3,9 +3,9 @@
 A model argument is a path to an ``.onnx`` file or the name of a bundled model
 (``"default"`` is :data:`DEFAULT_MODEL`). Names are looked up, in order, in the
 folders of the ``FASTSIM_MODEL_PATH`` environment variable (``os.pathsep``
-separated), in ``fastsim/exported/`` inside an installed wheel (setup.py copies
-the repository's ``exported/`` there), and in the repository's ``exported/``
-folder next to an editable install.
+separated) and then among the bundled models: the package data
+``fastsim.exported``, which is the repository's ``exported/`` folder installed
+under that name (in a wheel and an editable install alike).
 
 A model may keep tensors in external data files (ONNX's ``external_data``);
 :func:`external_data_files` accepts only files inside the model's folder, so a
@@ -16,6 +16,7 @@ and :func:`model_sha256` covers those files too.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -27,6 +28,8 @@ __all__ = ["DEFAULT_MODEL", "BundledModel", "bundled_models", "external_data_fil
 
 DEFAULT_MODEL = "calo-electron"
 MODEL_PATH_ENV = "FASTSIM_MODEL_PATH"
+#: The package whose folder holds the bundled models (the repository's ``exported/``).
+BUNDLED_PACKAGE = "fastsim.exported"
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -91,11 +94,19 @@ class BundledModel:
     card: Path | None
 
 
+def _bundled_dirs() -> list[Path]:
+    # fastsim.exported is the repository's exported/ folder, installed as a package (pyproject.toml).
+    try:
+        spec = importlib.util.find_spec(BUNDLED_PACKAGE)
+    except ImportError:
+        return []
+    return [Path(p) for p in (spec.submodule_search_locations or [])] if spec is not None else []
+
+
 def model_dirs() -> list[Path]:
-    """The folders searched for bundled models, in order."""
-    package = Path(__file__).resolve().parent
+    """The folders searched for bundled models, in order: ``FASTSIM_MODEL_PATH``, then the package data."""
     extra = [Path(p) for p in os.environ.get(MODEL_PATH_ENV, "").split(os.pathsep) if p]
-    return extra + [package / "exported", package.parent / "exported"]
+    return extra + _bundled_dirs()
 
 
 def bundled_models() -> list[BundledModel]:
@@ -131,6 +142,7 @@ def resolve_model(model: str | os.PathLike = "default") -> Path:
     if name in models:
         return models[name].path
     if not models:
+        searched = ", ".join(str(d) for d in model_dirs()) or "nowhere: fastsim is not installed (pip install .)"
         raise ModelError(f"model: no bundled model is installed (looked for {name!r} in "
-                         f"{', '.join(str(d) for d in model_dirs())}); pass --model PATH to an .onnx file")
+                         f"{searched}); pass --model PATH to an .onnx file")
     raise ModelError(f"model: unknown model {name!r}; bundled models: {', '.join(sorted(models))}")

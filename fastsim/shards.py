@@ -183,7 +183,7 @@ class ShardedDataset:
 
     @property
     def incident_energies(self) -> np.ndarray:
-        """Incident energies (N,) float64 in MeV, read from every shard on first use."""
+        """Incident energies (N, 1) float64 in MeV, read from every shard on first use."""
         if self._energies is None:
             parts = []
             for shard in self.iter_shards():
@@ -219,7 +219,7 @@ class ShardedDataset:
             stop: row after the last; None: the end of the run.
 
         Returns:
-            An iterator of (energies (k,) float64 MeV, showers (k, n_voxels) float32 MeV).
+            An iterator of (energies (k, 1) float64 MeV, showers (k, n_voxels) float32 MeV).
 
         Raises:
             DataError: a bound is not an integer or outside ``0:n``, ``chunk_size``
@@ -266,14 +266,14 @@ class ShardedDataset:
             stop: row after the last; None: the end of the run.
 
         Returns:
-            (energies (k,) float64 MeV, showers (k, n_voxels) float32 MeV).
+            (energies (k, 1) float64 MeV, showers (k, n_voxels) float32 MeV).
 
         Raises:
             DataError: as :meth:`iter_chunks`.
         """
         stop = self.n if stop is None else stop
         return concat_rows(list(self.iter_chunks(max(stop - start, 1), start, stop)) or
-                       [(np.empty(0), np.empty((0, self.n_voxels), np.float32))])
+                       [(np.empty((0, 1)), np.empty((0, self.n_voxels), np.float32))])
 
     def to_dask(self) -> tuple[dask.array.Array, dask.array.Array]:
         """Lazy dask arrays over all shards, for out-of-core analysis.
@@ -281,7 +281,7 @@ class ShardedDataset:
         The shard files stay open until :meth:`close`.
 
         Returns:
-            (energies (N,), showers (N, n_voxels)) as ``dask.array`` arrays.
+            (energies (N, 1), showers (N, n_voxels)) as ``dask.array`` arrays.
 
         Raises:
             ClusterError: Dask is not installed.
@@ -296,7 +296,7 @@ class ShardedDataset:
             fh = h5py.File(path, "r")
             self._dask_files.append(fh)
             rows = max(1, min(fh["showers"].shape[0], (64 << 20) // max(1, 4 * self.n_voxels)))
-            energies.append(da.from_array(fh["incident_energies"], chunks=(rows, 1)).reshape(-1))
+            energies.append(da.from_array(fh["incident_energies"], chunks=(rows, 1)))
             showers.append(da.from_array(fh["showers"], chunks=(rows, self.n_voxels)))
         return da.concatenate(energies), da.concatenate(showers)
 
@@ -345,6 +345,11 @@ def open_dataset(path: str | os.PathLike[str], geometry: CylindricalGeometry | N
     """
     if Path(path).is_dir():
         return ShardedDataset(path, geometry)
+    from fastsim.formats import open_hep  # a ROOT file or a hit list written by generate
+
+    hep = open_hep(path, geometry)
+    if hep is not None:
+        return hep
     from fastsim.dataset import open_showers
 
     return open_showers(path, geometry=geometry)

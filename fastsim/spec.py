@@ -1,7 +1,7 @@
 """The model contract: what a fastsim decoder takes, returns and means.
 
 This module owns :class:`ModelSpec` (the ``fastsim.spec`` JSON document of
-DESIGN.md, format ``fastsim-decoder/1``), reading it from an ONNX file's
+docs/contract.md, format ``fastsim-decoder/1``), reading it from an ONNX file's
 ``metadata_props`` or from a ``MODEL.onnx.json`` sidecar, writing it into a
 model, and checking it against the graph's inputs and outputs.
 
@@ -237,7 +237,7 @@ class ModelSpec:
             "metrics": copy.deepcopy(self.metrics),
             "producer": self.producer,
         }
-        # The contract's key set stays as in DESIGN.md unless a mapping is needed.
+        # The contract's key set stays as in docs/contract.md unless a mapping is needed.
         if self.io_names != DEFAULT_IO_NAMES:
             doc["io_names"] = dict(self.io_names)
         return doc

@@ -29,7 +29,7 @@ def small_file(tmp_path):
     energies = rng.uniform(1e3, 1e6, (37, 1))
     showers = (rng.random((37, SMALL.n_voxels)) * energies / 8).astype(np.float32)
     showers[showers < 50] = 0
-    return _write(tmp_path / "small.h5", energies, showers), energies[:, 0], showers
+    return _write(tmp_path / "small.h5", energies, showers), energies, showers
 
 
 @pytest.mark.parametrize("chunk_size", [1, 5, 37, 1000])
@@ -39,7 +39,7 @@ def test_chunks_reassemble_the_file(small_file, chunk_size):
         assert (f.n, len(f), f.n_voxels) == (37, 37, 8)
         np.testing.assert_array_equal(f.incident_energies, energies)
         chunks = list(f.iter_chunks(chunk_size))
-    assert all(len(e) == len(s) <= chunk_size for e, s in chunks)
+    assert all(len(e) == len(s) <= chunk_size and e.shape == (len(s), 1) for e, s in chunks)
     assert np.concatenate([e for e, _ in chunks]).dtype == np.float64
     got = np.concatenate([s for _, s in chunks])
     assert got.dtype == np.float32
@@ -50,6 +50,7 @@ def test_read_and_partial_ranges(small_file):
     path, energies, showers = small_file
     with open_showers(path, SMALL) as f:
         e, s = f.read(10, 20)
+        assert e.shape == (10, 1)
         np.testing.assert_array_equal(e, energies[10:20])
         np.testing.assert_array_equal(s, showers[10:20])
         parts = list(f.iter_chunks(4, start=30))
@@ -138,3 +139,25 @@ def test_not_a_file_or_not_hdf5(tmp_path):
     junk.write_bytes(b"this is not HDF5")
     with pytest.raises(DataError, match="junk.h5: not a readable HDF5 file"):
         open_showers(junk)
+
+
+def test_every_reader_gives_energies_as_n_by_1_like_generate(toy_model, tmp_path):
+    """Generator.generate, a file, a folder of shards and its dask arrays: energies (N, 1) everywhere."""
+    import fastsim
+    from fastsim import distributed
+
+    n = 1500
+    energies, _ = fastsim.load(toy_model, device="cpu", threads=1).generate(n, conditions="1GeV:1TeV", seed=4)
+    assert energies.shape == (n, 1)
+    distributed.generate(toy_model, n, tmp_path / "shards", "1GeV:1TeV", seed=4, shards=2, device="cpu")
+    single = tmp_path / "shards" / "shard-00000.h5"
+    with fastsim.open_dataset(tmp_path / "shards") as data, fastsim.open_dataset(single) as first:
+        for source in (data, first):
+            assert source.incident_energies.shape == (source.n, 1)
+            e, s = source.read(0, 10)
+            assert e.shape == (10, 1) and s.shape == (10, 24)
+            assert all(e.shape == (len(s), 1) for e, s in source.iter_chunks(700))
+        np.testing.assert_allclose(data.read()[0], energies, rtol=1e-6)  # float32 in the file
+        lazy_energies, lazy_showers = data.to_dask()
+        assert lazy_energies.shape == (n, 1) and lazy_showers.shape == (n, 24)
+        assert data.read(5, 5)[0].shape == (0, 1)

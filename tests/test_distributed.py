@@ -116,7 +116,7 @@ def test_sharded_run_on_cluster_is_bitwise_the_unsharded_run(model, cluster_clie
     energies, read_showers = _read_all(tmp_path / "out")
     assert read_showers.dtype == np.float32
     np.testing.assert_array_equal(read_showers, showers)
-    np.testing.assert_array_equal(energies, conditions[:, 0].astype(np.float64))
+    np.testing.assert_array_equal(energies, conditions[:, :1].astype(np.float64))
 
     manifest = distributed.read_manifest(tmp_path / "out")
     assert manifest["complete"] and manifest["seed"] == SEED and manifest["n"] == N
@@ -149,7 +149,7 @@ def test_sharded_run_in_process_equals_unsharded_file(model, reference, tmp_path
     energies, showers = _read_all(tmp_path / "out")
     with h5py.File(tmp_path / "whole.h5", "r") as fh:
         np.testing.assert_array_equal(showers, fh["showers"][...])
-        np.testing.assert_array_equal(energies, fh["incident_energies"][:, 0].astype(np.float64))
+        np.testing.assert_array_equal(energies, fh["incident_energies"][:, :1].astype(np.float64))
 
 
 # ----------------------------------------------------------------------------- reading back
@@ -161,7 +161,7 @@ def test_open_dataset_streams_across_shard_boundaries(model, reference, tmp_path
     with fastsim.open_dataset(tmp_path / "out") as data:
         assert isinstance(data, distributed.ShardedDataset)
         assert (len(data), data.n, data.n_voxels, data.n_shards) == (N, N, 24, 7)
-        np.testing.assert_array_equal(data.incident_energies, conditions[:, 0].astype(np.float64))
+        np.testing.assert_array_equal(data.incident_energies, conditions[:, :1].astype(np.float64))
         # Chunks of 1000 rows straddle the shard boundaries (2048, 3072, ...); all but the last are full.
         chunks = list(data.iter_chunks(1000, start=500, stop=N - 3))
         assert [len(s) for _, s in chunks[:-1]] == [1000] * (len(chunks) - 1)
@@ -170,7 +170,7 @@ def test_open_dataset_streams_across_shard_boundaries(model, reference, tmp_path
         lazy_energies, lazy_showers = data.to_dask()
         assert lazy_showers.shape == (N, 24)
         np.testing.assert_array_equal(lazy_showers[1020:1030].compute(), showers[1020:1030])
-        np.testing.assert_array_equal(lazy_energies.compute(), conditions[:, 0])
+        np.testing.assert_array_equal(lazy_energies.compute(), conditions[:, :1])
     # A single file opens as a plain shower file.
     first = tmp_path / "out" / "shard-00000.h5"
     with fastsim.open_dataset(first) as single:

@@ -336,3 +336,56 @@ def test_cpp_voxel_centres_match_python_geometry(cpp_demo, tmp_path, geometry):
 def test_cpp_rejects_a_geometry_that_does_not_fit_the_output(cpp_demo, tmp_path):
     model = make_decoder(tmp_path / "geo.onnx", latent_dim=4, n_voxels=24, geometry=default_geometry().to_dict())
     _assert_clean_failure(_run([cpp_demo, model, "--info"]), "output.geometry", "n_voxels = 24", "6480")
+
+
+def test_node_help_prints_usage_and_exits_0():
+    if shutil.which("node") is None:
+        pytest.skip("Node example needs node on PATH")
+    # --help needs no installed binding: it works before `npm install`.
+    result = _run(["node", NODE_DIR / "generate.mjs", "--help"])
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: node generate.mjs MODEL.onnx")
+    for option in ("--n N", "--energy E", "--out FILE", "--latents FILE", "--allow-extrapolation"):
+        assert option in result.stdout
+    assert result.stderr == ""
+
+
+def test_cpp_help_states_the_measured_default_batch(cpp_demo):
+    result = _run([cpp_demo, "--help"])
+    assert result.returncode == 0
+    assert "--batch B              showers per Run (default 64" in result.stdout
+
+
+@pytest.mark.slow
+def test_build_against_an_existing_onnxruntime_install(cpp_demo, tmp_path):
+    """onnxruntime_ROOT (an EL9/CVMFS-style prefix) replaces the Debian packages: no apt, no download."""
+    import onnxruntime
+
+    headers = CPP_DIR / "third_party" / "usr" / "include"  # fetched by the cpp_demo build
+    library = max((Path(onnxruntime.__file__).parent / "capi").glob("libonnxruntime.so.*.*.*"))
+    prefix = tmp_path / "onnxruntime"
+    (prefix / "lib").mkdir(parents=True)
+    (prefix / "include").symlink_to(headers / "onnxruntime", target_is_directory=True)
+    (prefix / "lib" / library.name).symlink_to(library)
+    empty = tmp_path / "no-third-party"  # nothing cached: a download would show
+    env = {**_env_without_library_path(), "onnxruntime_ROOT": str(prefix), "nlohmann_json_ROOT": str(headers.parent),
+           "FASTSIM_THIRD_PARTY": str(empty), "PYTHON": "/nonexistent/python"}
+    result = subprocess.run([str(CPP_DIR / "build.sh"), str(tmp_path / "build")], capture_output=True, text=True,
+                            timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert f"ONNX Runtime from onnxruntime_ROOT={prefix}" in result.stderr
+    assert "fetching" not in result.stderr and not empty.exists()
+    binary = Path(result.stdout.strip().splitlines()[-1])
+    info = _run([binary, BUNDLED, "--info"])
+    assert info.returncode == 0, info.stderr
+    assert "calo-electron" in info.stdout
+
+
+def test_build_refuses_an_onnxruntime_root_without_headers(tmp_path):
+    if shutil.which("cmake") is None or shutil.which("c++") is None:
+        pytest.skip("C++ example needs cmake and c++ on PATH")
+    result = subprocess.run([str(CPP_DIR / "build.sh"), str(tmp_path / "build")], capture_output=True, text=True,
+                            timeout=60, env={**os.environ, "onnxruntime_ROOT": str(tmp_path)})
+    assert result.returncode == 2
+    assert f"onnxruntime_ROOT={tmp_path}: no include/onnxruntime_cxx_api.h" in result.stderr
+    assert not (tmp_path / "build").exists()

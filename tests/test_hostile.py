@@ -22,8 +22,8 @@ import h5py
 import numpy as np
 import onnx
 import pytest
-from conftest import cli_env
-from decoders import make_decoder, make_model, make_spec
+from helpers import cli_env
+from helpers.decoders import make_decoder, make_model, make_spec
 
 import fastsim
 from fastsim.errors import ConditionError, ModelError, OutputError

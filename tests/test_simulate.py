@@ -256,7 +256,7 @@ def test_write_dataset_is_the_simulation_and_reads_back(tmp_path):
     with open_showers(h5) as f:
         assert f.geometry == GEOMETRY and f.attrs["seed"] == 2 and f.attrs["method"] == "spots"
         got_e, got_s = f.read()
-    assert np.array_equal(got_e, energies) and np.array_equal(got_s, showers)
+    assert np.array_equal(got_e, energies.reshape(-1, 1)) and np.array_equal(got_s, showers)  # readers give (N, 1)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["e.geometry.json", "e.h5", "e.xml"]
     with pytest.raises(OutputError, match="already exists"):
         write_dataset(h5, 3, progress=False)
@@ -290,7 +290,7 @@ def test_simulate_command_writes_file_and_binning(tmp_path, method):
     with open_showers(out) as f:
         got_e, got_s = f.read()
         assert f.attrs["method"] == (method or "spots")
-    assert np.array_equal(got_e, energies) and np.array_equal(got_s, showers)
+    assert np.array_equal(got_e, energies.reshape(-1, 1)) and np.array_equal(got_s, showers)  # readers give (N, 1)
 
 
 @pytest.mark.parametrize(

@@ -47,7 +47,7 @@ def test_design_document_round_trips_exactly():
     assert spec.latent_dim == 16 and spec.n_voxels == 6480 and spec.n_conditions == 1
     assert spec.conditions[0] == ConditionSpec("incident_energy", "MeV", 1e3, 1e6, "log-uniform")
     assert spec.io_names == {"z": "z", "conditions": "conditions", "showers": "showers"}
-    # The contract's key set is kept as in DESIGN.md: no io_names key unless names are mapped.
+    # The contract's key set is kept as in docs/contract.md: no io_names key unless names are mapped.
     assert json.loads(spec.to_json()) == DOCUMENT
     assert ModelSpec.from_json(spec.to_json()) == spec
 

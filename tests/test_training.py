@@ -85,7 +85,7 @@ def run(data, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def exported(run, tmp_path_factory) -> dict:
     path = tmp_path_factory.mktemp("exported") / "tiny.onnx"
-    result = run_cli("export", str(run), "-o", str(path))
+    result = run_cli("export", str(run), "-o", str(path), "--version", "0.1.0")
     assert result.returncode == 0, result.stderr
     return {"path": path, "parity": json.loads(result.stdout.strip().splitlines()[-1])}
 
@@ -315,7 +315,7 @@ def test_voxel_sampler_keeps_occupancy_mean_and_variance(run):
 
 def test_fp16_variant_matches_fp32_totals(run, exported, tmp_path):
     path = tmp_path / "tiny-fp16.onnx"
-    result = run_cli("export", str(run), "-o", str(path), "--precision", "fp16")
+    result = run_cli("export", str(run), "-o", str(path), "--version", "0.1.0", "--precision", "fp16")
     assert result.returncode == 0, result.stderr
     model = onnx.load(str(path))
     initializers = {t.name: t.data_type for t in model.graph.initializer}
@@ -347,9 +347,11 @@ def test_response_fit_recovers_known_mean_and_spread():
     [
         (["train", "--data", "nope.h5", "--out", "{tmp}/r"], "--data"),
         (["train", "--config", "{tmp}/bad.toml", "--data", "{train}", "--out", "{tmp}/r"], "unknown key(s) ['widht']"),
-        (["export", "{tmp}", "-o", "{tmp}/m.onnx"], "no checkpoint"),
-        (["export", "{run}", "-o", "{tmp}/m.txt"], "ending in .onnx"),
-        (["export", "{run}", "-o", "{tmp}/m.onnx", "--precision", "fp8"], "--precision"),
+        (["export", "{tmp}", "-o", "{tmp}/m.onnx", "--version", "0.1.0"], "no checkpoint"),
+        (["export", "{run}", "-o", "{tmp}/m.txt", "--version", "0.1.0"], "ending in .onnx"),
+        (["export", "{run}", "-o", "{tmp}/m.onnx", "--version", "0.1.0", "--precision", "fp8"], "--precision"),
+        (["export", "{run}", "-o", "{tmp}/m.onnx"], "Missing option '--version'"),
+        (["export", "{run}", "-o", "{tmp}/m.onnx", "--version", "1.0"], "expected MAJOR.MINOR.PATCH"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path, data, run):
@@ -377,3 +379,16 @@ def test_metrics_summary_keeps_metrics_baselines_and_sample_sizes(tmp_path):
     entry = summary["separation_power.e_ratio"]
     assert entry["value"] > 0 and entry["reference"] > 0
     assert len(summary["energy_bins"]) >= 1 and "response_ratio" in summary["energy_bins"][0]
+
+
+def test_export_refuses_to_overwrite_without_force(exported, run, tmp_path):
+    path = tmp_path / "tiny.onnx"
+    shutil.copy(exported["path"], path)
+    before = path.read_bytes()
+    result = run_cli("export", str(run), "-o", str(path), "--version", "0.2.0")
+    assert result.returncode == 2
+    assert "already exists" in result.stderr and "--force" in result.stderr
+    assert path.read_bytes() == before  # untouched
+    forced = run_cli("export", str(run), "-o", str(path), "--version", "0.2.0", "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert fastsim.read_spec(path).version == "0.2.0"

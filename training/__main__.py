@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from pathlib import Path
 
 import click
 
@@ -21,6 +22,22 @@ __all__ = ["cli", "main"]
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def cli() -> None:
     """Reference simulation, training and export for fastsim surrogates."""
+
+
+#: The folder of the bundled experiment configs (installed with the package).
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+def bundled_config(config: str | None) -> str | None:
+    """``--config``: a bundled config's name (``calo-electron``) becomes its file; paths pass unchanged."""
+    if config is None or os.path.exists(config) or os.sep in config or config.endswith(".toml"):
+        return config
+    path = CONFIG_DIR / f"{config}.toml"
+    if not path.is_file():
+        names = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.toml")))
+        raise click.BadParameter(f"no file {config!r} and no bundled config of that name (bundled: {names})",
+                                 param_hint="--config")
+    return str(path)
 
 
 @cli.command("simulate")
@@ -94,7 +111,7 @@ def simulate_command(n, output, particle, binning, energy, theta, phi, substruct
 
 
 @cli.command("train")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None, help="Experiment config (TOML: [data], [model], [train] tables); defaults for anything left out.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None, help="Experiment config: a TOML file ([data], [model], [train] tables) or the name of a bundled one (calo-electron); defaults for anything left out.")
 @click.option("--data", type=click.Path(dir_okay=False), required=True, help="Training showers (CaloChallenge HDF5).")
 @click.option("--validation", type=click.Path(dir_okay=False), default=None, help="Separate validation showers; without it a fraction of --data is held out.")
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Run folder for checkpoints, loss curves and the resolved config.")
@@ -109,10 +126,12 @@ def train_command(config_path, data, validation, out, resume, epochs, max_shower
 
     \b
     Example:
-      python -m training train --config training/configs/calo-electron.toml \\
+      python -m training train --config calo-electron \\
           --data data/train.h5 --validation data/val.h5 --out runs/calo-electron
     """
     from training.train import load_config, train
+
+    config_path = bundled_config(config_path)
 
     overrides = {key: value for key, value in (("train.epochs", epochs), ("data.max_showers", max_showers),
                                                ("train.threads", threads), ("train.seed", seed)) if value is not None}
@@ -153,21 +172,25 @@ def fit_noise_command(run, validation, checkpoint, n, seed) -> None:
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True, help="fp32; fp16 (matrix products in float16, float32 inputs/outputs); int8 (via training.quantize).")
 @click.option("--checkpoint", default="best.pt", show_default=True, help="Checkpoint file inside RUN.")
 @click.option("--name", default=None, help="Model name in the spec (default: the output file's stem).")
-@click.option("--model-version", "model_version", default="1.0.0", show_default=True, help="Model version in the spec.")
+@click.option("--version", "--model-version", "model_version", required=True, help="Model version written into the spec (MAJOR.MINOR.PATCH, e.g. 0.1.0): set it deliberately, there is no default.")
 @click.option("--metrics", "metrics_path", type=click.Path(dir_okay=False), default=None, help="metrics.json from `fastsim validate` to embed in the spec's metrics block.")
-def export_command(run, output, precision, checkpoint, name, model_version, metrics_path) -> None:
+@click.option("--force", is_flag=True, help="Replace OUTPUT if it exists (without it, an existing file is an error).")
+def export_command(run, output, precision, checkpoint, name, model_version, metrics_path, force) -> None:
     """Export RUN's decoder to ONNX with the fastsim spec, checked for parity.
+
+    An existing OUTPUT is never replaced without --force, so a bundled model
+    cannot be overwritten by accident; export to a new name instead.
 
     \b
     Example:
-      python -m training export runs/calo-electron -o exported/calo-electron.onnx
-      python -m training export runs/calo-electron -o /tmp/calo-fp16.onnx --precision fp16
+      python -m training export runs/calo-electron -o my-models/calo-electron-v2.onnx --version 0.1.0
+      python -m training export runs/calo-electron -o /tmp/calo-fp16.onnx --version 0.1.0 --precision fp16
     """
     from training.export import export, metrics_summary
 
     metrics = metrics_summary(metrics_path) if metrics_path else None
     report = export(run, output, precision=precision, checkpoint=checkpoint, name=name, version=model_version,
-                    metrics=metrics, log=click.echo)
+                    metrics=metrics, overwrite=force, log=click.echo)
     click.echo(json.dumps(report["parity"]))
 
 

@@ -15,7 +15,9 @@ inputs ``z`` [N, latent_dim] and ``conditions`` [N, 1] in MeV, output
   (fp32 only; reduced precisions report their difference from fp32 instead).
 
 The file is written under a temporary name and renamed only after all checks
-pass. ``--precision`` picks the variant: ``fp32``; ``fp16`` (the network in
+pass; an existing file is replaced only when asked (``overwrite=True``, ``--force``),
+and the model version is always given by the caller. ``--precision`` picks the
+variant: ``fp32``; ``fp16`` (the network in
 float16, inputs/outputs and the MeV post-processing kept float32 because
 showers reach 1e6 MeV, past float16's range); ``int8`` is delegated to
 :mod:`training.quantize` when present.
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import warnings
 from pathlib import Path
 
@@ -42,6 +45,7 @@ __all__ = [
     "IR_VERSION",
     "OPSET",
     "PRECISIONS",
+    "VERSION_PATTERN",
     "build_spec",
     "export",
     "metrics_summary",
@@ -57,6 +61,8 @@ SUM_TOLERANCE = 1e-4
 # Runtime's kernels ~1/k-fold in those few voxels; an export error moves every voxel.
 VOXEL_TOLERANCE = 1e-2
 VOXEL_MEAN_TOLERANCE = 1e-5
+#: Model versions: MAJOR.MINOR.PATCH with an optional pre-release or build suffix.
+VERSION_PATTERN = re.compile(r"\d+\.\d+\.\d+(?:[-+][0-9A-Za-z.-]+)?")
 
 
 class ExportError(ValueError):
@@ -300,10 +306,29 @@ def parity(decoder: PhysicalDecoder, path: Path, *, n: int = 200, seed: int = 12
     }
 
 
-def export(run: str | os.PathLike, output: str | os.PathLike, *, precision: str = "fp32",
-           checkpoint: str = "best.pt", name: str | None = None, version: str = "1.0.0",
-           metrics: dict | None = None, log=print) -> dict:
-    """Export ``run``'s decoder to ``output`` (see the module docstring); returns a report dict."""
+def export(run: str | os.PathLike, output: str | os.PathLike, *, version: str, precision: str = "fp32",
+           checkpoint: str = "best.pt", name: str | None = None, metrics: dict | None = None,
+           overwrite: bool = False, log=print) -> dict:
+    """Export ``run``'s decoder to ``output`` (see the module docstring); returns a report dict.
+
+    Args:
+        run: A run folder (holding ``checkpoint``) or a ``.pt`` checkpoint file.
+        output: The ``.onnx`` file to write.
+        version: The model version in the spec, ``MAJOR.MINOR.PATCH``; required, so
+            that no export silently claims the version of another model.
+        precision: ``fp32``, ``fp16`` or ``int8``.
+        checkpoint: The checkpoint file inside ``run``.
+        name: The model name in the spec (default: the output file's stem).
+        metrics: The spec's ``metrics`` block (see :func:`metrics_summary`).
+        overwrite: Replace an existing ``output``; without it an existing file is an error.
+        log: Called with one line of summary.
+
+    Raises:
+        ValueError: A bad argument, an existing output without ``overwrite``, or a
+            failed check (:class:`ExportError`); nothing is written then.
+    """
+    if not isinstance(version, str) or not VERSION_PATTERN.fullmatch(version):
+        raise ValueError(f"--version: expected MAJOR.MINOR.PATCH such as 0.1.0, got {version!r}")
     if precision not in PRECISIONS:
         raise ValueError(f"--precision: expected one of {list(PRECISIONS)}, got {precision!r}")
     run = Path(run)
@@ -313,6 +338,9 @@ def export(run: str | os.PathLike, output: str | os.PathLike, *, precision: str 
     output = Path(output)
     if output.suffix != ".onnx":
         raise ValueError(f"--output: expected a path ending in .onnx, got {os.fspath(output)!r}")
+    if output.exists() and not overwrite:
+        raise ValueError(f"--output: {os.fspath(output)!r} already exists; export to a new name, "
+                         "or pass --force to replace it")
     output.parent.mkdir(parents=True, exist_ok=True)
     ckpt = load_checkpoint(ckpt_path)
     decoder = physical_decoder_from_checkpoint(ckpt)

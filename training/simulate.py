@@ -79,7 +79,7 @@ _UNITS = {"mev": 1.0, "gev": 1.0e3, "tev": 1.0e6, "kev": 1.0e-3}
 
 @dataclass(frozen=True)
 class SamplingCalorimeter:
-    """Material and response constants of a sampling calorimeter (GFLASH.md)."""
+    """Material and response constants of a sampling calorimeter (docs/simulator.md)."""
 
     x0_mm: float = 4.22  # effective radiation length of the Si-W mixture
     moliere_mm: float = 9.5  # effective Moliere radius

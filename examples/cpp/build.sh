@@ -3,15 +3,21 @@
 #
 #   examples/cpp/build.sh [BUILD_DIR]        (default: examples/cpp/build)
 #
-# Headers: ONNX Runtime's C/C++ API and nlohmann/json from Debian 13 (trixie)
-# packages, fetched with apt into examples/cpp/third_party/ (git-ignored) and
-# unpacked with dpkg-deb -x. A private sources list, package lists and cache
-# are used, so nothing is installed and the machine's apt state is untouched.
-# Library: libonnxruntime.so.* from the onnxruntime Python wheel that $PYTHON
-# imports, so the binary runs the very library the Python runtime uses; an
-# rpath makes it run without LD_LIBRARY_PATH.
+# ONNX Runtime: an existing install when onnxruntime_ROOT names one (a release
+# tarball, a CVMFS view, an EL9 package prefix: include/[onnxruntime/]onnxruntime_cxx_api.h
+# and lib[64]/libonnxruntime.so.X.Y.Z), headers and library both from it.
+# Otherwise headers from the Debian 13 (trixie) package libonnxruntime-dev, fetched
+# with apt into examples/cpp/third_party/ (git-ignored) and unpacked with dpkg-deb -x
+# (a private sources list, package lists and cache: nothing is installed and the
+# machine's apt state is untouched), and the library libonnxruntime.so.* from the
+# onnxruntime Python wheel that $PYTHON imports, so the binary runs the very library
+# the Python runtime uses. nlohmann/json likewise: nlohmann_json_ROOT, else
+# /usr/include or /usr/local/include (EL9: json-devel), else the Debian package.
+# An rpath makes the binary run without LD_LIBRARY_PATH.
 #
 # Environment:
+#   onnxruntime_ROOT        an ONNX Runtime install to build against (no apt needed)
+#   nlohmann_json_ROOT      a prefix holding include/nlohmann/json.hpp
 #   PYTHON                  interpreter whose onnxruntime wheel provides the library
 #                           (default: the repository's .venv, else python3)
 #   FASTSIM_DEBIAN_MIRROR   Debian mirror (default: the one in the machine's apt sources)
@@ -19,8 +25,9 @@
 #   FASTSIM_THIRD_PARTY     header cache directory (default: examples/cpp/third_party)
 #
 # Exit status: 0 built; 75 the headers could not be downloaded (no network to
-# the Debian mirror); anything else is a build error. Safe to re-run: the
-# header download is cached and the build is incremental.
+# the Debian mirror); 2 a missing tool or a bad onnxruntime_ROOT; anything else
+# is a build error. Safe to re-run: the header download is cached and the build
+# is incremental.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -36,8 +43,33 @@ fi
 
 say() { echo "build.sh: $*" >&2; }
 
-for tool in cmake c++ apt-get dpkg-deb; do
+for tool in cmake c++; do
     command -v "$tool" >/dev/null || { say "'$tool' is required but not on PATH"; exit 2; }
+done
+
+# An existing ONNX Runtime install: headers and library from onnxruntime_ROOT.
+ort_root=${onnxruntime_ROOT:-}
+ort_include=
+ort_library=
+if [[ -n $ort_root ]]; then
+    for dir in "$ort_root/include/onnxruntime" "$ort_root/include"; do
+        if [[ -f $dir/onnxruntime_cxx_api.h ]]; then ort_include=$dir; break; fi
+    done
+    if [[ -z $ort_include ]]; then
+        say "onnxruntime_ROOT=$ort_root: no include/onnxruntime_cxx_api.h or include/onnxruntime/onnxruntime_cxx_api.h"
+        exit 2
+    fi
+    ort_library=$(ls "$ort_root"/lib/libonnxruntime.so.*.*.* "$ort_root"/lib64/libonnxruntime.so.*.*.* 2>/dev/null |
+        sort -V | tail -n 1 || true)
+    if [[ -z $ort_library ]]; then
+        say "onnxruntime_ROOT=$ort_root: no lib/libonnxruntime.so.X.Y.Z or lib64/libonnxruntime.so.X.Y.Z"
+        exit 2
+    fi
+    say "ONNX Runtime from onnxruntime_ROOT=$ort_root"
+fi
+json_include=
+for prefix in ${nlohmann_json_ROOT:-} /usr /usr/local; do
+    if [[ -f $prefix/include/nlohmann/json.hpp ]]; then json_include=$prefix/include; break; fi
 done
 
 # The mirror the machine already uses for its own Debian release (the first
@@ -103,12 +135,24 @@ fetch_headers() {
     say "headers in $include ($(tr '\n' ' ' <"$third_party/.complete"))"
 }
 
-mkdir -p "$third_party"
-exec 9>"$third_party/.lock"
-flock 9  # two builds at once (parallel test sessions) share one download
-fetch_headers
-flock -u 9
+if [[ -z $ort_include || -z $json_include ]]; then
+    for tool in apt-get dpkg-deb; do
+        if ! command -v "$tool" >/dev/null; then
+            say "'$tool' is not on PATH, and the headers must come from Debian packages: set onnxruntime_ROOT to an"
+            say "ONNX Runtime install (and nlohmann_json_ROOT to a prefix with include/nlohmann/json.hpp)"
+            exit 2
+        fi
+    done
+    mkdir -p "$third_party"
+    exec 9>"$third_party/.lock"
+    flock 9  # two builds at once (parallel test sessions) share one download
+    fetch_headers
+    flock -u 9
+    ort_include=${ort_include:-$third_party/usr/include/onnxruntime}
+    json_include=${json_include:-$third_party/usr/include}
+fi
 
+if [[ -z $ort_library ]]; then
 ort_library=$("$PYTHON" - <<'EOF'
 import glob, os, sys
 try:
@@ -122,16 +166,17 @@ if not found:
 print(found[-1])
 EOF
 )
-say "ONNX Runtime library: $ort_library"
+fi
+say "ONNX Runtime headers: $ort_include; library: $ort_library"
 
 generator=()
 if command -v ninja >/dev/null; then generator=(-G Ninja); fi
 if [[ -f $build_dir/CMakeCache.txt ]]; then generator=(); fi  # keep the generator it was made with
 cmake -S "$here" -B "$build_dir" "${generator[@]}" \
     -DCMAKE_BUILD_TYPE=Release \
-    -DONNXRUNTIME_INCLUDE_DIR="$third_party/usr/include/onnxruntime" \
+    -DONNXRUNTIME_INCLUDE_DIR="$ort_include" \
     -DONNXRUNTIME_LIBRARY="$ort_library" \
-    -DNLOHMANN_JSON_INCLUDE_DIR="$third_party/usr/include" \
+    -DNLOHMANN_JSON_INCLUDE_DIR="$json_include" \
     -DFASTSIM_WITH_CUDA="${FASTSIM_WITH_CUDA:-OFF}" >&2
 cmake --build "$build_dir" --parallel "${JOBS:-2}" >&2
 echo "$build_dir/fastsim-cpp"

@@ -6,7 +6,6 @@
 // Output: raw little-endian float32, n x n_voxels, row-major, MeV.
 import { readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { parseArgs } from "node:util";
-import ort from "onnxruntime-node";
 
 const SPEC_KEY = "fastsim.spec";
 const FORMAT = "fastsim-decoder/1";
@@ -144,10 +143,30 @@ function parseEnergy(text) {
   return value;
 }
 
+const USAGE = `usage: node generate.mjs MODEL.onnx [options]
+
+Generate calorimeter showers with a fastsim decoder (ONNX) in one session.run.
+
+options:
+  --n N                  showers to generate (default 1000)
+  --energy E             incident energy, MeV or with a GeV/TeV suffix (models whose only
+                         condition is incident_energy)
+  --seed S               seed of the drawn latents (default 0)
+  --threads T            ONNX Runtime intra-op threads (default 0: ONNX Runtime's choice)
+  --out FILE             write raw little-endian float32, n x n_voxels, MeV (via FILE.tmp)
+  --latents FILE         raw float32 latents (n x latent_dim) instead of drawn ones
+  --conditions FILE      raw float32 conditions (n x n_conditions) instead of --energy
+  --allow-extrapolation  accept conditions outside the model's training range
+  -h, --help             show this help and exit
+
+example:
+  node generate.mjs ../../exported/calo-electron.onnx --n 1000 --energy 50GeV --out showers.bin`;
+
 async function main() {
   const { values: opts, positionals } = parseArgs({
     allowPositionals: true,
     options: {
+      help: { type: "boolean", short: "h", default: false },
       n: { type: "string", default: "1000" },
       energy: { type: "string" },
       seed: { type: "string", default: "0" },
@@ -158,7 +177,11 @@ async function main() {
       "allow-extrapolation": { type: "boolean", default: false },
     },
   });
-  if (positionals.length !== 1) throw new FastsimError("usage: node generate.mjs MODEL.onnx [--n N] [--energy E] [--out FILE]");
+  if (opts.help) {
+    console.log(USAGE);
+    return;
+  }
+  if (positionals.length !== 1) throw new FastsimError("usage: node generate.mjs MODEL.onnx [--n N] [--energy E] [--out FILE] (--help for more)");
   const modelPath = positionals[0];
   let bytes;
   try {
@@ -167,6 +190,13 @@ async function main() {
     throw new FastsimError(`model file '${modelPath}' does not exist or cannot be read`);
   }
   const spec = readSpec(modelPath, bytes);
+  // Imported here, so that --help and argument errors need no installed binding.
+  let ort;
+  try {
+    ({ default: ort } = await import("onnxruntime-node"));
+  } catch (error) {
+    throw new FastsimError(`onnxruntime-node cannot be loaded (${error.message}); run 'npm install --ignore-scripts' in examples/node`);
+  }
   const { z: zName, conditions: cName, showers: sName } = spec.io_names;
   const nConditions = spec.conditions.length;
 
