@@ -139,7 +139,8 @@ def measure(generated: str, reference: str, floor: str, *, n: int = 20_000, seed
         del data
         data, labels_2, split_2 = metrics.two_sample_split(_fastsim_inputs(e_ref, s_ref),
                                                            _fastsim_inputs(e_other, s_other), n_max=n, seed=seed)
-        assert np.array_equal(labels, labels_2) and all(np.array_equal(a, b) for a, b in zip(split, split_2))
+        assert np.array_equal(labels, labels_2)
+        assert all(np.array_equal(a, b) for a, b in zip(split, split_2, strict=True))
         began = time.perf_counter()
         row["fastsim_mlp"] = metrics.fit_classifier(data, labels_2, split_2, model="mlp", seed=seed)
         row["fastsim_mlp"]["seconds"] = round(time.perf_counter() - began, 1)

@@ -19,8 +19,9 @@ from __future__ import annotations
 import contextlib
 import os
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -62,7 +63,7 @@ def concat_rows(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray,
     return np.concatenate([c for c, _ in parts]), np.concatenate([s for _, s in parts])
 
 
-def temporary_name(path: str | os.PathLike, suffix: str = ".tmp") -> Path:
+def temporary_name(path: str | os.PathLike[str], suffix: str = ".tmp") -> Path:
     """A hidden name beside ``path``, unique to this attempt: ``.NAME.<32 hex>SUFFIX``.
 
     A name too long for the folder's file system is shortened (the unique part
@@ -89,7 +90,7 @@ def _fsync_folder(folder: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike, *, what: str = "output") -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike[str], *, what: str = "output") -> Iterator[Path]:
     """Yield a temporary path to write; on success it replaces ``path`` durably, on error it is removed.
 
     The caller writes the whole file to the yielded path (with whatever library
@@ -117,7 +118,7 @@ def atomic_path(path: str | os.PathLike, *, what: str = "output") -> Iterator[Pa
     _fsync_folder(path.parent if str(path.parent) else Path("."))
 
 
-def atomic_write_text(path: str | os.PathLike, text: str, *, what: str = "output") -> Path:
+def atomic_write_text(path: str | os.PathLike[str], text: str, *, what: str = "output") -> Path:
     """Write ``text`` (UTF-8) to ``path`` atomically and durably (see :func:`atomic_path`)."""
     path = Path(path)
     with atomic_path(path, what=what) as tmp:

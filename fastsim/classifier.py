@@ -16,6 +16,7 @@ Results are deterministic for a given seed, data and BLAS thread count.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -37,7 +38,7 @@ class MLP:
         """Uniform(+-1/sqrt(fan_in)) weights and biases, torch.nn.Linear's default."""
         sizes = (n_inputs, *hidden, 1)
         weights, biases = [], []
-        for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+        for fan_in, fan_out in itertools.pairwise(sizes):
             bound = 1.0 / np.sqrt(fan_in)
             weights.append(rng.uniform(-bound, bound, (fan_in, fan_out)).astype(np.float32))
             biases.append(rng.uniform(-bound, bound, fan_out).astype(np.float32))
@@ -51,7 +52,7 @@ class MLP:
         out = np.empty(len(x), dtype=np.float64)
         for begin in range(0, len(x), batch_size):
             h = x[begin:begin + batch_size]
-            for w, b in zip(self.weights[:-1], self.biases[:-1]):
+            for w, b in zip(self.weights[:-1], self.biases[:-1], strict=False):
                 h = h @ w + b
                 np.maximum(h, _LEAK * h, out=h)
             out[begin:begin + batch_size] = (h @ self.weights[-1] + self.biases[-1])[:, 0]
@@ -133,7 +134,8 @@ def train_mlp(
             prob = 0.5 * (1.0 + np.tanh(0.5 * logit))  # the sigmoid, without overflow
             total += _bce(logit, y) * len(rows)
             grad = ((prob - y) / len(rows)).astype(np.float32)[:, None]
-            grads_w, grads_b = [None] * n_layers, [None] * n_layers
+            grads_w: list[np.ndarray] = [np.empty(0, np.float32)] * n_layers
+            grads_b: list[np.ndarray] = [np.empty(0, np.float32)] * n_layers
             for i in range(n_layers - 1, -1, -1):
                 grads_w[i] = inputs[i].T @ grad
                 grads_b[i] = grad.sum(axis=0)
@@ -142,7 +144,7 @@ def train_mlp(
                     grad *= np.where(pre[i - 1] > 0, 1.0, _LEAK).astype(np.float32)
             step += 1
             lr_t = float(learning_rate * np.sqrt(1 - beta2**step) / (1 - beta1**step))
-            for p, g, m, v in zip(params, grads_w + grads_b, first_moment, second_moment):
+            for p, g, m, v in zip(params, grads_w + grads_b, first_moment, second_moment, strict=False):
                 m *= beta1
                 m += (1 - beta1) * g
                 v *= beta2

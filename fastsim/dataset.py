@@ -2,7 +2,8 @@
 
 A file holds ``incident_energies`` (N, 1) in MeV and ``showers`` (N, n_voxels) in
 MeV, and every reader here returns them in those shapes (as ``Generator.generate``
-does): energies (k, 1) float64, showers (k, n_voxels) float32. This module holds opening such a file, checking its structure up front (keys,
+does): energies (k, 1) float64, showers (k, n_voxels) float32. This module holds
+opening such a file, checking its structure up front (keys,
 shapes, lengths, the voxel count against a geometry, the incident energies) and
 streaming the showers in chunks, each checked as it is read for negative or
 non-finite values. The real dataset-2 files are 100k x 6480, so nothing here reads

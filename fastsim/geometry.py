@@ -26,6 +26,7 @@ carries no voxels and is skipped; the ids of the others are kept
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import math
 import os
@@ -143,7 +144,7 @@ class CylindricalGeometry:
         if len(ids) != len(layers) or any(isinstance(i, bool) or not isinstance(i, (int, np.integer)) for i in ids):
             raise GeometryError(f"CylindricalGeometry: layer_ids must be {len(layers)} integers, got {self.layer_ids!r:.80}")
         ids = tuple(int(i) for i in ids)
-        if ids[0] < 0 or any(b <= a for a, b in zip(ids[:-1], ids[1:])):
+        if ids[0] < 0 or any(b <= a for a, b in itertools.pairwise(ids)):
             raise GeometryError(f"CylindricalGeometry: layer_ids must be increasing and >= 0, got {ids!r:.80}")
         object.__setattr__(self, "layer_ids", ids)
         object.__setattr__(self, "_offsets", tuple(np.cumsum([0] + [la.n_voxels for la in layers]).tolist()))
@@ -295,7 +296,7 @@ class CylindricalGeometry:
             thickness_mm = float(thickness)
         except ValueError:
             raise GeometryError(f"{where}: layer_thickness_mm must be a number, got {thickness!r}") from None
-        if any(b <= a for a, b in zip(ids[:-1], ids[1:])) or ids[0] < 0:
+        if any(b <= a for a, b in itertools.pairwise(ids)) or ids[0] < 0:
             raise GeometryError(f"{where}: Layer ids must be increasing and >= 0, got {ids}")
         return cls(tuple(layers), layer_thickness_mm=thickness_mm, particle=element.get("name", "electron"), layer_ids=tuple(ids))
 
@@ -480,7 +481,7 @@ class MaterialGeometry:
         ids = [layer.binning_id for layer in layers if layer.readout]
         if not ids:
             raise GeometryError(f"{where}: no readout layer (a layer with a binning id)")
-        if any(b <= a for a, b in zip(ids[:-1], ids[1:])):
+        if any(b <= a for a, b in itertools.pairwise(ids)):
             raise GeometryError(f"{where}: readout layer ids must increase with depth, got {ids}")
         sources = data.get("sources", [])
         if not isinstance(sources, list) or not all(isinstance(s, str) for s in sources):

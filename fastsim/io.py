@@ -47,9 +47,9 @@ __all__ = [
     "ShowerWriter",
     "aligned_empty",
     "check_free_space",
-    "check_output_size",
     "check_mev_units",
     "check_output_path",
+    "check_output_size",
     "find_partial",
     "output_format",
     "parse_compression",
@@ -287,7 +287,8 @@ def check_free_space(folder: str | os.PathLike, nbytes: int, what: str) -> None:
     except OSError:
         return  # cannot tell: the write itself will say
     if nbytes > free:
-        raise OutputError(f"output: {what} needs {format_bytes(nbytes)}, but {str(folder)!r} has {format_bytes(free)} free")
+        raise OutputError(f"output: {what} needs {format_bytes(nbytes)}, "
+                          f"but {str(folder)!r} has {format_bytes(free)} free")
 
 
 def _companion(path: Path) -> Path:

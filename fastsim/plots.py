@@ -72,7 +72,7 @@ def caption(comparison: Comparison) -> str:
     model = f" ({gen['model']} {gen.get('model_version', '')})".replace(" )", ")") if "model" in gen else ""
     lo, hi = r.get("energy_range_mev") or (float("nan"), float("nan"))
     return (f"generated N={gen['n_showers']:,}{model}, reference N={r['reference']['n_showers']:,}, "
-            f"$E_{{inc}}$ {lo / 1e3:.4g}–{hi / 1e3:.4g} GeV")
+            f"$E_{{inc}}$ {lo / 1e3:.4g}-{hi / 1e3:.4g} GeV")
 
 
 def _titled(fig: Any, comparison: Comparison, title: str) -> None:
@@ -204,7 +204,7 @@ def draw_response_resolution(comparison: Comparison, folder: Path) -> Path | Non
     centres = np.array([math.sqrt(r["e_low_mev"] * r["e_high_mev"]) / 1e3 for r in rows])
     fig = _figure(6.5, 8.0)
     grid = fig.add_gridspec(4, 1, height_ratios=(3, 1.3, 3, 1.3))
-    panels = {}
+    panels: dict[str, Any] = {}
     for i, key in enumerate(("response", "resolution")):
         main = fig.add_subplot(grid[2 * i], sharex=panels.get("response"))
         ratio = fig.add_subplot(grid[2 * i + 1], sharex=main)

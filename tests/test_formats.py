@@ -14,11 +14,11 @@ import os
 import h5py
 import numpy as np
 import pytest
-from helpers.decoders import make_decoder
 
 import fastsim
 from fastsim.formats import hep_format, voxel_table, write_hep
 from fastsim.geometry import CylindricalGeometry, Layer
+from helpers.decoders import make_decoder
 
 uproot = pytest.importorskip("uproot")
 

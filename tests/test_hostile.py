@@ -22,14 +22,14 @@ import h5py
 import numpy as np
 import onnx
 import pytest
-from helpers import cli_env
-from helpers.decoders import make_decoder, make_model, make_spec
 
 import fastsim
 from fastsim.errors import ConditionError, ModelError, OutputError
 from fastsim.io import ShowerWriter, find_partial, partial_progress, read_output
 from fastsim.models import file_sha256, model_sha256
 from fastsim.spec import embed_spec
+from helpers import cli_env
+from helpers.decoders import make_decoder, make_model, make_spec
 
 
 def _files(folder: Path) -> dict[str, float]:

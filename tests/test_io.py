@@ -13,9 +13,9 @@ from fastsim.errors import ArgumentError, OutputError
 from fastsim.io import (
     ShowerWriter,
     check_output_path,
+    find_partial,
     output_format,
     parse_compression,
-    find_partial,
     partial_progress,
     read_output,
     write_batches,

@@ -205,7 +205,8 @@ def test_the_split_depends_only_on_sizes_so_two_representations_share_it():
     data_2, labels_2, split_2 = metrics.two_sample_split(np.exp(a), np.exp(b), n_max=200, seed=3)
     np.testing.assert_array_equal(labels, labels_2)
     np.testing.assert_allclose(np.exp(data), data_2, rtol=1e-6)
-    assert [len(part) for part in split] == [240, 80, 80] and all(np.array_equal(p, q) for p, q in zip(split, split_2))
+    assert [len(part) for part in split] == [240, 80, 80]
+    assert all(np.array_equal(p, q) for p, q in zip(split, split_2, strict=True))
     assert labels.sum() == 200
 
 

@@ -240,7 +240,7 @@ def test_other_uniform_geometries_are_supported(method):
 
 
 def test_non_uniform_binnings_need_the_spots_method():
-    mixed = CylindricalGeometry((Layer((0.0, 5.0, 40.0), 1),) + tuple(Layer((0.0, 2.0, 10.0, 80.0), 8) for _ in range(30)))
+    mixed = CylindricalGeometry((Layer((0.0, 5.0, 40.0), 1), *tuple(Layer((0.0, 2.0, 10.0, 80.0), 8) for _ in range(30))))
     energies, showers = simulate(64, "10GeV", seed=1, geometry=mixed)
     assert showers.shape == (64, 2 + 30 * 24)
     assert 0.97 < _response(energies, showers).mean() < 1.01

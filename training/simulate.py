@@ -914,13 +914,13 @@ def iter_simulate(
         pending.append((e, s, t, p))
         held += e.shape[0]
         while held >= chunk_size:
-            joined = [np.concatenate(parts) for parts in zip(*pending)]
+            joined = [np.concatenate(parts) for parts in zip(*pending, strict=False)]
             out = tuple(a[:chunk_size] for a in joined)
             yield out if return_angles else out[:2]
             pending = [tuple(a[chunk_size:] for a in joined)]
             held -= chunk_size
     if held:
-        out = tuple(np.concatenate(parts) for parts in zip(*pending))
+        out = tuple(np.concatenate(parts) for parts in zip(*pending, strict=False))
         yield out if return_angles else out[:2]
 
 
