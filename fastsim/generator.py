@@ -200,10 +200,11 @@ class Generator:
             ArgumentError: a bad ``n``, ``seed``, ``batch_size`` or ``start``.
             ConditionError: conditions malformed or outside the training range.
 
-        >>> import fastsim
-        >>> gen = fastsim.load("default", device="cpu", threads=1)
-        >>> [len(showers) for _, showers in gen.iter_batches(2500, "50GeV", batch_size=1024)]
-        [1024, 1024, 452]
+        Examples:
+            >>> import fastsim
+            >>> gen = fastsim.load("default", device="cpu", threads=1)
+            >>> [len(showers) for _, showers in gen.iter_batches(2500, "50GeV", batch_size=1024)]
+            [1024, 1024, 452]
         """
         plan, streams, start, batch_size = self._prepare(n, conditions, seed, batch_size, start,
                                                          allow_extrapolation, named)
@@ -351,9 +352,7 @@ class Generator:
         those of :meth:`iter_batches` with the same arguments, bit for bit on the
         same provider.
 
-        Args:
-            n, conditions, seed, batch_size, start, allow_extrapolation, named:
-                as in :meth:`iter_batches`.
+        The arguments are those of :meth:`iter_batches`.
 
         Returns:
             An iterator of (conditions (k, n_conditions) float32 numpy, showers
