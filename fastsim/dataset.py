@@ -29,7 +29,7 @@ import numpy as np
 from fastsim.errors import DataError
 from fastsim.geometry import CylindricalGeometry, GeometryError, default_geometry
 
-__all__ = ["DEFAULT_CHUNK_SIZE", "ShowerFile", "ShowerSource", "open_showers"]
+__all__ = ["DEFAULT_CHUNK_SIZE", "ShowerFile", "ShowerSource", "open_showers", "row_range"]
 
 #: Showers per chunk when iterating (about 26 MB of float32 for 6480 voxels).
 DEFAULT_CHUNK_SIZE = 1000
@@ -39,6 +39,17 @@ SHOWERS_KEY = "showers"
 
 _Source = TypeVar("_Source", bound="ShowerSource")
 
+
+
+def row_range(path: object, n: int, start: int, stop: int | None) -> tuple[int, int]:
+    """``(start, stop)`` as integers within ``0:n`` (``stop`` None: ``n``), else a DataError naming ``path``."""
+    stop = n if stop is None else stop
+    for name, value in (("start", start), ("stop", stop)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise DataError(f"{path}: {name} must be an integer, got {value!r}")
+    if not 0 <= start <= stop <= n:
+        raise DataError(f"{path}: rows {start}:{stop} are outside 0:{n}")
+    return int(start), int(stop)
 
 class ShowerSource(Protocol):
     """Showers read lazily from storage: a shower file or a folder of shards.
@@ -189,13 +200,7 @@ class ShowerFile:
 
     # -- reading -----------------------------------------------------------
     def _range(self, start: int, stop: int | None) -> tuple[int, int]:
-        stop = self.n if stop is None else stop
-        for name, value in (("start", start), ("stop", stop)):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-                raise DataError(f"{self.path}: {name} must be an integer, got {value!r}")
-        if not 0 <= start <= stop <= self.n:
-            raise DataError(f"{self.path}: rows {start}:{stop} are outside 0:{self.n}")
-        return int(start), int(stop)
+        return row_range(self.path, self.n, start, stop)
 
     def _read_rows(self, lo: int, hi: int) -> np.ndarray:
         if self._file is None:

@@ -96,12 +96,9 @@ def check_hep_output(path: str | os.PathLike[str], fmt: str, *, force: bool = Fa
     elif path.suffix.lower() not in (".h5", ".hdf5"):
         raise ArgumentError(f"output: a hit list is HDF5; expected a name ending in .h5 (e.g. showers.hits.h5), "
                             f"got {str(path)!r}")
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        problem = "is not a folder" if folder.exists() else "does not exist"
-        raise OutputError(f"output: folder {str(folder)!r} {problem}")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise OutputError(f"output: folder {str(folder)!r} is not writable")
+    from fastsim.io import check_output_folder
+
+    check_output_folder(path)
     if path.is_dir():
         raise OutputError(f"output: {str(path)!r} is a folder, expected a file name")
     if path.exists() and not force:
@@ -308,13 +305,9 @@ class _Showers:
         raise NotImplementedError
 
     def _range(self, start: int, stop: int | None) -> tuple[int, int]:
-        stop = self.n if stop is None else stop
-        for name, value in (("start", start), ("stop", stop)):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-                raise DataError(f"{self.path}: {name} must be an integer, got {value!r}")
-        if not 0 <= start <= stop <= self.n:
-            raise DataError(f"{self.path}: rows {start}:{stop} are outside 0:{self.n}")
-        return int(start), int(stop)
+        from fastsim.dataset import row_range
+
+        return row_range(self.path, self.n, start, stop)
 
     def read(self, start: int = 0, stop: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Rows start:stop at once: (energies (k, 1) float64, showers (k, n_voxels) float32)."""

@@ -48,6 +48,7 @@ __all__ = [
     "aligned_empty",
     "check_free_space",
     "check_mev_units",
+    "check_output_folder",
     "check_output_path",
     "check_output_size",
     "find_partial",
@@ -324,14 +325,20 @@ def check_output_path(path: str | os.PathLike, *, force: bool = False, resume: b
         raise OutputError(f"output: cannot use {str(path)[:80]!r}: {exc.strerror or exc}") from None
 
 
-def _check_output(path: Path, force: bool, resume: bool, fmt: str | None, *, probe_lock: bool) -> Path:
-    fmt = output_format(path, fmt)
+def check_output_folder(path: Path) -> Path:
+    """The folder that will hold ``path``: it must exist and be writable (OutputError otherwise)."""
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         problem = "is not a folder" if folder.exists() else "does not exist"
         raise OutputError(f"output: folder {str(folder)!r} {problem}")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise OutputError(f"output: folder {str(folder)!r} is not writable")
+    return folder
+
+
+def _check_output(path: Path, force: bool, resume: bool, fmt: str | None, *, probe_lock: bool) -> Path:
+    fmt = output_format(path, fmt)
+    folder = check_output_folder(path)
     longest = max([path.name] + ([_companion(path).name] if fmt == "npy" else []), key=lambda n: len(os.fsencode(n)))
     try:
         name_max = os.pathconf(folder, "PC_NAME_MAX")
