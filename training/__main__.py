@@ -120,14 +120,17 @@ def simulate_command(n, output, particle, binning, energy, theta, phi, substruct
 @click.option("--max-showers", type=int, default=None, help="Override [data] max_showers (0 = all).")
 @click.option("--threads", type=int, default=None, help="Override [train] threads (torch CPU threads; 0 = torch default).")
 @click.option("--seed", type=int, default=None, help="Override [train] seed.")
+@click.option("--binning", "--dataset", "binning", default=None, help="The showers' binning: a CaloChallenge dataset name (1-photons, 1-pions, 2, 3) or a binning XML. Default: the XML beside --data (DATA stem + .xml, as simulate writes it), else dataset 2.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-def train_command(config_path, data, validation, out, resume, epochs, max_showers, threads, seed, quiet) -> None:
+def train_command(config_path, data, validation, out, resume, epochs, max_showers, threads, seed, binning,
+                  quiet) -> None:
     """Train the conditional VAE; early stopping on fastsim.validate's figure of merit.
 
     \b
     Example:
       python -m training train --config calo-electron \\
           --data data/train.h5 --validation data/val.h5 --out runs/calo-electron
+      python -m training train --config calo-photon-d1 --data data/photons.h5 --out runs/photons
     """
     from training.train import load_config, train
 
@@ -139,10 +142,61 @@ def train_command(config_path, data, validation, out, resume, epochs, max_shower
     for name, path in (("--data", data), ("--validation", validation)):
         if path is not None and not os.path.isfile(path):
             raise click.BadParameter(f"file {path!r} does not exist", param_hint=name)
-    summary = train(config, data, out, validation=validation, resume=resume,
+    geometry = _binning(binning, data)
+    summary = train(config, data, out, validation=validation, resume=resume, geometry=geometry,
                     progress=not quiet and sys.stderr.isatty(), log=click.echo)
     click.echo(f"best figure of merit {summary['best_fom']:.5f} at epoch {summary['best_epoch'] + 1}; "
                f"{summary['epochs_run']} epochs in {summary['train_seconds'] / 60:.1f} min; run folder {out}")
+
+
+def _binning(binning: str | None, data: str):
+    """The geometry named by --binning, else the binning XML beside DATA, else dataset 2."""
+    from pathlib import Path
+
+    from fastsim.geometry import CylindricalGeometry, GeometryError, load_detector
+
+    try:
+        if binning is not None:
+            if Path(binning).suffix == ".xml":
+                return CylindricalGeometry.from_xml(binning)
+            return load_detector(binning)[0]
+        beside = Path(data).with_suffix(".xml")
+        return CylindricalGeometry.from_xml(beside) if beside.is_file() else None
+    except (GeometryError, OSError, ValueError) as exc:
+        raise click.BadParameter(str(exc), param_hint="--binning") from None
+
+
+@cli.command("symmetry")
+@click.argument("data", type=click.Path(dir_okay=False, exists=True))
+@click.option("--binning", "--dataset", "binning", default=None, help="The showers' binning (default: the XML beside DATA, else dataset 2).")
+@click.option("-n", "--n-showers", "n", type=click.IntRange(min=10), default=20000, show_default=True, help="Showers to read.")
+@click.option("--n-sigma", type=click.FloatRange(min=0.0), default=5.0, show_default=True, help="An order is recommended when a moment is this many standard errors from 0.")
+@click.option("--json", "as_json", is_flag=True, help="Print the measurement as JSON.")
+def symmetry_command(data, binning, n, n_sigma, as_json) -> None:
+    """Measure the track-frame alpha harmonics of showers: which orders a "voxels" model needs.
+
+    \b
+    Example:
+      python -m training symmetry data/inclined.h5
+    """
+    import json
+
+    from fastsim.geometry import default_geometry
+    from training.general import measure_alpha_symmetry
+
+    geometry = _binning(binning, data) or default_geometry()
+    result = measure_alpha_symmetry(data, geometry, max_showers=n, n_sigma=n_sigma)
+    if as_json:
+        click.echo(json.dumps(result, indent=1))
+        return
+    click.echo(f"track-frame alpha moments of {result['n_showers']} showers of {data}:")
+    for row in result["orders"]:
+        click.echo(f"  k={row['order']}: cos {row['cos_mean']:+.4f} +- {row['cos_error']:.4f}, "
+                   f"sin {row['sin_mean']:+.4f} +- {row['sin_error']:.4f}"
+                   f"{'  significant' if row['significant'] else ''}")
+    orders = result["recommended"]
+    click.echo(f"recommended [model] alpha_harmonics = {orders}" if orders else
+               "no significant alpha structure: alpha_harmonics = [] (sectors of a ring share one mean)")
 
 
 @cli.command("fit-noise")

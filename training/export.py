@@ -106,6 +106,7 @@ def build_spec(checkpoint: dict, decoder: PhysicalDecoder, *, name: str, version
     data_info = json.loads(checkpoint["data_json"])
     data = config["data"]
     vae = decoder.vae
+    general = hasattr(decoder, "conditioning")
     training = {
         "data": config.get("description") or f"reference simulator showers from {Path(data_info['train']).name}",
         "data_files": {"train": data_info["train"], "validation": data_info["validation"]},
@@ -116,26 +117,27 @@ def build_spec(checkpoint: dict, decoder: PhysicalDecoder, *, name: str, version
         "train_seconds": round(float(checkpoint["train_seconds"]), 1),
         "validation_fom": float(checkpoint["fom"]),
         "hyperparameters": {"model": config["model"], "train": config["train"], "data": data},
-        "architecture": "conditional VAE decoder (MLP trunk; response, layer-softmax and alpha-symmetric "
-                        "ring-softmax heads; Gamma voxel noise), aggregate-posterior prior folded in",
+        "architecture": _architecture_text(decoder),
         "parameters": sum(count_parameters(m) for m in vae.decoder_modules()),
         "flops_per_shower": decoder_flops(vae),
         "precision": precision,
         "voxel_threshold_mev": data["threshold"],
-        "voxel_noise": {"kind": "gamma", "kappa_mev": decoder.noise_kappa,
+        "voxel_noise": {"kind": "gamma",
+                        **({"kappa_mev_per_layer": [round(float(k), 5) for k in decoder.noise_kappa]} if general
+                           else {"kappa_mev": decoder.noise_kappa}),
                         "spot_energy": None if decoder.spot_coeffs is None else {
                             "law": "per layer l: log(e_s / MeV) = sum_k coeffs[k][l] * c^k",
                             "coeffs": [[round(float(x), 5) for x in row] for row in decoder.spot_coeffs]},
                         "seed_latent_dims": list(range(vae.config.latent_dim, decoder.latent_dim))}
-        if decoder.noise_kappa > 0 else {"kind": "none"},
+        if _noisy(decoder) else {"kind": "none"},
     }
     return ModelSpec(
         name=name,
         version=version,
         latent_dim=decoder.latent_dim,
         prior={"kind": "standard_normal"},
-        conditions=(ConditionSpec("incident_energy", "MeV", float(data["e_min"]), float(data["e_max"]),
-                                  "log-uniform"),),
+        conditions=decoder.conditioning.specs() if general else (
+            ConditionSpec("incident_energy", "MeV", float(data["e_min"]), float(data["e_max"]), "log-uniform"),),
         output=OutputSpec(name="showers", unit="MeV", n_voxels=vae.n_voxels,
                           geometry=json.loads(checkpoint["geometry_json"]), dtype="float32"),
         training=training,
@@ -144,10 +146,38 @@ def build_spec(checkpoint: dict, decoder: PhysicalDecoder, *, name: str, version
     )
 
 
+def _noisy(decoder) -> bool:
+    return bool(np.any(np.asarray(decoder.noise_kappa) > 0))
+
+
+def _architecture_text(decoder) -> str:
+    if not hasattr(decoder, "conditioning"):
+        return ("conditional VAE decoder (MLP trunk; response, layer-softmax and alpha-symmetric "
+                "ring-softmax heads; Gamma voxel noise), aggregate-posterior prior folded in")
+    orders = decoder.vae.orders
+    sectors = (f"sector softmax over track-frame alpha harmonics k={list(orders)} turned by incident_phi"
+               if orders else "alpha-symmetric sectors (no significant alpha harmonics in the data)")
+    return (f"conditional VAE decoder, general voxel layout (MLP trunk on latent, log energy"
+            f"{' and theta' if decoder.conditioning.theta_max > 0 else ''}; response, layer-softmax, "
+            f"within-layer ring-softmax heads; {sectors}; per-layer Gamma voxel noise), "
+            "aggregate-posterior prior folded in")
+
+
+def _example_conditions(decoder, n: int, seed: int) -> np.ndarray:
+    """(n, c) float32 conditions spanning the training range: energies on a log grid, angles drawn."""
+    if hasattr(decoder, "conditioning"):
+        cond = decoder.conditioning
+        out = cond.sample(n, np.random.default_rng(seed))
+        out[:, 0] = np.geomspace(cond.e_min, cond.e_max, n).astype(np.float32)
+        return out
+    spec_min, spec_max = decoder.log_e_min, decoder.log_e_min + 2.0 / decoder.c_scale
+    return np.exp(np.linspace(spec_min, spec_max, n)).astype(np.float32)[:, None]
+
+
 def _trace(decoder: PhysicalDecoder, path: Path) -> None:
     d = decoder.latent_dim
     z = torch.zeros(2, d)
-    conditions = torch.full((2, 1), 1e4)
+    conditions = torch.as_tensor(_example_conditions(decoder, 2, 0))
     with warnings.catch_warnings():
         # The TorchScript exporter announces its own deprecation; the graph it
         # writes for this plain MLP is clean and needs no onnxscript.
@@ -284,9 +314,8 @@ def _ort_run(path: Path, z: np.ndarray, conditions: np.ndarray) -> np.ndarray:
 
 
 def parity(decoder: PhysicalDecoder, path: Path, *, n: int = 200, seed: int = 123) -> dict:
-    """Compare torch and ONNX Runtime on the same z and energies spanning the training range."""
-    spec_min, spec_max = decoder.log_e_min, decoder.log_e_min + 2.0 / decoder.c_scale
-    energy = np.exp(np.linspace(spec_min, spec_max, n)).astype(np.float32)[:, None]
+    """Compare torch and ONNX Runtime on the same z and conditions spanning the training range."""
+    energy = _example_conditions(decoder, n, seed)
     z = np.random.default_rng(seed).standard_normal((n, decoder.latent_dim)).astype(np.float32)
     with torch.no_grad():
         expected = decoder(torch.from_numpy(z), torch.from_numpy(energy)).numpy().astype(np.float64)
@@ -368,7 +397,7 @@ def export(run: str | os.PathLike, output: str | os.PathLike, *, version: str, p
         onnx.checker.check_model(model, full_check=True)
         onnx.save(model, os.fspath(partial))
         if precision == "int8":
-            from training.quantize import quantize_model  # owned by the benchmark engineer
+            from training.quantize import quantize_model
 
             quantize_model(partial, partial)
 

@@ -43,6 +43,7 @@ from torch import nn
 from training.data import ResponseFit
 
 __all__ = [
+    "ARCHITECTURES",
     "NOISE_SEED_DIMS",
     "NOISE_WORDS_OP",
     "PRIOR_DEGREE",
@@ -53,10 +54,12 @@ __all__ = [
     "ShowerVAE",
     "count_parameters",
     "decoder_flops",
+    "gamma_voxels",
     "noise_words",
 ]
 
 VOXEL_NOISE = ("gamma", "none")
+ARCHITECTURES = ("rings", "voxels")
 #: Degree of the polynomial in the condition that gives the latent prior's mean.
 PRIOR_DEGREE = 3
 #: Degree of the polynomial in the condition that gives each layer's log spot energy.
@@ -76,6 +79,34 @@ class ModelConfig:
     # "gamma": the exported decoder samples each voxel from a Gamma law around
     # the decoded mean (see PhysicalDecoder); "none": it returns the mean.
     voxel_noise: str = "gamma"
+    # "rings": the ring model of this module (uniform binning, energy only);
+    # "voxels": training.general (any binning, several conditions, alpha harmonics).
+    architecture: str = "rings"
+    # Harmonic orders k of the alpha structure (architecture "voxels"): a list of
+    # orders, or an int K for 1..K; empty: the sectors of a ring share one mean.
+    alpha_harmonics: tuple[int, ...] | int = ()
+
+    def __post_init__(self) -> None:
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(f"[model] architecture: expected one of {list(ARCHITECTURES)}, "
+                             f"got {self.architecture!r}")
+        orders = self.harmonic_orders
+        if any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in orders) or \
+                len(set(orders)) != len(orders):
+            raise ValueError(f"[model] alpha_harmonics: expected distinct orders >= 1 (or a count K), "
+                             f"got {self.alpha_harmonics!r}")
+        if orders and self.architecture != "voxels":
+            raise ValueError('[model] alpha_harmonics: needs architecture = "voxels" (the ring model is '
+                             "alpha-symmetric by construction)")
+        if isinstance(self.alpha_harmonics, list):
+            object.__setattr__(self, "alpha_harmonics", tuple(self.alpha_harmonics))
+
+    @property
+    def harmonic_orders(self) -> tuple[int, ...]:
+        k = self.alpha_harmonics
+        if isinstance(k, int) and not isinstance(k, bool):
+            return tuple(range(1, k + 1))
+        return tuple(k)
 
     @classmethod
     def from_dict(cls, data: dict) -> "ModelConfig":
@@ -125,6 +156,10 @@ class ShowerVAE(nn.Module):
 
     def decoder_modules(self) -> list[nn.Module]:
         return [self.trunk, self.v_head, self.layer_head, self.ring_head]
+
+    def prior_features(self, condition: torch.Tensor) -> torch.Tensor:
+        """The terms of the latent prior's mean: powers 0..PRIOR_DEGREE of the normalised condition."""
+        return torch.cat([condition ** k for k in range(PRIOR_DEGREE + 1)], dim=1)
 
     # -- encoder -------------------------------------------------------------
     def encoder_features(self, condition: torch.Tensor, v: torch.Tensor, rings: torch.Tensor) -> torch.Tensor:
@@ -282,6 +317,42 @@ class _Threshold(torch.autograd.Function):
 def _scaled_to(voxels: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
     """(N, a, b) voxels times the per-shower factor that makes them sum to ``total`` (N, 1)."""
     return voxels * (total / torch.clamp(voxels.sum((1, 2)), min=1e-30).unsqueeze(1)).unsqueeze(2)
+
+
+def gamma_voxels(mean: torch.Tensor, kappa: torch.Tensor, spot: torch.Tensor | None,
+                 uniforms: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Voxel energies (N, V) drawn around ``mean`` (N, V) with variance ``kappa * mean`` (kappa (V,) MeV).
+
+    The law of :meth:`PhysicalDecoder.sample_voxels`, voxel by voxel (for
+    decoders whose means differ between the sectors of a ring): with spot
+    energies ``spot`` (N, V), empty with probability exp(-mean / spot), else
+    Gamma with the conditional mean and variance that keep the totals;
+    without, Gamma(mean / kappa, kappa). ``uniforms`` = (radius (N, P),
+    angle (N, P), hit (N, V)), P = ceil(V / 2), as the hash makes them.
+    """
+    u_radius, u_angle, u_hit = uniforms
+    if spot is not None:
+        x = mean / spot
+        occupied = torch.clamp(torch.tanh(x * 0.5) * (1.0 + torch.exp(-x)), min=1e-12)
+        mean_hit = mean / occupied
+        var_hit = torch.clamp((kappa * mean - (1.0 - occupied) * mean * mean_hit) / occupied,
+                              min=1e-6 * mean_hit * mean_hit + 1e-30)
+    else:
+        occupied, mean_hit = torch.ones_like(mean), mean
+        var_hit = torch.clamp(kappa * mean, min=1e-30)
+    shape = torch.clamp(mean_hit * mean_hit / var_hit, min=1e-12)
+    scale = var_hit / torch.clamp(mean_hit, min=1e-30)
+    a = shape + 1.0
+    size = torch.exp(torch.log(scale * a) * (1.0 / 3.0))
+    offset, slope = size * (1.0 - 1.0 / (9.0 * a)), size / (3.0 * torch.sqrt(a))
+    radius, angle = torch.sqrt(torch.log(u_radius) * -2.0), u_angle * (2.0 * math.pi)
+    gauss = torch.cat([radius * torch.cos(angle), radius * torch.sin(angle)], dim=1)
+    if gauss.shape[1] != mean.shape[1]:
+        gauss = gauss[:, :mean.shape[1]]
+    cube = torch.relu(offset + slope * gauss)
+    log_hit = torch.log(u_hit / occupied)
+    log_hit = torch.minimum(log_hit, log_hit * -1e30)
+    return (cube * cube * cube) * torch.exp(log_hit / shape)
 
 
 class PhysicalDecoder(nn.Module):
@@ -473,7 +544,8 @@ def count_parameters(module: nn.Module) -> int:
 def decoder_flops(vae: ShowerVAE) -> int:
     """Multiply-adds x 2 of the exported decoder per shower (Linear layers and prior transform)."""
     d = vae.config.latent_dim
-    flops = 2 * d * d + 2 * (PRIOR_DEGREE + 1) * d  # the folded prior; the voxel noise adds ~40 element-wise ops per voxel, not counted
+    n_terms = getattr(vae, "prior_mean_terms", PRIOR_DEGREE + 1)
+    flops = 2 * d * d + 2 * n_terms * d  # the folded prior; the voxel noise adds ~40 element-wise ops per voxel, not counted
     for module in vae.decoder_modules():
         for layer in module.modules():
             if isinstance(layer, nn.Linear):

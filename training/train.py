@@ -73,6 +73,10 @@ class DataConfig:
     max_showers: int = 0  # 0 = all
     val_fraction: float = 0.1  # used only when no separate validation file is given
     max_val_showers: int = 0
+    # Conditions beyond energy (architecture "voxels"): incident_theta over [0, theta_max_deg]
+    # degrees when > 0; incident_phi (periodic, [0, 2 pi)) when phi is true.
+    theta_max_deg: float = 0.0
+    phi: bool = False
 
 
 @dataclass(frozen=True)
@@ -163,7 +167,7 @@ def fit_latent_prior(vae: ShowerVAE, tensors: ShowerTensors, n_max: int, seed: i
                      batch_size: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
     """Conditional Gaussian fit of the aggregate posterior q(z | c) = E_{x | c} q(z | x, c).
 
-    Returns (mean coefficients (PRIOR_DEGREE + 1, d) of a polynomial in c,
+    Returns (mean coefficients (n_terms, d) of the prior's mean in ``vae.prior_features(c)``,
     Cholesky factor (d, d) of the residual covariance). The encoder's codes
     drift with energy (a deeper shower is a different code), so a prior with
     an energy-independent mean would give a 1 GeV shower the depth of a
@@ -181,8 +185,7 @@ def fit_latent_prior(vae: ShowerVAE, tensors: ShowerTensors, n_max: int, seed: i
         eps = torch.randn(mean.shape, generator=gen).to(device)
         samples.append((mean + eps * torch.exp(0.5 * log_var)).double().cpu())
     z = torch.cat(samples)
-    c = tensors.condition[:n].double()
-    powers = torch.cat([c ** k for k in range(PRIOR_DEGREE + 1)], dim=1)
+    powers = vae.prior_features(tensors.condition[:n].double())
     coeffs = torch.linalg.lstsq(powers, z).solution
     residual = z - powers @ coeffs
     cov = residual.T @ residual / max(1, n - powers.shape[1]) + 1e-6 * torch.eye(z.shape[1], dtype=z.dtype)
@@ -190,16 +193,18 @@ def fit_latent_prior(vae: ShowerVAE, tensors: ShowerTensors, n_max: int, seed: i
 
 
 @torch.no_grad()
-def generate_showers(decoder: PhysicalDecoder, energy_mev: np.ndarray, seed: int,
-                     batch_size: int = 2048) -> np.ndarray:
-    """Showers (N, n_voxels) float32 MeV for the given incident energies, z ~ N(0, I)."""
+def generate_showers(decoder, conditions: np.ndarray, seed: int, batch_size: int = 2048) -> np.ndarray:
+    """Showers (N, n_voxels) float32 MeV, z ~ N(0, I), for incident energies (N,) MeV or conditions (N, c)."""
     decoder.eval()
     device = decoder.prior_mean.device
     gen = torch.Generator().manual_seed(seed)
     d = decoder.latent_dim
+    conditions = np.asarray(conditions, np.float32)
+    if conditions.ndim == 1:
+        conditions = conditions[:, None]
     out = []
-    for start in range(0, len(energy_mev), batch_size):
-        e = torch.as_tensor(np.asarray(energy_mev[start:start + batch_size], np.float32)[:, None])
+    for start in range(0, len(conditions), batch_size):
+        e = torch.as_tensor(conditions[start:start + batch_size])
         z = torch.randn((e.shape[0], d), generator=gen)
         out.append(decoder(z.to(device), e.to(device)).cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, decoder.vae.n_voxels), np.float32)
@@ -296,11 +301,11 @@ def refit_voxel_noise(run: str | os.PathLike, validation: str | os.PathLike, *, 
     geometry = CylindricalGeometry.from_dict(json.loads(ckpt["geometry_json"]))
     tcfg, dcfg = config["train"], config["data"]
     n_showers = tcfg.fom_showers if n_showers is None else n_showers
-    energy, reference = read_raw(validation, geometry, 0, n_showers)
-    spot = fit_spot_energy(physical_decoder_from_checkpoint(ckpt, geometry), energy, reference,
-                           threshold=dcfg.threshold, seed=tcfg.seed if seed is None else seed)
+    conditions, reference = _read_sample(validation, config, geometry, 0, n_showers)
+    spot = _fit_spot(physical_decoder_from_checkpoint(ckpt, geometry), conditions, reference,
+                     threshold=dcfg.threshold, seed=tcfg.seed if seed is None else seed)
     _atomic_save({**ckpt, "spot_coeffs": spot}, path)
-    log(f"voxel noise: spot energies of {path} refitted to the sparsity of {len(energy)} showers of {validation}")
+    log(f"voxel noise: spot energies of {path} refitted to the sparsity of {len(reference)} showers of {validation}")
     return spot
 
 
@@ -332,25 +337,74 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def physical_decoder_from_checkpoint(checkpoint: dict, geometry: CylindricalGeometry | None = None) -> PhysicalDecoder:
-    """Rebuild the physical-units decoder (prior folded in) from a checkpoint dict."""
+def physical_decoder_from_checkpoint(checkpoint: dict, geometry: CylindricalGeometry | None = None):
+    """Rebuild the physical-units decoder (prior folded in) from a checkpoint dict.
+
+    A :class:`~training.model.PhysicalDecoder` for the ring model, a
+    :class:`~training.general.GeneralDecoder` for ``architecture = "voxels"``.
+    """
     config = _config_from_dict(json.loads(checkpoint["config_json"]))
     geometry = geometry or CylindricalGeometry.from_dict(json.loads(checkpoint["geometry_json"]))
-    vae = _build_vae(config["model"], geometry)
+    vae = _build_vae(config, geometry)
     vae.load_state_dict(checkpoint["model"])
-    data = config["data"]
-    decoder = PhysicalDecoder(vae, ResponseFit.from_dict(json.loads(checkpoint["response_json"])),
-                              e_min=data.e_min, e_max=data.e_max, threshold=data.threshold,
-                              prior_mean=checkpoint["prior_mean"], prior_chol=checkpoint["prior_chol"],
-                              noise_kappa=float(checkpoint["noise_kappa"]),
-                              spot_coeffs=checkpoint.get("spot_coeffs"))
+    decoder = _physical_decoder(vae, ResponseFit.from_dict(json.loads(checkpoint["response_json"])), config,
+                                checkpoint["prior_mean"], checkpoint["prior_chol"], checkpoint["noise_kappa"],
+                                checkpoint.get("spot_coeffs"))
     return decoder.eval()
 
 
-def _build_vae(model_config: ModelConfig, geometry: CylindricalGeometry) -> ShowerVAE:
+def conditioning_of(config: dict):
+    """The :class:`~training.general.Conditioning` of a config (architecture "voxels")."""
+    from training.general import Conditioning
+
+    data: DataConfig = config["data"]
+    return Conditioning(data.e_min, data.e_max, math.radians(data.theta_max_deg), bool(data.phi))
+
+
+def _physical_decoder(vae, response: ResponseFit, config: dict, prior_mean, prior_chol, kappa, spot_coeffs=None):
+    data: DataConfig = config["data"]
+    if config["model"].architecture == "voxels":
+        from training.general import GeneralDecoder
+
+        return GeneralDecoder(vae, response, threshold=data.threshold, prior_mean=prior_mean, prior_chol=prior_chol,
+                              noise_kappa=np.asarray(kappa, np.float64), spot_coeffs=spot_coeffs)
+    return PhysicalDecoder(vae, response, e_min=data.e_min, e_max=data.e_max, threshold=data.threshold,
+                           prior_mean=prior_mean, prior_chol=prior_chol, noise_kappa=float(kappa),
+                           spot_coeffs=spot_coeffs)
+
+
+def _fit_spot(decoder, conditions: np.ndarray, reference: np.ndarray, *, threshold: float, seed: int):
+    if conditions.ndim == 2:
+        from training.general import fit_general_spot_energy
+
+        return fit_general_spot_energy(decoder, conditions, reference, threshold=threshold, seed=seed)
+    return fit_spot_energy(decoder, conditions, reference, threshold=threshold, seed=seed)
+
+
+def _read_sample(path, config: dict, geometry: CylindricalGeometry, start: int, stop: int | None):
+    """(energies (N,) or, for the "voxels" architecture, conditions (N, c); raw showers (N, n_voxels))."""
+    energy, showers = read_raw(path, geometry, start, stop)
+    if config["model"].architecture != "voxels":
+        return energy, showers
+    from training.general import read_conditions
+
+    conditions = read_conditions(path, conditioning_of(config).names, start, start + len(energy))
+    return conditions, showers
+
+
+def _build_vae(config: dict, geometry: CylindricalGeometry):
+    model_config: ModelConfig = config["model"]
+    if model_config.architecture == "voxels":
+        from training.general import GeneralVAE, VoxelLayout
+
+        return GeneralVAE(model_config, VoxelLayout(geometry), conditioning_of(config))
+    data: DataConfig = config["data"]
+    if data.theta_max_deg > 0 or data.phi:
+        raise ValueError('[data] theta_max_deg/phi: conditions beyond energy need [model] architecture = "voxels"')
     if not geometry.uniform:
-        raise ValueError("geometry: the VAE needs every layer binned the same way (a uniform geometry); "
-                         f"got layers with {sorted({layer.n_voxels for layer in geometry.layers})} voxels")
+        raise ValueError("geometry: the ring model needs every layer binned the same way (a uniform geometry); "
+                         f"got layers with {sorted({layer.n_voxels for layer in geometry.layers})} voxels; "
+                         'set [model] architecture = "voxels" for any binning')
     first = geometry.layers[0]
     return ShowerVAE(model_config, geometry.n_layers, first.n_alpha, first.n_radial)
 
@@ -443,9 +497,23 @@ class _Progress:
     elapsed_before: float = 0.0  # training seconds of earlier sessions (before --resume)
 
 
-def _load_split(dcfg: DataConfig, data: str | os.PathLike, validation: str | os.PathLike | None,
-                geometry: CylindricalGeometry) -> tuple[ShowerTensors, ShowerTensors, ResponseFit]:
+def _load_split(config: dict, data: str | os.PathLike, validation: str | os.PathLike | None,
+                geometry: CylindricalGeometry):
     """Training and validation showers: ``validation``, else the tail of ``data``."""
+    dcfg: DataConfig = config["data"]
+    if config["model"].architecture == "voxels":
+        from training.general import VoxelLayout, load_general_showers
+
+        conditioning, layout = conditioning_of(config), VoxelLayout(geometry)
+        train_set, response = load_general_showers(data, conditioning, layout, max_showers=dcfg.max_showers or None)
+        if validation is not None:
+            val_set, _ = load_general_showers(validation, conditioning, layout, response=response,
+                                              max_showers=dcfg.max_val_showers or None)
+            return train_set, val_set, response
+        n_val = max(1, round(train_set.n * dcfg.val_fraction))
+        if n_val >= train_set.n:
+            raise ValueError(f"--data: {train_set.n} showers are too few to split off a validation set")
+        return (*train_set.split(n_val), response)
     train_set, response = load_showers(data, e_min=dcfg.e_min, e_max=dcfg.e_max, geometry=geometry,
                                        max_showers=dcfg.max_showers or None)
     if validation is not None:
@@ -475,8 +543,19 @@ def _write_run_description(out: Path, config: dict, data: str | os.PathLike, val
         "response_json": json.dumps(response.to_dict()),
         "geometry_json": json.dumps(geometry.to_dict()),
         "data_json": json.dumps(data_info),
-        "noise_kappa": float(train_set.kappa),
+        "noise_kappa": _kappa_record(train_set.kappa),
     }
+
+
+def _kappa_record(kappa):
+    """kappa as a checkpoint holds it: a float (ring model) or a list of floats per layer."""
+    return float(kappa) if np.ndim(kappa) == 0 else [float(k) for k in kappa]
+
+
+def _kappa_text(kappa) -> str:
+    if np.ndim(kappa) == 0:
+        return f"{float(kappa):.2f} MeV"
+    return f"{np.min(kappa):.2f}-{np.max(kappa):.2f} MeV over {len(kappa)} layers"
 
 
 def _restore(out: Path, resume: bool, vae: ShowerVAE, optimiser: torch.optim.Optimizer, log) -> _Progress:
@@ -495,12 +574,14 @@ def _restore(out: Path, resume: bool, vae: ShowerVAE, optimiser: torch.optim.Opt
 
 
 def _fom_sample(data: str | os.PathLike, validation: str | os.PathLike | None, geometry: CylindricalGeometry,
-                tcfg: TrainConfig, train_set: ShowerTensors, val_set: ShowerTensors) -> tuple[np.ndarray, np.ndarray]:
-    """Raw validation showers for the figure of merit (the held-out tail of ``data`` without ``validation``)."""
+                config: dict, train_set, val_set) -> tuple[np.ndarray, np.ndarray]:
+    """Raw validation showers for the figure of merit (the held-out tail of ``data`` without ``validation``):
+    (energies (N,) or conditions (N, c), showers)."""
+    tcfg: TrainConfig = config["train"]
     if validation is not None:
-        return read_raw(validation, geometry, 0, tcfg.fom_showers)
+        return _read_sample(validation, config, geometry, 0, tcfg.fom_showers)
     n_rows = val_set.n + train_set.n + train_set.n_dropped
-    return read_raw(data, geometry, n_rows - min(val_set.n, tcfg.fom_showers), n_rows)
+    return _read_sample(data, config, geometry, n_rows - min(val_set.n, tcfg.fom_showers), n_rows)
 
 
 def _train_epoch(vae: ShowerVAE, optimiser: torch.optim.Optimizer, train_set: ShowerTensors, schedule: _Schedule,
@@ -534,19 +615,20 @@ def _train_epoch(vae: ShowerVAE, optimiser: torch.optim.Optimizer, train_set: Sh
     return {key: value / train_set.n for key, value in sums.items()}
 
 
-def _epoch_prior(vae: ShowerVAE, config: dict, train_set: ShowerTensors) -> tuple[torch.Tensor, torch.Tensor]:
+def _epoch_prior(vae, config: dict, train_set) -> tuple[torch.Tensor, torch.Tensor]:
     """The latent prior the export folds in: the aggregate posterior's fit, or N(0, I)."""
     tcfg: TrainConfig = config["train"]
     if tcfg.prior == "aggregate":
         return fit_latent_prior(vae, train_set, tcfg.prior_fit_showers, tcfg.seed)
     d = config["model"].latent_dim
-    return torch.zeros(PRIOR_DEGREE + 1, d), torch.eye(d)
+    return torch.zeros(getattr(vae, "prior_mean_terms", PRIOR_DEGREE + 1), d), torch.eye(d)
 
 
-def _judge(decoder: PhysicalDecoder, dcfg: DataConfig, tcfg: TrainConfig, fom_energy: np.ndarray,
+def _judge(decoder, dcfg: DataConfig, tcfg: TrainConfig, fom_conditions: np.ndarray,
            fom_reference: np.ndarray, fom_reference_features, geometry: CylindricalGeometry) -> dict[str, float]:
     """Generated vs validation showers: the figure of merit and the worst response/resolution deviations."""
-    generated = generate_showers(decoder, fom_energy, seed=tcfg.seed + 1)
+    generated = generate_showers(decoder, fom_conditions, seed=tcfg.seed + 1)
+    fom_energy = fom_conditions if fom_conditions.ndim == 1 else fom_conditions[:, 0]
     fom = _figure_of_merit(fom_energy, generated, fom_reference_features, geometry, dcfg.threshold)
     table = response_table(fom_energy, generated.sum(1), fom_reference.sum(1), e_min=dcfg.e_min, e_max=dcfg.e_max)
     return {"fom": fom,
@@ -589,12 +671,12 @@ def train(config: dict, data: str | os.PathLike, out: str | os.PathLike, *,
     torch.manual_seed(tcfg.seed)
 
     t_load = time.perf_counter()
-    train_set, val_set, response = _load_split(dcfg, data, validation, geometry)
+    train_set, val_set, response = _load_split(config, data, validation, geometry)
     log(f"data: {train_set.n} training showers ({train_set.n_dropped} empty dropped), "
         f"{val_set.n} validation showers, loaded in {time.perf_counter() - t_load:.0f} s; "
-        f"voxel noise kappa {train_set.kappa:.2f} MeV")
+        f"voxel noise kappa {_kappa_text(train_set.kappa)}")
 
-    vae = _build_vae(config["model"], geometry)
+    vae = _build_vae(config, geometry)
     vae.fit_input_scaling(train_set.condition, train_set.v, train_set.rings)
     vae.to(device)
     optimiser = torch.optim.Adam(vae.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
@@ -602,7 +684,8 @@ def train(config: dict, data: str | os.PathLike, out: str | os.PathLike, *,
     meta = _write_run_description(out, config, data, validation, train_set, val_set, response, geometry)
     state = _restore(out, resume, vae, optimiser, log)
 
-    fom_energy, fom_reference = _fom_sample(data, validation, geometry, tcfg, train_set, val_set)
+    fom_conditions, fom_reference = _fom_sample(data, validation, geometry, config, train_set, val_set)
+    fom_energy = fom_conditions if fom_conditions.ndim == 1 else fom_conditions[:, 0]
     fom_reference_features = _reference_features(fom_energy, fom_reference, geometry, dcfg.threshold)
     log(f"model: {count_parameters(vae)} parameters "
         f"({sum(count_parameters(m) for m in vae.decoder_modules())} in the decoder), "
@@ -615,10 +698,9 @@ def train(config: dict, data: str | os.PathLike, out: str | os.PathLike, *,
         train_terms = _train_epoch(vae, optimiser, train_set, schedule, epoch, device, progress)
         val_terms = _evaluate_loss(vae, val_set, tcfg, tcfg.beta, device)
         prior_mean, prior_chol = _epoch_prior(vae, config, train_set)
-        decoder = PhysicalDecoder(vae, response, e_min=dcfg.e_min, e_max=dcfg.e_max, threshold=dcfg.threshold,
-                                  prior_mean=prior_mean.to(device), prior_chol=prior_chol.to(device),
-                                  noise_kappa=train_set.kappa).to(device)
-        judged = _judge(decoder, dcfg, tcfg, fom_energy, fom_reference, fom_reference_features, geometry)
+        decoder = _physical_decoder(vae, response, config, prior_mean.to(device), prior_chol.to(device),
+                                    train_set.kappa).to(device)
+        judged = _judge(decoder, dcfg, tcfg, fom_conditions, fom_reference, fom_reference_features, geometry)
         fom = judged["fom"]
 
         elapsed = state.elapsed_before + time.perf_counter() - t_start
@@ -656,8 +738,8 @@ def train(config: dict, data: str | os.PathLike, out: str | os.PathLike, *,
             break
     if config["model"].voxel_noise == "gamma" and (out / "best.pt").exists():
         best = load_checkpoint(out / "best.pt")
-        spot = fit_spot_energy(physical_decoder_from_checkpoint(best, geometry), fom_energy, fom_reference,
-                               threshold=dcfg.threshold, seed=tcfg.seed)
+        spot = _fit_spot(physical_decoder_from_checkpoint(best, geometry), fom_conditions, fom_reference,
+                         threshold=dcfg.threshold, seed=tcfg.seed)
         _atomic_save({**best, "spot_coeffs": spot}, out / "best.pt")
         log("voxel noise: per-layer spot energies fitted to the validation sparsity")
     return {"best_fom": state.best_fom, "best_epoch": state.best_epoch, "epochs_run": len(state.history),

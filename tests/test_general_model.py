@@ -1,0 +1,222 @@
+"""Contracts of the general surrogate (training.general): any binning, several conditions, alpha harmonics.
+
+Parametrised over the binnings the zoo covers (dataset 1 photons with its
+ragged layers, dataset 2, a small uniform one) and over symmetric and
+harmonic decoders. Untrained networks are enough: the contracts are
+structural (layout, energy total, threshold, rotation with phi, symmetry
+where no harmonic is asked for).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from fastsim.geometry import CylindricalGeometry, Layer, default_geometry, load_detector  # noqa: E402
+from training.data import ResponseFit  # noqa: E402
+from training.general import (  # noqa: E402
+    Conditioning,
+    GeneralDecoder,
+    GeneralVAE,
+    VoxelLayout,
+    measure_alpha_symmetry,
+)
+from training.model import ModelConfig  # noqa: E402
+
+THRESHOLD = 0.01515
+RESPONSE = ResponseFit((math.log(0.9), 0.0), (math.log(0.05), 0.0))
+
+
+def photon_binning() -> CylindricalGeometry:
+    return load_detector("1-photons")[0]
+
+
+def small_uniform() -> CylindricalGeometry:
+    return CylindricalGeometry(tuple(Layer((0.0, 5.0, 10.0, 20.0), 8) for _ in range(4)))
+
+
+BINNINGS = {"dataset-1-photons": photon_binning, "dataset-2": default_geometry, "small": small_uniform}
+
+
+def make_decoder(geometry: CylindricalGeometry, orders=(), *, theta: bool = True, kappa: float = 0.5,
+                 seed: int = 0) -> GeneralDecoder:
+    torch.manual_seed(seed)
+    conditioning = Conditioning(1e3, 1e6, math.radians(60.0) if theta else 0.0, phi=bool(orders) or theta)
+    config = ModelConfig(latent_dim=4, hidden=32, n_hidden=2, encoder_hidden=32, architecture="voxels",
+                         alpha_harmonics=tuple(orders))
+    vae = GeneralVAE(config, VoxelLayout(geometry), conditioning)
+    if vae.harmonic_head is not None:  # an untrained head is near 0: make the structure visible
+        with torch.no_grad():
+            vae.harmonic_head.bias.normal_(0.0, 1.0)
+    layout = vae.layout
+    return GeneralDecoder(vae, RESPONSE, threshold=THRESHOLD, noise_kappa=np.full(layout.n_layers, kappa)).eval()
+
+
+def conditions(n: int, energy: float = 5e4, theta: float = 0.4, phi: float = 1.0) -> torch.Tensor:
+    return torch.tensor([[energy, theta, phi]] * n, dtype=torch.float32)
+
+
+@pytest.mark.parametrize("name", sorted(BINNINGS))
+def test_layout_places_every_voxel_in_its_own_slot(name):
+    geometry = BINNINGS[name]()
+    layout = VoxelLayout(geometry)
+    assert len(np.unique(layout.slot_of_voxel)) == geometry.n_voxels
+    showers = np.random.default_rng(1).random((3, geometry.n_voxels)).astype(np.float32)
+    slots = layout.to_slots(showers)
+    np.testing.assert_array_equal(slots.reshape(3, -1)[:, layout.slot_of_voxel], showers)
+    assert slots.sum() == pytest.approx(showers.sum(), rel=1e-6)  # the padding holds nothing
+    assert layout.padded == (not geometry.uniform)
+
+
+def test_dataset_1_photon_layout_keeps_the_layers_with_voxels():
+    layout = VoxelLayout(photon_binning())
+    assert layout.n_voxels == 368
+    assert list(layout.n_alpha) == [1, 10, 10, 1, 1]
+    assert list(layout.n_radial) == [8, 16, 19, 5, 5]
+    assert layout.n_rings == 53
+
+
+@pytest.mark.parametrize("orders", [(), (2, 4), (1, 2)])
+@pytest.mark.parametrize("name", sorted(BINNINGS))
+def test_showers_sum_to_the_response_and_respect_the_threshold(name, orders):
+    geometry = BINNINGS[name]()
+    decoder = make_decoder(geometry, orders)
+    z = torch.randn(64, decoder.latent_dim, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        showers = decoder(z, conditions(64))
+        _, total = decoder.voxel_means(z[:, :4], conditions(64))
+    assert showers.shape == (64, geometry.n_voxels)
+    assert (showers >= 0).all()
+    assert ((showers == 0) | (showers >= THRESHOLD)).all()
+    np.testing.assert_allclose(showers.sum(1).numpy(), total[:, 0].numpy(), rtol=1e-4)
+    again = decoder(z, conditions(64))
+    assert torch.equal(showers, again)  # the noise is a function of the seed latents
+
+
+@pytest.mark.parametrize("name", sorted(BINNINGS))
+def test_without_harmonics_the_sectors_of_a_ring_share_one_mean(name):
+    geometry = BINNINGS[name]()
+    decoder = make_decoder(geometry, ())
+    z = torch.randn(8, 4, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        means, _ = decoder.voxel_means(z, conditions(8))
+    start = 0
+    for layer in geometry.layers:
+        block = means[:, start:start + layer.n_voxels].view(8, layer.n_alpha, layer.n_radial)
+        torch.testing.assert_close(block, block[:, :1].expand_as(block))
+        start += layer.n_voxels
+
+
+@pytest.mark.parametrize("orders", [(2, 4), (1, 2, 3)])
+def test_harmonic_means_turn_with_phi(orders):
+    """Turning phi by one sector turns the mean shower by one sector: rotation equivariance."""
+    geometry = small_uniform()
+    decoder = make_decoder(geometry, orders)
+    n_alpha = geometry.layers[0].n_alpha
+    z = torch.randn(4, 4, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        base, _ = decoder.voxel_means(z, conditions(4, phi=0.3))
+        turned, _ = decoder.voxel_means(z, conditions(4, phi=0.3 + 2 * math.pi / n_alpha))
+    shape = (4, geometry.n_layers, n_alpha, -1)
+    torch.testing.assert_close(turned.view(shape), torch.roll(base.view(shape), 1, dims=2), rtol=1e-4, atol=1e-3)
+    # ... and the structure is real: sectors differ.
+    assert float(base.view(shape).std(2).max()) > 0.05 * float(base.max())
+
+
+def test_phi_wraps_with_its_period():
+    decoder = make_decoder(small_uniform(), (2,))
+    z = torch.randn(4, decoder.latent_dim, generator=torch.Generator().manual_seed(8))
+    with torch.no_grad():
+        a = decoder(z, conditions(4, phi=1.0))
+        b = decoder(z, conditions(4, phi=1.0 + 2 * math.pi))
+    torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-2)
+
+
+def test_loss_is_the_voxel_cross_entropy():
+    """At the decoder's own distribution the shape term equals its entropy; a point mass costs more."""
+    geometry = small_uniform()
+    decoder = make_decoder(geometry, (2,))
+    vae = decoder.vae
+    cond = conditions(16)
+    torch.manual_seed(0)
+    torch.set_grad_enabled(False)
+    try:
+        _check_cross_entropy(vae, cond)
+    finally:
+        torch.set_grad_enabled(True)
+
+
+def _check_cross_entropy(vae, cond):
+    mean, _ = vae.encode(cond, torch.zeros(16, 1), torch.full((16, 4, 8, 3), 1.0 / 96))
+    v_hat, layer_logp, ring_logp, logits = vae.decode(mean, cond)
+    logp = layer_logp[:, :, None, None] + ring_logp[:, :, None, :] + vae.sector_logp(logits)
+    own = torch.exp(logp)
+    terms = vae.loss(cond, v_hat.detach(), own.detach(), beta=0.0, u_weight=0.0, shape_weight=1.0, sample=False)
+    entropy = -(own * logp).sum((1, 2, 3)).mean()
+    torch.testing.assert_close(terms["shape"], entropy, rtol=1e-4, atol=1e-4)
+    point = torch.zeros_like(own)
+    point[:, 0, 0, 0] = 1.0
+    worse = vae.loss(cond, v_hat.detach(), point, beta=0.0, u_weight=0.0, shape_weight=1.0, sample=False)
+    assert float(worse["shape"]) > float(terms["shape"])
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"alpha_harmonics": [0]}, "alpha_harmonics"),
+    ({"alpha_harmonics": [2, 2]}, "alpha_harmonics"),
+    ({"alpha_harmonics": [2]}, 'architecture = "voxels"'),
+    ({"architecture": "transformer"}, "architecture"),
+])
+def test_model_config_refuses_bad_structure(bad, message):
+    with pytest.raises(ValueError, match=message):
+        ModelConfig(**bad)
+
+
+def test_harmonics_need_the_azimuth():
+    config = ModelConfig(architecture="voxels", alpha_harmonics=(2,))
+    with pytest.raises(ValueError, match="incident_phi"):
+        GeneralVAE(config, VoxelLayout(small_uniform()), Conditioning(1e3, 1e6, 1.0, phi=False))
+
+
+def test_int_harmonics_mean_orders_one_to_k():
+    assert ModelConfig(architecture="voxels", alpha_harmonics=3).harmonic_orders == (1, 2, 3)
+    assert ModelConfig(architecture="voxels", alpha_harmonics=[2, 4]).harmonic_orders == (2, 4)
+
+
+def test_conditioning_names_units_and_features():
+    cond = Conditioning(1e3, 1e6, math.radians(60.0), phi=True)
+    assert cond.names == ("incident_energy", "incident_theta", "incident_phi")
+    no_phi = Conditioning(1e3, 1e6, math.radians(60.0))
+    assert [(s.name, s.unit, s.sampling) for s in no_phi.specs()] == [
+        ("incident_energy", "MeV", "log-uniform"), ("incident_theta", "rad", "uniform")]
+    features = cond.features(torch.tensor([[1e3, 0.0, 3.0], [1e6, math.radians(60.0), 1.0]]))
+    torch.testing.assert_close(features, torch.tensor([[-1.0, -1.0], [1.0, 1.0]]))
+    drawn = cond.sample(1000, np.random.default_rng(0))
+    assert drawn[:, 0].min() >= 1e3 and drawn[:, 0].max() <= 1e6
+    assert drawn[:, 2].min() >= 0 and drawn[:, 2].max() < 2 * math.pi
+
+
+@pytest.fixture(scope="module")
+def simulated(tmp_path_factory):
+    from training.simulate import write_dataset
+
+    folder = tmp_path_factory.mktemp("symmetry")
+    inclined, _ = write_dataset(folder / "inclined.h5", 400, "20GeV:200GeV", seed=3, compression=None,
+                                progress=False, theta="30deg:60deg", phi="0:2pi")
+    normal, _ = write_dataset(folder / "normal.h5", 400, "20GeV:200GeV", seed=4, compression=None,
+                              progress=False)
+    return {"inclined": inclined, "normal": normal}
+
+
+def test_symmetry_measurement_finds_the_structure_of_inclined_showers(simulated):
+    inclined = measure_alpha_symmetry(simulated["inclined"], default_geometry())
+    normal = measure_alpha_symmetry(simulated["normal"], default_geometry())
+    assert normal["recommended"] == []
+    assert 2 in inclined["recommended"]
+    k2 = next(row for row in inclined["orders"] if row["order"] == 2)
+    assert k2["cos_mean"] > 10 * k2["cos_error"]
+    # A mirror-symmetric shower about its track has no sine moments.
+    assert all(abs(row["sin_mean"]) < 5 * row["sin_error"] + 1e-3 for row in inclined["orders"])

@@ -1,0 +1,668 @@
+"""The general surrogate: several conditions, any CaloChallenge binning, alpha structure where the data have it.
+
+:mod:`training.model`'s ring model decodes one fraction per (layer, ring)
+shared by every alpha sector, on a uniform binning, with energy the only
+condition. This module lifts each of those limits:
+
+* **Conditions** (:class:`Conditioning`): incident energy (MeV), and
+  optionally the polar angle ``incident_theta`` and the azimuth
+  ``incident_phi`` (radians, periodic). The network sees energy and theta;
+  phi enters only as a rotation of the alpha structure (the readout is
+  symmetric under rotations, so a shower at azimuth phi is the shower at
+  azimuth 0 turned by phi).
+* **Geometry** (:class:`VoxelLayout`): any CaloChallenge binning, including
+  dataset 1's layers with different ring and sector counts, some without
+  alpha segmentation. The decoder works on a padded
+  ``(layer, alpha, radial)`` block (``n_active_layers x max n_alpha x max
+  n_radial``), which for a uniform binning *is* the CaloChallenge order, and
+  gathers the real voxels out of it otherwise.
+* **Alpha structure** (``alpha_harmonics`` in the model config): the decoded
+  mean of each (layer, ring) is spread over its sectors by a softmax over
+  ``sum_k a_k cos(k (alpha - phi)) + b_k sin(k (alpha - phi))`` for the chosen
+  orders k, per-shower coefficients from the network. No orders: the sectors
+  of a ring share one mean (the symmetry of normal incidence). Which orders
+  to use is a measurement on the data, not an assumption:
+  :func:`measure_alpha_symmetry` gives each order's track-frame moment and
+  its error, and recommends the significant ones.
+
+Fractions are decoded as ``layer softmax x within-layer ring softmax x
+within-ring sector softmax`` and trained by the voxel-level cross-entropy,
+with the standardised log response and the KL as in the ring model. The
+physical decoder (:class:`GeneralDecoder`) folds in the latent prior,
+samples every voxel with the Gamma noise of :mod:`training.model` (per-layer
+kappa and spot energies), applies the threshold and keeps ``sum = u E_inc``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from fastsim.geometry import CylindricalGeometry
+from fastsim.spec import ConditionSpec
+from training.data import ResponseFit, energy_to_condition
+from training.model import (
+    NOISE_SEED_DIMS,
+    SPOT_DEGREE,
+    ModelConfig,
+    _mlp,
+    _NoiseWords,
+    _Threshold,
+    gamma_voxels,
+)
+
+__all__ = [
+    "Conditioning",
+    "GeneralDecoder",
+    "GeneralTensors",
+    "GeneralVAE",
+    "VoxelLayout",
+    "fit_general_spot_energy",
+    "load_general_showers",
+    "measure_alpha_symmetry",
+    "read_conditions",
+]
+
+TWO_PI = 2.0 * math.pi
+# Padded rings and sectors get this logit: exp() of it is exactly 0 in float32.
+_MASKED_LOGIT = -1e4
+
+
+@dataclass(frozen=True)
+class Conditioning:
+    """Which conditions a model takes and their training ranges.
+
+    ``theta_max`` (radians) > 0 adds ``incident_theta`` in [0, theta_max];
+    ``phi`` adds ``incident_phi`` in [0, 2 pi), periodic. The order of the
+    condition columns is energy, theta, phi.
+    """
+
+    e_min: float
+    e_max: float
+    theta_max: float = 0.0
+    phi: bool = False
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return ("incident_energy",) + (("incident_theta",) if self.theta_max > 0 else ()) + \
+            (("incident_phi",) if self.phi else ())
+
+    @property
+    def n_conditions(self) -> int:
+        return len(self.names)
+
+    @property
+    def n_features(self) -> int:
+        """Inputs the network sees: the normalised log energy and, with theta, the normalised angle."""
+        return 2 if self.theta_max > 0 else 1
+
+    def features(self, conditions: torch.Tensor) -> torch.Tensor:
+        """(N, n_conditions) physical conditions -> (N, n_features) in [-1, 1]."""
+        c_e = energy_to_condition(conditions[:, :1], self.e_min, self.e_max)
+        if self.theta_max > 0:
+            return torch.cat([c_e, conditions[:, 1:2] * (2.0 / self.theta_max) - 1.0], dim=1)
+        return c_e
+
+    def azimuth(self, conditions: torch.Tensor) -> torch.Tensor | None:
+        """The (N, 1) azimuth column, or None when the model has no phi."""
+        return conditions[:, self.n_conditions - 1:] if self.phi else None
+
+    def specs(self) -> tuple[ConditionSpec, ...]:
+        out = [ConditionSpec("incident_energy", "MeV", float(self.e_min), float(self.e_max), "log-uniform")]
+        if self.theta_max > 0:
+            out.append(ConditionSpec("incident_theta", "rad", 0.0, float(self.theta_max), "uniform"))
+        if self.phi:
+            out.append(ConditionSpec("incident_phi", "rad", 0.0, TWO_PI, "uniform", period=TWO_PI))
+        return tuple(out)
+
+    def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """(n, n_conditions) float32 conditions drawn over the training ranges (log-uniform energy)."""
+        cols = [np.exp(rng.uniform(math.log(self.e_min), math.log(self.e_max), n))]
+        if self.theta_max > 0:
+            cols.append(rng.uniform(0.0, self.theta_max, n))
+        if self.phi:
+            cols.append(rng.uniform(0.0, TWO_PI, n))
+        return np.stack(cols, axis=1).astype(np.float32)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def read_conditions(path: str | os.PathLike, names: tuple[str, ...], start: int = 0,
+                    stop: int | None = None) -> np.ndarray:
+    """(N, len(names)) float64 conditions of rows [start, stop) of a CaloChallenge file.
+
+    ``incident_energy`` is the ``incident_energies`` dataset; other names are
+    datasets of their own. A missing ``incident_theta``/``incident_phi`` means
+    normal incidence (zeros); phi is wrapped into [0, 2 pi).
+    """
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        n = f["incident_energies"].shape[0]
+        stop = n if stop is None else min(stop, n)
+        cols = []
+        for name in names:
+            key = "incident_energies" if name == "incident_energy" else name
+            if key in f:
+                cols.append(np.asarray(f[key][start:stop], np.float64).reshape(-1))
+            elif name in ("incident_theta", "incident_phi"):
+                cols.append(np.zeros(max(0, stop - start)))
+            else:
+                raise ValueError(f"{os.fspath(path)!r}: the model's condition {name!r} needs a dataset "
+                                 f"{key!r}, which the file lacks (it has {sorted(f)})")
+    out = np.stack(cols, axis=1)
+    if "incident_phi" in names:
+        j = names.index("incident_phi")
+        out[:, j] = np.mod(out[:, j], TWO_PI)
+    return out
+
+
+class VoxelLayout:
+    """A binning as a padded (layer, alpha, radial) block of the layers that have voxels.
+
+    Attributes (numpy): ``n_alpha`` and ``n_radial`` per active layer;
+    ``slot_of_voxel`` (n_voxels,) the flat padded slot of each voxel in
+    CaloChallenge order; ``ring_mask`` (L, R) and ``sector_mask`` (L, A)
+    True where real; ``alpha`` (L, A) sector centres (radians);
+    ``layer_of_voxel`` (n_voxels,) the active-layer index of each voxel.
+    """
+
+    def __init__(self, geometry: CylindricalGeometry):
+        active = [layer for layer in geometry.layers if layer.n_voxels > 0]
+        if not active:
+            raise ValueError("geometry: no layer has voxels")
+        self.geometry = geometry
+        self.n_layers = len(active)
+        self.n_alpha = np.array([layer.n_alpha for layer in active])
+        self.n_radial = np.array([layer.n_radial for layer in active])
+        self.max_alpha, self.max_radial = int(self.n_alpha.max()), int(self.n_radial.max())
+        self.n_voxels = geometry.n_voxels
+        a_idx = np.arange(self.max_alpha)
+        r_idx = np.arange(self.max_radial)
+        self.ring_mask = r_idx[None, :] < self.n_radial[:, None]
+        self.sector_mask = a_idx[None, :] < self.n_alpha[:, None]
+        self.alpha = np.zeros((self.n_layers, self.max_alpha))
+        slots, layer_of_voxel = [], []
+        for i, layer in enumerate(active):
+            self.alpha[i, :layer.n_alpha] = layer.alpha_centres
+            a, r = np.meshgrid(np.arange(layer.n_alpha), np.arange(layer.n_radial), indexing="ij")
+            slots.append(((i * self.max_alpha + a) * self.max_radial + r).ravel())
+            layer_of_voxel.append(np.full(layer.n_voxels, i))
+        self.slot_of_voxel = np.concatenate(slots)
+        self.layer_of_voxel = np.concatenate(layer_of_voxel)
+        self.n_slots = self.n_layers * self.max_alpha * self.max_radial
+        self.n_rings = int(self.ring_mask.sum())
+
+    @property
+    def padded(self) -> bool:
+        """False when the padded block is the CaloChallenge order itself (a uniform binning)."""
+        return self.n_slots != self.n_voxels
+
+    def to_slots(self, showers: np.ndarray) -> np.ndarray:
+        """(N, n_voxels) -> (N, L, A, R), zeros in the padding."""
+        out = np.zeros((showers.shape[0], self.n_slots), dtype=showers.dtype)
+        out[:, self.slot_of_voxel] = showers
+        return out.reshape(-1, self.n_layers, self.max_alpha, self.max_radial)
+
+
+# -- symmetry measurement -------------------------------------------------------------
+
+
+def measure_alpha_symmetry(path: str | os.PathLike, geometry: CylindricalGeometry, *, orders=(1, 2, 3, 4),
+                           max_showers: int = 20000, chunk_size: int = 2000, n_sigma: float = 5.0) -> dict:
+    """Track-frame alpha moments of a shower file: which harmonic orders the decoder needs.
+
+    For each shower, ``m_k = sum_v f_v cos(k (alpha_v - phi))`` and
+    ``s_k = sum_v f_v sin(k (alpha_v - phi))`` over the voxels of layers with
+    at least 2 k + 1 sectors, with ``f_v`` the voxel's share of those layers'
+    energy and phi the shower's azimuth (0 without ``incident_phi``). A
+    shower symmetric in alpha about its axis has every moment zero on
+    average; an order whose mean moment is more than ``n_sigma`` standard
+    errors from zero is recommended. Returns ``{"orders": [...], "recommended": [...],
+    "n_showers": N}``, each order with cos and sin mean and error.
+    """
+    from fastsim.dataset import open_showers
+
+    alpha = geometry.voxel_centres()[3]
+    n_alpha_of_voxel = np.concatenate([np.full(layer.n_voxels, layer.n_alpha) for layer in geometry.layers])
+    sums = {k: np.zeros(4) for k in orders}  # sum cos, sum cos^2, sum sin, sum sin^2
+    n_seen = 0
+    with open_showers(path, geometry=geometry) as f:
+        stop = min(f.n, max_showers)
+        for start in range(0, stop, chunk_size):
+            end = min(stop, start + chunk_size)
+            _, showers = f.read(start, end)
+            showers = np.asarray(showers, np.float64)
+            phi = read_conditions(path, ("incident_phi",), start, end)[:, 0]
+            delta = alpha[None, :] - phi[:, None]
+            for k in orders:
+                usable = n_alpha_of_voxel >= 2 * k + 1
+                weights = showers * usable[None, :]
+                total = weights.sum(1)
+                ok = total > 0
+                c = (weights * np.cos(k * delta)).sum(1)[ok] / total[ok]
+                s = (weights * np.sin(k * delta)).sum(1)[ok] / total[ok]
+                sums[k] += [c.sum(), (c * c).sum(), s.sum(), (s * s).sum()]
+            n_seen += end - start
+    rows, recommended = [], []
+    for k in orders:
+        sc, sc2, ss, ss2 = sums[k]
+        n = max(n_seen, 2)
+        mean_c, mean_s = sc / n, ss / n
+        err_c = math.sqrt(max(sc2 / n - mean_c**2, 0.0) / (n - 1))
+        err_s = math.sqrt(max(ss2 / n - mean_s**2, 0.0) / (n - 1))
+        significant = abs(mean_c) > n_sigma * err_c or abs(mean_s) > n_sigma * err_s
+        rows.append({"order": k, "cos_mean": mean_c, "cos_error": err_c, "sin_mean": mean_s, "sin_error": err_s,
+                     "significant": bool(significant)})
+        if significant:
+            recommended.append(k)
+    return {"n_showers": n_seen, "n_sigma": n_sigma, "orders": rows, "recommended": recommended}
+
+
+# -- data ---------------------------------------------------------------------------------
+
+
+# Showers whose total is below this fraction of E_inc carry no shape information (as training.data).
+_MIN_RESPONSE = 1e-3
+# Rings whose mean voxel energy is below this (MeV) are left out of the kappa fit (threshold-truncated).
+_KAPPA_MIN_MEAN = 2.0
+_KAPPA_SHOWERS = 10000
+# Inclined showers are not alpha-symmetric: kappa comes from the near-normal ones only.
+_KAPPA_MAX_THETA = math.radians(10.0)
+
+
+@dataclass
+class GeneralTensors:
+    """A preprocessed sample in memory, with the field names the training loop uses.
+
+    energy (N,) float64 MeV; condition (N, n_conditions) float32 physical
+    conditions; v (N, 1) standardised log response; rings (N, L, A, R)
+    float32 voxel fractions of E_tot in the padded layout; kappa (L,) MeV.
+    """
+
+    energy: torch.Tensor
+    condition: torch.Tensor
+    v: torch.Tensor
+    rings: torch.Tensor
+    n_dropped: int
+    kappa: np.ndarray
+
+    @property
+    def n(self) -> int:
+        return int(self.energy.shape[0])
+
+    def split(self, n_tail: int) -> tuple[GeneralTensors, GeneralTensors]:
+        keys = ("energy", "condition", "v", "rings")
+        head = GeneralTensors(*(getattr(self, k)[:-n_tail] for k in keys), self.n_dropped, self.kappa)
+        tail = GeneralTensors(*(getattr(self, k)[-n_tail:] for k in keys), 0, self.kappa)
+        return head, tail
+
+
+def load_general_showers(path: str | os.PathLike, conditioning: Conditioning, layout: VoxelLayout, *,
+                         response: ResponseFit | None = None, max_showers: int | None = None,
+                         chunk_size: int = 5000) -> tuple[GeneralTensors, ResponseFit]:
+    """Read a CaloChallenge file into :class:`GeneralTensors` (``response`` fitted here when not given)."""
+    from fastsim.dataset import open_showers
+
+    names = conditioning.names
+    conds, log_us, fractions = [], [], []
+    n_dropped, var_sum, mean_sum, n_kappa = 0, np.zeros(layout.n_layers), np.zeros(layout.n_layers), 0
+    with open_showers(path, geometry=layout.geometry) as f:
+        stop = f.n if max_showers is None else min(f.n, max_showers)
+        for start in range(0, stop, chunk_size):
+            end = min(stop, start + chunk_size)
+            _, showers = f.read(start, end)
+            showers = np.asarray(showers, np.float32)
+            cond = read_conditions(path, names, start, end)
+            e_tot = showers.sum(axis=1, dtype=np.float64)
+            keep = e_tot > _MIN_RESPONSE * cond[:, 0]
+            n_dropped += int((~keep).sum())
+            showers, cond, e_tot = showers[keep], cond[keep], e_tot[keep]
+            slots = layout.to_slots(showers)
+            if n_kappa < _KAPPA_SHOWERS:
+                near_normal = cond[:, 1] <= _KAPPA_MAX_THETA if conditioning.theta_max > 0 else np.ones(len(cond), bool)
+                var, mean = _sector_moments(slots[near_normal], layout)
+                var_sum, mean_sum, n_kappa = var_sum + var, mean_sum + mean, n_kappa + int(near_normal.sum())
+            conds.append(cond)
+            log_us.append(np.log(e_tot / cond[:, 0]))
+            fractions.append(torch.from_numpy((slots / e_tot[:, None, None, None]).astype(np.float32)))
+    if not conds:
+        raise ValueError(f"data file {os.fspath(path)!r} holds no non-empty showers")
+    cond = np.concatenate(conds)
+    log_u = np.concatenate(log_us)
+    c_e = energy_to_condition(cond[:, 0], conditioning.e_min, conditioning.e_max)
+    if response is None:
+        response = ResponseFit.fit(c_e, log_u)
+    v = response.standardise(c_e, log_u)
+    kappa = np.where(mean_sum > 0, var_sum / np.maximum(mean_sum, 1e-30), np.nan)
+    # Layers without alpha segmentation (or without a measurable ring) take the median of the others.
+    fallback = float(np.nanmedian(kappa)) if np.isfinite(kappa).any() else 0.0
+    kappa = np.where(np.isfinite(kappa), kappa, fallback)
+    tensors = GeneralTensors(
+        energy=torch.from_numpy(cond[:, 0].copy()),
+        condition=torch.from_numpy(cond.astype(np.float32)),
+        v=torch.from_numpy(v.astype(np.float32)[:, None]),
+        rings=torch.cat(fractions),
+        n_dropped=n_dropped,
+        kappa=kappa,
+    )
+    return tensors, response
+
+
+def _sector_moments(slots: np.ndarray, layout: VoxelLayout) -> tuple[np.ndarray, np.ndarray]:
+    """Per layer: summed spread and mean over the sectors of each (shower, ring) with mean >= the cut."""
+    var_sum, mean_sum = np.zeros(layout.n_layers), np.zeros(layout.n_layers)
+    for i in range(layout.n_layers):
+        a, r = int(layout.n_alpha[i]), int(layout.n_radial[i])
+        if a < 2 or len(slots) == 0:
+            continue
+        ring = slots[:, i, :a, :r].astype(np.float64)
+        mean, var = ring.mean(axis=1), ring.var(axis=1, ddof=1)
+        sel = mean >= _KAPPA_MIN_MEAN
+        var_sum[i], mean_sum[i] = var[sel].sum(), mean[sel].sum()
+    return var_sum, mean_sum
+
+
+# -- the VAE --------------------------------------------------------------------------------
+
+
+class GeneralVAE(nn.Module):
+    """Conditional VAE over voxel fractions in a padded layout, with optional alpha harmonics."""
+
+    def __init__(self, config: ModelConfig, layout: VoxelLayout, conditioning: Conditioning):
+        super().__init__()
+        self.config, self.layout, self.conditioning = config, layout, conditioning
+        self.orders = tuple(config.harmonic_orders)
+        if self.orders and not conditioning.phi:
+            raise ValueError("[model] alpha_harmonics: harmonics turn with the azimuth; the data need incident_phi "
+                             "(set [data] phi = true)")
+        L, R, K = layout.n_layers, layout.max_radial, len(self.orders)
+        h, d = config.hidden, config.latent_dim
+        n_feat = conditioning.n_features
+        n_in = n_feat + 3 + L + layout.n_rings + 2 * K * L
+        self.encoder = _mlp([n_in, config.encoder_hidden, config.encoder_hidden // 2, 2 * d])
+        self.trunk = nn.Sequential(_mlp([d + n_feat] + [h] * config.n_hidden), nn.SiLU())
+        self.v_head = nn.Linear(h, 1)
+        self.layer_head = nn.Linear(h, L)
+        self.ring_head = nn.Linear(h, L * R)
+        self.harmonic_head = nn.Linear(h, L * R * 2 * K) if K else None
+        self.register_buffer("input_mean", torch.zeros(n_in))
+        self.register_buffer("input_std", torch.ones(n_in))
+        self.register_buffer("ring_logit_mask", torch.as_tensor(np.where(layout.ring_mask, 0.0, _MASKED_LOGIT),
+                                                                dtype=torch.float32))
+        self.register_buffer("sector_logit_mask", torch.as_tensor(
+            np.where(layout.sector_mask, 0.0, _MASKED_LOGIT), dtype=torch.float32)[:, :, None])
+        # Symmetric sectors: each gets 1 / n_alpha of its ring (log), padded ones nothing.
+        uniform = np.where(layout.sector_mask, -np.log(layout.n_alpha)[:, None], _MASKED_LOGIT)
+        self.register_buffer("sector_log_uniform", torch.as_tensor(uniform, dtype=torch.float32)[:, :, None])
+        # cos(k alpha), sin(k alpha) of each sector: (K, L, A, 1).
+        k = np.array(self.orders, dtype=np.float64)[:, None, None]
+        k_alpha = k * layout.alpha[None]
+        self.register_buffer("cos_alpha", torch.as_tensor(np.cos(k_alpha), dtype=torch.float32)[..., None])
+        self.register_buffer("sin_alpha", torch.as_tensor(np.sin(k_alpha), dtype=torch.float32)[..., None])
+        self.register_buffer("orders_t", torch.as_tensor(self.orders, dtype=torch.float32).view(1, -1))
+
+    @property
+    def n_voxels(self) -> int:
+        return self.layout.n_voxels
+
+    @property
+    def prior_mean_terms(self) -> int:
+        return 7 if self.conditioning.theta_max > 0 else 4
+
+    def decoder_modules(self) -> list[nn.Module]:
+        heads = [self.trunk, self.v_head, self.layer_head, self.ring_head]
+        return heads + ([self.harmonic_head] if self.harmonic_head is not None else [])
+
+    def prior_features(self, conditions: torch.Tensor) -> torch.Tensor:
+        """The terms of the latent prior's mean: a cubic in c_E, plus c_th, c_th^2, c_E c_th with theta."""
+        f = self.conditioning.features(conditions)
+        c = f[:, :1]
+        terms = [torch.ones_like(c), c, c * c, c * c * c]
+        if f.shape[1] > 1:
+            t = f[:, 1:2]
+            terms += [t, t * t, c * t]
+        return torch.cat(terms, dim=1)
+
+    # -- encoder ---------------------------------------------------------------
+    def _rotations(self, conditions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cos k phi, sin k phi), each (N, K, 1, 1, 1)."""
+        phi = self.conditioning.azimuth(conditions)
+        kphi = (phi * self.orders_t)[:, :, None, None, None]
+        return torch.cos(kphi), torch.sin(kphi)
+
+    def encoder_features(self, conditions: torch.Tensor, v: torch.Tensor, fractions: torch.Tensor) -> torch.Tensor:
+        fractions = fractions.float()
+        rings = fractions.sum(2)  # (N, L, R)
+        layer_frac = rings.sum(2)
+        depth = torch.arange(layer_frac.shape[1], dtype=fractions.dtype, device=fractions.device)
+        centre = (layer_frac * depth).sum(1, keepdim=True)
+        width = torch.sqrt(torch.clamp((layer_frac * depth * depth).sum(1, keepdim=True) - centre * centre, min=1e-6))
+        ring_mask = self.ring_logit_mask == 0
+        parts = [self.conditioning.features(conditions), v, centre, width, torch.log(layer_frac + 1e-6),
+                 torch.sqrt(rings[:, ring_mask])]
+        if self.orders:
+            # Track-frame harmonic moments of each layer: cos/sin of k (alpha - phi), energy-weighted.
+            cos_kphi, sin_kphi = self._rotations(conditions)
+            cos_d = self.cos_alpha * cos_kphi + self.sin_alpha * sin_kphi  # (N, K, L, A, 1)
+            sin_d = self.sin_alpha * cos_kphi - self.cos_alpha * sin_kphi
+            f = fractions.unsqueeze(1)
+            norm = layer_frac.unsqueeze(1) + 1e-6
+            parts += [((f * cos_d).sum((3, 4)) / norm).flatten(1), ((f * sin_d).sum((3, 4)) / norm).flatten(1)]
+        return torch.cat(parts, dim=1)
+
+    def fit_input_scaling(self, conditions, v, fractions, n_max: int = 20000) -> None:
+        with torch.no_grad():
+            x = self.encoder_features(conditions[:n_max], v[:n_max], fractions[:n_max])
+            self.input_mean.copy_(x.mean(0))
+            self.input_std.copy_(x.std(0).clamp_min(0.05))
+
+    def encode(self, conditions, v, fractions) -> tuple[torch.Tensor, torch.Tensor]:
+        x = (self.encoder_features(conditions, v, fractions) - self.input_mean) / self.input_std
+        mean, log_var = self.encoder(x).chunk(2, dim=1)
+        return mean, log_var.clamp(-12.0, 8.0)
+
+    # -- decoder ---------------------------------------------------------------
+    def decode(self, z: torch.Tensor, conditions: torch.Tensor):
+        """(v_hat (N, 1), layer log-probs (N, L), ring log-probs within layer (N, L, R),
+        sector logits within ring (N, L, A, R) or None for symmetric sectors)."""
+        L, R = self.layout.n_layers, self.layout.max_radial
+        h = self.trunk(torch.cat([z, self.conditioning.features(conditions)], dim=1))
+        v_hat = self.v_head(h)
+        layer_logp = torch.log_softmax(self.layer_head(h), dim=1)
+        ring_logp = torch.log_softmax(self.ring_head(h).view(-1, L, R) + self.ring_logit_mask, dim=2)
+        return v_hat, layer_logp, ring_logp, self.sector_logits(h, conditions)
+
+    def sector_logits(self, h: torch.Tensor, conditions: torch.Tensor) -> torch.Tensor | None:
+        """sum_k a_k cos(k (alpha - phi)) + b_k sin(k (alpha - phi)) per (layer, sector, ring), or None."""
+        if self.harmonic_head is None:
+            return None
+        K, L, R = len(self.orders), self.layout.n_layers, self.layout.max_radial
+        coeffs = self.harmonic_head(h).view(-1, 2, K, L, 1, R)
+        a, b = coeffs[:, 0], coeffs[:, 1]
+        cos_kphi, sin_kphi = self._rotations(conditions)
+        # a cos(k(alpha - phi)) + b sin(k(alpha - phi)) = cos(k alpha) (a cos kphi - b sin kphi)
+        #                                                + sin(k alpha) (a sin kphi + b cos kphi)
+        along = a * cos_kphi - b * sin_kphi
+        across = a * sin_kphi + b * cos_kphi
+        return (self.cos_alpha * along + self.sin_alpha * across).sum(1)  # (N, L, A, R)
+
+    def sector_logp(self, sector_logits: torch.Tensor | None) -> torch.Tensor:
+        """Log share of each sector in its ring: (N, L, A, R), or (L, A, 1) when symmetric."""
+        if sector_logits is None:
+            return self.sector_log_uniform
+        return torch.log_softmax(sector_logits + self.sector_logit_mask, dim=2)
+
+    def loss(self, conditions, v, fractions, *, beta: float, u_weight: float, shape_weight: float,
+             sample: bool = True) -> dict[str, torch.Tensor]:
+        """Per-batch mean loss terms: response MSE, voxel cross-entropy, KL to N(0, I)."""
+        mean, log_var = self.encode(conditions, v, fractions)
+        z = mean + torch.randn_like(mean) * torch.exp(0.5 * log_var) if sample else mean
+        v_hat, layer_logp, ring_logp, sector_logits = self.decode(z, conditions)
+        t = fractions.float()
+        rings = t.sum(2)
+        shape = -(rings.sum(2) * layer_logp).sum(1) - (rings * ring_logp).sum((1, 2))
+        if sector_logits is not None:
+            shape = shape - (t * self.sector_logp(sector_logits)).sum((1, 2, 3))
+        response = (v_hat - v).pow(2).sum(1)
+        kl = 0.5 * (mean.pow(2) + log_var.exp() - 1.0 - log_var).sum(1)
+        total = u_weight * response + shape_weight * shape + beta * kl
+        return {"loss": total.mean(), "response": response.mean(), "shape": shape.mean(), "kl": kl.mean()}
+
+
+class GeneralDecoder(nn.Module):
+    """(z ~ N(0, I), conditions in physical units) -> showers (N, n_voxels) MeV, all processing included.
+
+    As :class:`training.model.PhysicalDecoder`, for any layout: the folded
+    latent prior, the response, the voxel means ``E_inc u p(layer) p(ring |
+    layer) p(sector | ring)``, Gamma voxel noise with per-layer kappa and
+    spot energies, the threshold and the renormalisation to ``u E_inc``.
+    """
+
+    def __init__(self, vae: GeneralVAE, response: ResponseFit, *, threshold: float,
+                 prior_mean: torch.Tensor | None = None, prior_chol: torch.Tensor | None = None,
+                 max_response: float = 2.0, noise_kappa=None, spot_coeffs: torch.Tensor | None = None):
+        super().__init__()
+        self.vae, self.response = vae, response
+        layout = vae.layout
+        self.threshold = float(threshold)
+        self.threshold_alpha = float(np.nextafter(np.float32(threshold), np.float32(-np.inf)))
+        self.max_response = float(max_response)
+        kappa = np.zeros(layout.n_layers) if noise_kappa is None else np.asarray(noise_kappa, np.float64)
+        self.noise_kappa = kappa if vae.config.voxel_noise == "gamma" else np.zeros(layout.n_layers)
+        self.noisy = bool((self.noise_kappa > 0).any())
+        d = vae.config.latent_dim
+        n_terms = vae.prior_features(torch.ones(1, vae.conditioning.n_conditions)).shape[1]
+        if prior_mean is None:
+            prior_mean = torch.zeros(n_terms, d)
+        self.register_buffer("prior_mean", prior_mean.float().clone())
+        self.register_buffer("prior_chol_t", torch.eye(d) if prior_chol is None else prior_chol.float().T.clone())
+        self.register_buffer("kappa_voxel", torch.as_tensor(self.noise_kappa[layout.layer_of_voxel],
+                                                            dtype=torch.float32))
+        self.register_buffer("layer_of_voxel", torch.as_tensor(layout.layer_of_voxel, dtype=torch.int64))
+        self.register_buffer("slot_of_voxel", torch.as_tensor(layout.slot_of_voxel, dtype=torch.int64))
+        if self.noisy:
+            gen = torch.Generator().manual_seed(20221)
+            n_slots = layout.n_voxels + layout.n_voxels % 2
+            self.register_buffer("hash_add", torch.randint(0, 2**31, (n_slots,), generator=gen, dtype=torch.int32))
+            self.register_buffer("hash_mul", torch.randint(0, 2**30, (n_slots,), generator=gen,
+                                                           dtype=torch.int32) * 2 + 1)
+        self.register_buffer("spot_coeffs", None if spot_coeffs is None else spot_coeffs.float().clone())
+
+    @property
+    def latent_dim(self) -> int:
+        return self.vae.config.latent_dim + (NOISE_SEED_DIMS if self.noisy else 0)
+
+    @property
+    def conditioning(self) -> Conditioning:
+        return self.vae.conditioning
+
+    def voxel_means(self, z: torch.Tensor, conditions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(expected energy per voxel (N, n_voxels) MeV in CaloChallenge order, total u E_inc (N, 1) MeV)."""
+        vae = self.vae
+        z = z @ self.prior_chol_t + vae.prior_features(conditions) @ self.prior_mean
+        v_hat, layer_logp, ring_logp, sector_logits = vae.decode(z, conditions)
+        c_e = vae.conditioning.features(conditions)[:, :1]
+        energy = conditions[:, :1]
+        log_u = self.response.mean(c_e) + self.response.sigma(c_e) * v_hat
+        total = energy * torch.clamp(torch.exp(log_u), 0.0, self.max_response)
+        ring = torch.exp(layer_logp.unsqueeze(2) + ring_logp) * total.unsqueeze(2)  # (N, L, R) MeV
+        if sector_logits is None:
+            share = torch.exp(vae.sector_log_uniform)  # (L, A, 1)
+        else:
+            share = torch.softmax(sector_logits + vae.sector_logit_mask, dim=2)  # (N, L, A, R)
+        means = (ring.unsqueeze(2) * share).flatten(1)
+        if vae.layout.padded:
+            means = means[:, self.slot_of_voxel]
+        return means, total
+
+    def spot_energy(self, c_e: torch.Tensor) -> torch.Tensor:
+        """Spot energy (N, n_voxels) MeV: per layer, a quadratic in c_E for its log."""
+        powers = torch.cat([torch.ones_like(c_e), c_e, c_e * c_e], dim=1)
+        return torch.exp(powers @ self.spot_coeffs)[:, self.layer_of_voxel]
+
+    def uniforms(self, seeds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        hit_word, pair_word = _NoiseWords.apply(seeds, self.hash_add, self.hash_mul)
+        n_voxels = self.vae.n_voxels
+        if hit_word.shape[1] != n_voxels:
+            hit_word = hit_word[:, :n_voxels]
+        radius, angle = pair_word.split(pair_word.shape[1] // 2, dim=1)
+        radius = radius * 2.0**-32 + 2.0**-33
+        return radius, angle * 2.0**-32, hit_word * ((1.0 - 2.0**-24) * 2.0**-32)
+
+    def sample_voxels(self, means: torch.Tensor, total: torch.Tensor, conditions: torch.Tensor,
+                      uniforms) -> torch.Tensor:
+        """Voxel energies around ``means`` (variance kappa * mean per layer), scaled to ``total``."""
+        spot = None
+        if self.spot_coeffs is not None:
+            spot = self.spot_energy(self.vae.conditioning.features(conditions)[:, :1])
+        voxels = gamma_voxels(means, self.kappa_voxel, spot, uniforms)
+        return voxels * (total / torch.clamp(voxels.sum(1, keepdim=True), min=1e-30))
+
+    def forward(self, z: torch.Tensor, conditions: torch.Tensor) -> torch.Tensor:
+        d = self.vae.config.latent_dim
+        means, total = self.voxel_means(z[:, :d], conditions)
+        if self.noisy:
+            voxels = self.sample_voxels(means, total, conditions, self.uniforms(z[:, d:d + NOISE_SEED_DIMS]))
+        else:
+            voxels = means
+        kept = _Threshold.apply(voxels, self.threshold_alpha)
+        return kept * (total / torch.clamp(kept.sum(1, keepdim=True), min=1e-30))
+
+
+@torch.no_grad()
+def fit_general_spot_energy(decoder: GeneralDecoder, conditions: np.ndarray, reference: np.ndarray, *,
+                            threshold: float, seed: int = 0, n_bins: int = 6, per_bin: int = 800) -> torch.Tensor:
+    """Per-layer spot energies fitted to the reference's sparsity (as :func:`training.train.fit_spot_energy`).
+
+    In each log-energy bin a bisection finds, for all layers at once, the
+    spot energy at which generated showers have the reference's fraction of
+    voxels above threshold in that layer; a quadratic in c_E through each
+    layer's log e_s gives the (SPOT_DEGREE + 1, n_layers) coefficients.
+    """
+    layout = decoder.vae.layout
+    d, n_layers = decoder.vae.config.latent_dim, layout.n_layers
+    energy = conditions[:, 0]
+    edges = np.geomspace(energy.min(), energy.max() * (1 + 1e-9), n_bins + 1)
+    which = np.clip(np.searchsorted(edges, energy, side="right") - 1, 0, n_bins - 1)
+    layer_of_voxel = torch.as_tensor(layout.layer_of_voxel)
+    voxels_per_layer = torch.bincount(layer_of_voxel, minlength=n_layers).double()
+    gen = torch.Generator().manual_seed(seed)
+    saved = decoder.spot_coeffs
+    centres, log_spots = [], []
+
+    def per_layer(mask: torch.Tensor) -> torch.Tensor:
+        counts = torch.zeros(n_layers, dtype=torch.float64).index_add_(0, layer_of_voxel, mask.double().sum(0))
+        return counts / (voxels_per_layer * mask.shape[0])
+
+    try:
+        for k in range(n_bins):
+            rows = np.flatnonzero(which == k)[:per_bin]
+            if len(rows) < 20:
+                continue
+            target = per_layer(torch.as_tensor(reference[rows] >= threshold))
+            cond = torch.as_tensor(conditions[rows], dtype=torch.float32)
+            means, total = decoder.voxel_means(torch.randn((len(rows), d), generator=gen), cond)
+            pairs = (len(rows), (layout.n_voxels + 1) // 2)
+            uniforms = (1.0 - torch.rand(pairs, generator=gen), torch.rand(pairs, generator=gen),
+                        torch.rand((len(rows), layout.n_voxels), generator=gen))
+            low = torch.full((n_layers,), math.log(0.05))
+            high = torch.full((n_layers,), math.log(2000.0))
+            for _ in range(16):
+                mid = 0.5 * (low + high)
+                decoder.spot_coeffs = torch.cat([mid[None], torch.zeros(SPOT_DEGREE, n_layers)])
+                occupancy = per_layer(decoder.sample_voxels(means, total, cond, uniforms) >= threshold)
+                too_full = occupancy > target
+                low, high = torch.where(too_full, mid, low), torch.where(too_full, high, mid)
+            centres.append(float(decoder.vae.conditioning.features(cond)[:, 0].mean()))
+            log_spots.append((0.5 * (low + high)).numpy())
+    finally:
+        decoder.spot_coeffs = saved
+    coeffs = np.polynomial.polynomial.polyfit(np.array(centres), np.stack(log_spots), SPOT_DEGREE)
+    return torch.as_tensor(coeffs, dtype=torch.float32)
