@@ -130,6 +130,13 @@ function checkCondition(condition, index, format) {
   }
 }
 
+// Whether value is in [min, max], with the Python runtime's slack of 1e-6 x max(|min|, |max|),
+// so that float32 round trips of the range ends (1 TeV, pi / 3) pass.
+function inRange({ min, max }, value) {
+  const slack = 1e-6 * Math.max(Math.abs(min), Math.abs(max));
+  return value >= min - slack && value <= max + slack;
+}
+
 // A periodic value moved into [min, min + period); any other value unchanged.
 function wrap(condition, value) {
   if (condition.period === undefined || !Number.isFinite(value)) return value;
@@ -235,7 +242,7 @@ function givenConditions(spec, opts) {
     const condition = spec.conditions[index];
     const { min, max, unit } = condition;
     value = wrap(condition, value);
-    if (!opts["allow-extrapolation"] && !(value >= min && value <= max)) {
+    if (!opts["allow-extrapolation"] && !inRange(condition, value)) {
       throw new FastsimError(`${option}: condition '${condition.name}' must be in the model's range [${min}, ${max}] ${unit}, ` +
                              `got ${value} ${unit} ('${text}'); --allow-extrapolation to go outside it`);
     }
@@ -327,24 +334,35 @@ example:
   node generate.mjs ../../exported/calo-electron.onnx --n 1000 --energy 50GeV --out showers.bin`;
 
 async function main() {
-  const { values: opts, positionals } = parseArgs({
-    allowPositionals: true,
-    options: {
-      help: { type: "boolean", short: "h", default: false },
-      n: { type: "string", default: "1000" },
-      energy: { type: "string" },
-      theta: { type: "string" },
-      phi: { type: "string" },
-      condition: { type: "string", multiple: true },
-      "conditions-out": { type: "string" },
-      seed: { type: "string", default: "0" },
-      threads: { type: "string", default: "0" },
-      latents: { type: "string" },
-      conditions: { type: "string" },
-      out: { type: "string" },
-      "allow-extrapolation": { type: "boolean", default: false },
-    },
-  });
+  const options = {
+    help: { type: "boolean", short: "h", default: false },
+    n: { type: "string", default: "1000" },
+    energy: { type: "string" },
+    theta: { type: "string" },
+    phi: { type: "string" },
+    condition: { type: "string", multiple: true },
+    "conditions-out": { type: "string" },
+    seed: { type: "string", default: "0" },
+    threads: { type: "string", default: "0" },
+    latents: { type: "string" },
+    conditions: { type: "string" },
+    out: { type: "string" },
+    "allow-extrapolation": { type: "boolean", default: false },
+  };
+  // "--phi -10deg": a value that starts with "-" is still the option's value (parseArgs
+  // would refuse it as ambiguous), so pass each valued option as "--name=value".
+  const args = process.argv.slice(2);
+  const joined = [];
+  for (let i = 0; i < args.length; i++) {
+    const name = args[i].startsWith("--") ? args[i].slice(2) : "";
+    const option = Object.hasOwn(options, name) ? options[name] : undefined;
+    if (option?.type === "string" && i + 1 < args.length) {
+      joined.push(`${args[i]}=${args[++i]}`);
+    } else {
+      joined.push(args[i]);
+    }
+  }
+  const { values: opts, positionals } = parseArgs({ args: joined, allowPositionals: true, options });
   if (opts.help) {
     console.log(USAGE);
     return;
@@ -403,7 +421,7 @@ async function main() {
   for (let i = 0; i < conditions.length; i++) {
     const { name, min, max, unit } = spec.conditions[i % nConditions];
     const value = conditions[i];
-    if (!Number.isFinite(value) || (!opts["allow-extrapolation"] && (value < min || value > max))) {
+    if (!Number.isFinite(value) || (!opts["allow-extrapolation"] && !inRange(spec.conditions[i % nConditions], value))) {
       throw new FastsimError(`condition '${name}' must be in the model's range [${min}, ${max}] ${unit}, got ${value}`);
     }
   }
@@ -427,6 +445,7 @@ async function main() {
 
 main().catch((error) => {
   const known = error instanceof FastsimError || error?.code?.startsWith?.("ERR_PARSE_ARGS");
-  console.error(`generate.mjs: error: ${known ? error.message : error.stack}`);
+  // One line: parseArgs' messages span several.
+  console.error(`generate.mjs: error: ${known ? error.message.replace(/\s*\n\s*/g, " ") : error.stack}`);
   process.exit(known ? 2 : 1);
 });

@@ -379,7 +379,7 @@ class ConditionSource {
 
   void check_range(const std::string& option, std::size_t index, double value, const std::string& text) const {
     const auto& condition = spec_.conditions[index];
-    if (allow_extrapolation_ || (value >= condition.min && value <= condition.max)) return;
+    if (allow_extrapolation_ || condition.in_range(value)) return;
     std::ostringstream message;
     message << option << ": condition '" << condition.name << "' must be in the model's range [" << condition.min
             << ", " << condition.max << "] " << condition.unit << ", got " << value << " " << condition.unit

@@ -2,6 +2,7 @@
 // same rules and messages as the Python runtime (fastsim/spec.py).
 #include "fastsim/model_spec.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <set>
 #include <string>
@@ -213,6 +214,11 @@ double ConditionSpec::wrap(double value) const {
   if (wrapped < min) wrapped += period;
   if (wrapped >= min + period) wrapped = min;  // fmod rounding at the upper edge
   return wrapped;
+}
+
+bool ConditionSpec::in_range(double value) const {
+  const double slack = 1e-6 * std::max(std::abs(min), std::abs(max));
+  return value >= min - slack && value <= max + slack;
 }
 
 std::size_t CylindricalGeometry::n_voxels() const {

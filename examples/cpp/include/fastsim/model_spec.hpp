@@ -28,6 +28,9 @@ struct ConditionSpec {
   bool periodic() const { return period > 0.0; }
   /// A periodic value moved into [min, min + period); any other value unchanged.
   double wrap(double value) const;
+  /// Whether `value` is in [min, max], with the Python runtime's slack of 1e-6 x max(|min|, |max|)
+  /// so that float32 round trips of the range ends (1 TeV, pi / 3) pass.
+  bool in_range(double value) const;
 };
 
 /// Where one voxel is, relative to the shower axis at the calorimeter front face.
