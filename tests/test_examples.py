@@ -11,14 +11,13 @@ network to the Debian mirror / npm registry is missing.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
-
-import math
 
 import numpy as np
 import onnx

@@ -18,6 +18,7 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -44,14 +45,16 @@ INCIDENT_CONDITIONS = (
 )
 
 
-def _condition(c: ConditionSpec | Mapping) -> ConditionSpec:
+def _condition(c: ConditionSpec | Mapping[str, Any]) -> ConditionSpec:
     """A ConditionSpec from either form; a dict's ``period`` is kept by ``spec_document`` instead."""
     if isinstance(c, ConditionSpec):
         return c
     return ConditionSpec.from_dict({k: v for k, v in c.items() if k != "period"})
 
 
-def spec_document(spec: ModelSpec, conditions: Sequence[ConditionSpec | Mapping] | None = None) -> dict:
+def spec_document(
+    spec: ModelSpec, conditions: Sequence[ConditionSpec | Mapping[str, Any]] | None = None
+) -> dict[str, Any]:
     """``spec`` as a JSON document, with the ``period`` of each periodic condition in ``conditions``.
 
     A document with a period says format ``fastsim-decoder/1.1``, as the contract asks.
@@ -216,17 +219,17 @@ def make_decoder(
     if spec is None:
         spec = make_spec(latent_dim=latent_dim, n_voxels=n_voxels, conditions=conditions,
                          names=names, output_dtype=output_dtype, name=name, geometry=geometry)
-        text = json.dumps(spec_document(spec, conditions))
+        doc = spec_document(spec, conditions)
     else:
-        text = spec.to_json()
+        doc = spec.to_dict()
     conds = tuple(_condition(c) for c in (conditions if conditions is not None else [ENERGY_CONDITION]))
     model = make_model(latent_dim=latent_dim, n_voxels=n_voxels, conditions=conds, names=names,
                        hidden=hidden, output_dtype=output_dtype, seed=seed)
     if embed and not sidecar:
         embed_spec(model, spec)
-        model.metadata_props[-1].value = text  # embed_spec writes the spec entry last
+        model.metadata_props[-1].value = json.dumps(doc)  # embed_spec writes the spec entry last
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, path)
     if sidecar:
-        path.with_name(path.name + ".json").write_text(text)
+        path.with_name(path.name + ".json").write_text(json.dumps(doc, indent=2))
     return path
