@@ -11,6 +11,7 @@ network to the Debian mirror / npm registry is missing.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -19,13 +20,22 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 
 import fastsim
 from fastsim.errors import SpecError
 from fastsim.geometry import CylindricalGeometry, Layer, default_geometry
 from fastsim.spec import ConditionSpec, read_spec
-from helpers.decoders import ENERGY_CONDITION, RESPONSE, make_decoder, make_spec
+from helpers.decoders import (
+    ENERGY_CONDITION,
+    INCIDENT_CONDITIONS,
+    PERIODIC_FORMAT,
+    RESPONSE,
+    make_decoder,
+    make_spec,
+    spec_document,
+)
 
 # Every test here needs the C++ demo built or onnxruntime-node installed.
 pytestmark = pytest.mark.slow
@@ -33,10 +43,13 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 CPP_DIR = ROOT / "examples" / "cpp"
 NODE_DIR = ROOT / "examples" / "node"
-BUNDLED = ROOT / "exported" / "calo-electron.onnx"
+EXPORTED = ROOT / "exported"
+BUNDLED = EXPORTED / "calo-electron.onnx"
 RTOL = 1e-5
 
 ANGLE = ConditionSpec("theta", "deg", 10.0, 80.0, "uniform")
+# Energy, theta and phi as format 1 has them (no period), and as format 1.1 (phi periodic).
+INCIDENT_FORMAT_1 = [{k: v for k, v in c.items() if k != "period"} for c in INCIDENT_CONDITIONS]
 LOW_ENERGY = ConditionSpec("incident_energy", "MeV", 1_000.0, 50_000.0, "log-uniform")
 
 # Contract variants (make_decoder arguments); every host must agree with Python on each.
@@ -47,7 +60,10 @@ MODELS = {
     "sidecar-spec": dict(latent_dim=3, n_voxels=10, embed=False, sidecar=True),
     # Up to 50 GeV, so that no voxel overflows float16 (max 65504).
     "fp16-output": dict(latent_dim=4, n_voxels=24, hidden=8, output_dtype="float16", conditions=[LOW_ENERGY]),
-    "bundled": None,
+    "incident-angles": dict(latent_dim=5, n_voxels=30, hidden=8, conditions=INCIDENT_FORMAT_1),
+    "incident-angles-periodic": dict(latent_dim=5, n_voxels=30, hidden=8, conditions=list(INCIDENT_CONDITIONS)),
+    # Every bundled model, including those exported after this test was written.
+    **{f"exported-{path.stem}": path for path in sorted(EXPORTED.glob("*.onnx"))},
 }
 
 
@@ -105,12 +121,38 @@ def node_script() -> Path:
 
 @pytest.fixture(scope="session", params=list(MODELS))
 def model(request, tmp_path_factory) -> Path:
-    if MODELS[request.param] is None:
-        if not BUNDLED.is_file():
-            pytest.skip(f"bundled model {BUNDLED.relative_to(ROOT)} not exported yet")
-        return BUNDLED
+    if isinstance(MODELS[request.param], Path):
+        return MODELS[request.param]
     return make_decoder(tmp_path_factory.mktemp("models") / f"{request.param}.onnx", seed=3,
                         name=request.param, **MODELS[request.param])
+
+
+def _spec_document(model: Path) -> dict:
+    """The spec JSON as the hosts read it: the fastsim.spec metadata, else the sidecar."""
+    proto = onnx.load(str(model), load_external_data=False)
+    text = {p.key: p.value for p in proto.metadata_props}.get("fastsim.spec")
+    return json.loads(text if text is not None else Path(f"{model}.json").read_text())
+
+
+def _python_generator(model: Path, tmp_path: Path) -> fastsim.Generator:
+    """``fastsim.load(model)``; for a format-1.1 spec the Python runtime cannot read yet, the
+    same graph with the spec's periods removed (decode never wraps, so its output is the same)."""
+    try:
+        return fastsim.load(model, device="cpu", threads=1)
+    except SpecError as error:
+        if PERIODIC_FORMAT not in str(error):
+            raise
+    proto = onnx.load(str(model))
+    doc = _spec_document(model)
+    doc["format"] = "fastsim-decoder/1"
+    for condition in doc["conditions"]:
+        condition.pop("period", None)
+    for entry in proto.metadata_props:
+        if entry.key == "fastsim.spec":
+            entry.value = json.dumps(doc)
+    twin = tmp_path / f"{model.stem}-format-1.onnx"
+    onnx.save(proto, str(twin))
+    return fastsim.load(twin, device="cpu", threads=1)
 
 
 def _inputs(spec, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -148,8 +190,8 @@ def _assert_same_showers(host: np.ndarray, reference: np.ndarray) -> None:
 
 @pytest.mark.parametrize("batch", [50, 4096])
 def test_cpp_matches_python_decode(cpp_demo, model, batch, tmp_path):
-    generator = fastsim.load(model, device="cpu", threads=1)
-    n = 16 if model == BUNDLED else 123  # 123 = 50 + 50 + 23: uneven final batch
+    generator = _python_generator(model, tmp_path)
+    n = 16 if model.parent == EXPORTED else 123  # 123 = 50 + 50 + 23: uneven final batch
     z, conditions = _inputs(generator.spec, n, seed=11)
     z_file, c_file = _write_inputs(tmp_path, z, conditions)
     out = tmp_path / "showers.bin"
@@ -162,8 +204,8 @@ def test_cpp_matches_python_decode(cpp_demo, model, batch, tmp_path):
 
 
 def test_node_matches_python_decode(node_script, model, tmp_path):
-    generator = fastsim.load(model, device="cpu", threads=1)
-    n = 16 if model == BUNDLED else 77
+    generator = _python_generator(model, tmp_path)
+    n = 16 if model.parent == EXPORTED else 77
     z, conditions = _inputs(generator.spec, n, seed=12)
     z_file, c_file = _write_inputs(tmp_path, z, conditions)
     out = tmp_path / "showers.bin"
@@ -174,20 +216,26 @@ def test_node_matches_python_decode(node_script, model, tmp_path):
     _assert_same_showers(showers, generator.decode(z, conditions))
 
 
-def test_cpp_reads_the_spec_like_python(cpp_demo, model):
-    spec = read_spec(model)
+def test_cpp_reads_the_spec_like_python(cpp_demo, model, tmp_path):
+    spec = _python_generator(model, tmp_path).spec
+    doc = _spec_document(model)
     result = _run([cpp_demo, model, "--info"])
     assert result.returncode == 0, result.stderr
     info = result.stdout
-    assert f"name        {spec.name} {spec.version} (fastsim-decoder/1)" in info
+    assert f"name        {spec.name} {spec.version} ({doc.get('format', 'fastsim-decoder/1')})" in info
     assert f"latent_dim  {spec.latent_dim} " in info
     assert f"output      {spec.io_names['showers']}: {spec.n_voxels} voxels, MeV, {spec.output.dtype}" in info
     lines = [line for line in info.splitlines() if line.startswith("condition ")]
     assert len(lines) == spec.n_conditions
-    for line, cond in zip(lines, spec.conditions):
+    for line, cond, block in zip(lines, spec.conditions, doc["conditions"], strict=True):
         name, bounds = line.split()[1], line.split("[")[1].split("]")[0]
         assert name == cond.name
         assert [float(b) for b in bounds.split(",")] == pytest.approx([cond.min, cond.max], rel=1e-5)
+        assert f"({cond.sampling}" in line
+        if "period" in block:
+            assert float(line.split("period ")[1].rstrip(")")) == pytest.approx(block["period"], rel=1e-5)
+        else:
+            assert "period" not in line
     assert "CPUExecutionProvider" in info
 
 
@@ -257,9 +305,13 @@ def broken(tmp_path_factory, toy) -> dict:
     ("wrong-width", ["{wrong-width}", "--energy", "5GeV"], ["does not match its spec", "latent_dim is 5"]),
     ("above-range", ["{toy}", "--energy", "5TeV"], ["incident_energy", "[1000, 1e+06] MeV", "5e+06"]),
     ("below-range", ["{toy}", "--energy", "10"], ["incident_energy", "got 10"]),
-    ("no-energy", ["{toy}"], ["incident_energy", "--energy"]),
+    ("unknown-angle", ["{toy}", "--energy", "5GeV", "--theta", "30deg"], ["--theta", "'incident_theta'",
+                                                                        "its conditions: incident_energy"]),
     ("bad-energy", ["{toy}", "--energy", "fifty"], ["--energy", "fifty"]),
-    ("unknown-condition", ["{toy}", "--energy", "5GeV", "--condition", "phi=1"], ["'phi'", "incident_energy"]),
+    ("unknown-condition", ["{toy}", "--energy", "5GeV", "--condition", "phi=1"],
+     ["--condition phi", "'phi'", "incident_energy"]),
+    ("energy-twice", ["{toy}", "--energy", "5GeV", "--condition", "incident_energy=5000"],
+     ["--condition incident_energy", "already given by --energy"]),
     ("zero-batch", ["{toy}", "--energy", "5GeV", "--batch", "0"], ["--batch", "positive"]),
     ("cuda-not-built", ["{toy}", "--energy", "5GeV", "--device", "cuda"], ["cuda", "FASTSIM_WITH_CUDA"]),
     ("unknown-option", ["{toy}", "--energy", "5GeV", "--bogus"], ["--bogus"]),
@@ -312,6 +364,125 @@ def test_node_fails_cleanly(node_script, toy, broken, tmp_path, case, arguments,
     result = _run(["node", node_script, *(a.format(**paths) for a in arguments), "--n", 10, "--out", out])
     _assert_clean_failure(result, *needles)
     assert not out.exists()
+
+
+# --- conditions by flag: --energy, --theta, --phi, --condition; the rest drawn ------------
+
+HOSTS = ["cpp", "node"]
+
+
+@pytest.fixture(scope="module")
+def angles(tmp_path_factory) -> Path:
+    """The multi-condition toy: energy (log-uniform), theta in [0, pi/3], phi periodic on [0, 2 pi)."""
+    return make_decoder(tmp_path_factory.mktemp("angles") / "angles.onnx", latent_dim=5, n_voxels=30, hidden=8,
+                        conditions=list(INCIDENT_CONDITIONS), seed=3)
+
+
+def _host_command(request, host: str) -> list:
+    if host == "cpp":
+        return [request.getfixturevalue("cpp_demo")]
+    return ["node", request.getfixturevalue("node_script")]
+
+
+def _generate(request, host: str, model: Path, tmp_path: Path, *flags) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Run a host with its own conditions from flags on known latents; (z, conditions used, showers)."""
+    spec = _spec_document(model)
+    n = 37
+    z = np.random.default_rng(21).standard_normal((n, spec["latent_dim"]), dtype=np.float32)
+    z_file, c_out, out = tmp_path / f"z-{host}.f32", tmp_path / f"c-{host}.f32", tmp_path / f"s-{host}.f32"
+    z.astype("<f4").tofile(z_file)
+    result = _run([*_host_command(request, host), model, "--n", n, "--latents", z_file, "--threads", 1,
+                   "--conditions-out", c_out, "--out", out, *flags])
+    assert result.returncode == 0, result.stderr
+    conditions = np.fromfile(c_out, dtype="<f4").reshape(n, len(spec["conditions"]))
+    showers = np.fromfile(out, dtype="<f4").reshape(n, spec["output"]["n_voxels"])
+    assert not Path(f"{c_out}.tmp").exists()
+    return z, conditions, showers
+
+
+@pytest.mark.parametrize("host", HOSTS)
+def test_theta_and_phi_in_degrees_wrap_and_decode_like_python(request, host, angles, tmp_path):
+    z, conditions, showers = _generate(request, host, angles, tmp_path, "--energy", "50GeV", "--theta", "30deg",
+                                       "--phi", "370deg")
+    # 370 deg is 10 deg after wrapping into phi's period [0, 2 pi).
+    np.testing.assert_allclose(conditions, np.tile([5e4, 0.5236, 0.1745], (len(z), 1)), rtol=2e-4)
+    np.testing.assert_allclose(conditions[:, 1:], np.tile([math.pi / 6, math.pi / 18], (len(z), 1)), rtol=1e-6)
+    _assert_same_showers(showers, _python_generator(angles, tmp_path).decode(z, conditions))
+
+
+@pytest.mark.parametrize("host", HOSTS)
+def test_condition_flag_takes_the_spec_unit_and_wraps_negative_phi(request, host, angles, tmp_path):
+    _, conditions, _ = _generate(request, host, angles, tmp_path, "--condition", "incident_energy=2500",
+                                 "--condition", "incident_theta=0.25", "--condition", "incident_phi=-1")
+    np.testing.assert_allclose(conditions[0], [2500.0, 0.25, 2 * math.pi - 1], rtol=1e-6)
+    assert np.array_equal(conditions, np.tile(conditions[0], (len(conditions), 1)))
+
+
+@pytest.mark.parametrize("host", HOSTS)
+def test_conditions_not_given_are_drawn_over_their_range(request, host, angles, tmp_path):
+    z, conditions, showers = _generate(request, host, angles, tmp_path, "--theta", "0.5rad", "--seed", 4)
+    energy, theta, phi = conditions.T
+    assert np.all(theta == np.float32(0.5))
+    assert energy.min() >= 1e3 and energy.max() <= 1e6
+    assert energy.max() / energy.min() > 20  # log-uniform over three decades, not one value
+    assert phi.min() >= 0 and phi.max() < 2 * math.pi and phi.max() - phi.min() > math.pi
+    assert len(np.unique(energy)) == len(z) and len(np.unique(phi)) == len(z)  # per shower
+    _assert_same_showers(showers, _python_generator(angles, tmp_path).decode(z, conditions))
+    # The draws follow --seed.
+    _, again, _ = _generate(request, host, angles, tmp_path, "--theta", "0.5rad", "--seed", 4)
+    assert np.array_equal(again, conditions)
+    _, other, _ = _generate(request, host, angles, tmp_path, "--theta", "0.5rad", "--seed", 5)
+    assert not np.array_equal(other[:, 0], conditions[:, 0])
+
+
+def test_cpp_energy_only_model_draws_its_energy_when_none_is_given(cpp_demo, toy, tmp_path):
+    c_out = tmp_path / "c.f32"
+    result = _run([cpp_demo, toy, "--n", 200, "--conditions-out", c_out])
+    assert result.returncode == 0, result.stderr
+    energy = np.fromfile(c_out, dtype="<f4")
+    assert energy.shape == (200,)
+    assert energy.min() >= 1e3 and energy.max() <= 1e6 and energy.max() / energy.min() > 100
+    # Log-uniform: as many showers below sqrt(1e3 * 1e6) as above it (within 4 sigma).
+    assert abs(np.mean(energy < math.sqrt(1e9)) - 0.5) < 4 * 0.5 / math.sqrt(200)
+
+
+@pytest.mark.parametrize("host", HOSTS)
+@pytest.mark.parametrize("flags, needles", [
+    (["--theta", "90deg"], ["--theta", "incident_theta", "[0, 1.047", "1.570", "90deg"]),
+    (["--theta", "-0.1"], ["--theta", "incident_theta", "-0.1"]),
+    (["--theta", "30grad"], ["--theta", "30grad"]),
+    (["--condition", "incident_psi=1"], ["--condition incident_psi", "incident_energy, incident_theta, incident_phi"]),
+    (["--phi", "1rad", "--condition", "incident_phi=1"], ["--condition incident_phi", "already given by --phi"]),
+])
+def test_bad_condition_flags_fail_naming_the_flag(request, host, angles, tmp_path, flags, needles):
+    out = tmp_path / "showers.bin"
+    result = _run([*_host_command(request, host), angles, "--n", 10, "--out", out, *flags])
+    _assert_clean_failure(result, *needles)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("host", HOSTS)
+@pytest.mark.parametrize("format_, period, needles", [
+    ("fastsim-decoder/1", 2 * math.pi, ["conditions['incident_phi'].period", PERIODIC_FORMAT]),
+    (PERIODIC_FORMAT, -1.0, ["conditions['incident_phi'].period", "a finite number > 0"]),
+    (PERIODIC_FORMAT, math.pi, ["conditions['incident_phi'].period", "at least max - min"]),
+    ("fastsim-decoder/2", 2 * math.pi, ["format", "fastsim-decoder/2"]),
+])
+def test_hosts_refuse_a_bad_period_or_format(request, host, tmp_path, format_, period, needles):
+    model = make_decoder(tmp_path / "m.onnx", latent_dim=5, n_voxels=30, conditions=INCIDENT_FORMAT_1, embed=False)
+    doc = spec_document(make_spec(latent_dim=5, n_voxels=30, conditions=INCIDENT_FORMAT_1))
+    doc["format"] = format_
+    doc["conditions"][2]["period"] = period
+    Path(f"{model}.json").write_text(json.dumps(doc))
+    result = _run([*_host_command(request, host), model, "--energy", "5GeV", "--n", 10])
+    _assert_clean_failure(result, "spec: ", *needles)
+
+
+def test_periodic_spec_is_format_1_1_and_the_others_format_1(angles, toy):
+    periodic, plain = _spec_document(angles), _spec_document(toy)
+    assert periodic["format"] == PERIODIC_FORMAT
+    assert [c.get("period") for c in periodic["conditions"]] == [None, None, 2 * math.pi]
+    assert plain["format"] == "fastsim-decoder/1" and "period" not in plain["conditions"][0]
 
 
 # --- voxel positions for a Geant4 host ------------------------------------------------------

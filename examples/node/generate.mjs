@@ -2,6 +2,7 @@
 // ONNX file, check the graph's names, draw latents and decode one batch per Run.
 //
 //   node generate.mjs MODEL.onnx --n 1000 --energy 50000 --out showers.bin
+//   node generate.mjs MODEL.onnx --n 1000 --energy 50GeV --theta 30deg --phi 370deg --out showers.bin
 //
 // Output: raw little-endian float32, n x n_voxels, row-major, MeV.
 import { readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
@@ -9,6 +10,7 @@ import { parseArgs } from "node:util";
 
 const SPEC_KEY = "fastsim.spec";
 const FORMAT = "fastsim-decoder/1";
+const PERIODIC_FORMAT = "fastsim-decoder/1.1"; // adds the optional `period` of a condition
 
 class FastsimError extends Error {}
 
@@ -73,18 +75,75 @@ function readSpec(modelPath, bytes) {
   } catch (error) {
     throw new FastsimError(`spec: not valid JSON (${error.message})`);
   }
-  if ((spec.format ?? FORMAT) !== FORMAT) throw new FastsimError(`spec: format must be '${FORMAT}', got '${spec.format}'`);
+  spec.format ??= FORMAT;
+  if (spec.format !== FORMAT && spec.format !== PERIODIC_FORMAT) {
+    throw new FastsimError(`spec: format must be one of ['${FORMAT}', '${PERIODIC_FORMAT}'], got ${JSON.stringify(spec.format)}`);
+  }
   if (!Number.isInteger(spec.latent_dim) || spec.latent_dim <= 0) {
     throw new FastsimError(`spec: latent_dim must be a positive integer, got ${JSON.stringify(spec.latent_dim)}`);
   }
   if (!Array.isArray(spec.conditions) || spec.conditions.length === 0) {
     throw new FastsimError("spec: conditions must be a non-empty list of conditions");
   }
+  spec.conditions.forEach((condition, index) => checkCondition(condition, index, spec.format));
   if (!Number.isInteger(spec.output?.n_voxels) || spec.output.n_voxels <= 0) {
     throw new FastsimError(`spec: output.n_voxels must be a positive integer, got ${JSON.stringify(spec.output?.n_voxels)}`);
   }
   spec.io_names = { z: "z", conditions: "conditions", showers: "showers", ...(spec.io_names ?? {}) };
   return spec;
+}
+
+// The same rules and messages as fastsim/spec.py and the C++ host.
+function checkCondition(condition, index, format) {
+  const fail = (where, expected, given) => new FastsimError(`spec: ${where} must be ${expected}, got ${JSON.stringify(given)}`);
+  if (condition === null || typeof condition !== "object" || Array.isArray(condition)) {
+    throw fail(`conditions[${index}]`, "a JSON object", condition);
+  }
+  for (const key of ["name", "unit"]) {
+    if (typeof condition[key] !== "string" || condition[key] === "") {
+      throw fail(`conditions[${index}].${key}`, "a non-empty string", condition[key]);
+    }
+  }
+  for (const key of ["min", "max"]) {
+    if (typeof condition[key] !== "number" || !Number.isFinite(condition[key])) {
+      throw fail(`conditions[${index}].${key}`, "a finite number", condition[key]);
+    }
+  }
+  const named = `conditions['${condition.name}']`;
+  condition.sampling ??= "uniform";
+  if (condition.sampling !== "uniform" && condition.sampling !== "log-uniform") {
+    throw fail(`${named}.sampling`, "one of [uniform, log-uniform]", condition.sampling);
+  }
+  if (!(condition.min < condition.max)) throw fail(`${named}.min/max`, "finite with min < max", [condition.min, condition.max]);
+  if (condition.sampling === "log-uniform" && condition.min <= 0) {
+    throw fail(`${named}.min`, "> 0 for log-uniform sampling", condition.min);
+  }
+  if (condition.period !== undefined) {
+    const { period } = condition;
+    if (typeof period !== "number" || !Number.isFinite(period) || period <= 0) {
+      throw fail(`${named}.period`, "a finite number > 0", period);
+    }
+    if (condition.max - condition.min > period) {
+      throw fail(`${named}.period`, `at least max - min = ${condition.max - condition.min}`, period);
+    }
+    if (format === FORMAT) throw fail(`${named}.period`, `used with format '${PERIODIC_FORMAT}'`, format);
+  }
+}
+
+// Whether value is in [min, max], with the Python runtime's slack of 1e-6 x max(|min|, |max|),
+// so that float32 round trips of the range ends (1 TeV, pi / 3) pass.
+function inRange({ min, max }, value) {
+  const slack = 1e-6 * Math.max(Math.abs(min), Math.abs(max));
+  return value >= min - slack && value <= max + slack;
+}
+
+// A periodic value moved into [min, min + period); any other value unchanged.
+function wrap(condition, value) {
+  if (condition.period === undefined || !Number.isFinite(value)) return value;
+  let wrapped = condition.min + ((value - condition.min) % condition.period);
+  if (wrapped < condition.min) wrapped += condition.period;
+  if (wrapped >= condition.min + condition.period) wrapped = condition.min;
+  return wrapped;
 }
 
 function readRows(option, path, width) {
@@ -101,16 +160,21 @@ function readRows(option, path, width) {
   return new Float32Array(buffer.buffer.slice(buffer.byteOffset, buffer.byteOffset + buffer.length));
 }
 
-// Seeded standard-normal latents: mulberry32 uniforms and Box-Muller.
-function normals(count, seed) {
+// Seeded uniforms in (0, 1): mulberry32.
+function mulberry32(seed) {
   let state = seed >>> 0;
-  const uniform = () => {
+  return () => {
     state = (state + 0x6d2b79f5) >>> 0;
     let t = state;
     t = Math.imul(t ^ (t >>> 15), t | 1);
     t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
     return (((t ^ (t >>> 14)) >>> 0) + 0.5) / 4294967296;
   };
+}
+
+// Seeded standard-normal latents: mulberry32 uniforms and Box-Muller.
+function normals(count, seed) {
+  const uniform = mulberry32(seed);
   const out = new Float32Array(count);
   for (let i = 0; i < count; i += 2) {
     const radius = Math.sqrt(-2 * Math.log(uniform()));
@@ -143,19 +207,126 @@ function parseEnergy(text) {
   return value;
 }
 
+// An angle in radians: 30deg, 0.5rad or a bare 0.5 (radians).
+function parseAngle(option, text) {
+  const match = /^([0-9.eE+-]+)(deg|rad)?$/.exec(text);
+  const value = match ? Number(match[1]) * (match[2] === "deg" ? Math.PI / 180 : 1) : NaN;
+  if (!Number.isFinite(value)) {
+    throw new FastsimError(`${option} must be an angle such as 30deg, 0.5rad or 0.5 (radians), got '${text}'`);
+  }
+  return value;
+}
+
+function parseNumber(option, text) {
+  const value = /^[0-9.eE+-]+$/.test(text) ? Number(text) : NaN;
+  if (!Number.isFinite(value)) throw new FastsimError(`${option} must be a finite number, got '${text}'`);
+  return value;
+}
+
+// One value per condition from --energy/--theta/--phi/--condition, null where none is given.
+function givenConditions(spec, opts) {
+  const names = spec.conditions.map((c) => c.name);
+  const values = new Array(names.length).fill(null);
+  const givenBy = new Array(names.length).fill(null);
+  const claim = (option, name) => {
+    const index = names.indexOf(name);
+    if (index < 0) {
+      throw new FastsimError(`${option}: condition '${name}' is not an input of model '${spec.name ?? "model"}' ` +
+                             `(its conditions: ${names.join(", ")})`);
+    }
+    if (givenBy[index] !== null) throw new FastsimError(`${option}: condition '${name}' is already given by ${givenBy[index]}`);
+    givenBy[index] = option;
+    return index;
+  };
+  const set = (option, index, value, text) => {
+    const condition = spec.conditions[index];
+    const { min, max, unit } = condition;
+    value = wrap(condition, value);
+    if (!opts["allow-extrapolation"] && !inRange(condition, value)) {
+      throw new FastsimError(`${option}: condition '${condition.name}' must be in the model's range [${min}, ${max}] ${unit}, ` +
+                             `got ${value} ${unit} ('${text}'); --allow-extrapolation to go outside it`);
+    }
+    values[index] = value;
+  };
+  if (opts.energy !== undefined) set("--energy", claim("--energy", "incident_energy"), parseEnergy(opts.energy), opts.energy);
+  for (const [option, name] of [["--theta", "incident_theta"], ["--phi", "incident_phi"]]) {
+    const text = opts[option.slice(2)];
+    if (text === undefined) continue;
+    const index = claim(option, name);
+    const { unit } = spec.conditions[index];
+    let value = parseAngle(option, text);
+    if (unit === "deg") {
+      value *= 180 / Math.PI;
+    } else if (unit !== "rad") {
+      throw new FastsimError(`${option}: condition '${name}' has unit '${unit}', expected rad or deg; ` +
+                             `pass --condition ${name}=VALUE in ${unit}`);
+    }
+    set(option, index, value, text);
+  }
+  for (const pair of opts.condition ?? []) {
+    const equals = pair.indexOf("=");
+    if (equals <= 0) throw new FastsimError(`--condition must be NAME=VALUE, got '${pair}'`);
+    const name = pair.slice(0, equals);
+    const option = `--condition ${name}`;
+    const index = claim(option, name);
+    set(option, index, parseNumber(option, pair.slice(equals + 1)), pair.slice(equals + 1));
+  }
+  return values;
+}
+
+// n rows of conditions: the given values, other conditions drawn per shower over their
+// training range (uniform or log-uniform) from a stream of their own.
+function drawConditions(spec, given, n, seed) {
+  const uniform = mulberry32((seed ^ 0x9e3779b9) >>> 0);
+  const width = spec.conditions.length;
+  const out = new Float32Array(n * width);
+  for (let row = 0; row < n; row++) {
+    for (let col = 0; col < width; col++) {
+      const { min, max, sampling } = spec.conditions[col];
+      let value = given[col];
+      if (value === null) {
+        value = sampling === "log-uniform"
+          ? Math.exp(Math.log(min) + (Math.log(max) - Math.log(min)) * uniform())
+          : min + (max - min) * uniform();
+      }
+      out[row * width + col] = value;
+    }
+  }
+  return out;
+}
+
+function writeAtomically(option, path, values) {
+  // Written under a temporary name and renamed, so no half-written file looks complete.
+  const tmp = `${path}.tmp`;
+  try {
+    writeFileSync(tmp, new Uint8Array(values.buffer, values.byteOffset, values.byteLength));
+    renameSync(tmp, path);
+  } catch (error) {
+    rmSync(tmp, { force: true });
+    throw new FastsimError(`${option} file '${path}' cannot be written: ${error.message}`);
+  }
+}
+
 const USAGE = `usage: node generate.mjs MODEL.onnx [options]
 
 Generate calorimeter showers with a fastsim decoder (ONNX) in one session.run.
 
 options:
   --n N                  showers to generate (default 1000)
-  --energy E             incident energy, MeV or with a GeV/TeV suffix (models whose only
-                         condition is incident_energy)
+  --energy E             incident energy, MeV or with a GeV/TeV suffix
+  --theta A              incident_theta, an angle: 30deg, 0.5rad or 0.5 (radians)
+  --phi A                incident_phi, an angle as for --theta; a periodic condition is
+                         wrapped into [min, min + period), e.g. 370deg -> 10deg
+  --condition NAME=VALUE any condition, VALUE in its spec unit (repeatable)
+                         A condition given no value is drawn per shower over its training
+                         range (uniform or log-uniform, as its spec says).
   --seed S               seed of the drawn latents (default 0)
   --threads T            ONNX Runtime intra-op threads (default 0: ONNX Runtime's choice)
   --out FILE             write raw little-endian float32, n x n_voxels, MeV (via FILE.tmp)
   --latents FILE         raw float32 latents (n x latent_dim) instead of drawn ones
-  --conditions FILE      raw float32 conditions (n x n_conditions) instead of --energy
+  --conditions FILE      raw float32 conditions (n x n_conditions) instead of
+                         --energy/--theta/--phi/--condition
+  --conditions-out FILE  write the conditions used (raw float32, n x n_conditions)
   --allow-extrapolation  accept conditions outside the model's training range
   -h, --help             show this help and exit
 
@@ -163,20 +334,35 @@ example:
   node generate.mjs ../../exported/calo-electron.onnx --n 1000 --energy 50GeV --out showers.bin`;
 
 async function main() {
-  const { values: opts, positionals } = parseArgs({
-    allowPositionals: true,
-    options: {
-      help: { type: "boolean", short: "h", default: false },
-      n: { type: "string", default: "1000" },
-      energy: { type: "string" },
-      seed: { type: "string", default: "0" },
-      threads: { type: "string", default: "0" },
-      latents: { type: "string" },
-      conditions: { type: "string" },
-      out: { type: "string" },
-      "allow-extrapolation": { type: "boolean", default: false },
-    },
-  });
+  const options = {
+    help: { type: "boolean", short: "h", default: false },
+    n: { type: "string", default: "1000" },
+    energy: { type: "string" },
+    theta: { type: "string" },
+    phi: { type: "string" },
+    condition: { type: "string", multiple: true },
+    "conditions-out": { type: "string" },
+    seed: { type: "string", default: "0" },
+    threads: { type: "string", default: "0" },
+    latents: { type: "string" },
+    conditions: { type: "string" },
+    out: { type: "string" },
+    "allow-extrapolation": { type: "boolean", default: false },
+  };
+  // "--phi -10deg": a value that starts with "-" is still the option's value (parseArgs
+  // would refuse it as ambiguous), so pass each valued option as "--name=value".
+  const args = process.argv.slice(2);
+  const joined = [];
+  for (let i = 0; i < args.length; i++) {
+    const name = args[i].startsWith("--") ? args[i].slice(2) : "";
+    const option = Object.hasOwn(options, name) ? options[name] : undefined;
+    if (option?.type === "string" && i + 1 < args.length) {
+      joined.push(`${args[i]}=${args[++i]}`);
+    } else {
+      joined.push(args[i]);
+    }
+  }
+  const { values: opts, positionals } = parseArgs({ args: joined, allowPositionals: true, options });
   if (opts.help) {
     console.log(USAGE);
     return;
@@ -218,14 +404,14 @@ async function main() {
   // Inputs: from files (parity checks) or drawn here for a constant energy.
   let conditions;
   if (opts.conditions) {
+    if ([opts.energy, opts.theta, opts.phi, opts.condition].some((value) => value !== undefined)) {
+      throw new FastsimError("--conditions FILE replaces --energy/--theta/--phi/--condition; pass one or the other");
+    }
     conditions = readRows("--conditions", opts.conditions, nConditions);
   } else {
     const n = Number(opts.n);
     if (!Number.isInteger(n) || n <= 0) throw new FastsimError(`--n must be a positive integer, got '${opts.n}'`);
-    if (nConditions !== 1 || spec.conditions[0].name !== "incident_energy") {
-      throw new FastsimError(`this model has conditions [${spec.conditions.map((c) => c.name)}]; pass --conditions FILE`);
-    }
-    conditions = new Float32Array(n).fill(parseEnergy(opts.energy));
+    conditions = drawConditions(spec, givenConditions(spec, opts), n, Number(opts.seed));
   }
   const n = conditions.length / nConditions;
   const z = opts.latents ? readRows("--latents", opts.latents, spec.latent_dim) : normals(n * spec.latent_dim, Number(opts.seed));
@@ -235,7 +421,7 @@ async function main() {
   for (let i = 0; i < conditions.length; i++) {
     const { name, min, max, unit } = spec.conditions[i % nConditions];
     const value = conditions[i];
-    if (!Number.isFinite(value) || (!opts["allow-extrapolation"] && (value < min || value > max))) {
+    if (!Number.isFinite(value) || (!opts["allow-extrapolation"] && !inRange(spec.conditions[i % nConditions], value))) {
       throw new FastsimError(`condition '${name}' must be in the model's range [${min}, ${max}] ${unit}, got ${value}`);
     }
   }
@@ -248,17 +434,8 @@ async function main() {
   const seconds = (performance.now() - started) / 1000;
   const output = result[sName];
   const showers = output.type === "float16" ? halfToFloat(output.data) : output.data;
-  if (opts.out) {
-    // Written under a temporary name and renamed, so no half-written file looks complete.
-    const tmp = `${opts.out}.tmp`;
-    try {
-      writeFileSync(tmp, new Uint8Array(showers.buffer, showers.byteOffset, showers.byteLength));
-      renameSync(tmp, opts.out);
-    } catch (error) {
-      rmSync(tmp, { force: true });
-      throw new FastsimError(`--out file '${opts.out}' cannot be written: ${error.message}`);
-    }
-  }
+  if (opts.out) writeAtomically("--out", opts.out, showers);
+  if (opts["conditions-out"]) writeAtomically("--conditions-out", opts["conditions-out"], conditions);
   let total = 0;
   for (const value of showers) total += value;
   console.log(`generate.mjs: ${n} showers of ${spec.name ?? "model"} (${spec.output.n_voxels} voxels) in ` +
@@ -268,6 +445,7 @@ async function main() {
 
 main().catch((error) => {
   const known = error instanceof FastsimError || error?.code?.startsWith?.("ERR_PARSE_ARGS");
-  console.error(`generate.mjs: error: ${known ? error.message : error.stack}`);
+  // One line: parseArgs' messages span several.
+  console.error(`generate.mjs: error: ${known ? error.message.replace(/\s*\n\s*/g, " ") : error.stack}`);
   process.exit(known ? 2 : 1);
 });

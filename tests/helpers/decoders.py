@@ -14,9 +14,11 @@ Typical use::
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -24,12 +26,47 @@ from onnx import TensorProto, helper, numpy_helper
 
 from fastsim.spec import DEFAULT_IO_NAMES, ConditionSpec, ModelSpec, OutputSpec, embed_spec
 
-__all__ = ["ENERGY_CONDITION", "make_decoder", "make_model", "make_spec"]
+__all__ = ["ENERGY_CONDITION", "INCIDENT_CONDITIONS", "PERIODIC_FORMAT", "make_decoder", "make_model", "make_spec",
+           "spec_document"]
 
 #: The default single condition: incident energy 1 GeV - 1 TeV, log-uniform (CaloChallenge dataset 2).
 ENERGY_CONDITION = ConditionSpec("incident_energy", "MeV", 1_000.0, 1_000_000.0, "log-uniform")
 #: Fraction of the incident energy the toy decoder deposits, and its voxel threshold in MeV.
 RESPONSE, THRESHOLD_MEV = 0.95, 1e-3
+#: The spec format of a model with a periodic condition (a condition with a ``period``).
+PERIODIC_FORMAT = "fastsim-decoder/1.1"
+#: Energy, polar and (periodic) azimuthal angle of the incident particle, as multi-condition
+#: models declare them; dicts, because ``period`` is a format-1.1 key.
+INCIDENT_CONDITIONS = (
+    ENERGY_CONDITION.to_dict(),
+    {"name": "incident_theta", "unit": "rad", "min": 0.0, "max": math.pi / 3, "sampling": "uniform"},
+    {"name": "incident_phi", "unit": "rad", "min": 0.0, "max": 2 * math.pi, "sampling": "uniform",
+     "period": 2 * math.pi},
+)
+
+
+def _condition(c: ConditionSpec | Mapping[str, Any]) -> ConditionSpec:
+    """A ConditionSpec from either form; a dict's ``period`` is kept by ``spec_document`` instead."""
+    if isinstance(c, ConditionSpec):
+        return c
+    return ConditionSpec.from_dict({k: v for k, v in c.items() if k != "period"})
+
+
+def spec_document(
+    spec: ModelSpec, conditions: Sequence[ConditionSpec | Mapping[str, Any]] | None = None
+) -> dict[str, Any]:
+    """``spec`` as a JSON document, with the ``period`` of each periodic condition in ``conditions``.
+
+    A document with a period says format ``fastsim-decoder/1.1``, as the contract asks.
+    """
+    doc = spec.to_dict()
+    periods = {c["name"]: c["period"] for c in conditions or () if isinstance(c, Mapping) and "period" in c}
+    for block in doc["conditions"]:
+        if block["name"] in periods:
+            block["period"] = periods[block["name"]]
+    if periods:
+        doc["format"] = PERIODIC_FORMAT
+    return doc
 
 
 def make_spec(
@@ -43,10 +80,7 @@ def make_spec(
     geometry: Mapping | None = None,
 ) -> ModelSpec:
     """A spec for a toy decoder with the given widths (and io name mapping)."""
-    conds = tuple(
-        c if isinstance(c, ConditionSpec) else ConditionSpec.from_dict(c)
-        for c in (conditions if conditions is not None else [ENERGY_CONDITION])
-    )
+    conds = tuple(_condition(c) for c in (conditions if conditions is not None else [ENERGY_CONDITION]))
     return ModelSpec(
         name=name,
         version="0.0.1",
@@ -177,22 +211,25 @@ def make_decoder(
     deliberately disagree with the graph) or one matching the graph; it is
     embedded in the metadata (``embed``), and/or written to the sidecar
     ``PATH.json`` (``sidecar``). ``names`` renames the graph's tensors (and
-    the matching spec maps them).
+    the matching spec maps them). A condition given as a dict may carry a
+    ``period`` (e.g. ``INCIDENT_CONDITIONS``' azimuth); the spec then says
+    format ``fastsim-decoder/1.1``. The graph does not depend on periods.
     """
     path = Path(path)
     if spec is None:
         spec = make_spec(latent_dim=latent_dim, n_voxels=n_voxels, conditions=conditions,
                          names=names, output_dtype=output_dtype, name=name, geometry=geometry)
-    conds = tuple(
-        c if isinstance(c, ConditionSpec) else ConditionSpec.from_dict(c)
-        for c in (conditions if conditions is not None else [ENERGY_CONDITION])
-    )
+        doc = spec_document(spec, conditions)
+    else:
+        doc = spec.to_dict()
+    conds = tuple(_condition(c) for c in (conditions if conditions is not None else [ENERGY_CONDITION]))
     model = make_model(latent_dim=latent_dim, n_voxels=n_voxels, conditions=conds, names=names,
                        hidden=hidden, output_dtype=output_dtype, seed=seed)
     if embed and not sidecar:
         embed_spec(model, spec)
+        model.metadata_props[-1].value = json.dumps(doc)  # embed_spec writes the spec entry last
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, path)
     if sidecar:
-        path.with_name(path.name + ".json").write_text(spec.to_json(indent=2))
+        path.with_name(path.name + ".json").write_text(json.dumps(doc, indent=2))
     return path

@@ -273,7 +273,7 @@ void Generator::check_conditions(const float* conditions, std::size_t n) const {
                 << ", got " << value << " (row " << row << ")";
         throw ConditionError(message.str());
       }
-      if (!impl_->options.allow_extrapolation && (value < condition.min || value > condition.max)) {
+      if (!impl_->options.allow_extrapolation && !condition.in_range(value)) {
         message << "condition '" << condition.name << "' must be in the model's range [" << condition.min << ", "
                 << condition.max << "] " << condition.unit << ", got " << value << " (row " << row
                 << "); allow extrapolation to go outside it";

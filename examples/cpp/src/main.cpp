@@ -2,6 +2,7 @@
 // batches (one Run each) and writes them as raw little-endian float32.
 //
 //   fastsim-cpp MODEL.onnx --n 10000 --energy 50000 --out showers.bin
+//   fastsim-cpp MODEL.onnx --n 1000 --energy 50GeV --theta 30deg --phi 370deg --out showers.bin
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -32,7 +33,12 @@ options:
   --n N                  number of showers (default 1000)
   --energy E|MIN:MAX     incident energy: a value or a log-uniform range; units
                          MeV (default), GeV or TeV, e.g. 50000, 50GeV, 1GeV:1TeV
-  --condition NAME=VALUE value of a condition other than the energy (repeatable)
+  --theta A              incident_theta, an angle: 30deg, 0.5rad or 0.5 (radians)
+  --phi A                incident_phi, an angle as for --theta; a periodic condition
+                         is wrapped into [min, min + period), e.g. 370deg -> 10deg
+  --condition NAME=VALUE any condition, VALUE in its spec unit (repeatable)
+                         A condition given no value is drawn per shower over its
+                         training range (uniform or log-uniform, as its spec says).
   --batch B              showers per Run (default 64; memory grows with it)
   --seed S               seed of the std::mt19937_64 stream (default 0)
   --threads T            intra-op threads (default 0: all cores)
@@ -41,7 +47,8 @@ options:
   --out FILE             write the showers here (written to FILE.tmp, then renamed)
   --latents FILE         read latents (raw float32, n x latent_dim) instead of drawing them
   --conditions FILE      read conditions (raw float32, n x n_conditions) instead of
-                         --energy/--condition
+                         --energy/--theta/--phi/--condition
+  --conditions-out FILE  write the conditions used (raw float32, n x n_conditions)
   --allow-extrapolation  accept conditions outside the model's training range
   --info                 print the model's spec and providers, then exit
   --voxel-centres FILE   write each voxel's (depth, r, alpha) in mm/rad as raw float64
@@ -59,6 +66,8 @@ struct Arguments {
   std::size_t n = 1000;
   bool n_given = false;
   std::string energy;
+  std::string theta;
+  std::string phi;
   std::map<std::string, std::string> conditions;
   // Measured (benchmarks/results/embedding_batch.md): 16-256 showers per Run are the fastest
   // on CPU; 4096 was the slowest and needed 1.7 GB against 60 MiB at 64.
@@ -70,6 +79,7 @@ struct Arguments {
   std::string out;
   std::string latents_file;
   std::string conditions_file;
+  std::string conditions_out;
   bool allow_extrapolation = false;
   bool info = false;
   std::string voxel_centres;
@@ -131,6 +141,30 @@ double parse_number(const std::string& option, const std::string& text) {
   return value;
 }
 
+// An angle in radians: 30deg, 0.5rad or a bare 0.5 (radians).
+double parse_angle(const std::string& option, const std::string& text) {
+  std::string number = text;
+  double scale = 1.0;
+  for (const auto& [unit, factor] : {std::pair<std::string, double>{"deg", std::acos(-1.0) / 180.0}, {"rad", 1.0}}) {
+    if (number.size() > unit.size() && number.compare(number.size() - unit.size(), unit.size(), unit) == 0) {
+      number.resize(number.size() - unit.size());
+      scale = factor;
+      break;
+    }
+  }
+  std::size_t used = 0;
+  double value = 0.0;
+  try {
+    value = std::stod(number, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  if (used == 0 || used != number.size() || !std::isfinite(value)) {
+    throw UsageError(option + " must be an angle such as 30deg, 0.5rad or 0.5 (radians), got '" + text + "'");
+  }
+  return value * scale;
+}
+
 Arguments parse_arguments(int argc, char** argv) {
   Arguments args;
   std::vector<std::string> words(argv + 1, argv + argc);
@@ -148,13 +182,19 @@ Arguments parse_arguments(int argc, char** argv) {
       args.n_given = true;
     } else if (word == "--energy") {
       args.energy = value();
+    } else if (word == "--theta") {
+      args.theta = value();
+    } else if (word == "--phi") {
+      args.phi = value();
     } else if (word == "--condition") {
       const std::string& pair = value();
       const auto equals = pair.find('=');
       if (equals == std::string::npos || equals == 0) {
         throw UsageError("--condition must be NAME=VALUE, got '" + pair + "'");
       }
-      args.conditions[pair.substr(0, equals)] = pair.substr(equals + 1);
+      if (!args.conditions.emplace(pair.substr(0, equals), pair.substr(equals + 1)).second) {
+        throw UsageError("--condition " + pair.substr(0, equals) + " is given twice");
+      }
     } else if (word == "--batch") {
       args.batch = parse_count(word, value(), false);
     } else if (word == "--seed") {
@@ -174,6 +214,8 @@ Arguments parse_arguments(int argc, char** argv) {
       args.latents_file = value();
     } else if (word == "--conditions") {
       args.conditions_file = value();
+    } else if (word == "--conditions-out") {
+      args.conditions_out = value();
     } else if (word == "--allow-extrapolation") {
       args.allow_extrapolation = true;
     } else if (word == "--info") {
@@ -223,7 +265,9 @@ void print_info(const fastsim::Generator& generator) {
             << "latent_dim  " << spec.latent_dim << " (" << spec.prior << ")\n";
   for (const auto& condition : spec.conditions) {
     std::cout << "condition   " << condition.name << " [" << condition.min << ", " << condition.max << "] "
-              << condition.unit << " (" << condition.sampling << ")\n";
+              << condition.unit << " (" << condition.sampling;
+    if (condition.periodic()) std::cout << ", period " << condition.period;
+    std::cout << ")\n";
   }
   const auto& geometry = spec.output.geometry;
   if (!geometry.layers.empty()) {
@@ -237,66 +281,129 @@ void print_info(const fastsim::Generator& generator) {
   std::cout << "\n";
 }
 
-// Fills a batch of conditions: the --energy value or range and --condition values.
+// Fills a batch of conditions: the values given by --energy/--theta/--phi/--condition,
+// and, per shower, draws of every other condition over its training range.
 class ConditionSource {
  public:
-  ConditionSource(const Arguments& args, const fastsim::ModelSpec& spec) : rng_(args.seed ^ 0x9E3779B97F4A7C15ULL) {
-    values_.assign(spec.conditions.size(), std::nan(""));
+  ConditionSource(const Arguments& args, const fastsim::ModelSpec& spec)
+      : spec_(spec), rng_(args.seed ^ 0x9E3779B97F4A7C15ULL), allow_extrapolation_(args.allow_extrapolation) {
+    const std::size_t width = spec.conditions.size();
+    fixed_.assign(width, std::nullopt);
+    log_range_.assign(width, std::nullopt);
+    given_by_.assign(width, "");
     if (!args.energy.empty()) {
-      const std::size_t index = spec.condition_index("incident_energy");
+      const std::size_t index = claim("--energy", "incident_energy");
       const auto colon = args.energy.find(':');
       if (colon == std::string::npos) {
-        values_[index] = parse_energy("--energy", args.energy);
+        set("--energy", index, parse_energy("--energy", args.energy), args.energy);
       } else {
-        log_min_ = std::log(parse_energy("--energy", args.energy.substr(0, colon)));
-        log_max_ = std::log(parse_energy("--energy", args.energy.substr(colon + 1)));
-        if (!(log_min_ < log_max_)) throw UsageError("--energy range MIN:MAX needs MIN < MAX, got '" + args.energy + "'");
-        energy_index_ = index;
+        const double low = parse_energy("--energy", args.energy.substr(0, colon));
+        const double high = parse_energy("--energy", args.energy.substr(colon + 1));
+        if (!(low < high)) throw UsageError("--energy range MIN:MAX needs MIN < MAX, got '" + args.energy + "'");
+        check_range("--energy", index, low, args.energy);
+        check_range("--energy", index, high, args.energy);
+        log_range_[index] = std::make_pair(std::log(low), std::log(high));
       }
     }
+    if (!args.theta.empty()) set_angle("--theta", "incident_theta", args.theta);
+    if (!args.phi.empty()) set_angle("--phi", "incident_phi", args.phi);
     for (const auto& [name, text] : args.conditions) {
-      values_[spec.condition_index(name)] = parse_number("--condition " + name, text);
+      const std::string option = "--condition " + name;
+      set(option, claim(option, name), parse_number(option, text), text);
     }
-    for (std::size_t i = 0; i < values_.size(); ++i) {
-      if (std::isnan(values_[i]) && (!energy_index_ || *energy_index_ != i)) {
-        const auto& condition = spec.conditions[i];
-        std::ostringstream message;
-        message << "condition '" << condition.name << "' has no value: pass "
-                << (condition.name == "incident_energy" ? "--energy E" : "--condition " + condition.name + "=VALUE")
-                << " (model range [" << condition.min << ", " << condition.max << "] " << condition.unit
-                << ") or --conditions FILE";
-        throw UsageError(message.str());
+    for (std::size_t i = 0; i < width; ++i) {
+      const auto& condition = spec.conditions[i];
+      if (!fixed_[i] && !log_range_[i] && condition.sampling == "log-uniform") {
+        log_range_[i] = std::make_pair(std::log(condition.min), std::log(condition.max));
       }
     }
   }
 
-  // Energies come from their own stream, so the showers do not depend on --batch.
+  // Drawn from their own stream, so the showers do not depend on --batch; row by row,
+  // columns in the spec's order.
   void fill(std::size_t n, std::vector<float>& out) {
-    const std::size_t width = values_.size();
+    const std::size_t width = fixed_.size();
     out.resize(n * width);
-    std::uniform_real_distribution<double> uniform(log_min_, log_max_);
+    std::uniform_real_distribution<double> unit(0.0, 1.0);
     for (std::size_t row = 0; row < n; ++row) {
       for (std::size_t col = 0; col < width; ++col) {
-        out[row * width + col] =
-            static_cast<float>(energy_index_ && *energy_index_ == col ? std::exp(uniform(rng_)) : values_[col]);
+        double value = 0.0;
+        if (fixed_[col]) {
+          value = *fixed_[col];
+        } else if (log_range_[col]) {
+          const auto [low, high] = *log_range_[col];
+          value = std::exp(low + (high - low) * unit(rng_));
+        } else {
+          const auto& condition = spec_.conditions[col];
+          value = condition.min + (condition.max - condition.min) * unit(rng_);
+        }
+        out[row * width + col] = static_cast<float>(value);
       }
     }
   }
 
  private:
+  // The column of condition `name`, which `option` sets; names the model's conditions if absent.
+  std::size_t claim(const std::string& option, const std::string& name) {
+    std::size_t index = 0;
+    try {
+      index = spec_.condition_index(name);
+    } catch (const fastsim::ConditionError& error) {
+      throw UsageError(option + ": " + error.what());
+    }
+    if (!given_by_[index].empty()) {
+      throw UsageError(option + ": condition '" + name + "' is already given by " + given_by_[index]);
+    }
+    given_by_[index] = option;
+    return index;
+  }
+
+  void set_angle(const std::string& option, const std::string& name, const std::string& text) {
+    const std::size_t index = claim(option, name);
+    const auto& condition = spec_.conditions[index];
+    double value = parse_angle(option, text);
+    if (condition.unit == "deg") {
+      value *= 180.0 / std::acos(-1.0);
+    } else if (condition.unit != "rad") {
+      throw UsageError(option + ": condition '" + name + "' has unit '" + condition.unit +
+                       "', expected rad or deg; pass --condition " + name + "=VALUE in " + condition.unit);
+    }
+    set(option, index, value, text);
+  }
+
+  void set(const std::string& option, std::size_t index, double value, const std::string& text) {
+    value = spec_.conditions[index].wrap(value);
+    check_range(option, index, value, text);
+    fixed_[index] = value;
+  }
+
+  void check_range(const std::string& option, std::size_t index, double value, const std::string& text) const {
+    const auto& condition = spec_.conditions[index];
+    if (allow_extrapolation_ || condition.in_range(value)) return;
+    std::ostringstream message;
+    message << option << ": condition '" << condition.name << "' must be in the model's range [" << condition.min
+            << ", " << condition.max << "] " << condition.unit << ", got " << value << " " << condition.unit
+            << " ('" << text << "'"
+            << (condition.periodic() ? ", wrapped by its period " + std::to_string(condition.period) : "")
+            << "); --allow-extrapolation to go outside it";
+    throw UsageError(message.str());
+  }
+
+  const fastsim::ModelSpec& spec_;
   std::mt19937_64 rng_;
-  std::vector<double> values_;
-  std::optional<std::size_t> energy_index_;
-  double log_min_ = 0.0;
-  double log_max_ = 0.0;
+  std::vector<std::optional<double>> fixed_;
+  std::vector<std::optional<std::pair<double, double>>> log_range_;
+  bool allow_extrapolation_ = false;
+  std::vector<std::string> given_by_;
 };
 
 // Writes to PATH.tmp and renames on commit, so no half-written file looks complete.
 class AtomicFile {
  public:
-  explicit AtomicFile(std::string path) : path_(std::move(path)), tmp_(path_ + ".tmp") {
+  AtomicFile(std::string option, std::string path)
+      : option_(std::move(option)), path_(std::move(path)), tmp_(path_ + ".tmp") {
     out_.open(tmp_, std::ios::binary | std::ios::trunc);
-    if (!out_) throw UsageError("--out file '" + path_ + "' cannot be written (" + tmp_ + ")");
+    if (!out_) throw UsageError(option_ + " file '" + path_ + "' cannot be written (" + tmp_ + ")");
   }
   ~AtomicFile() {
     if (!committed_) {
@@ -306,18 +413,19 @@ class AtomicFile {
   }
   void write(const std::vector<float>& values, std::size_t count) {
     out_.write(reinterpret_cast<const char*>(values.data()), static_cast<std::streamsize>(count * sizeof(float)));
-    if (!out_) throw UsageError("writing --out file '" + tmp_ + "' failed (disk full?)");
+    if (!out_) throw UsageError("writing " + option_ + " file '" + tmp_ + "' failed (disk full?)");
   }
   void commit() {
     out_.close();
-    if (!out_) throw UsageError("writing --out file '" + tmp_ + "' failed (disk full?)");
+    if (!out_) throw UsageError("writing " + option_ + " file '" + tmp_ + "' failed (disk full?)");
     std::error_code error;
     std::filesystem::rename(tmp_, path_, error);
-    if (error) throw UsageError("--out file '" + path_ + "' cannot be written: " + error.message());
+    if (error) throw UsageError(option_ + " file '" + path_ + "' cannot be written: " + error.message());
     committed_ = true;
   }
 
  private:
+  std::string option_;
   std::string path_;
   std::string tmp_;
   std::ofstream out_;
@@ -366,8 +474,8 @@ int run(const Arguments& args) {
   std::optional<std::size_t> n_rows;
   if (args.n_given) n_rows = args.n;
   if (!args.conditions_file.empty()) {
-    if (!args.energy.empty() || !args.conditions.empty()) {
-      throw UsageError("--conditions FILE replaces --energy/--condition; pass one or the other");
+    if (!args.energy.empty() || !args.theta.empty() || !args.phi.empty() || !args.conditions.empty()) {
+      throw UsageError("--conditions FILE replaces --energy/--theta/--phi/--condition; pass one or the other");
     }
     file_conditions = read_rows("--conditions", args.conditions_file, generator.n_conditions(), n_rows);
     n_rows = file_conditions.size() / generator.n_conditions();
@@ -382,7 +490,9 @@ int run(const Arguments& args) {
   if (file_conditions.empty()) source.emplace(args, spec);
 
   std::optional<AtomicFile> out;
-  if (!args.out.empty()) out.emplace(args.out);
+  if (!args.out.empty()) out.emplace("--out", args.out);
+  std::optional<AtomicFile> conditions_out;
+  if (!args.conditions_out.empty()) conditions_out.emplace("--conditions-out", args.conditions_out);
 
   std::mt19937_64 rng(args.seed);
   std::vector<float> conditions;
@@ -409,8 +519,10 @@ int run(const Arguments& args) {
     seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - begin).count();
     for (std::size_t i = 0; i < showers.size(); ++i) total_energy += showers[i];
     if (out) out->write(showers, showers.size());
+    if (conditions_out) conditions_out->write(conditions, conditions.size());
   }
   if (out) out->commit();
+  if (conditions_out) conditions_out->commit();
 
   const double rate = seconds > 0 ? static_cast<double>(n) / seconds : 0.0;
   const double mean_energy = n ? total_energy / static_cast<double>(n) : 0.0;

@@ -2,6 +2,7 @@
 // same rules and messages as the Python runtime (fastsim/spec.py).
 #include "fastsim/model_spec.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <set>
 #include <string>
@@ -71,6 +72,17 @@ ConditionSpec parse_condition(const Json& block, std::size_t index) {
   }
   if (condition.sampling == "log-uniform" && condition.min <= 0) {
     throw fail(named + ".min", "> 0 for log-uniform sampling", condition.min);
+  }
+  if (block.contains("period")) {
+    const Json& period = block.at("period");
+    if (!period.is_number() || !std::isfinite(period.get<double>()) || period.get<double>() <= 0) {
+      throw fail(named + ".period", "a finite number > 0", period);
+    }
+    condition.period = period.get<double>();
+    if (condition.max - condition.min > condition.period) {
+      throw fail(named + ".period", "at least max - min = " + Json(condition.max - condition.min).dump(),
+                 period);
+    }
   }
   return condition;
 }
@@ -157,7 +169,9 @@ ModelSpec ModelSpec::from_json(const std::string& text) {
   ModelSpec spec;
   spec.json = text;
   spec.format = string_at(doc, "format", "spec", kSpecFormat);
-  if (spec.format != kSpecFormat) throw fail("format", std::string("'") + kSpecFormat + "'", spec.format);
+  if (spec.format != kSpecFormat && spec.format != kSpecFormatPeriodic) {
+    throw fail("format", std::string("one of ['") + kSpecFormat + "', '" + kSpecFormatPeriodic + "']", spec.format);
+  }
   spec.name = string_at(doc, "name", "spec", "unnamed");
   if (doc.contains("version")) {
     const Json& version = doc.at("version");
@@ -183,10 +197,28 @@ ModelSpec ModelSpec::from_json(const std::string& text) {
     if (!seen.insert(spec.conditions.back().name).second) {
       throw fail("conditions", "uniquely named", spec.conditions.back().name);
     }
+    // A format-1 reader knows no period: such a spec would be read without its wrapping.
+    if (spec.conditions.back().periodic() && spec.format == kSpecFormat) {
+      throw fail("conditions['" + spec.conditions.back().name + "'].period",
+                 std::string("used with format '") + kSpecFormatPeriodic + "'", spec.format);
+    }
   }
   spec.output = parse_output(object_at(doc, "output", "spec"));
   if (doc.contains("io_names")) spec.io_names = parse_io_names(doc.at("io_names"));
   return spec;
+}
+
+double ConditionSpec::wrap(double value) const {
+  if (!periodic() || !std::isfinite(value)) return value;
+  double wrapped = min + std::fmod(value - min, period);
+  if (wrapped < min) wrapped += period;
+  if (wrapped >= min + period) wrapped = min;  // fmod rounding at the upper edge
+  return wrapped;
+}
+
+bool ConditionSpec::in_range(double value) const {
+  const double slack = 1e-6 * std::max(std::abs(min), std::abs(max));
+  return value >= min - slack && value <= max + slack;
 }
 
 std::size_t CylindricalGeometry::n_voxels() const {

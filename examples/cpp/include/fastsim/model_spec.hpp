@@ -1,5 +1,6 @@
 // The fastsim model contract as C++ sees it: the fields of the fastsim.spec
-// JSON document (format "fastsim-decoder/1") a host needs to drive a decoder.
+// JSON document (format "fastsim-decoder/1", or "fastsim-decoder/1.1" when a
+// condition is periodic) a host needs to drive a decoder.
 #pragma once
 
 #include <cstddef>
@@ -10,8 +11,10 @@ namespace fastsim {
 
 /// The ONNX metadata_props key holding the spec document.
 inline constexpr const char* kSpecKey = "fastsim.spec";
-/// The one spec format this code understands.
+/// The spec format of models whose conditions are all non-periodic.
 inline constexpr const char* kSpecFormat = "fastsim-decoder/1";
+/// The spec format that adds the optional `period` of a condition (e.g. an azimuth).
+inline constexpr const char* kSpecFormatPeriodic = "fastsim-decoder/1.1";
 
 /// One physical condition input, e.g. incident_energy in MeV on [1e3, 1e6].
 struct ConditionSpec {
@@ -20,6 +23,14 @@ struct ConditionSpec {
   double min = 0.0;
   double max = 0.0;
   std::string sampling;  // "log-uniform", "uniform", ... (how Python samples it)
+  double period = 0.0;   // > 0 for a periodic condition (format 1.1), 0 otherwise
+
+  bool periodic() const { return period > 0.0; }
+  /// A periodic value moved into [min, min + period); any other value unchanged.
+  double wrap(double value) const;
+  /// Whether `value` is in [min, max], with the Python runtime's slack of 1e-6 x max(|min|, |max|)
+  /// so that float32 round trips of the range ends (1 TeV, pi / 3) pass.
+  bool in_range(double value) const;
 };
 
 /// Where one voxel is, relative to the shower axis at the calorimeter front face.
