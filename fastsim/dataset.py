@@ -89,7 +89,7 @@ def read_conditions(f: Any, path: object, n: int) -> dict[str, np.ndarray]:
         if bad.any():
             row = int(np.flatnonzero(bad)[0])
             expected = "finite angles in [0, pi/2) radians" if name == "theta" else "finite angles in radians"
-            raise DataError(f"{path}: dataset {key!r} must hold {expected}; row {row} is {values[row]!r}")
+            raise DataError(f"{path}: dataset {key!r} must hold {expected}; row {row} is {float(values[row])!r}")
         out[name] = values
     return out
 
