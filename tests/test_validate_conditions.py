@@ -12,6 +12,7 @@ import pytest
 from fastsim.dataset import open_showers
 from fastsim.errors import DataError
 from fastsim.geometry import load_detector
+from fastsim.shards import MANIFEST_FORMAT, MANIFEST_NAME, open_dataset
 from fastsim.validate import ALL_GROUPS, CONDITION_GROUPS, _condition_groups, validate
 from helpers.distortions import small_geometry
 from training.simulate import simulate
@@ -78,6 +79,24 @@ def test_readers_expose_theta_and_phi_and_default_to_normal_incidence(tmp_path, 
     short = write_h5(tmp_path / "short.h5", energies[:50], showers[:50], phi=phi[:49])
     with pytest.raises(DataError, match=r"'incident_phi' must have shape \(50, 1\).*got \(49, 1\)"):
         open_showers(short)
+
+
+def test_a_folder_of_shards_exposes_the_conditions_of_its_shards(tmp_path, samples):
+    energies, showers, theta, phi = samples["ref"]
+    ranges = [(0, 700), (700, 1500), (1500, N)]
+    entries = []
+    for index, (start, stop) in enumerate(ranges):
+        write_h5(tmp_path / f"shard-{index}.h5", energies[start:stop], showers[start:stop], theta[start:stop],
+                 phi[start:stop] if index != 1 else None, xml=False)
+        entries.append({"index": index, "start": start, "stop": stop, "file": f"shard-{index}.h5", "status": "done"})
+    manifest = {"format": MANIFEST_FORMAT, "n": N, "shards": entries,
+                "spec": {"output": {"n_voxels": GEOMETRY.n_voxels, "geometry": GEOMETRY.to_dict()}}}
+    (tmp_path / MANIFEST_NAME).write_text(json.dumps(manifest))
+    with open_dataset(tmp_path) as data:
+        # phi is missing from one shard, so the run as a whole has none; theta is in every shard.
+        assert set(data.conditions) == {"theta"} and data.incident_phi is None
+        np.testing.assert_array_equal(data.incident_theta[:, 0], theta)
+        np.testing.assert_array_equal(data.incident_energies[:, 0], energies)
 
 
 def test_all_runs_the_incidence_groups_only_when_both_files_carry_theta(tmp_path, samples, files):
