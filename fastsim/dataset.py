@@ -97,7 +97,9 @@ def read_conditions(f: Any, path: object, n: int) -> dict[str, np.ndarray]:
 class ShowerSource(Protocol):
     """Showers read lazily from storage: a shower file or a folder of shards.
 
-    Rows are showers; energies are MeV. ``iter_chunks`` and ``read`` yield
+    Rows are showers; energies are MeV; ``conditions`` holds the per-shower
+    incidence angles the source carries (``theta``, ``phi``: (N,) radians,
+    only those present). ``iter_chunks`` and ``read`` yield
     ``(energies (k,) float64, showers (k, n_voxels) float32)``. A source is a
     context manager that closes what it holds open.
     """
@@ -113,6 +115,9 @@ class ShowerSource(Protocol):
 
     @property
     def incident_energies(self) -> np.ndarray: ...
+
+    @property
+    def conditions(self) -> dict[str, np.ndarray]: ...
 
     @property
     def attrs(self) -> dict[str, Any]: ...
