@@ -608,7 +608,7 @@ def _theta_edges(theta_ref: np.ndarray) -> np.ndarray:
     """Equal theta bins (radians) over the reference's range (one bin when every shower has one angle)."""
     lo, hi = float(theta_ref.min()), float(theta_ref.max())
     if hi - lo < 1e-6:
-        return np.array([lo - 1e-9, hi + 1e-9])
+        return np.array([lo, hi + 1e-6])
     edges = np.linspace(lo, hi, _N_THETA_BINS + 1)
     edges[-1] = hi + 1e-9 * max(hi, 1.0)  # include the largest reference angle
     return edges
