@@ -281,13 +281,15 @@ def models(as_json) -> None:
 @click.argument("reference", metavar="REFERENCE.h5")
 @click.option("-o", "--output-dir", default="validation", show_default=True, type=click.Path(file_okay=False),
               help="Report folder: metrics.json, report.md and PNG plots.")
-@click.option("--geometry", "geometry_xml", default=None, type=click.Path(dir_okay=False),
-              help="CaloChallenge binning XML (default: the files' own, else dataset 2).")
+@click.option("--geometry", "geometry_xml", default=None, metavar="XML|DATASET",
+              help="CaloChallenge binning XML, or a dataset name (1-photons, 1-pions, 2, 3) for the binning "
+                   "fastsim ships (default: the files' own, else dataset 2).")
 @click.option("-n", "--n-showers", "n_max", default=None, type=click.IntRange(min=1),
               help="Read at most this many showers from each file (default: all).")
 @click.option("--metrics", "groups", default="all", show_default=True, metavar="GROUP[,GROUP...]",
-              help="Metric groups: all, or some of separation, wasserstein, energy-bins, fpd, kpd, classifier, "
-                   "classifier-voxel.")
+              help="Metric groups: all, or some of separation, wasserstein, energy-bins, theta-bins, "
+                   "inclined-shape, fpd, kpd, classifier, classifier-voxel (all runs theta-bins and inclined-shape "
+                   "when both files carry incident_theta).")
 @click.option("--floor-reference", default=None, type=click.Path(exists=True),
               help="A second reference, independent of REFERENCE, with at least as many showers as GENERATED: "
                    "the floors then compare it with REFERENCE at the same sizes (else REFERENCE is split when "
@@ -319,14 +321,24 @@ def validate(generated, reference, output_dir, geometry_xml, n_max, groups, floo
     """
     import os
 
-    from fastsim.geometry import CylindricalGeometry
-    from fastsim.validate import format_energy_table, format_table, format_worst, write_report
+    from fastsim.geometry import DATASET_BINNINGS, CylindricalGeometry, load_detector
+    from fastsim.validate import (
+        format_energy_table,
+        format_inclined_table,
+        format_table,
+        format_theta_table,
+        format_worst,
+        write_report,
+    )
 
     def progress(line: str) -> None:
         if not quiet:
             click.echo(f"validate: {line}", err=True)
 
-    geometry = CylindricalGeometry.from_xml(geometry_xml) if geometry_xml else None
+    if geometry_xml in DATASET_BINNINGS:
+        geometry = load_detector(geometry_xml)[0]  # the binning fastsim ships for that dataset
+    else:
+        geometry = CylindricalGeometry.from_xml(geometry_xml) if geometry_xml else None
     result = write_report(generated, reference, output_dir, geometry, groups, n_max, plots=not no_plots,
                           floor_reference=floor_reference, classifier_n=classifier_showers,
                           voxel_classifier_n=voxel_classifier_showers, n_bootstrap=n_bootstrap, seed=seed,
@@ -335,7 +347,8 @@ def validate(generated, reference, output_dir, geometry_xml, n_max, groups, floo
         _echo_json(result)
         return
     click.echo(format_table(result))
-    for table in (format_worst(result), format_energy_table(result)):
+    for table in (format_worst(result), format_energy_table(result), format_theta_table(result),
+                  format_inclined_table(result)):
         if table:
             click.echo("")
             click.echo(table)

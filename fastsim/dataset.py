@@ -1,7 +1,11 @@
 """Reading shower files in the CaloChallenge HDF5 layout, lazily and validated.
 
 A file holds ``incident_energies`` (N, 1) in MeV and ``showers`` (N, n_voxels) in
-MeV, and every reader here returns them in those shapes (as ``Generator.generate``
+MeV, and may hold the per-shower incidence ``incident_theta`` (polar angle to the
+layer normal) and ``incident_phi`` (azimuth, in the readout's alpha convention),
+(N, 1) radians; a file without ``incident_theta`` is at normal incidence (theta 0)
+and one without ``incident_phi`` has no azimuth. Every reader here returns energies
+and showers in those shapes (as ``Generator.generate``
 does): energies (k, 1) float64, showers (k, n_voxels) float32. This module holds
 opening such a file, checking its structure up front (keys,
 shapes, lengths, the voxel count against a geometry, the incident energies) and
@@ -29,13 +33,18 @@ import numpy as np
 from fastsim.errors import DataError
 from fastsim.geometry import CylindricalGeometry, GeometryError, default_geometry
 
-__all__ = ["DEFAULT_CHUNK_SIZE", "ShowerFile", "ShowerSource", "open_showers", "row_range"]
+__all__ = ["CONDITION_KEYS", "DEFAULT_CHUNK_SIZE", "ShowerFile", "ShowerSource", "open_showers", "read_conditions",
+           "row_range"]
 
 #: Showers per chunk when iterating (about 26 MB of float32 for 6480 voxels).
 DEFAULT_CHUNK_SIZE = 1000
 
 ENERGIES_KEY = "incident_energies"
 SHOWERS_KEY = "showers"
+THETA_KEY = "incident_theta"
+PHI_KEY = "incident_phi"
+#: Per-shower condition datasets a file may carry: condition name -> dataset name.
+CONDITION_KEYS = {"theta": THETA_KEY, "phi": PHI_KEY}
 
 _Source = TypeVar("_Source", bound="ShowerSource")
 
@@ -51,10 +60,46 @@ def row_range(path: object, n: int, start: int, stop: int | None) -> tuple[int, 
         raise DataError(f"{path}: rows {start}:{stop} are outside 0:{n}")
     return int(start), int(stop)
 
+
+def read_conditions(f: Any, path: object, n: int) -> dict[str, np.ndarray]:
+    """The per-shower conditions an open HDF5 file carries: ``{"theta": (N,), "phi": (N,)}`` float64 radians.
+
+    Only the datasets present are returned (they are small: one number per shower).
+    Each must be numeric, of shape (N, 1) or (N,), and finite; theta must lie in
+    [0, pi/2). Anything else is a DataError naming ``path`` and the dataset.
+    """
+    import h5py
+
+    out: dict[str, np.ndarray] = {}
+    for name, key in CONDITION_KEYS.items():
+        if key not in f:
+            continue
+        ds = f[key]
+        if not isinstance(ds, h5py.Dataset) or ds.dtype.kind not in "fiu":
+            raise DataError(f"{path}: {key!r} must be a numeric dataset, got {ds!r}")
+        if not (ds.ndim == 1 or (ds.ndim == 2 and ds.shape[1] == 1)) or ds.shape[0] != n:
+            raise DataError(f"{path}: dataset {key!r} must have shape ({n}, 1) (one angle per shower), got {ds.shape}")
+        try:
+            values = np.asarray(ds[()], dtype=np.float64).reshape(-1)
+        except OSError as exc:
+            raise DataError(f"{path}: cannot read dataset {key!r} ({exc})") from None
+        bad = ~np.isfinite(values)
+        if name == "theta":
+            bad |= (values < 0) | (values >= np.pi / 2)
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            expected = "finite angles in [0, pi/2) radians" if name == "theta" else "finite angles in radians"
+            raise DataError(f"{path}: dataset {key!r} must hold {expected}; row {row} is {float(values[row])!r}")
+        out[name] = values
+    return out
+
+
 class ShowerSource(Protocol):
     """Showers read lazily from storage: a shower file or a folder of shards.
 
-    Rows are showers; energies are MeV. ``iter_chunks`` and ``read`` yield
+    Rows are showers; energies are MeV; ``conditions`` holds the per-shower
+    incidence angles the source carries (``theta``, ``phi``: (N,) radians,
+    only those present). ``iter_chunks`` and ``read`` yield
     ``(energies (k,) float64, showers (k, n_voxels) float32)``. A source is a
     context manager that closes what it holds open.
     """
@@ -70,6 +115,9 @@ class ShowerSource(Protocol):
 
     @property
     def incident_energies(self) -> np.ndarray: ...
+
+    @property
+    def conditions(self) -> dict[str, np.ndarray]: ...
 
     @property
     def attrs(self) -> dict[str, Any]: ...
@@ -148,6 +196,7 @@ class ShowerFile:
             )
         self._energies = energies
         self._shape = (int(self._showers.shape[0]), int(self._showers.shape[1]))
+        self._conditions = read_conditions(f, self.path, self._shape[0])
 
         self.geometry = geometry if geometry is not None else self._find_geometry()
         if self.geometry is not None and self.geometry.n_voxels != self.n_voxels:
@@ -190,6 +239,27 @@ class ShowerFile:
     def incident_energies(self) -> np.ndarray:
         """Incident energies (N, 1) float64 in MeV (read and checked when the file was opened)."""
         return self._energies[:, None]
+
+    @property
+    def conditions(self) -> dict[str, np.ndarray]:
+        """The per-shower conditions the file carries, ``{"theta": (N,), "phi": (N,)}`` radians (read when opened).
+
+        Only those present: a file without ``incident_theta`` is at normal
+        incidence, one without ``incident_phi`` has no azimuth.
+        """
+        return dict(self._conditions)
+
+    @property
+    def incident_theta(self) -> np.ndarray:
+        """Polar angles (N, 1) float64 radians; zeros (normal incidence) when the file has no ``incident_theta``."""
+        theta = self._conditions.get("theta")
+        return (theta if theta is not None else np.zeros(self.n))[:, None]
+
+    @property
+    def incident_phi(self) -> np.ndarray | None:
+        """Azimuths (N, 1) float64 radians, or None when the file has no ``incident_phi``."""
+        phi = self._conditions.get("phi")
+        return None if phi is None else phi[:, None]
 
     @property
     def attrs(self) -> dict[str, Any]:

@@ -9,6 +9,9 @@ following the CaloChallenge definitions:
   standard deviation per layer of the voxel-centre coordinates
   ``x = r cos(alpha)``, ``y = r sin(alpha)`` (mm, alpha-bin centres on [-pi, pi]);
 - ``centre_r``, ``width_r`` -- the same for the radius r, per layer;
+- ``covariance_xy`` -- per layer, the energy-weighted covariance of x and y (mm^2),
+  which with the x and y moments gives the moments along any rotated axes
+  (:func:`track_frame_moments`: the frame of an inclined track);
 - ``longitudinal_centre``, ``longitudinal_width`` -- energy-weighted mean and
   standard deviation of the layer depth (layer mid-planes, mm);
 - ``sparsity`` -- per layer, the fraction of voxels above the threshold (the
@@ -42,6 +45,7 @@ __all__ = [
     "compute_features",
     "iter_source",
     "shower_features",
+    "track_frame_moments",
     "voxel_energy_edges",
     "voxel_energy_histogram",
 ]
@@ -76,6 +80,7 @@ class ShowerFeatures:
     width_y: np.ndarray
     centre_r: np.ndarray
     width_r: np.ndarray
+    covariance_xy: np.ndarray
     longitudinal_centre: np.ndarray
     longitudinal_width: np.ndarray
     sparsity: np.ndarray
@@ -177,6 +182,7 @@ def shower_features(
         first = per_layer(e * coord) / norm
         second = per_layer(e * (coord * coord)) / norm
         moments[name] = (first, np.sqrt(np.clip(second - first * first, 0.0, None)))
+    covariance_xy = per_layer(e * (layout["x"] * layout["y"])) / norm - moments["x"][0] * moments["y"][0]
     total = layer_energy.sum(axis=1)
     depth = layout["depth"]
     z_mean = layer_energy @ depth / (total + _TINY)
@@ -191,11 +197,37 @@ def shower_features(
         width_y=moments["y"][1],
         centre_r=moments["r"][0],
         width_r=moments["r"][1],
+        covariance_xy=covariance_xy,
         longitudinal_centre=z_mean,
         longitudinal_width=np.sqrt(np.clip(z_second - z_mean * z_mean, 0.0, None)),
         sparsity=per_layer(above.astype(np.float64)) / layout["voxels_per_layer"],
         max_voxel_energy=e.max(axis=1),
     )
+
+
+def track_frame_moments(features: ShowerFeatures, phi: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-layer energy-weighted centre and width along and across an inclined track (N, n_layers each, mm).
+
+    The voxel centres are turned by ``-phi`` (per shower, radians, in the
+    readout's alpha convention), so that ``u`` runs along the track's
+    projection on the layer and ``v`` across it: ``u = x cos(phi) + y sin(phi)``,
+    ``v = -x sin(phi) + y cos(phi)``. The moments follow exactly from the x and y
+    moments and ``covariance_xy``, so no second pass over the voxels is needed.
+    Returns ``centre_u``, ``centre_v``, ``width_u`` and ``width_v``.
+    """
+    phi = np.asarray(phi, dtype=np.float64).reshape(-1)
+    if phi.shape[0] != features.n:
+        raise DataError(f"phi: expected one azimuth per shower ({features.n}), got {phi.shape[0]}")
+    c, s = np.cos(phi)[:, None], np.sin(phi)[:, None]
+    var_x, var_y, cov = features.width_x**2, features.width_y**2, features.covariance_xy
+    var_u = c * c * var_x + 2 * c * s * cov + s * s * var_y
+    var_v = s * s * var_x - 2 * c * s * cov + c * c * var_y
+    return {
+        "centre_u": c * features.centre_x + s * features.centre_y,
+        "centre_v": -s * features.centre_x + c * features.centre_y,
+        "width_u": np.sqrt(np.clip(var_u, 0.0, None)),
+        "width_v": np.sqrt(np.clip(var_v, 0.0, None)),
+    }
 
 
 def _layout(geometry: CylindricalGeometry) -> dict[str, np.ndarray]:

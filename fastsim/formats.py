@@ -301,6 +301,11 @@ class _Showers:
         """Incident energies (N, 1) float64 in MeV."""
         return self._energies[:, None]
 
+    @property
+    def conditions(self) -> dict[str, np.ndarray]:
+        """Per-shower incidence angles: none are read back from these formats (normal incidence)."""
+        return {}
+
     def _rows(self, lo: int, hi: int) -> np.ndarray:
         raise NotImplementedError
 

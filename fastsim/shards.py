@@ -138,6 +138,7 @@ class ShardedDataset:
         if missing:
             raise DataError(f"{self.path}: shard files missing: {', '.join(missing[:5])}")
         self._energies: np.ndarray | None = None
+        self._conditions: dict[str, np.ndarray] | None = None
         self._dask_files: list[Any] = []
         if self.geometry is None:
             self.geometry = self._find_geometry()
@@ -185,12 +186,44 @@ class ShardedDataset:
     def incident_energies(self) -> np.ndarray:
         """Incident energies (N, 1) float64 in MeV, read from every shard on first use."""
         if self._energies is None:
-            parts = []
-            for shard in self.iter_shards():
-                with shard:
-                    parts.append(shard.incident_energies)
-            self._energies = np.concatenate(parts)
+            self._read_per_shower()
+        assert self._energies is not None
         return self._energies
+
+    @property
+    def conditions(self) -> dict[str, np.ndarray]:
+        """The per-shower conditions every shard carries, ``{"theta": (N,), "phi": (N,)}`` radians.
+
+        Read with the energies on first use (the showers are not read); a
+        condition missing from any shard is left out, as in
+        :attr:`fastsim.dataset.ShowerFile.conditions`.
+        """
+        if self._conditions is None:
+            self._read_per_shower()
+        assert self._conditions is not None
+        return dict(self._conditions)
+
+    @property
+    def incident_theta(self) -> np.ndarray:
+        """Polar angles (N, 1) float64 radians; zeros (normal incidence) when the shards carry none."""
+        theta = self.conditions.get("theta")
+        return (theta if theta is not None else np.zeros(self.n))[:, None]
+
+    @property
+    def incident_phi(self) -> np.ndarray | None:
+        """Azimuths (N, 1) float64 radians, or None when the shards carry none."""
+        phi = self.conditions.get("phi")
+        return None if phi is None else phi[:, None]
+
+    def _read_per_shower(self) -> None:
+        energies, conditions = [], []
+        for shard in self.iter_shards():
+            with shard:
+                energies.append(shard.incident_energies)
+                conditions.append(shard.conditions)
+        self._energies = np.concatenate(energies)
+        names = set.intersection(*(set(c) for c in conditions)) if conditions else set()
+        self._conditions = {name: np.concatenate([c[name] for c in conditions]) for name in sorted(names)}
 
     def iter_shards(self) -> Iterator[ShowerSource]:
         """Each shard as an open :class:`fastsim.dataset.ShowerFile`, in order.

@@ -5,9 +5,10 @@ which metric and binning (the CaloChallenge conventions, see
 :mod:`fastsim.features` and :mod:`fastsim.metrics`), the floor printed beside
 every number (what a perfect surrogate scores at the same sample sizes), the
 statistical error of every figure, the per-energy-bin response and resolution
-table, the worst layers and features, the consistency checks on the inputs,
-and the report folder (``metrics.json``, ``report.md``, PNG plots from
-:mod:`fastsim.plots`).
+table, the same per bin of the incidence angle theta (``theta-bins``), the shower
+shape in the frame of an inclined track (``inclined-shape``), the worst layers
+and features, the consistency checks on the inputs, and the report folder
+(``metrics.json``, ``report.md``, PNG plots from :mod:`fastsim.plots`).
 
 - :func:`validate` -- all metrics as a JSON-ready dict.
 - :func:`quick_figure_of_merit` -- one cheap number (lower is better) for use
@@ -15,7 +16,9 @@ and the report folder (``metrics.json``, ``report.md``, PNG plots from
 - :func:`write_report` -- :func:`validate` plus the report folder.
 
 Inputs are paths (a CaloChallenge HDF5 file or a folder of shards), open
-shower files, or in-memory ``(incident_energies, showers)`` pairs. Files are
+shower files, or in-memory ``(incident_energies, showers)`` pairs. Files may
+carry per-shower ``incident_theta`` and ``incident_phi`` (radians); in-memory
+pairs are at normal incidence. Files are
 streamed; only the per-shower features and the voxel classifier's sample are held.
 
 The floor (``"reference"`` in each metric entry) is measured at the
@@ -58,19 +61,23 @@ from fastsim.features import (
     ShowerFeatures,
     compute_features,
     iter_source,
+    track_frame_moments,
     voxel_energy_edges,
 )
 from fastsim.geometry import CylindricalGeometry, default_geometry
 
 __all__ = [
     "ALL_GROUPS",
+    "CONDITION_GROUPS",
     "DEFAULT_GROUPS",
     "FLOOR_METHODS",
     "Comparison",
     "compare",
     "format_energy_table",
+    "format_inclined_table",
     "format_layer_table",
     "format_table",
+    "format_theta_table",
     "format_worst",
     "open_input",
     "quick_figure_of_merit",
@@ -92,6 +99,12 @@ _CENTRE_EDGES = np.linspace(-30.0, 30.0, 101)
 _WIDTH_EDGES = np.linspace(0.0, 30.0, 101)
 _RESPONSE_EDGES = np.linspace(0.5, 1.5, 101)
 _N_ENERGY_BINS = 10
+_N_THETA_BINS = 6
+# Bins per layer of the track-frame centre and width histograms (inclined-shape), over the reference's
+# central 99.8 %: a theta bin holds a sixth of the showers, so fewer bins than the 100 of the full sample.
+_N_SHAPE_BINS = 30
+_SHAPE_QUANTITIES = ("centre_u", "centre_v", "width_u", "width_v")
+_MIN_BIN_ROWS = 10
 _MIN_CLASSIFIER_ROWS = 50
 _N_WORST = 10
 # Relative tolerance, as a fraction of the reference's log-energy span, on the
@@ -204,6 +217,23 @@ class _Rows:
 
     def chunks(self) -> Iterable[tuple[np.ndarray, np.ndarray]]:
         return iter_source(self.source, start=self.start, stop=self.stop)
+
+    def condition(self, name: str) -> np.ndarray | None:
+        """A per-shower condition (``theta``, ``phi``) of these rows, or None when the source carries none."""
+        values = _conditions(self.source).get(name)
+        return None if values is None else values[self.start:self.stop]
+
+    def theta(self) -> np.ndarray:
+        """Polar angles of these rows (radians); zeros at normal incidence (no ``incident_theta``)."""
+        theta = self.condition("theta")
+        return theta if theta is not None else np.zeros(self.n)
+
+
+def _conditions(source: Any) -> dict[str, np.ndarray]:
+    """The per-shower conditions a source carries (files: see ``fastsim.dataset``; arrays: none)."""
+    if isinstance(source, tuple):
+        return {}
+    return dict(getattr(source, "conditions", None) or {})
 
 
 @dataclass
@@ -349,12 +379,13 @@ def _resample(rng: np.random.Generator, n_from: int, size: int) -> np.ndarray:
 def _stat_pair(
     a: Any, b: Any, metric: Callable[[Any, Any, np.ndarray | None, np.ndarray | None], np.ndarray],
     *, floor_a: Any | None, n_a: int, n_b: int, rng: np.random.Generator, n_bootstrap: int,
+    n_floor: int | None = None,
 ) -> dict[str, np.ndarray]:
     """Value, bootstrap error, floor and floor error of a vector-valued two-sample statistic.
 
     ``metric(x, y, rows_x, rows_y)`` evaluates the statistic on rows of x and
     y (all rows for None). With ``floor_a`` (an independent sample of a's
-    size) the floor is ``metric(floor_a, b)``. Without it the floor comes from
+    size, or of ``n_floor`` rows) the floor is ``metric(floor_a, b)``. Without it the floor comes from
     bootstrap samples of b of sizes ``n_a`` and ``n_b``: resampling the
     empirical distribution loses its sparsely filled tails, which biases the
     floor low (by up to 20 % for the 100-bin centre histograms at 3,000
@@ -367,7 +398,8 @@ def _stat_pair(
     out = {"value": value, "error": _nanstd(reps), "reps": reps}
     if floor_a is not None:
         out["floor"] = metric(floor_a, b, None, None)
-        out["floor_reps"] = np.array([metric(floor_a, b, _resample(rng, n_a, n_a), _resample(rng, n_b, n_b))
+        n_f = n_a if n_floor is None else n_floor
+        out["floor_reps"] = np.array([metric(floor_a, b, _resample(rng, n_f, n_f), _resample(rng, n_b, n_b))
                                       for _ in range(n_bootstrap)])
         out["floor_error"] = _nanstd(out["floor_reps"])
         return out
@@ -562,19 +594,37 @@ def _wasserstein_group(run: _Run) -> None:
     _record_family_stats(run, "wasserstein", stats, run.method, unit="reference std")
 
 
-def _energy_bins(e_gen: np.ndarray, r_gen: np.ndarray, e_ref: np.ndarray, r_ref: np.ndarray) -> list[dict[str, float]]:
-    """Mean response and relative resolution per log-spaced incident-energy bin, with their errors."""
+def _energy_edges(e_ref: np.ndarray) -> np.ndarray:
+    """Log-spaced incident-energy bin edges over the reference's range (one bin at a single energy)."""
     lo, hi = e_ref.min(), e_ref.max()
     if hi <= lo * 1.0001:
-        edges = np.array([lo * 0.999, hi * 1.001])
-    else:
-        edges = np.logspace(math.log10(lo), math.log10(hi), _N_ENERGY_BINS + 1)
-        edges[-1] *= 1.0 + 1e-9  # include the largest reference energy
+        return np.array([lo * 0.999, hi * 1.001])
+    edges = np.logspace(math.log10(lo), math.log10(hi), _N_ENERGY_BINS + 1)
+    edges[-1] *= 1.0 + 1e-9  # include the largest reference energy
+    return edges
+
+
+def _theta_edges(theta_ref: np.ndarray) -> np.ndarray:
+    """Equal theta bins (radians) over the reference's range (one bin when every shower has one angle)."""
+    lo, hi = float(theta_ref.min()), float(theta_ref.max())
+    if hi - lo < 1e-6:
+        return np.array([lo, hi + 1e-6])
+    edges = np.linspace(lo, hi, _N_THETA_BINS + 1)
+    edges[-1] = hi + 1e-9 * max(hi, 1.0)  # include the largest reference angle
+    return edges
+
+
+def _binned_response(edges: np.ndarray, keys: tuple[str, str], scale: float, x_gen: np.ndarray, r_gen: np.ndarray,
+                     x_ref: np.ndarray, r_ref: np.ndarray) -> list[dict[str, float]]:
+    """Mean response and relative resolution per bin of a condition ``x``, with their errors and ratios.
+
+    ``edges`` are half-open bins of x; ``keys`` name a row's low and high edges, written times ``scale``.
+    """
     rows = []
     for low, high in zip(edges[:-1], edges[1:]):
-        row: dict[str, float] = {"e_low_mev": float(low), "e_high_mev": float(high)}
-        for label, energies, response in (("reference", e_ref, r_ref), ("generated", e_gen, r_gen)):
-            resp = response[(energies >= low) & (energies < high)]
+        row: dict[str, float] = {keys[0]: float(low * scale), keys[1]: float(high * scale)}
+        for label, xs, response in (("reference", x_ref, r_ref), ("generated", x_gen, r_gen)):
+            resp = response[(xs >= low) & (xs < high)]
             n = len(resp)
             mean = float(resp.mean()) if n else float("nan")
             std = float(resp.std(ddof=1)) if n > 1 else float("nan")
@@ -597,6 +647,11 @@ def _energy_bins(e_gen: np.ndarray, r_gen: np.ndarray, e_ref: np.ndarray, r_ref:
     return rows
 
 
+def _energy_bins(e_gen: np.ndarray, r_gen: np.ndarray, e_ref: np.ndarray, r_ref: np.ndarray) -> list[dict[str, float]]:
+    """Mean response and relative resolution per log-spaced incident-energy bin, with their errors."""
+    return _binned_response(_energy_edges(e_ref), ("e_low_mev", "e_high_mev"), 1.0, e_gen, r_gen, e_ref, r_ref)
+
+
 def _ratio(a: float, b: float) -> float:
     return a / b if b and math.isfinite(a) and math.isfinite(b) else float("nan")
 
@@ -612,28 +667,178 @@ def _max_deviation(rows: list[dict[str, float]], key: str) -> tuple[float, float
     return float(abs(ratios[worst] - 1.0)), float(errors[worst])
 
 
-def _energy_bins_group(run: _Run) -> None:
-    """Response and resolution per incident-energy bin; their worst deviations with errors and floors."""
-    e_gen, r_gen = run.f_gen.incident_energy, run.f_gen.response
-    e_ref, r_ref = run.f_ref.incident_energy, run.f_ref.response
-    rows = _energy_bins(e_gen, r_gen, e_ref, r_ref)
-    run.more["energy_rows"] = rows
-    if run.f_floor is not None:
-        floor_rows = _energy_bins(run.f_floor.incident_energy, run.f_floor.response, e_ref, r_ref)
+_Binned = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], list[dict[str, float]]]
+
+
+def _put_max_deviations(run: _Run, prefix: str, binned: _Binned, x: dict[str, np.ndarray | None],
+                        salt: int) -> tuple[list[dict[str, float]], list[dict[str, float]] | None]:
+    """The binned response table of generated vs reference, its worst deviations with errors and floors.
+
+    ``binned(x_gen, r_gen, x_ref, r_ref)`` makes the rows; ``x`` holds the binning
+    variable per sample (``gen``, ``ref``, ``floor``). The floor is the same table
+    for the floor sample against the reference, else the mean over bootstrap
+    samples of the reference (of the generated and the reference sizes).
+    Returns the rows and the floor sample's rows (None without a floor sample).
+    """
+    x_gen, x_ref, x_floor = x["gen"], x["ref"], x.get("floor")
+    assert x_gen is not None and x_ref is not None
+    r_gen, r_ref = run.f_gen.response, run.f_ref.response
+    rows = binned(x_gen, r_gen, x_ref, r_ref)
+    floor_rows = None
+    if run.f_floor is not None and x_floor is not None:
+        floor_rows = binned(x_floor, run.f_floor.response, x_ref, r_ref)
         floors = {key: _max_deviation(floor_rows, key) for key in ("response", "resolution")}
     else:
-        rng = run.rng(4)
+        rng = run.rng(salt)
         samples = []
         for _ in range(run.options["n_bootstrap"]):
             a, b = _resample(rng, run.f_ref.n, run.f_gen.n), _resample(rng, run.f_ref.n, run.f_ref.n)
-            boot = _energy_bins(e_ref[a], r_ref[a], e_ref[b], r_ref[b])
+            boot = binned(x_ref[a], r_ref[a], x_ref[b], r_ref[b])
             samples.append([_max_deviation(boot, key)[0] for key in ("response", "resolution")])
-        samples = np.array(samples)
-        floors = {key: (float(_nanmean(samples[:, i])), float(_nanstd(samples[:, i])))
+        table = np.array(samples)
+        floors = {key: (float(_nanmean(table[:, i])), float(_nanstd(table[:, i])))
                   for i, key in enumerate(("response", "resolution"))}
     for key in ("response", "resolution"):
         value, error = _max_deviation(rows, key)
-        run.put(f"energy_bins.max_{key}_deviation", value, error, *floors[key], run.method)
+        run.put(f"{prefix}.max_{key}_deviation", value, error, *floors[key], run.method)
+    return rows, floor_rows
+
+
+def _energy_bins_group(run: _Run) -> None:
+    """Response and resolution per incident-energy bin; their worst deviations with errors and floors."""
+    x = {"gen": run.f_gen.incident_energy, "ref": run.f_ref.incident_energy,
+         "floor": run.f_floor.incident_energy if run.f_floor is not None else None}
+    run.more["energy_rows"], _ = _put_max_deviations(run, "energy_bins", _energy_bins, x, salt=4)
+
+
+def _theta_bins_group(run: _Run) -> None:
+    """Response and resolution per bin of the polar angle theta; deviations in per cent, floors beside them."""
+    theta = {"gen": run.gen.theta(), "ref": run.ref.theta(), "floor": run.floor.theta() if run.floor else None}
+    edges = _theta_edges(theta["ref"])
+
+    def binned(x_gen: np.ndarray, r_gen: np.ndarray, x_ref: np.ndarray, r_ref: np.ndarray) -> list[dict[str, float]]:
+        return _binned_response(edges, ("theta_low_deg", "theta_high_deg"), 180.0 / math.pi, x_gen, r_gen, x_ref,
+                                r_ref)
+
+    rows, floor_rows = _put_max_deviations(run, "theta_bins", binned, theta, salt=7)
+    for i, row in enumerate(rows):
+        for source, label in ((row, ""), (floor_rows[i] if floor_rows else None, "floor_")):
+            for key in ("response", "resolution"):
+                ratio = source[f"{key}_ratio"] if source else float("nan")
+                error = source[f"{key}_ratio_error"] if source else float("nan")
+                row[f"{label}{key}_deviation_pct"] = 100.0 * (ratio - 1.0)
+                row[f"{label}{key}_deviation_error_pct"] = 100.0 * error
+        if floor_rows:
+            row["n_floor"] = floor_rows[i]["n_generated"]
+    run.more["theta_rows"] = rows
+
+
+def _shape_columns(f: ShowerFeatures, phi: np.ndarray | None, layers: list[int]) -> np.ndarray:
+    """Track-frame centres and widths (N, 4 * len(layers)), quantity by quantity; nan where a layer is empty."""
+    moments = track_frame_moments(f, phi if phi is not None else np.zeros(f.n))
+    empty = f.layer_energy[:, layers] <= 0
+    parts = []
+    for name in _SHAPE_QUANTITIES:
+        values = np.array(moments[name][:, layers], dtype=np.float64)
+        values[empty] = np.nan
+        parts.append(values)
+    return np.concatenate(parts, axis=1)
+
+
+def _shape_edges(columns: np.ndarray) -> list[np.ndarray]:
+    """Per column, equal bins over the reference's central 99.8 % (entries outside are dropped)."""
+    edges = []
+    for j in range(columns.shape[1]):
+        v = columns[:, j][np.isfinite(columns[:, j])]
+        lo, hi = (np.percentile(v, [0.1, 99.9]) if v.size else (0.0, 1.0))
+        if not hi > lo:
+            lo, hi = lo - 0.5, hi + 0.5
+        edges.append(np.linspace(lo, hi, _N_SHAPE_BINS + 1))
+    return edges
+
+
+def _layer_mean_stats(stats: dict[str, np.ndarray], n_layers: int, bootstrap: bool) -> dict[str, np.ndarray]:
+    """Per quantity, the mean over layers of a per-column statistic, with error, floor and floor error."""
+    def means(x: np.ndarray) -> np.ndarray:
+        x = x.reshape(*x.shape[:-1], len(_SHAPE_QUANTITIES), n_layers)
+        ok = np.isfinite(x)
+        return np.where(ok.any(axis=-1), np.where(ok, x, 0.0).sum(axis=-1) / np.maximum(ok.sum(axis=-1), 1), np.nan)
+
+    out = {"value": means(stats["value"]), "error": _nanstd(means(stats["reps"]))}
+    if bootstrap:
+        floor_means = means(stats["floor_reps"])
+        out["floor"] = _iterated(floor_means, means(stats["floor_reps2"]))
+        out["floor_error"] = _nanstd(floor_means)
+    else:
+        out["floor"] = means(stats["floor"])
+        out["floor_error"] = _nanstd(means(stats["floor_reps"]))
+    return out
+
+
+def _inclined_shape_group(run: _Run) -> None:
+    """Separation power of the track-frame centres and widths per layer, per theta bin and overall."""
+    layers = [i for i, layer in enumerate(run.geometry.layers) if layer.n_alpha > 1]
+    if not layers:
+        raise DataError("geometry: inclined-shape needs layers with more than one alpha sector (a single sector "
+                        f"carries no azimuth), got {run.geometry.n_layers} layers of one sector")
+    samples = {"gen": (run.f_gen, run.gen), "ref": (run.f_ref, run.ref)}
+    if run.f_floor is not None and run.floor is not None:
+        samples["floor"] = (run.f_floor, run.floor)
+    columns = {key: _shape_columns(f, rows.condition("phi"), layers) for key, (f, rows) in samples.items()}
+    thetas = {key: rows.theta() for key, (_, rows) in samples.items()}
+    edges = _shape_edges(columns["ref"])
+    theta_edges = _theta_edges(thetas["ref"])
+    bins = [(lo, hi) for lo, hi in zip(theta_edges[:-1], theta_edges[1:])] + [(-math.inf, math.inf)]
+    rows = []
+    for index, (lo, hi) in enumerate(bins):
+        chosen = {key: (thetas[key] >= lo) & (thetas[key] < hi) for key in columns}
+        row: dict[str, Any] = {
+            "theta_low_deg": math.degrees(lo) if math.isfinite(lo) else None,
+            "theta_high_deg": math.degrees(hi) if math.isfinite(hi) else None,
+            **{f"n_{name}": int(chosen[key].sum()) for key, name in
+               (("gen", "generated"), ("ref", "reference"), ("floor", "floor")) if key in chosen},
+        }
+        if min(int(c.sum()) for c in chosen.values()) < _MIN_BIN_ROWS:
+            for name in _SHAPE_QUANTITIES:
+                row[name] = {"value": None, "error": None, "reference": None, "reference_error": None}
+            rows.append(row)
+            continue
+        hist = {key: _Histograms(columns[key][chosen[key]], edges) for key in columns}
+        starts, column_of_bin = hist["ref"].starts, hist["ref"].column_of_bin
+
+        def metric(a: _Histograms, b: _Histograms, rows_a: np.ndarray | None, rows_b: np.ndarray | None,
+                   starts: np.ndarray = starts, column_of_bin: np.ndarray = column_of_bin) -> np.ndarray:
+            return _separation_of_counts(a.counts(rows_a), b.counts(rows_b), starts, column_of_bin)
+
+        stats = _stat_pair(hist["gen"], hist["ref"], metric, floor_a=hist.get("floor"), n_a=hist["gen"].n,
+                           n_b=hist["ref"].n, rng=run.rng(100 + index), n_bootstrap=run.options["n_bootstrap"],
+                           n_floor=hist["floor"].n if "floor" in hist else None)
+        summary = _layer_mean_stats(stats, len(layers), bootstrap="floor" not in hist)
+        for q, name in enumerate(_SHAPE_QUANTITIES):
+            row[name] = {"value": summary["value"][q], "error": summary["error"][q],
+                         "reference": summary["floor"][q], "reference_error": summary["floor_error"][q]}
+        if math.isinf(hi):
+            per_layer = len(layers)
+            for q, name in enumerate(_SHAPE_QUANTITIES):
+                cols = slice(q * per_layer, (q + 1) * per_layer)
+                run.per_layer[f"inclined_shape.{name}"] = {
+                    "layer": layers,
+                    **{key: [float(v) for v in stats[src][cols]] for key, src in (
+                        ("value", "value"), ("error", "error"), ("reference", "floor"),
+                        ("reference_error", "floor_error"))},
+                }
+        rows.append(row)
+    overall = rows.pop()
+    for name in _SHAPE_QUANTITIES:
+        entry = overall[name]
+        run.put(f"inclined_shape.{name}", entry["value"], entry["error"], entry["reference"],
+                entry["reference_error"], run.method)
+    run.more["inclined_shape"] = {
+        "layers": layers,
+        "n_bins_per_layer": _N_SHAPE_BINS,
+        "theta_bins": rows,
+        "overall": {name: overall[name] for name in _SHAPE_QUANTITIES},
+    }
 
 
 def _physics_matrices(run: _Run) -> dict[str, np.ndarray]:
@@ -754,6 +959,8 @@ _GROUPS: dict[str, tuple[Callable[[_Run], None], str]] = {
     "separation": (_separation_group, "histograms of every feature and layer, bootstrap resamples"),
     "wasserstein": (_wasserstein_group, "one sort per feature and layer, bootstrap resamples"),
     "energy-bins": (_energy_bins_group, "cheap"),
+    "theta-bins": (_theta_bins_group, "cheap"),
+    "inclined-shape": (_inclined_shape_group, "histograms per layer and theta bin, bootstrap resamples"),
     "fpd": (_fpd_group, "covariance square roots at 5 sample sizes"),
     "kpd": (_kpd_group, "kernel matrices of kpd_batch_size squared"),
     "classifier": (_classifier_group, "boosted trees, two fits"),
@@ -763,6 +970,9 @@ _GROUPS: dict[str, tuple[Callable[[_Run], None], str]] = {
 #: Metric groups, in report order (derived from the registry above).
 ALL_GROUPS = tuple(_GROUPS)
 DEFAULT_GROUPS = ALL_GROUPS
+#: The groups that compare in bins of the incidence; ``all`` (and the default) runs them only when both the
+#: generated and the reference files carry ``incident_theta``.
+CONDITION_GROUPS = ("theta-bins", "inclined-shape")
 
 
 def _voxel_pass(rows: _Rows, edges: np.ndarray, rings: np.ndarray, n_rings: int) -> dict[str, np.ndarray]:
@@ -843,6 +1053,7 @@ def compare(
     progress: Callable[[str], None] | None = None,
 ) -> Comparison:
     """Compute the validation metrics and keep the features for plots (see :func:`validate`)."""
+    implicit = _means_all(groups)
     groups = _check_groups(groups)
     if n_max is not None and n_max < 1:
         raise DataError(f"n_max: expected a positive number of showers, got {n_max}")
@@ -862,7 +1073,38 @@ def compare(
         gen = open_here(generated, "generated")
         floor = open_here(floor_reference, "floor_reference") if floor_reference is not None else None
         geometry = _resolve_geometry(geometry, gen, ref)
+        groups = _condition_groups(groups, implicit, {"generated": gen, "reference": ref, "floor_reference": floor})
         return _compare(gen, ref, floor, geometry, groups, n_max, threshold, options, progress or (lambda _: None))
+
+
+def _means_all(groups: Iterable[str] | str) -> bool:
+    """Whether ``groups`` asks for every group (``"all"``, or the whole registry, as the default does)."""
+    if isinstance(groups, str):
+        return [g.strip() for g in groups.split(",") if g.strip()] == ["all"]
+    groups = tuple(groups)
+    return groups == ("all",) or groups == ALL_GROUPS
+
+
+def _condition_groups(groups: tuple[str, ...], implicit: bool, sources: dict[str, Any]) -> tuple[str, ...]:
+    """Drop the incidence groups from ``all`` unless both inputs carry theta; check the inputs agree on conditions.
+
+    Asked for by name, they run at normal incidence when no input carries ``incident_theta``
+    (one theta bin, no rotation); an input without a condition the others carry is an error.
+    """
+    carried = {name: _conditions(src) for name, src in sources.items() if src is not None}
+    if implicit and not ("theta" in carried["generated"] and "theta" in carried["reference"]):
+        return tuple(g for g in groups if g not in CONDITION_GROUPS)
+    asked = [g for g in groups if g in CONDITION_GROUPS]
+    for condition in ("theta", "phi") if asked else ():
+        having = [name for name, c in carried.items() if condition in c]
+        lacking = [name for name, c in carried.items() if condition not in c]
+        if having and lacking:
+            raise DataError(
+                f"{lacking[0]}: expected a dataset 'incident_{condition}' as the {having[0]} has one (the groups "
+                f"{', '.join(asked)} compare in bins of the incidence), got none; pass inputs that all carry it, "
+                f"or leave those groups out of --metrics"
+            )
+    return groups
 
 
 def _resolve_geometry(geometry: CylindricalGeometry | None, gen: Any, ref: Any) -> CylindricalGeometry:
@@ -956,6 +1198,11 @@ def _compare(gen: Any, ref: Any, floor: Any, geometry: CylindricalGeometry, grou
         "worst_features": _worst_features(run),
         "per_layer": run.per_layer,
         "energy_bins": run.more.get("energy_rows", []),
+        "theta_bins": run.more.get("theta_rows", []),
+        **({"inclined_shape": run.more["inclined_shape"]} if "inclined_shape" in run.more else {}),
+        "conditions": {name: sorted(_conditions(rows.source)) for name, rows in
+                       (("generated", gen_rows), ("reference", ref_rows), ("floor_reference", floor_rows))
+                       if rows is not None},
         "timings_s": timings,
     }
     return Comparison(_json_ready(result), f_gen, f_ref, run.extras)
@@ -1136,6 +1383,60 @@ def format_energy_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def format_theta_table(result: dict[str, Any]) -> str:
+    """Response and resolution per theta bin: generated vs reference deviations in per cent, the floor's beside them.
+
+    Empty when the ``theta-bins`` group did not run. The floor columns (the floor
+    sample vs the reference) are filled when there is a floor sample
+    (``--floor-reference``, or a split reference).
+    """
+    rows = result.get("theta_bins") or []
+    if not rows:
+        return ""
+    lines = [
+        "| θ [deg] | N ref | N gen | response ref | Δ response [%] | floor Δ response [%] | σ/μ ref "
+        "| Δ σ/μ [%] | floor Δ σ/μ [%] |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        cells = [f"{row['theta_low_deg']:.1f}–{row['theta_high_deg']:.1f}", str(row["n_reference"]),
+                 str(row["n_generated"])]
+        for kind in ("response", "resolution"):
+            cells += [_fmt(row[f"{kind}_reference"], row.get(f"{kind}_error_reference")),
+                      _fmt_pct(row.get(f"{kind}_deviation_pct"), row.get(f"{kind}_deviation_error_pct")),
+                      _fmt_pct(row.get(f"floor_{kind}_deviation_pct"), row.get(f"floor_{kind}_deviation_error_pct"))]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def format_inclined_table(result: dict[str, Any]) -> str:
+    """Separation power of the track-frame centres and widths per theta bin and overall, model beside floor.
+
+    Empty when the ``inclined-shape`` group did not run.
+    """
+    shape = result.get("inclined_shape")
+    if not shape:
+        return ""
+    header = "| θ [deg] | N gen | " + " | ".join(f"{q} | floor" for q in _SHAPE_QUANTITIES) + " |"
+    lines = [header, "|---|---|" + "---|---|" * len(_SHAPE_QUANTITIES)]
+    overall = {"theta_low_deg": None, "n_generated": result["generated"]["n_showers"], **shape["overall"]}
+    for row in [*shape["theta_bins"], overall]:
+        label = "all" if row["theta_low_deg"] is None else f"{row['theta_low_deg']:.1f}–{row['theta_high_deg']:.1f}"
+        cells = [label, str(row["n_generated"])]
+        for q in _SHAPE_QUANTITIES:
+            entry = row[q]
+            cells += [_fmt(entry["value"], entry["error"]), _fmt(entry["reference"], entry["reference_error"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _fmt_pct(value: Any, error: Any = None) -> str:
+    if value is None or not math.isfinite(value):
+        return "n/a"
+    text = f"{value:+.2f}"
+    return f"{text} ± {error:.2f}" if error is not None and math.isfinite(error) else text
+
+
 def _gev(mev: float) -> str:
     """An energy in GeV with three significant digits, without exponents (1000, not 1e+03)."""
     gev = mev / 1e3
@@ -1186,6 +1487,18 @@ def _report_markdown(comparison: Comparison, plots: list[Path]) -> str:
     energy = format_energy_table(r)
     if energy:
         parts += ["## Response and resolution per incident-energy bin", "", energy, ""]
+    theta = format_theta_table(r)
+    if theta:
+        parts += ["## Response and resolution per theta bin", "",
+                  "Δ: generated / reference − 1 in per cent, with its statistical error; floor Δ: the same for "
+                  "the floor sample against the reference (what a perfect surrogate shows at these sizes).", "",
+                  theta, ""]
+    inclined = format_inclined_table(r)
+    if inclined:
+        parts += ["## Shower shape in the track frame, per theta bin", "",
+                  "Separation power (mean over layers with energy and more than one alpha sector) of the "
+                  "per-layer energy-weighted centre and width along (u) and across (v) the projected track; "
+                  "floor: the floor sample against the reference.", "", inclined, ""]
     layers = format_layer_table(r)
     if layers:
         parts += ["## Separation power per layer: layer energy and sparsity", "", layers, ""]
