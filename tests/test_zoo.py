@@ -1,0 +1,97 @@
+"""The model zoo: every bundled model beside the default, with its card and golden values.
+
+Each entry pins what a user relies on: the conditions the model takes (names,
+units, ranges), its voxel count, that it loads and decodes through the
+public API, and four showers of a fixed seed (golden values: totals, counts
+of voxels above threshold, the five largest voxels of the first shower), so
+a change of the file, the runtime or ONNX Runtime that moves a shower shows
+up here. The card must exist and state every headline metric.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import fastsim
+from fastsim.models import bundled_models
+
+REPO = Path(__file__).resolve().parents[1]
+EXPORTED = REPO / "exported"
+GOLDEN_SEED = 2024
+
+ZOO = {
+    "calo-photon-d1": {
+        "conditions": [("incident_energy", "MeV", 1e3, 1e6, "log-uniform")],
+        "n_voxels": 368,
+        "golden_conditions": {"incident_energy": 50_000.0},
+        "totals": [50374.02, 49995.8, 49228.45, 49534.02],
+        "nonzero": [262, 289, 312, 290],
+        "top_voxels": [(207, 1493.46277), (246, 1456.97693), (226, 1338.1449), (340, 1331.82397),
+                       (303, 1325.95154)],
+    },
+}
+
+
+@pytest.fixture(scope="module", params=sorted(ZOO))
+def zoo_model(request):
+    name = request.param
+    return name, ZOO[name], fastsim.load(EXPORTED / f"{name}.onnx", device="cpu", threads=1)
+
+
+def test_every_bundled_model_is_in_the_zoo_with_a_card():
+    names = {model.name for model in bundled_models()}
+    assert names == set(ZOO) | {"calo-electron"}
+    for name in ZOO:
+        card = EXPORTED / f"{name}.md"
+        assert card.is_file(), f"{name} has no model card"
+        text = card.read_text()
+        for needle in ("classifier_auc.high_level", "classifier_auc.voxel", "reference vs reference", "Golden values",
+                       "Training"):
+            assert needle.lower() in text.lower(), f"{card.name} does not state {needle!r}"
+        # Lean repository: a few MB per model.
+        assert (EXPORTED / f"{name}.onnx").stat().st_size < 4_000_000
+
+
+def test_spec_declares_the_conditions(zoo_model):
+    name, entry, generator = zoo_model
+    spec = generator.spec
+    assert spec.name == name
+    got = [(c.name, c.unit, c.min, c.max, c.sampling) for c in spec.conditions]
+    assert len(got) == len(entry["conditions"])
+    for (g_name, g_unit, g_min, g_max, g_law), (name_, unit, lo, hi, law) in zip(got, entry["conditions"],
+                                                                                 strict=True):
+        assert (g_name, g_unit, g_law) == (name_, unit, law)
+        assert g_min == pytest.approx(lo, rel=1e-6) and g_max == pytest.approx(hi, rel=1e-6)
+    assert spec.n_voxels == entry["n_voxels"]
+    assert spec.metrics.get("classifier_auc.high_level"), "the spec embeds the validation metrics"
+
+
+def test_golden_values(zoo_model):
+    _, entry, generator = zoo_model
+    conditions, showers = generator.generate(4, entry["golden_conditions"], seed=GOLDEN_SEED)
+    for j, cond in enumerate(generator.spec.conditions):
+        np.testing.assert_allclose(conditions[:, j], np.float32(entry["golden_conditions"][cond.name]), rtol=1e-6)
+    np.testing.assert_allclose(showers.sum(1), entry["totals"], rtol=2e-6)
+    assert [int(x) for x in (showers > 0).sum(1)] == entry["nonzero"]
+    first = showers[0]
+    top = np.argsort(first)[::-1][:5]
+    assert [int(i) for i in top] == [i for i, _ in entry["top_voxels"]]
+    np.testing.assert_allclose(first[top], [v for _, v in entry["top_voxels"]], rtol=1e-5)
+
+
+def test_showers_are_physical_over_the_whole_range(zoo_model):
+    _, entry, generator = zoo_model
+    conditions, showers = generator.generate(2000, seed=11)
+    energy = conditions[:, 0].astype(np.float64)
+    response = showers.sum(1) / energy
+    assert (showers >= 0).all() and np.isfinite(showers).all()
+    # Sampling calorimeters of the reference simulator contain 85-100 % of the energy on average.
+    assert 0.8 < float(np.median(response)) < 1.02
+    assert float(response.max()) < 1.5
+    threshold = generator.spec.training["voxel_threshold_mev"]
+    assert ((showers == 0) | (showers >= threshold * (1 - 1e-6))).all()
+    assert math.isclose(float(np.log(energy).mean()), 0.5 * (np.log(1e3) + np.log(1e6)), rel_tol=0.02)
