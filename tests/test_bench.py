@@ -455,3 +455,21 @@ def test_profile_shares_add_up_and_name_the_matrix_products(toy_model, tmp_path)
     assert doc["nodes"] >= len(doc["top_nodes"]) > 0 and doc["us_per_shower_profiled"] > 0
     markdown = bench_profile.render_markdown(doc)
     assert "| operator | share of kernel time | nodes |" in markdown
+
+
+def test_zoo_benchmark_times_every_bundled_model_against_the_default(tmp_path):
+    from fastsim.models import DEFAULT_MODEL, bundled_models
+
+    out = tmp_path / "zoo.json"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.bench_zoo", "--smoke", "--json-out", str(out),
+                           "--md-out", str(tmp_path / "zoo.md")],
+                          cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())
+    rows = {row["model"]: row for row in result["results"]}
+    assert set(rows) == {m.name for m in bundled_models()}
+    assert rows[DEFAULT_MODEL]["ratio_to_default"] == 1.0
+    for row in rows.values():
+        assert row["ns_per_voxel"] > 0
+        assert row["us_per_shower"] * 1000 == pytest.approx(row["ns_per_voxel"] * row["n_voxels"], rel=1e-9)
+    assert "ns / voxel / core" in (tmp_path / "zoo.md").read_text()

@@ -84,7 +84,7 @@ def test_golden_values(zoo_model):
 
 
 def test_showers_are_physical_over_the_whole_range(zoo_model):
-    _, entry, generator = zoo_model
+    _, _, generator = zoo_model
     conditions, showers = generator.generate(2000, seed=11)
     energy = conditions[:, 0].astype(np.float64)
     response = showers.sum(1) / energy
