@@ -26,8 +26,8 @@ from fastsim.errors import ModelError, SpecError
 __all__ = [
     "DEFAULT_IO_NAMES",
     "FORMAT",
-    "FORMAT_PERIODIC",
     "FORMATS",
+    "FORMAT_PERIODIC",
     "SAMPLING_LAWS",
     "SPEC_KEY",
     "ConditionSpec",
