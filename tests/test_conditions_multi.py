@@ -375,3 +375,34 @@ def test_cli_info_shows_units_ranges_laws_and_periods(run_fastsim, inclined_mode
         "condition   incident_phi [0, 6.28319] rad, uniform, periodic (period 6.28319 rad)",
     ]
     assert "format      fastsim-decoder/1.1" in result.stdout
+
+
+@pytest.mark.parametrize("fmt", ["hits", "root"])
+def test_hep_formats_hold_every_condition(tmp_path, fmt):
+    from fastsim.formats import write_hep
+    from fastsim.geometry import CylindricalGeometry, Layer
+
+    if fmt == "root":
+        pytest.importorskip("uproot")
+    geometry = CylindricalGeometry((Layer((0.0, 2.0, 5.0), 2), Layer((0.0, 4.0, 8.0), 2)), layer_thickness_mm=3.0)
+    path = make_decoder(tmp_path / "geo.onnx", n_voxels=geometry.n_voxels, conditions=INCLINED_CONDITIONS,
+                        geometry=geometry.to_dict())
+    gen = fastsim.load(path, device="cpu", threads=1)
+    asked = {"incident_energy": "20GeV", "incident_theta": "0:pi/3", "incident_phi": "-pi:pi"}
+    conditions, _ = gen.generate(N, asked, seed=2)
+    out = tmp_path / ("o.hits.h5" if fmt == "hits" else "o.root")
+    write_hep(gen, out, N, asked, fmt=fmt, seed=2)
+    if fmt == "hits":
+        with h5py.File(out) as fh:
+            events = fh["events"]
+            assert events["incident_theta"].shape == (N, 1) and events["incident_theta"].attrs["unit"] == "rad"
+            assert np.array_equal(events["incident_theta"][:, 0], conditions[:, 1].astype(np.float64))
+            assert np.array_equal(events["incident_phi"][:, 0], conditions[:, 2].astype(np.float64))
+            assert np.array_equal(events["incident_energies"][:, 0], conditions[:, 0])
+    else:
+        import uproot
+
+        with uproot.open(out) as root:
+            tree = root["showers"]
+            for j, name in enumerate(("incident_energy", "incident_theta", "incident_phi")):
+                assert np.array_equal(tree[name].array(library="np"), conditions[:, j].astype(np.float64)), name
