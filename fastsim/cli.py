@@ -84,7 +84,8 @@ def _flagged(exc: Exception, flags: dict[str, str]) -> str:
     for name, flag in flags.items():
         if message.startswith(f"{name}:"):
             return f"{flag}: {message}"
-    return message
+    # One condition option: it is the cause (e.g. a FILE with more values than -n).
+    return f"{next(iter(flags.values()))}: {message}" if len(flags) == 1 else message
 
 
 def _progress_bar(total: int, initial: int, quiet: bool):
