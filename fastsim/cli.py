@@ -42,6 +42,52 @@ def _scalar_summary(block: dict) -> str:
     return ", ".join(parts)
 
 
+#: Short condition flags of `generate` and the spec condition each one sets.
+CONDITION_FLAGS = {"--theta": "incident_theta", "--phi": "incident_phi"}
+
+
+def _named_conditions(spec: Any, energy: str | None, theta: str | None, phi: str | None,
+                      condition: tuple[str, ...]) -> tuple[dict[str, str], dict[str, str]]:
+    """The condition options of `generate` by spec name: ({name: value}, {name: the flag that set it}).
+
+    A flag for a condition the model does not have, or two flags for one condition, is an error.
+    """
+    from fastsim.conditions import energy_condition
+
+    given: list[tuple[str, str, str]] = []  # (flag, condition name, value)
+    if energy is not None:
+        given.append(("--energy", energy_condition(spec).name, energy))
+    for flag, value in (("--theta", theta), ("--phi", phi)):
+        if value is not None:
+            given.append((flag, CONDITION_FLAGS[flag], value))
+    for item in condition:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip() or not value.strip():
+            raise click.BadParameter(f"expected NAME=VALUE (e.g. incident_theta=30deg), got {item!r}",
+                                     param_hint="'--condition'")
+        given.append((f"--condition {name.strip()}", name.strip(), value.strip()))
+    values: dict[str, str] = {}
+    flags: dict[str, str] = {}
+    for flag, name, value in given:
+        if name not in spec.condition_names:
+            raise click.BadParameter(f"the model has no condition {name!r}; its conditions are "
+                                     f"{list(spec.condition_names)}", param_hint=f"'{flag}'")
+        if name in flags:
+            raise click.BadParameter(f"condition {name!r} is already set by {flags[name]}", param_hint=f"'{flag}'")
+        values[name], flags[name] = value, flag
+    return values, flags
+
+
+def _flagged(exc: Exception, flags: dict[str, str]) -> str:
+    """A condition error's message led by the option that gave the condition (``--theta: incident_theta: ...``)."""
+    message = str(exc)
+    for name, flag in flags.items():
+        if message.startswith(f"{name}:"):
+            return f"{flag}: {message}"
+    # One condition option: it is the cause (e.g. a FILE with more values than -n).
+    return f"{next(iter(flags.values()))}: {message}" if len(flags) == 1 else message
+
+
 def _progress_bar(total: int, initial: int, quiet: bool):
     """A tqdm bar with rate and ETA on stderr; off with --quiet or when stderr is not a terminal."""
     from tqdm import tqdm
@@ -63,11 +109,21 @@ def cli() -> None:
 
 @cli.command()
 @click.option("-n", "--n-showers", "n", type=click.IntRange(min=1), default=None,
-              help="Number of showers to generate (default: one per value of an --energy FILE).")
+              help="Number of showers to generate (default: one per value of a condition FILE).")
 @click.option("--energy", default=None, metavar="VALUE|LO:HI|FILE",
               help="Incident energy: a constant (50GeV), a range sampled with the model's law (10GeV:1TeV), "
-                   "or per-shower values from .npy/.csv/.h5 (MeV). Units MeV, GeV, TeV; a bare number is MeV. "
-                   "Default: the model's training range.")
+                   "or per-shower values from .npy/.csv/.h5 (MeV; HDF5: its incident_energies). Units MeV, GeV, "
+                   "TeV; a bare number is MeV. Default: the model's training range.")
+@click.option("--theta", default=None, metavar="VALUE|LO:HI|FILE",
+              help="Incident polar angle (condition incident_theta): 30deg, 0deg:60deg, pi/6, or per-shower values "
+                   "from .npy/.csv/.h5 (HDF5: its incident_theta). Units rad, deg, multiples of pi (pi/3, 0.5pi); "
+                   "a bare number is in the model's unit. Default: the model's training range.")
+@click.option("--phi", default=None, metavar="VALUE|LO:HI|FILE",
+              help="Incident azimuth (condition incident_phi), as --theta; a periodic azimuth is wrapped into the "
+                   "model's period, so -pi:pi and 0:2pi sample the same circle. Default: the training range.")
+@click.option("--condition", "condition", multiple=True, metavar="NAME=VALUE",
+              help="Any condition by its spec name (see `fastsim info`), with units: "
+                   "--condition incident_theta=30deg. Repeatable; values as for --energy.")
 @click.option("-o", "--output", required=True, type=click.Path(),
               help="Output file: .h5 (CaloChallenge layout), .npz, .npy, .root (ROOT TTree) or .hits.h5 "
                    "(sparse hit list); with --shards/--dask, a folder.")
@@ -92,7 +148,7 @@ def cli() -> None:
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run (same arguments) from its last chunk.")
 @click.option("--allow-extrapolation", is_flag=True,
-              help="Allow energies outside the model's training range (with a warning).")
+              help="Allow conditions outside the model's training range (with a warning).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary line.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable JSON summary on stdout.")
 @click.option("--shards", default=None, type=click.IntRange(min=1),
@@ -104,8 +160,9 @@ def cli() -> None:
                    "Needs the dask extra.")
 @click.option("--dashboard", "dashboard_address", default=None, metavar="[HOST]:PORT",
               help="With --dask local:W, serve the Dask dashboard at this address (e.g. :8787); default: none.")
-def generate(n, energy, output, model, spec_file, seed, batch_size, device, threads, fmt, compression, force,
-             resume, allow_extrapolation, quiet, as_json, shards, dask_address, dashboard_address) -> None:
+def generate(n, energy, theta, phi, condition, output, model, spec_file, seed, batch_size, device, threads, fmt,
+             compression, force, resume, allow_extrapolation, quiet, as_json, shards, dask_address,
+             dashboard_address) -> None:
     """Generate showers into an HDF5 (CaloChallenge layout), .npz or .npy file.
 
     \b
@@ -114,6 +171,9 @@ def generate(n, energy, output, model, spec_file, seed, batch_size, device, thre
     $ fastsim generate -n 10000000 --shards 100 --dask tcp://scheduler:8786 -o showers/
     $ fastsim generate -n 1000000 --dask local:4 --dashboard :8787 -o showers/
     $ fastsim generate -n 1000 --energy 50GeV -o showers.root
+    $ fastsim generate --model inclined.onnx --energy 10GeV:1TeV --theta 0deg:60deg --phi 0:2pi -n 1000 -o inclined.h5
+    $ fastsim generate --model inclined.onnx --energy ref.h5 --theta ref.h5 --phi ref.h5 -o again.h5
+    $ fastsim generate --model inclined.onnx -n 1000 --condition incident_theta=pi/6 -o tilted.h5
     """
     import warnings
 
@@ -129,13 +189,25 @@ def generate(n, energy, output, model, spec_file, seed, batch_size, device, thre
 
         if fmt not in (None, "h5"):
             raise click.BadParameter(f"shards are HDF5 files, got {fmt!r}", param_hint="'--format'")
+        conditions: Any = energy  # --energy alone: one value, for the model's energy condition
+        flags: dict[str, str] = {}
+        if theta is not None or phi is not None or condition:
+            # Flags name conditions: the spec says which the model has (the workers load it again).
+            from fastsim.models import resolve_model
+            from fastsim.spec import read_spec
+
+            conditions, flags = _named_conditions(read_spec(resolve_model(model), spec_file), energy, theta, phi,
+                                                  condition)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", fastsim.FastsimWarning)
-            summary = distributed.generate(
-                model, n, output, energy, seed=seed, shards=shards, client=dask_address, spec=spec_file,
-                device=device, threads=threads, batch_size=batch_size, compression=compression,
-                allow_extrapolation=allow_extrapolation, force=force, dashboard=dashboard_address,
-                progress=not (quiet or as_json) and sys.stderr.isatty())
+            try:
+                summary = distributed.generate(
+                    model, n, output, conditions, seed=seed, shards=shards, client=dask_address, spec=spec_file,
+                    device=device, threads=threads, batch_size=batch_size, compression=compression,
+                    allow_extrapolation=allow_extrapolation, force=force, dashboard=dashboard_address,
+                    progress=not (quiet or as_json) and sys.stderr.isatty())
+            except fastsim.ConditionError as exc:
+                raise fastsim.ConditionError(_flagged(exc, flags)) from None
         for warning in caught:
             click.echo(f"fastsim: warning: {warning.message}", err=True)
         if as_json:
@@ -159,18 +231,14 @@ def generate(n, energy, output, model, spec_file, seed, batch_size, device, thre
         warnings.simplefilter("always", fastsim.FastsimWarning)
         # Inside the block: a device 'auto' that had to use the CPU is reported on one line.
         generator = fastsim.load(model, spec=spec_file, device=device, threads=threads)
-        conditions = {}
-        if energy is not None:
-            from fastsim.conditions import energy_condition
-
-            conditions[energy_condition(generator.spec).name] = energy
+        named, flags = _named_conditions(generator.spec, energy, theta, phi, condition)
         try:
-            plan = generator.plan(n, conditions or None, allow_extrapolation=allow_extrapolation)
+            plan = generator.plan(n, named or None, allow_extrapolation=allow_extrapolation)
         except fastsim.ConditionError as exc:
-            raise fastsim.ConditionError(f"--energy: {exc}" if energy is not None else str(exc)) from None
+            raise fastsim.ConditionError(_flagged(exc, flags)) from None
         except fastsim.ArgumentError:
-            raise click.UsageError(
-                "-n/--n-showers is required unless --energy FILE gives one energy per shower") from None
+            raise click.UsageError("-n/--n-showers is required unless --energy FILE (or another condition FILE: "
+                                   "--theta, --phi, --condition NAME=FILE) gives one value per shower") from None
     for warning in caught:
         click.echo(f"fastsim: warning: {warning.message}", err=True)
     bar = _progress_bar(plan.n, partial_progress(output) if resume else 0, quiet or as_json)
@@ -228,7 +296,8 @@ def info(model, spec_file, as_json) -> None:
     click.echo(f"  format      {spec.format}, sha256 {doc['sha256'][:16]}...")
     click.echo(f"  latent      {spec.latent_dim} ({spec.prior.get('kind')})")
     for cond in spec.conditions:
-        click.echo(f"  condition   {cond.name} [{cond.min:g}, {cond.max:g}] {cond.unit}, {cond.sampling}")
+        period = f", periodic (period {cond.period:g} {cond.unit})" if cond.period is not None else ""
+        click.echo(f"  condition   {cond.name} [{cond.min:g}, {cond.max:g}] {cond.unit}, {cond.sampling}{period}")
     geometry = spec.output.geometry
     layers = geometry.get("layers", [])
     geo = f", {geometry.get('kind', '?')} geometry, {len(layers)} layers" if geometry else ""

@@ -6,7 +6,14 @@ A user states conditions (for the default model: the incident energy) as
 - a range sampled with the spec's law (uniform / log-uniform): ``"10GeV:1TeV"``,
   ``(10_000, 1_000_000)`` or :class:`Range`;
 - per-sample values: a list or numpy array, or a file (``.npy``, ``.csv``, or an
-  HDF5 file with an ``incident_energies`` dataset), in the spec's unit (MeV).
+  HDF5 file with an ``incident_energies`` dataset, or the condition's own dataset
+  such as ``incident_theta``), in the spec's unit (MeV).
+
+Angles (conditions in ``rad`` or ``deg``) take ``30deg``, ``0.5rad``, multiples of
+pi (``pi``, ``2pi``, ``0.5pi``, ``pi/3``) and ranges such as ``0deg:60deg`` or
+``-pi:pi``. Values of a periodic condition (spec ``period``) are wrapped into
+[min, min + period) before they are checked, so ``-pi:pi`` samples a [0, 2 pi)
+azimuth uniformly.
 
 :func:`plan_conditions` turns that into a :class:`ConditionPlan` for a run of
 ``n`` samples, checked against the spec's training ranges (an error, or a
@@ -33,6 +40,7 @@ from fastsim.errors import ArgumentError, ConditionError, FastsimWarning
 from fastsim.spec import ConditionSpec, ModelSpec
 
 __all__ = [
+    "ANGLE_UNITS",
     "ENERGY_UNITS",
     "ConditionPlan",
     "Constant",
@@ -43,10 +51,15 @@ __all__ = [
     "parse_condition",
     "parse_quantity",
     "plan_conditions",
+    "wrap",
 ]
 
 #: Energy units and their size in MeV. A bare number is in the condition's own unit.
 ENERGY_UNITS = {"ev": 1e-6, "kev": 1e-3, "mev": 1.0, "gev": 1e3, "tev": 1e6}
+#: Angle units and their size in radians.
+ANGLE_UNITS = {"rad": 1.0, "deg": math.pi / 180}
+# Multiples of pi, in radians: "pi", "2pi", "0.5pi", "-pi", "pi/3", "2pi/3", "2*pi".
+_PI = re.compile(r"^\s*([-+]?(?:\d+\.?\d*|\.\d+)?)\s*\*?\s*pi\s*(?:/\s*(\d+\.?\d*|\.\d+))?\s*$", re.IGNORECASE)
 _FILE_SUFFIXES = (".npy", ".csv", ".txt", ".h5", ".hdf5")
 _QUANTITY = re.compile(r"^\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|[-+]?inf|nan)\s*([A-Za-z]*)\s*$",
                        re.IGNORECASE)
@@ -86,25 +99,55 @@ def _unit_scale(unit: str, condition_unit: str) -> float | None:
     """Factor from ``unit`` to ``condition_unit``; None if they are not comparable."""
     if unit.lower() == condition_unit.lower() or unit == "":
         return 1.0
-    if unit.lower() in ENERGY_UNITS and condition_unit.lower() in ENERGY_UNITS:
-        return ENERGY_UNITS[unit.lower()] / ENERGY_UNITS[condition_unit.lower()]
+    for table in (ENERGY_UNITS, ANGLE_UNITS):
+        if unit.lower() in table and condition_unit.lower() in table:
+            return table[unit.lower()] / table[condition_unit.lower()]
     return None
 
 
+def _accepted_units(unit: str) -> tuple[str, str]:
+    """(the units a condition in ``unit`` accepts, an example) for error messages."""
+    if unit.lower() in ENERGY_UNITS:
+        return "MeV, GeV, TeV", "'50GeV'"
+    if unit.lower() in ANGLE_UNITS:
+        return "rad, deg or multiples of pi: pi, 2pi, 0.5pi, pi/3", "'30deg'"
+    return unit, "'1.5'"
+
+
 def parse_quantity(text: str, unit: str = "MeV", *, argument: str = "energy") -> float:
-    """Parse ``"50GeV"``, ``"50 GeV"`` or ``"5e4"`` into a number in ``unit`` (a bare number is in ``unit``)."""
+    """Parse ``"50GeV"``, ``"50 GeV"`` or ``"5e4"`` into a number in ``unit`` (a bare number is in ``unit``).
+
+    For angles: ``"30deg"``, ``"0.5rad"``, ``"pi/3"``, ``"2pi"``.
+    """
     match = _QUANTITY.match(str(text))
     scale = _unit_scale(match.group(2), unit) if match else None
-    if match is None or scale is None:
-        units = "MeV, GeV, TeV" if unit.lower() in ENERGY_UNITS else unit
-        raise ConditionError(
-            f"{argument}: expected a number with an optional unit ({units}), e.g. '50GeV', got {text!r}"
-        )
-    return float(match.group(1)) * scale
+    if match is not None and scale is not None:
+        return float(match.group(1)) * scale
+    pi = _PI.match(str(text)) if unit.lower() in ANGLE_UNITS else None
+    if pi is not None:
+        factor = pi.group(1)
+        factor = float(factor + "1" if factor in ("", "+", "-") else factor)
+        divisor = float(pi.group(2)) if pi.group(2) else 1.0
+        if divisor != 0:
+            return factor * math.pi / divisor / ANGLE_UNITS[unit.lower()]
+    units, example = _accepted_units(unit)
+    raise ConditionError(f"{argument}: expected a number with an optional unit ({units}), e.g. {example}, "
+                         f"got {text!r}")
 
 
-def load_values(path: str | os.PathLike, *, argument: str = "energy") -> np.ndarray:
-    """Read per-sample values from ``.npy``, ``.csv``/``.txt`` or HDF5 (``incident_energies``)."""
+def wrap(cond: ConditionSpec, values: Any) -> Any:
+    """Values of a periodic condition moved into [min, min + period) (others unchanged)."""
+    if cond.period is None:
+        return values
+    wrapped = cond.min + np.mod(np.asarray(values, dtype=np.float64) - cond.min, cond.period)
+    # np.mod can round up to the period itself for values just below a multiple of it.
+    wrapped = np.where(wrapped >= cond.min + cond.period, cond.min, wrapped)
+    return float(wrapped) if np.ndim(wrapped) == 0 else wrapped
+
+
+def load_values(path: str | os.PathLike, *, argument: str = "energy",
+                dataset: str = "incident_energies") -> np.ndarray:
+    """Read per-sample values from ``.npy``, ``.csv``/``.txt`` or HDF5 (the dataset ``dataset``)."""
     path = Path(path)
     if not path.is_file():
         raise ConditionError(f"{argument}: file {str(path)!r} does not exist")
@@ -117,7 +160,7 @@ def load_values(path: str | os.PathLike, *, argument: str = "energy") -> np.ndar
         elif suffix in (".csv", ".txt"):
             values = _read_csv(path, argument)
         elif suffix in (".h5", ".hdf5"):
-            values = _read_hdf5(path, argument)
+            values = _read_hdf5(path, argument, dataset)
         else:
             raise ConditionError(
                 f"{argument}: file {str(path)!r} has an unknown type; expected .npy, .csv or .h5"
@@ -190,37 +233,39 @@ def _is_float(text: str) -> bool:
     return True
 
 
-def _read_hdf5(path: Path, argument: str) -> np.ndarray:
+def _read_hdf5(path: Path, argument: str, name: str = "incident_energies") -> np.ndarray:
     import h5py
 
     with h5py.File(path, "r") as fh:
-        if "incident_energies" not in fh:
-            raise ConditionError(f"{argument}: HDF5 file {str(path)!r} has no 'incident_energies' dataset "
+        if name not in fh:
+            raise ConditionError(f"{argument}: HDF5 file {str(path)!r} has no {name!r} dataset "
                                  f"(it has {sorted(fh.keys())})")
-        data = fh["incident_energies"]
+        data = fh[name]
         if not isinstance(data, h5py.Dataset):
-            raise ConditionError(f"{argument}: 'incident_energies' in HDF5 file {str(path)!r} is a "
+            raise ConditionError(f"{argument}: {name!r} in HDF5 file {str(path)!r} is a "
                                  f"{type(data).__name__.lower()}, expected a dataset of numbers")
         if data.dtype.fields is not None or data.dtype.kind not in "iuf":
-            raise ConditionError(f"{argument}: 'incident_energies' in HDF5 file {str(path)!r} holds {data.dtype} "
+            raise ConditionError(f"{argument}: {name!r} in HDF5 file {str(path)!r} holds {data.dtype} "
                                  "values, expected numbers")
         return np.asarray(data[...], dtype=np.float64)
 
 
-def parse_condition(value: Any, unit: str = "MeV", *, argument: str = "energy") -> Constant | Range | Values:
+def parse_condition(value: Any, unit: str = "MeV", *, argument: str = "energy",
+                    dataset: str = "incident_energies") -> Constant | Range | Values:
     """Interpret one condition as a Constant, Range or per-sample Values.
 
-    Strings: ``"50GeV"`` (constant), ``"10GeV:1TeV"`` (range) or a file path.
+    Strings: ``"50GeV"`` (constant), ``"10GeV:1TeV"`` (range) or a file path
+    (an HDF5 file's values are its dataset ``dataset``).
     A tuple ``(lo, hi)`` is a range; a list or array is one value per sample.
     """
     if isinstance(value, (Constant, Range, Values)):
         return value
     if isinstance(value, os.PathLike):
-        return Values(np.asarray(load_values(value, argument=argument)), source=os.fspath(value))
+        return Values(np.asarray(load_values(value, argument=argument, dataset=dataset)), source=os.fspath(value))
     if isinstance(value, str):
         text = value.strip()
         if text.lower().endswith(_FILE_SUFFIXES) or os.path.isfile(text):
-            return Values(np.asarray(load_values(text, argument=argument)), source=text)
+            return Values(np.asarray(load_values(text, argument=argument, dataset=dataset)), source=text)
         if ":" in text:
             parts = text.split(":")
             if len(parts) != 2:
@@ -297,7 +342,7 @@ class ConditionPlan:
                     lo, hi = math.log(source.lo), math.log(source.hi)
                     out[:, j] = np.exp(lo + u * (hi - lo))
                 else:
-                    out[:, j] = source.lo + u * (source.hi - source.lo)
+                    out[:, j] = wrap(cond, source.lo + u * (source.hi - source.lo))
             else:
                 begin = self.offset + local_start
                 out[:, j] = source.array[begin:begin + k]
@@ -323,6 +368,21 @@ class ConditionPlan:
                 doc[cond.name] = {"kind": "values", "n": int(part.shape[0]), "unit": cond.unit,
                                   "sha256": hashlib.sha256(part.tobytes()).hexdigest()}
         return doc
+
+
+def _range_span(cond: ConditionSpec, source: Range) -> np.ndarray:
+    """The ends of the values a range gives, after wrapping (a periodic range may cross the seam)."""
+    if cond.period is None:
+        return np.array([source.lo, source.hi])
+    width = source.hi - source.lo
+    if width > cond.period * (1 + 1e-12):
+        raise ConditionError(f"{cond.name}: a range of a periodic condition must be at most one period "
+                             f"({cond.period:g} {cond.unit}) long, got {source.lo:g}:{source.hi:g} ({width:g})")
+    lo = wrap(cond, source.lo)
+    if lo + width <= cond.min + cond.period:
+        return np.array([lo, lo + width])
+    # Across the seam: values from lo up to the period's end, and from min on.
+    return np.array([cond.min, lo + width - cond.period, lo, cond.min + cond.period])
 
 
 def _check_values(cond: ConditionSpec, values: np.ndarray, argument: str, allow_extrapolation: bool) -> None:
@@ -391,13 +451,22 @@ def plan_conditions(
             named = {energy_condition(spec).name: parsed}
 
     sources = []
+    energy = energy_condition(spec).name
     for cond in spec.conditions:
-        source = parse_condition(named[cond.name], cond.unit, argument=cond.name) if cond.name in named \
-            else Range(cond.min, cond.max)
+        # An HDF5 file gives energies as CaloChallenge's incident_energies, other conditions by name.
+        dataset = "incident_energies" if cond.name == energy else cond.name
+        source = parse_condition(named[cond.name], cond.unit, argument=cond.name, dataset=dataset) \
+            if cond.name in named else Range(cond.min, cond.max)
         if isinstance(source, Values) and source.array.ndim != 1:
             shape = source.array.shape
             columns = f" ({shape[1]} columns)" if len(shape) == 2 else ""
             raise ConditionError(f"{cond.name}: expected one value per sample (N,), got shape {shape}{columns}")
+        if cond.period is not None:
+            if isinstance(source, Constant) and math.isfinite(source.value):
+                source = Constant(wrap(cond, source.value))
+            elif isinstance(source, Values) and np.issubdtype(source.array.dtype, np.number):
+                finite = np.isfinite(source.array).all()  # non-finite values are reported by the range check
+                source = Values(wrap(cond, source.array) if finite else source.array, source.source)
         sources.append(source)
 
     lengths = {len(s.array) for s in sources if isinstance(s, Values)}
@@ -420,7 +489,7 @@ def plan_conditions(
                 raise ConditionError(f"{cond.name}: range must have lo < hi, got {source.lo:g}:{source.hi:g}")
             if sampling not in ("uniform", "log-uniform"):
                 raise ConditionError(f"{cond.name}: sampling must be 'uniform' or 'log-uniform', got {sampling!r}")
-            _check_values(cond, np.array([source.lo, source.hi]), cond.name, allow_extrapolation)
+            _check_values(cond, _range_span(cond, source), cond.name, allow_extrapolation)
         else:
             _check_values(cond, np.asarray(source.array, dtype=np.float64), cond.name, allow_extrapolation)
     return ConditionPlan(spec, tuple(sources), int(n))

@@ -17,7 +17,8 @@ This module owns writing generated showers as
   ``hits/event``, ``hits/voxel``, ``hits/energy`` (MeV), ``hits/x``,
   ``hits/y``, ``hits/z`` (mm), ``hits/layer``; ``events/incident_energies``
   (N, 1) MeV and ``events/hit_offsets`` (N + 1: event i's hits are rows
-  ``hit_offsets[i]:hit_offsets[i + 1]``); the same ``voxels/...`` table; every
+  ``hit_offsets[i]:hit_offsets[i + 1]``), each other condition as
+  ``events/NAME`` (N, 1) float64 (e.g. ``events/incident_theta``); the same ``voxels/...`` table; every
   dataset carries its ``unit`` attribute, the file the spec and run attributes.
 
 Both are written under a temporary name in the output folder and renamed when
@@ -248,6 +249,11 @@ def _write_hits(tmp: Path, batches: Iterator[tuple[np.ndarray, np.ndarray]], spe
         events = fh.create_group("events")
         energies = events.create_dataset("incident_energies", (n, 1), dtype="float32")
         energies.attrs["unit"] = spec.conditions[energy_column].unit
+        # The other conditions (e.g. incident_theta, incident_phi) beside the energies, as in the .h5 layout.
+        others = {j: events.create_dataset(c.name, (n, 1), dtype="float64")
+                  for j, c in enumerate(spec.conditions) if j != energy_column}
+        for j, dataset in others.items():
+            dataset.attrs["unit"] = spec.conditions[j].unit
         offsets = events.create_dataset("hit_offsets", (n + 1,), dtype="int64")
         offsets.attrs["unit"] = ""
         hits = fh.create_group("hits")
@@ -264,6 +270,8 @@ def _write_hits(tmp: Path, batches: Iterator[tuple[np.ndarray, np.ndarray]], spe
             k = len(showers)
             conds = np.asarray(conds).reshape(k, -1)
             energies[first:first + k] = conds[:, energy_column:energy_column + 1]
+            for j, dataset in others.items():
+                dataset[first:first + k] = conds[:, j:j + 1].astype(np.float64)
             rows, voxel = np.nonzero(showers)
             new = {"event": rows + first, "voxel": voxel, "energy": showers[rows, voxel],
                    "x": table["x"][voxel], "y": table["y"][voxel], "z": table["z"][voxel],

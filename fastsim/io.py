@@ -273,12 +273,19 @@ def check_output_size(folder: str | os.PathLike, n: int, n_voxels: int, n_condit
     when uncompressed (a compressed size is only known as it is written, so those
     are checked batch by batch, see :meth:`ShowerWriter.write`).
     """
-    row = 4 * (n_voxels + 1 + (n_conditions if n_conditions > 1 else 0))
+    row = _row_bytes(n_voxels, n_conditions)
     if n * row > _MAX_FILE_BYTES:
         raise OutputError(f"n: {n} showers of {n_voxels} voxels would take {format_bytes(n * row)}, more than "
                           f"any file can hold ({format_bytes(_MAX_FILE_BYTES)})")
     if not compressed:
         check_free_space(folder, n * row, f"writing {n} showers uncompressed")
+
+
+def _row_bytes(n_voxels: int, n_conditions: int) -> int:
+    """Bytes a row takes uncompressed: float32 showers and energy; with several conditions, all of them
+    as float32 ``conditions`` and each one other than energy as its own float64 dataset."""
+    extra = 4 * n_conditions + 8 * (n_conditions - 1) if n_conditions > 1 else 0
+    return 4 * (n_voxels + 1) + extra
 
 
 def check_free_space(folder: str | os.PathLike, nbytes: int, what: str) -> None:
@@ -397,7 +404,9 @@ class ShowerWriter:
     ``model_sha256``, ``conditions`` identify it for resuming. ``condition_names``
     are the columns of the conditions; the column named ``incident_energy`` (else
     the first) becomes ``incident_energies`` and, with several conditions, all of
-    them are also stored as ``conditions``.
+    them are also stored as ``conditions`` and each other one as its own (N, 1)
+    float64 dataset (.npz: array) named after it, e.g. ``incident_theta``. A .npy
+    file holds one array: it is refused for a model with several conditions.
 
     With ``resume=True`` an existing partial HDF5 file of the same run is
     continued from :attr:`done`. Use as a context manager: on an error the
@@ -439,6 +448,17 @@ class ShowerWriter:
         self.condition_names = tuple(condition_names)
         self.energy_column = (self.condition_names.index("incident_energy")
                               if "incident_energy" in self.condition_names else 0)
+        #: (column, dataset name) of the conditions stored on their own, beside incident_energies.
+        self.named_columns = [(j, name) for j, name in enumerate(self.condition_names)
+                              if j != self.energy_column and len(self.condition_names) > 1]
+        clash = {"showers", "incident_energies", "conditions"} & {name for _, name in self.named_columns}
+        clash |= {name for _, name in self.named_columns if "/" in name or name in ("", ".")}
+        if clash:
+            raise OutputError(f"model: condition name(s) {sorted(clash)} cannot name output datasets (they clash "
+                              "with showers, incident_energies or conditions, or are not plain names)")
+        if self.format == "npy" and self.named_columns:
+            raise OutputError(f"output: a .npy file holds the showers and energies only, but the model has "
+                              f"conditions {list(self.condition_names)}; write .h5 or .npz to keep them all")
         self.attrs = {**dict(attrs or {}), "n": self.n, "n_voxels": self.n_voxels,
                       "n_conditions": len(self.condition_names),
                       "condition_names": list(self.condition_names), "version": __version__}
@@ -470,8 +490,7 @@ class ShowerWriter:
     @property
     def _row_bytes(self) -> int:
         """Bytes one row takes uncompressed: showers, energy and (with several conditions) conditions."""
-        n_conditions = len(self.condition_names)
-        return 4 * (self.n_voxels + 1 + (n_conditions if n_conditions > 1 else 0))
+        return _row_bytes(self.n_voxels, len(self.condition_names))
 
     # -- opening ---------------------------------------------------------------------------
     def _create(self) -> None:
@@ -520,6 +539,9 @@ class ShowerWriter:
         if len(self.condition_names) > 1:
             self._file.create_dataset("conditions", shape=(self.n, len(self.condition_names)), dtype="float32",
                                       chunks=(min(self.n, 1 << 14), len(self.condition_names)), **options)
+        for _, name in self.named_columns:
+            self._file.create_dataset(name, shape=(self.n, 1), dtype="float64", chunks=(min(self.n, 1 << 16), 1),
+                                      **options)
         for key, value in self.attrs.items():
             self._file.attrs[ATTR_PREFIX + key] = _encode(value)
         self._file.attrs[ATTR_PREFIX + "progress"] = 0
@@ -681,6 +703,8 @@ class ShowerWriter:
                 self._file["incident_energies"][rows] = conditions[:, self.energy_column:self.energy_column + 1]
                 if "conditions" in self._file:
                     self._file["conditions"][rows] = conditions
+                for j, name in self.named_columns:
+                    self._file[name][rows] = conditions[:, j:j + 1].astype(np.float64)
                 # Data first, then the progress record: the record never runs ahead of the data.
                 self._file.flush()
                 self._file.attrs[ATTR_PREFIX + "progress"] = self.done + k
@@ -745,6 +769,9 @@ class ShowerWriter:
             if len(names) > 1:
                 with self._zip.open("conditions.npy", "w", force_zip64=True) as entry:
                     np.lib.format.write_array(entry, self._energies)
+            for j, name in self.named_columns:
+                with self._zip.open(f"{name}.npy", "w", force_zip64=True) as entry:
+                    np.lib.format.write_array(entry, self._energies[:, j:j + 1].astype(np.float64))
             self._zip.close()
             self._zip_file.close()
         else:

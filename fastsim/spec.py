@@ -1,7 +1,8 @@
 """The model contract: what a fastsim decoder takes, returns and means.
 
 This module owns :class:`ModelSpec` (the ``fastsim.spec`` JSON document of
-docs/contract.md, format ``fastsim-decoder/1``), reading it from an ONNX file's
+docs/contract.md, format ``fastsim-decoder/1``, or ``fastsim-decoder/1.1`` when a
+condition is periodic), reading it from an ONNX file's
 ``metadata_props`` or from a ``MODEL.onnx.json`` sidecar, writing it into a
 model, and checking it against the graph's inputs and outputs.
 
@@ -25,6 +26,8 @@ from fastsim.errors import ModelError, SpecError
 __all__ = [
     "DEFAULT_IO_NAMES",
     "FORMAT",
+    "FORMATS",
+    "FORMAT_PERIODIC",
     "SAMPLING_LAWS",
     "SPEC_KEY",
     "ConditionSpec",
@@ -39,6 +42,10 @@ __all__ = [
 ]
 
 FORMAT = "fastsim-decoder/1"
+#: Format 1.1 adds ``period`` to conditions; a spec uses it only when a condition is periodic,
+#: so models without one keep format 1 and stay readable by 1.0 readers.
+FORMAT_PERIODIC = "fastsim-decoder/1.1"
+FORMATS = (FORMAT, FORMAT_PERIODIC)
 SPEC_KEY = "fastsim.spec"
 SAMPLING_LAWS = ("uniform", "log-uniform")
 #: Contract role -> graph tensor name, for models that follow the contract's names.
@@ -74,13 +81,18 @@ def _mapping(value: Any, where: str) -> dict:
 
 @dataclass(frozen=True)
 class ConditionSpec:
-    """One conditioning input: its name, physical unit, training range and sampling law."""
+    """One conditioning input: its name, physical unit, training range and sampling law.
+
+    ``period`` (format 1.1) marks a periodic condition such as an azimuth: values
+    are wrapped into [min, min + period) before they are checked and decoded.
+    """
 
     name: str
     unit: str
     min: float
     max: float
     sampling: str = "uniform"
+    period: float | None = None
 
     def __post_init__(self) -> None:
         where = f"conditions[{self.name!r}]"
@@ -90,6 +102,17 @@ class ConditionSpec:
             raise _fail(f"{where}.min/max", "finite with min < max", (self.min, self.max))
         if self.sampling == "log-uniform" and self.min <= 0:
             raise _fail(f"{where}.min", "> 0 for log-uniform sampling", self.min)
+        if self.period is not None:
+            period = self.period
+            if isinstance(period, bool) or not isinstance(period, (int, float)) or not math.isfinite(period) \
+                    or period <= 0:
+                raise _fail(f"{where}.period", "a finite number > 0", period)
+            # Slack for a range written as [0, 2*pi] with a rounded period.
+            if self.max - self.min > period * (1 + 1e-12):
+                raise _fail(f"{where}.period", f">= max - min = {self.max - self.min!r}", period)
+            if self.sampling != "uniform":
+                raise _fail(f"{where}.sampling", "'uniform' for a periodic condition", self.sampling)
+            object.__setattr__(self, "period", float(period))
 
     @classmethod
     def from_dict(cls, block: Any, index: int = 0) -> ConditionSpec:
@@ -101,11 +124,16 @@ class ConditionSpec:
             min=_number(block, "min", where),
             max=_number(block, "max", where),
             sampling=_string(block, "sampling", where, "uniform"),
+            period=_number(block, "period", where) if "period" in block else None,
         )
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "unit": self.unit, "min": self.min, "max": self.max,
-                "sampling": self.sampling}
+        block = {"name": self.name, "unit": self.unit, "min": self.min, "max": self.max,
+                 "sampling": self.sampling}
+        # Omitted when None: format-1 specs stay byte-identical.
+        if self.period is not None:
+            block["period"] = self.period
+        return block
 
 
 @dataclass(frozen=True)
@@ -161,11 +189,19 @@ class ModelSpec:
     training: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
     producer: str = ""
-    format: str = FORMAT
+    format: str | None = None
 
     def __post_init__(self) -> None:
-        if self.format != FORMAT:
-            raise _fail("format", repr(FORMAT), self.format)
+        periodic = [c.name for c in self.conditions if c.period is not None] \
+            if isinstance(self.conditions, tuple) else []
+        needed = FORMAT_PERIODIC if periodic else FORMAT
+        if self.format is None:
+            object.__setattr__(self, "format", needed)  # the lowest format that holds the spec
+        if self.format not in FORMATS:
+            raise _fail("format", f"one of {list(FORMATS)}", self.format)
+        if self.format == FORMAT and periodic:
+            raise _fail("format", f"{FORMAT_PERIODIC!r} for periodic conditions {periodic} (format 1 has no "
+                        "'period')", self.format)
         if isinstance(self.latent_dim, bool) or not isinstance(self.latent_dim, int) or self.latent_dim <= 0:
             raise _fail("latent_dim", "a positive integer", self.latent_dim)
         if not isinstance(self.conditions, tuple) or not self.conditions:
@@ -211,7 +247,7 @@ class ModelSpec:
             raise _fail("conditions", "a list of objects", raw_conditions)
         version = doc.get("version", "0.0.0")
         return cls(
-            format=doc.get("format", FORMAT),
+            format=doc.get("format"),
             name=_string(doc, "name", "spec", "unnamed"),
             version=str(version),
             latent_dim=doc["latent_dim"],
@@ -272,6 +308,8 @@ class ModelSpec:
         doc["io_names"] = dict(self.io_names)
         for key, value in changes.items():
             doc[key] = value.to_dict() if hasattr(value, "to_dict") else value
+        if "conditions" in changes and "format" not in changes:
+            del doc["format"]  # new conditions: the format they need
         if "conditions" in changes:
             doc["conditions"] = [c.to_dict() if hasattr(c, "to_dict") else c for c in changes["conditions"]]
         return ModelSpec.from_dict(doc)

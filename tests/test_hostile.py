@@ -24,6 +24,7 @@ import onnx
 import pytest
 
 import fastsim
+import fastsim.distributed  # used as fastsim.distributed: the submodule is not imported by the package
 from fastsim.errors import ConditionError, ModelError, OutputError
 from fastsim.io import ShowerWriter, find_partial, partial_progress, read_output
 from fastsim.models import file_sha256, model_sha256

@@ -26,11 +26,16 @@ from onnx import TensorProto, helper, numpy_helper
 
 from fastsim.spec import DEFAULT_IO_NAMES, ConditionSpec, ModelSpec, OutputSpec, embed_spec
 
-__all__ = ["ENERGY_CONDITION", "INCIDENT_CONDITIONS", "PERIODIC_FORMAT", "make_decoder", "make_model", "make_spec",
-           "spec_document"]
+__all__ = ["ENERGY_CONDITION", "INCIDENT_CONDITIONS", "INCLINED_CONDITIONS", "PERIODIC_FORMAT", "PHI_CONDITION",
+           "THETA_CONDITION", "make_decoder", "make_model", "make_spec", "spec_document"]
 
 #: The default single condition: incident energy 1 GeV - 1 TeV, log-uniform (CaloChallenge dataset 2).
 ENERGY_CONDITION = ConditionSpec("incident_energy", "MeV", 1_000.0, 1_000_000.0, "log-uniform")
+#: Inclined showers: polar angle 0 - 60 deg, and a periodic azimuth over [0, 2 pi).
+THETA_CONDITION = ConditionSpec("incident_theta", "rad", 0.0, math.pi / 3, "uniform")
+PHI_CONDITION = ConditionSpec("incident_phi", "rad", 0.0, 2 * math.pi, "uniform", period=2 * math.pi)
+#: The three conditions of an inclined-shower model (spec format 1.1: phi is periodic).
+INCLINED_CONDITIONS = (ENERGY_CONDITION, THETA_CONDITION, PHI_CONDITION)
 #: Fraction of the incident energy the toy decoder deposits, and its voxel threshold in MeV.
 RESPONSE, THRESHOLD_MEV = 0.95, 1e-3
 #: The spec format of a model with a periodic condition (a condition with a ``period``).
