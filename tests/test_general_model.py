@@ -189,9 +189,12 @@ def test_int_harmonics_mean_orders_one_to_k():
 def test_conditioning_names_units_and_features():
     cond = Conditioning(1e3, 1e6, math.radians(60.0), phi=True)
     assert cond.names == ("incident_energy", "incident_theta", "incident_phi")
-    no_phi = Conditioning(1e3, 1e6, math.radians(60.0))
-    assert [(s.name, s.unit, s.sampling) for s in no_phi.specs()] == [
-        ("incident_energy", "MeV", "log-uniform"), ("incident_theta", "rad", "uniform")]
+    specs = cond.specs()
+    assert [(s.name, s.unit, s.sampling) for s in specs] == [
+        ("incident_energy", "MeV", "log-uniform"), ("incident_theta", "rad", "uniform"),
+        ("incident_phi", "rad", "uniform")]
+    assert specs[2].period == pytest.approx(2 * math.pi) and specs[1].period is None
+    assert [s.name for s in Conditioning(1e3, 1e6).specs()] == ["incident_energy"]
     features = cond.features(torch.tensor([[1e3, 0.0, 3.0], [1e6, math.radians(60.0), 1.0]]))
     torch.testing.assert_close(features, torch.tensor([[-1.0, -1.0], [1.0, 1.0]]))
     drawn = cond.sample(1000, np.random.default_rng(0))
@@ -220,3 +223,25 @@ def test_symmetry_measurement_finds_the_structure_of_inclined_showers(simulated)
     assert k2["cos_mean"] > 10 * k2["cos_error"]
     # A mirror-symmetric shower about its track has no sine moments.
     assert all(abs(row["sin_mean"]) < 5 * row["sin_error"] + 1e-3 for row in inclined["orders"])
+
+
+@pytest.mark.parametrize("name, orders", [("dataset-1-photons", ()), ("small", (2,))])
+def test_voxel_noise_is_centred_on_the_decoded_means(name, orders):
+    """Averaged over the noise seeds, showers come back to the decoded means, padding included."""
+    geometry = BINNINGS[name]()
+    decoder = make_decoder(geometry, orders, kappa=2.0)
+    n_layers = decoder.vae.layout.n_layers
+    decoder.spot_coeffs = torch.cat([torch.full((1, n_layers), math.log(5.0)), torch.zeros(2, n_layers)])
+    n = 4000
+    gen = torch.Generator().manual_seed(9)
+    z = torch.cat([torch.randn(1, 4, generator=gen).expand(n, -1), torch.randn(n, 2, generator=gen) * 50], dim=1)
+    cond = conditions(n, energy=5e5)
+    with torch.no_grad():
+        showers = decoder(z, cond)
+        means, total = decoder.voxel_means(z[:, :4], cond)
+    np.testing.assert_allclose(showers.sum(1).numpy(), total[:, 0].numpy(), rtol=1e-4)
+    big = torch.argsort(means[0], descending=True)[:20]
+    average = showers[:, big].mean(0)
+    np.testing.assert_allclose(average.numpy(), means[0, big].numpy(), rtol=0.05)
+    # Voxels that the mean leaves empty stay nearly empty; the padding never receives energy.
+    assert float(showers.sum(1).mean()) == pytest.approx(float(means[0].sum()), rel=1e-3)

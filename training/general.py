@@ -53,7 +53,6 @@ from training.model import (
     _mlp,
     _NoiseWords,
     _Threshold,
-    gamma_voxels,
 )
 
 __all__ = [
@@ -523,6 +522,13 @@ class GeneralDecoder(nn.Module):
     latent prior, the response, the voxel means ``E_inc u p(layer) p(ring |
     layer) p(sector | ring)``, Gamma voxel noise with per-layer kappa and
     spot energies, the threshold and the renormalisation to ``u E_inc``.
+
+    Speed: the graph is element-wise bound. Everything is worked on in the
+    padded (layer, alpha, radial) block, which is the CaloChallenge order of
+    a uniform binning (no reordering at all); with symmetric sectors the
+    Gamma law's parameters depend on the ring only, so they are computed
+    once per ring and broadcast over its sectors, as the ring model does. A
+    ragged binning pays one Gather of the output.
     """
 
     def __init__(self, vae: GeneralVAE, response: ResponseFit, *, threshold: float,
@@ -538,18 +544,22 @@ class GeneralDecoder(nn.Module):
         self.noise_kappa = kappa if vae.config.voxel_noise == "gamma" else np.zeros(layout.n_layers)
         self.noisy = bool((self.noise_kappa > 0).any())
         d = vae.config.latent_dim
-        n_terms = vae.prior_features(torch.ones(1, vae.conditioning.n_conditions)).shape[1]
         if prior_mean is None:
-            prior_mean = torch.zeros(n_terms, d)
+            prior_mean = torch.zeros(vae.prior_mean_terms, d)
         self.register_buffer("prior_mean", prior_mean.float().clone())
         self.register_buffer("prior_chol_t", torch.eye(d) if prior_chol is None else prior_chol.float().T.clone())
-        self.register_buffer("kappa_voxel", torch.as_tensor(self.noise_kappa[layout.layer_of_voxel],
-                                                            dtype=torch.float32))
-        self.register_buffer("layer_of_voxel", torch.as_tensor(layout.layer_of_voxel, dtype=torch.int64))
+        self.register_buffer("kappa_layer", torch.as_tensor(self.noise_kappa, dtype=torch.float32).view(-1, 1, 1))
         self.register_buffer("slot_of_voxel", torch.as_tensor(layout.slot_of_voxel, dtype=torch.int64))
+        # Broadcasts per-ring values over the sectors by multiplication (an expand would trace to shape ops).
+        self.register_buffer("sector_ones", torch.ones(1, 1, layout.max_alpha, 1))
+        # A ragged binning's padding: per-ring values broadcast into it, so the draws there are zeroed.
+        mask = np.zeros((layout.n_slots,), np.float32)
+        mask[layout.slot_of_voxel] = 1.0
+        self.register_buffer("slot_mask", torch.as_tensor(mask).view(1, layout.n_layers, layout.max_alpha,
+                                                                     layout.max_radial) if layout.padded else None)
         if self.noisy:
             gen = torch.Generator().manual_seed(20221)
-            n_slots = layout.n_voxels + layout.n_voxels % 2
+            n_slots = layout.n_slots + layout.n_slots % 2  # an even number, for Box-Muller pairs
             self.register_buffer("hash_add", torch.randint(0, 2**31, (n_slots,), generator=gen, dtype=torch.int32))
             self.register_buffer("hash_mul", torch.randint(0, 2**30, (n_slots,), generator=gen,
                                                            dtype=torch.int32) * 2 + 1)
@@ -563,56 +573,98 @@ class GeneralDecoder(nn.Module):
     def conditioning(self) -> Conditioning:
         return self.vae.conditioning
 
-    def voxel_means(self, z: torch.Tensor, conditions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(expected energy per voxel (N, n_voxels) MeV in CaloChallenge order, total u E_inc (N, 1) MeV)."""
+    def slot_means(self, z: torch.Tensor, conditions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(expected energy per voxel in MeV: (N, L, 1, R) per ring when the sectors are symmetric,
+        else (N, L, A, R); total u E_inc (N, 1) MeV)."""
         vae = self.vae
         z = z @ self.prior_chol_t + vae.prior_features(conditions) @ self.prior_mean
         v_hat, layer_logp, ring_logp, sector_logits = vae.decode(z, conditions)
         c_e = vae.conditioning.features(conditions)[:, :1]
-        energy = conditions[:, :1]
         log_u = self.response.mean(c_e) + self.response.sigma(c_e) * v_hat
-        total = energy * torch.clamp(torch.exp(log_u), 0.0, self.max_response)
-        ring = torch.exp(layer_logp.unsqueeze(2) + ring_logp) * total.unsqueeze(2)  # (N, L, R) MeV
+        total = conditions[:, :1] * torch.clamp(torch.exp(log_u), 0.0, self.max_response)
+        ring_logp = (layer_logp.unsqueeze(2) + ring_logp).unsqueeze(2)  # (N, L, 1, R)
         if sector_logits is None:
-            share = torch.exp(vae.sector_log_uniform)  # (L, A, 1)
+            # One voxel's share of its ring is 1 / n_alpha of the layer (a constant (L, 1, 1) offset).
+            share_logp = vae.sector_log_uniform[:, :1]
         else:
-            share = torch.softmax(sector_logits + vae.sector_logit_mask, dim=2)  # (N, L, A, R)
-        means = (ring.unsqueeze(2) * share).flatten(1)
-        if vae.layout.padded:
-            means = means[:, self.slot_of_voxel]
+            share_logp = torch.log_softmax(sector_logits + vae.sector_logit_mask, dim=2)
+        means = torch.exp(ring_logp + share_logp) * total.view(-1, 1, 1, 1)
         return means, total
 
+    def voxel_means(self, z: torch.Tensor, conditions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(expected energy per voxel (N, n_voxels) MeV in CaloChallenge order, total (N, 1) MeV)."""
+        means, total = self.slot_means(z, conditions)
+        layout = self.vae.layout
+        full = means.expand(-1, -1, layout.max_alpha, -1).reshape(means.shape[0], -1)
+        return full[:, self.slot_of_voxel], total
+
     def spot_energy(self, c_e: torch.Tensor) -> torch.Tensor:
-        """Spot energy (N, n_voxels) MeV: per layer, a quadratic in c_E for its log."""
+        """Spot energy (N, L, 1, 1) MeV: per layer, a quadratic in c_E for its log."""
         powers = torch.cat([torch.ones_like(c_e), c_e, c_e * c_e], dim=1)
-        return torch.exp(powers @ self.spot_coeffs)[:, self.layer_of_voxel]
+        return torch.exp(powers @ self.spot_coeffs).unsqueeze(2).unsqueeze(3)
 
     def uniforms(self, seeds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(radius (N, P), angle (N, P), hit (N, L, A, R)) from the seed latents, P = n_slots / 2."""
         hit_word, pair_word = _NoiseWords.apply(seeds, self.hash_add, self.hash_mul)
-        n_voxels = self.vae.n_voxels
-        if hit_word.shape[1] != n_voxels:
-            hit_word = hit_word[:, :n_voxels]
+        layout = self.vae.layout
+        if hit_word.shape[1] != layout.n_slots:
+            hit_word = hit_word[:, :layout.n_slots]
         radius, angle = pair_word.split(pair_word.shape[1] // 2, dim=1)
-        radius = radius * 2.0**-32 + 2.0**-33
-        return radius, angle * 2.0**-32, hit_word * ((1.0 - 2.0**-24) * 2.0**-32)
+        radius = radius * 2.0**-32 + 2.0**-33  # never 0: it goes into a log
+        hit = hit_word * ((1.0 - 2.0**-24) * 2.0**-32)
+        return radius, angle * 2.0**-32, hit.view(-1, layout.n_layers, layout.max_alpha, layout.max_radial)
 
-    def sample_voxels(self, means: torch.Tensor, total: torch.Tensor, conditions: torch.Tensor,
-                      uniforms) -> torch.Tensor:
-        """Voxel energies around ``means`` (variance kappa * mean per layer), scaled to ``total``."""
-        spot = None
+    def sample_slots(self, means: torch.Tensor, total: torch.Tensor, conditions: torch.Tensor,
+                     uniforms) -> torch.Tensor:
+        """Voxel energies (N, L, A, R) around ``means`` (variance kappa * mean per layer), scaled to ``total``.
+
+        The law of :meth:`training.model.PhysicalDecoder.sample_voxels`: with
+        spot energies e_s a voxel is empty with probability exp(-mean / e_s),
+        else Gamma with the conditional mean and variance that keep the totals.
+        """
+        u_radius, u_angle, u_hit = uniforms
+        kappa, mean = self.kappa_layer, means
         if self.spot_coeffs is not None:
-            spot = self.spot_energy(self.vae.conditioning.features(conditions)[:, :1])
-        voxels = gamma_voxels(means, self.kappa_voxel, spot, uniforms)
-        return voxels * (total / torch.clamp(voxels.sum(1, keepdim=True), min=1e-30))
+            x = mean / self.spot_energy(self.vae.conditioning.features(conditions)[:, :1])
+            occupied = torch.clamp(torch.tanh(x * 0.5) * (1.0 + torch.exp(-x)), min=1e-12)
+            mean_hit = mean / occupied
+            var_hit = torch.clamp((kappa * mean - (1.0 - occupied) * mean * mean_hit) / occupied,
+                                  min=1e-6 * mean_hit * mean_hit + 1e-30)
+        else:
+            occupied, mean_hit = torch.ones_like(mean), mean
+            var_hit = torch.clamp(kappa * mean, min=1e-30)
+        shape = torch.clamp(mean_hit * mean_hit / var_hit, min=1e-12)
+        scale = var_hit / torch.clamp(mean_hit, min=1e-30)
+        # Gamma(k) = Gamma(k + 1) U^(1/k); Gamma(k + 1) by Wilson-Hilferty from a Box-Muller normal.
+        a = shape + 1.0
+        size = torch.exp(torch.log(scale * a) * (1.0 / 3.0))
+        offset, slope = size * (1.0 - 1.0 / (9.0 * a)), size / (3.0 * torch.sqrt(a))
+        inv_shape, inv_occupied = 1.0 / shape, 1.0 / occupied
+        radius, angle = torch.sqrt(torch.log(u_radius) * -2.0), u_angle * (2.0 * math.pi)
+        gauss = torch.cat([radius * torch.cos(angle), radius * torch.sin(angle)], dim=1)
+        n_slots = u_hit.shape[1] * u_hit.shape[2] * u_hit.shape[3]
+        if gauss.shape[1] != n_slots:
+            gauss = gauss[:, :n_slots]
+        cube = torch.relu(offset + slope * gauss.view(u_hit.shape))
+        # log(u / occupied) <= 0 when occupied; when empty the Min makes it hugely negative: exp() -> 0.
+        log_hit = torch.log(u_hit * inv_occupied)
+        log_hit = torch.minimum(log_hit, log_hit * -1e30)
+        voxels = (cube * cube * cube) * torch.exp(log_hit * inv_shape)
+        if self.slot_mask is not None:
+            voxels = voxels * self.slot_mask
+        return voxels * (total / torch.clamp(voxels.sum((1, 2, 3)).unsqueeze(1), min=1e-30)).view(-1, 1, 1, 1)
 
     def forward(self, z: torch.Tensor, conditions: torch.Tensor) -> torch.Tensor:
-        d = self.vae.config.latent_dim
-        means, total = self.voxel_means(z[:, :d], conditions)
+        d, layout = self.vae.config.latent_dim, self.vae.layout
+        means, total = self.slot_means(z[:, :d], conditions)
         if self.noisy:
-            voxels = self.sample_voxels(means, total, conditions, self.uniforms(z[:, d:d + NOISE_SEED_DIMS]))
+            voxels = self.sample_slots(means, total, conditions, self.uniforms(z[:, d:d + NOISE_SEED_DIMS]))
         else:
-            voxels = means
-        kept = _Threshold.apply(voxels, self.threshold_alpha)
+            voxels = means * self.sector_ones
+        # The threshold, then the lost energy handed back to the surviving voxels (total exactly u E_inc).
+        kept = _Threshold.apply(voxels.flatten(1), self.threshold_alpha)
+        if layout.padded:
+            kept = kept[:, self.slot_of_voxel]
         return kept * (total / torch.clamp(kept.sum(1, keepdim=True), min=1e-30))
 
 
@@ -632,6 +684,7 @@ def fit_general_spot_energy(decoder: GeneralDecoder, conditions: np.ndarray, ref
     edges = np.geomspace(energy.min(), energy.max() * (1 + 1e-9), n_bins + 1)
     which = np.clip(np.searchsorted(edges, energy, side="right") - 1, 0, n_bins - 1)
     layer_of_voxel = torch.as_tensor(layout.layer_of_voxel)
+    slot_of_voxel = torch.as_tensor(layout.slot_of_voxel)
     voxels_per_layer = torch.bincount(layer_of_voxel, minlength=n_layers).double()
     gen = torch.Generator().manual_seed(seed)
     saved = decoder.spot_coeffs
@@ -648,16 +701,17 @@ def fit_general_spot_energy(decoder: GeneralDecoder, conditions: np.ndarray, ref
                 continue
             target = per_layer(torch.as_tensor(reference[rows] >= threshold))
             cond = torch.as_tensor(conditions[rows], dtype=torch.float32)
-            means, total = decoder.voxel_means(torch.randn((len(rows), d), generator=gen), cond)
-            pairs = (len(rows), (layout.n_voxels + 1) // 2)
+            means, total = decoder.slot_means(torch.randn((len(rows), d), generator=gen), cond)
+            pairs = (len(rows), (layout.n_slots + 1) // 2)
             uniforms = (1.0 - torch.rand(pairs, generator=gen), torch.rand(pairs, generator=gen),
-                        torch.rand((len(rows), layout.n_voxels), generator=gen))
+                        torch.rand((len(rows), n_layers, layout.max_alpha, layout.max_radial), generator=gen))
             low = torch.full((n_layers,), math.log(0.05))
             high = torch.full((n_layers,), math.log(2000.0))
             for _ in range(16):
                 mid = 0.5 * (low + high)
                 decoder.spot_coeffs = torch.cat([mid[None], torch.zeros(SPOT_DEGREE, n_layers)])
-                occupancy = per_layer(decoder.sample_voxels(means, total, cond, uniforms) >= threshold)
+                sample = decoder.sample_slots(means, total, cond, uniforms).flatten(1)[:, slot_of_voxel]
+                occupancy = per_layer(sample >= threshold)
                 too_full = occupancy > target
                 low, high = torch.where(too_full, mid, low), torch.where(too_full, high, mid)
             centres.append(float(decoder.vae.conditioning.features(cond)[:, 0].mean()))

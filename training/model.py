@@ -54,7 +54,6 @@ __all__ = [
     "ShowerVAE",
     "count_parameters",
     "decoder_flops",
-    "gamma_voxels",
     "noise_words",
 ]
 
@@ -317,42 +316,6 @@ class _Threshold(torch.autograd.Function):
 def _scaled_to(voxels: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
     """(N, a, b) voxels times the per-shower factor that makes them sum to ``total`` (N, 1)."""
     return voxels * (total / torch.clamp(voxels.sum((1, 2)), min=1e-30).unsqueeze(1)).unsqueeze(2)
-
-
-def gamma_voxels(mean: torch.Tensor, kappa: torch.Tensor, spot: torch.Tensor | None,
-                 uniforms: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    """Voxel energies (N, V) drawn around ``mean`` (N, V) with variance ``kappa * mean`` (kappa (V,) MeV).
-
-    The law of :meth:`PhysicalDecoder.sample_voxels`, voxel by voxel (for
-    decoders whose means differ between the sectors of a ring): with spot
-    energies ``spot`` (N, V), empty with probability exp(-mean / spot), else
-    Gamma with the conditional mean and variance that keep the totals;
-    without, Gamma(mean / kappa, kappa). ``uniforms`` = (radius (N, P),
-    angle (N, P), hit (N, V)), P = ceil(V / 2), as the hash makes them.
-    """
-    u_radius, u_angle, u_hit = uniforms
-    if spot is not None:
-        x = mean / spot
-        occupied = torch.clamp(torch.tanh(x * 0.5) * (1.0 + torch.exp(-x)), min=1e-12)
-        mean_hit = mean / occupied
-        var_hit = torch.clamp((kappa * mean - (1.0 - occupied) * mean * mean_hit) / occupied,
-                              min=1e-6 * mean_hit * mean_hit + 1e-30)
-    else:
-        occupied, mean_hit = torch.ones_like(mean), mean
-        var_hit = torch.clamp(kappa * mean, min=1e-30)
-    shape = torch.clamp(mean_hit * mean_hit / var_hit, min=1e-12)
-    scale = var_hit / torch.clamp(mean_hit, min=1e-30)
-    a = shape + 1.0
-    size = torch.exp(torch.log(scale * a) * (1.0 / 3.0))
-    offset, slope = size * (1.0 - 1.0 / (9.0 * a)), size / (3.0 * torch.sqrt(a))
-    radius, angle = torch.sqrt(torch.log(u_radius) * -2.0), u_angle * (2.0 * math.pi)
-    gauss = torch.cat([radius * torch.cos(angle), radius * torch.sin(angle)], dim=1)
-    if gauss.shape[1] != mean.shape[1]:
-        gauss = gauss[:, :mean.shape[1]]
-    cube = torch.relu(offset + slope * gauss)
-    log_hit = torch.log(u_hit / occupied)
-    log_hit = torch.minimum(log_hit, log_hit * -1e30)
-    return (cube * cube * cube) * torch.exp(log_hit / shape)
 
 
 class PhysicalDecoder(nn.Module):
