@@ -218,30 +218,9 @@ def test_symmetry_measurement_finds_the_structure_of_inclined_showers(simulated)
     inclined = measure_alpha_symmetry(simulated["inclined"], default_geometry())
     normal = measure_alpha_symmetry(simulated["normal"], default_geometry())
     assert normal["recommended"] == []
-    assert 2 in inclined["recommended"]
-    k2 = next(row for row in inclined["orders"] if row["order"] == 2)
-    assert k2["cos_mean"] > 10 * k2["cos_error"]
-    # A mirror-symmetric shower about its track has no sine moments.
-    assert all(abs(row["sin_mean"]) < 5 * row["sin_error"] + 1e-3 for row in inclined["orders"])
-
-
-@pytest.mark.parametrize("name, orders", [("dataset-1-photons", ()), ("small", (2,))])
-def test_voxel_noise_is_centred_on_the_decoded_means(name, orders):
-    """Averaged over the noise seeds, showers come back to the decoded means, padding included."""
-    geometry = BINNINGS[name]()
-    decoder = make_decoder(geometry, orders, kappa=2.0)
-    n_layers = decoder.vae.layout.n_layers
-    decoder.spot_coeffs = torch.cat([torch.full((1, n_layers), math.log(5.0)), torch.zeros(2, n_layers)])
-    n = 4000
-    gen = torch.Generator().manual_seed(9)
-    z = torch.cat([torch.randn(1, 4, generator=gen).expand(n, -1), torch.randn(n, 2, generator=gen) * 50], dim=1)
-    cond = conditions(n, energy=5e5)
-    with torch.no_grad():
-        showers = decoder(z, cond)
-        means, total = decoder.voxel_means(z[:, :4], cond)
-    np.testing.assert_allclose(showers.sum(1).numpy(), total[:, 0].numpy(), rtol=1e-4)
-    big = torch.argsort(means[0], descending=True)[:20]
-    average = showers[:, big].mean(0)
-    np.testing.assert_allclose(average.numpy(), means[0, big].numpy(), rtol=0.05)
-    # Voxels that the mean leaves empty stay nearly empty; the padding never receives energy.
-    assert float(showers.sum(1).mean()) == pytest.approx(float(means[0].sum()), rel=1e-3)
+    # Layer by layer the odd orders show too: the early layers' centres lag behind the track.
+    assert {1, 2} <= set(inclined["recommended"])
+    for row in inclined["orders"][:2]:
+        assert row["cos_max_sigma"] > 10
+        # A shower mirror-symmetric about the plane of its track has no sine moments.
+        assert row["sin_max_sigma"] < row["cos_max_sigma"] / 3

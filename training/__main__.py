@@ -190,9 +190,12 @@ def symmetry_command(data, binning, n, n_sigma, as_json) -> None:
         click.echo(json.dumps(result, indent=1))
         return
     click.echo(f"track-frame alpha moments of {result['n_showers']} showers of {data}:")
+    click.echo("  (per order, the layer where each moment is most significant)")
     for row in result["orders"]:
-        click.echo(f"  k={row['order']}: cos {row['cos_mean']:+.4f} +- {row['cos_error']:.4f}, "
-                   f"sin {row['sin_mean']:+.4f} +- {row['sin_error']:.4f}"
+        click.echo(f"  k={row['order']}: cos {row['cos_mean']:+.4f} +- {row['cos_error']:.4f} "
+                   f"({row['cos_max_sigma']:.1f} sigma, layer {row['cos_layer']}), "
+                   f"sin {row['sin_mean']:+.4f} +- {row['sin_error']:.4f} "
+                   f"({row['sin_max_sigma']:.1f} sigma, layer {row['sin_layer']})"
                    f"{'  significant' if row['significant'] else ''}")
     orders = result["recommended"]
     click.echo(f"recommended [model] alpha_harmonics = {orders}" if orders else

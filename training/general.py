@@ -215,22 +215,29 @@ class VoxelLayout:
 
 def measure_alpha_symmetry(path: str | os.PathLike, geometry: CylindricalGeometry, *, orders=(1, 2, 3, 4),
                            max_showers: int = 20000, chunk_size: int = 2000, n_sigma: float = 5.0) -> dict:
-    """Track-frame alpha moments of a shower file: which harmonic orders the decoder needs.
+    """Track-frame alpha moments of a shower file, layer by layer: which harmonic orders the decoder needs.
 
-    For each shower, ``m_k = sum_v f_v cos(k (alpha_v - phi))`` and
-    ``s_k = sum_v f_v sin(k (alpha_v - phi))`` over the voxels of layers with
-    at least 2 k + 1 sectors, with ``f_v`` the voxel's share of those layers'
-    energy and phi the shower's azimuth (0 without ``incident_phi``). A
-    shower symmetric in alpha about its axis has every moment zero on
-    average; an order whose mean moment is more than ``n_sigma`` standard
-    errors from zero is recommended. Returns ``{"orders": [...], "recommended": [...],
-    "n_showers": N}``, each order with cos and sin mean and error.
+    For each shower and each layer with at least 2 k + 1 sectors,
+    ``m_kl = sum_v f_v cos(k (alpha_v - phi))`` and ``s_kl = sum_v f_v sin(k
+    (alpha_v - phi))`` over the layer's voxels, ``f_v`` the voxel's share of
+    the layer's energy and phi the shower's azimuth (0 without
+    ``incident_phi``). A shower symmetric in alpha about its axis has every
+    moment zero on average. Layers are tested one by one: an odd moment can
+    change sign with depth (an inclined shower's early layers lag behind the
+    track, its late layers lead), so a sum over layers could cancel it. An
+    order is recommended when some layer's mean moment is more than
+    ``n_sigma`` standard errors from zero. Returns ``{"orders": [...],
+    "recommended": [...], "n_showers": N}``; each order gives, for cos and
+    sin, the largest significance over layers, that layer and its mean and error.
     """
     from fastsim.dataset import open_showers
 
     alpha = geometry.voxel_centres()[3]
-    n_alpha_of_voxel = np.concatenate([np.full(layer.n_voxels, layer.n_alpha) for layer in geometry.layers])
-    sums = {k: np.zeros(4) for k in orders}  # sum cos, sum cos^2, sum sin, sum sin^2
+    layer_of_voxel = np.concatenate([np.full(layer.n_voxels, i) for i, layer in enumerate(geometry.layers)])
+    n_layers = geometry.n_layers
+    n_alpha = np.array([layer.n_alpha for layer in geometry.layers])
+    # Per (order, layer): sums of cos, cos^2, sin, sin^2 and the number of showers with energy in the layer.
+    sums = {k: np.zeros((5, n_layers)) for k in orders}
     n_seen = 0
     with open_showers(path, geometry=geometry) as f:
         stop = min(f.n, max_showers)
@@ -240,25 +247,34 @@ def measure_alpha_symmetry(path: str | os.PathLike, geometry: CylindricalGeometr
             showers = np.asarray(showers, np.float64)
             phi = read_conditions(path, ("incident_phi",), start, end)[:, 0]
             delta = alpha[None, :] - phi[:, None]
+            layer_sum = np.zeros((len(showers), n_layers))
+            np.add.at(layer_sum.T, layer_of_voxel, showers.T)
+            ok = layer_sum > 0
             for k in orders:
-                usable = n_alpha_of_voxel >= 2 * k + 1
-                weights = showers * usable[None, :]
-                total = weights.sum(1)
-                ok = total > 0
-                c = (weights * np.cos(k * delta)).sum(1)[ok] / total[ok]
-                s = (weights * np.sin(k * delta)).sum(1)[ok] / total[ok]
-                sums[k] += [c.sum(), (c * c).sum(), s.sum(), (s * s).sum()]
+                for part, values in ((0, np.cos(k * delta)), (2, np.sin(k * delta))):
+                    moment = np.zeros((len(showers), n_layers))
+                    np.add.at(moment.T, layer_of_voxel, (showers * values).T)
+                    moment = np.where(ok, moment / np.where(ok, layer_sum, 1.0), 0.0)
+                    sums[k][part] += moment.sum(0)
+                    sums[k][part + 1] += (moment * moment).sum(0)
+                sums[k][4] += ok.sum(0)
             n_seen += end - start
     rows, recommended = [], []
     for k in orders:
-        sc, sc2, ss, ss2 = sums[k]
-        n = max(n_seen, 2)
-        mean_c, mean_s = sc / n, ss / n
-        err_c = math.sqrt(max(sc2 / n - mean_c**2, 0.0) / (n - 1))
-        err_s = math.sqrt(max(ss2 / n - mean_s**2, 0.0) / (n - 1))
-        significant = abs(mean_c) > n_sigma * err_c or abs(mean_s) > n_sigma * err_s
-        rows.append({"order": k, "cos_mean": mean_c, "cos_error": err_c, "sin_mean": mean_s, "sin_error": err_s,
-                     "significant": bool(significant)})
+        usable = (n_alpha >= 2 * k + 1) & (sums[k][4] > 1)
+        row: dict = {"order": k}
+        significant = False
+        for name, part in (("cos", 0), ("sin", 2)):
+            n = np.maximum(sums[k][4], 2)
+            mean = sums[k][part] / n
+            err = np.sqrt(np.maximum(sums[k][part + 1] / n - mean**2, 0.0) / (n - 1))
+            z = np.where(usable & (err > 0), np.abs(mean) / np.where(err > 0, err, 1.0), 0.0)
+            worst = int(np.argmax(z))
+            row.update({f"{name}_max_sigma": float(z[worst]), f"{name}_layer": worst,
+                        f"{name}_mean": float(mean[worst]), f"{name}_error": float(err[worst])})
+            significant = significant or bool(z[worst] > n_sigma)
+        row["significant"] = significant
+        rows.append(row)
         if significant:
             recommended.append(k)
     return {"n_showers": n_seen, "n_sigma": n_sigma, "orders": rows, "recommended": recommended}
