@@ -473,3 +473,26 @@ def test_zoo_benchmark_times_every_bundled_model_against_the_default(tmp_path):
         assert row["ns_per_voxel"] > 0
         assert row["us_per_shower"] * 1000 == pytest.approx(row["ns_per_voxel"] * row["n_voxels"], rel=1e-9)
     assert "ns / voxel / core" in (tmp_path / "zoo.md").read_text()
+
+
+def test_symmetric_bound_keeps_rings_and_conditions_and_shuffles_sectors(tmp_path):
+    import h5py
+
+    from benchmarks.bench_symmetric_bound import symmetrise
+    from helpers.distortions import small_geometry
+
+    geometry = small_geometry()
+    rng = np.random.default_rng(3)
+    showers = rng.gamma(0.5, 2.0, (50, geometry.n_voxels)).astype(np.float32)
+    source, out = tmp_path / "ref.h5", tmp_path / "sym.h5"
+    with h5py.File(source, "w") as f:
+        f["incident_energies"] = np.full((50, 1), 1e4)
+        f["incident_theta"] = np.linspace(0, 1, 50)[:, None]
+        f["showers"] = showers
+    assert symmetrise(source, out, geometry, chunk=16) == 50
+    with h5py.File(out) as f:
+        shuffled = f["showers"][:]
+        np.testing.assert_array_equal(f["incident_theta"][:], np.linspace(0, 1, 50)[:, None])
+    a, b = geometry.reshape(showers), geometry.reshape(shuffled)
+    np.testing.assert_allclose(np.sort(b, axis=2), np.sort(a, axis=2))  # the same values in each ring
+    assert not np.array_equal(a, b)
