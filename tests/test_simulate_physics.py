@@ -7,7 +7,6 @@ the heavier ones are marked slow (they still run in ``make test``).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import math
 
 import numpy as np
@@ -315,18 +314,28 @@ def test_dataset_1_pions_binning_takes_electrons_into_the_tile_layers():
 
 
 # ---------------------------------------------------------------------------- reproducibility
-# Dataset-2 electrons at normal incidence without substructure are the original simulator's showers:
-# these digests were taken with the code before photons, angles and materials existed.
+# Dataset-2 electrons at normal incidence without substructure are the original simulator's showers.
+# Pinned as values with float tolerances, not as a digest of the bytes: numpy's exp, log and sin take
+# different SIMD paths on different CPUs (AVX-512 vs AVX2), so the same code gives showers that differ
+# in the last bits from one machine to another -- a digest taken on one failed on the other with the
+# simulator unchanged. A change of the physics moves these values by far more than the tolerances.
 GOLDEN = {
-    "spots": "1192e6d8174ffade",
-    "binned": "67faa0d37a3aa0a5",
+    "spots": {"sums": [255997.075, 257922.421, 34699.318, 6566.539], "nonzero": 400148,
+              "total": 45512597.888220936},
+    "binned": {"sums": [253523.198, 262801.912, 35289.059, 6595.903], "nonzero": 399864,
+               "total": 45594903.77173759},
 }
+GOLDEN_ENERGIES = [260021.20778639143, 265352.0023740413, 35154.15660764259, 7201.1878533350855]
 
 
 @pytest.mark.parametrize("method", ["spots", "binned"])
-def test_dataset_2_electrons_are_bit_for_bit_the_original_showers(method):
+def test_dataset_2_electrons_are_the_original_showers(method):
     energies, showers = simulate(300, "1GeV:1TeV", seed=5, method=method)
-    assert hashlib.sha256(energies.tobytes() + showers.tobytes()).hexdigest()[:16] == GOLDEN[method]
+    golden = GOLDEN[method]
+    np.testing.assert_allclose(energies[:4].ravel(), GOLDEN_ENERGIES, rtol=1e-12)
+    np.testing.assert_allclose(showers.sum(axis=1, dtype=np.float64)[:4], golden["sums"], rtol=1e-5)
+    assert float(showers.sum(dtype=np.float64)) == pytest.approx(golden["total"], rel=1e-5)
+    assert abs(int((showers > 0).sum()) - golden["nonzero"]) <= golden["nonzero"] * 1e-3
     # and the bundled dataset-2 geometry file describes the same stack
     energies2, showers2 = simulate(300, "1GeV:1TeV", seed=5, method=method, geometry=DS2[0], material=DS2[1])
     assert np.array_equal(showers, showers2) and np.array_equal(energies, energies2)

@@ -53,7 +53,7 @@ def test_every_bundled_model_is_in_the_zoo_with_a_card():
                        "Training"):
             assert needle.lower() in text.lower(), f"{card.name} does not state {needle!r}"
         # Lean repository: a few MB per model.
-        assert (EXPORTED / f"{name}.onnx").stat().st_size < 4_000_000
+        assert (EXPORTED / f"{name}.onnx").stat().st_size < 5_000_000
 
 
 def test_spec_declares_the_conditions(zoo_model):
