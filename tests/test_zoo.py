@@ -24,6 +24,26 @@ EXPORTED = REPO / "exported"
 GOLDEN_SEED = 2024
 
 ZOO = {
+    "calo-electron-inclined": {
+        "conditions": [("incident_energy", "MeV", 1e3, 1e6, "log-uniform"),
+                       ("incident_theta", "rad", 0.0, math.pi / 3, "uniform"),
+                       ("incident_phi", "rad", 0.0, 2 * math.pi, "uniform")],
+        "n_voxels": 6480,
+        "golden_conditions": {"incident_energy": 50_000.0, "incident_theta": 0.5, "incident_phi": 1.0},
+        "totals": [49386.48, 48876.91, 50160.41, 48977.71],
+        "nonzero": [1126, 1004, 996, 1063],
+        "top_voxels": [(1521, 449.16626), (1044, 343.38733), (1350, 327.70035), (1377, 313.03818),
+                       (1197, 297.6423)],
+    },
+    "calo-electron-d3": {
+        "conditions": [("incident_energy", "MeV", 1e3, 1e6, "log-uniform")],
+        "n_voxels": 40500,
+        "golden_conditions": {"incident_energy": 50_000.0},
+        "totals": [50650.11, 49939.17, 49074.05, 49417.54],
+        "nonzero": [2838, 2657, 2856, 2861],
+        "top_voxels": [(9911, 213.16629), (8370, 199.54979), (9342, 194.42302), (6858, 189.94926),
+                       (9720, 189.05501)],
+    },
     "calo-photon-d1": {
         "conditions": [("incident_energy", "MeV", 1e3, 1e6, "log-uniform")],
         "n_voxels": 368,
