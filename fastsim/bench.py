@@ -410,7 +410,7 @@ def _graph_flops(model: Any, feeds: dict[str, np.ndarray]) -> tuple[float, dict[
     return total, by_op, uncounted
 
 
-def model_flops(path: str | os.PathLike, *, sidecar: str | os.PathLike | None = None) -> dict[str, Any]:
+def model_flops(path: str | os.PathLike[str], *, sidecar: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """FLOPs per shower of a decoder: 2 per multiply-add of its MatMul/Gemm/Conv nodes.
 
     The graph is run at two batch sizes with every such node's inputs and
@@ -463,7 +463,7 @@ def decode_inputs(spec: Any, batch: int, *, seed: int = 0) -> dict[str, np.ndarr
     return {spec.io_names["z"]: z, spec.io_names["conditions"]: conditions}
 
 
-def variant_path(path: str | os.PathLike, precision: str) -> Path:
+def variant_path(path: str | os.PathLike[str], precision: str) -> Path:
     """The file of a precision variant: ``NAME.onnx`` (fp32), ``NAME-int8.onnx``, ``NAME-fp16.onnx``."""
     if precision not in PRECISIONS:
         raise FastsimError(f"precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
@@ -547,7 +547,7 @@ def measure_decode(session: Any, spec: Any, batch: int, *, mode: str = "iobindin
 
 
 def sweep(
-    model: str | os.PathLike,
+    model: str | os.PathLike[str],
     *,
     batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES,
     threads: Sequence[int] | None = None,
@@ -625,7 +625,7 @@ def _parse_list(text: str | Sequence, name: str, kind: type = int) -> list:
 
 
 def run(
-    model: str | os.PathLike = "default",
+    model: str | os.PathLike[str] = "default",
     *,
     batch_sizes: Sequence[int] | str = DEFAULT_BATCH_SIZES,
     threads: Sequence[int] | str | None = None,
@@ -701,7 +701,7 @@ def run(
     return doc
 
 
-def generator_rate(model: str | os.PathLike, *, threads: int, device: str = "cpu", n: int = 16384,
+def generator_rate(model: str | os.PathLike[str], *, threads: int, device: str = "cpu", n: int = 16384,
                    min_time: float = 0.3, limit: float | None = None,
                    flops_per_shower: float | None = None) -> dict[str, Any]:
     """Showers/s of ``fastsim.load(model, threads=...).generate(n)`` in memory: what a user gets.

@@ -145,7 +145,7 @@ def wrap(cond: ConditionSpec, values: Any) -> Any:
     return float(wrapped) if np.ndim(wrapped) == 0 else wrapped
 
 
-def load_values(path: str | os.PathLike, *, argument: str = "energy",
+def load_values(path: str | os.PathLike[str], *, argument: str = "energy",
                 dataset: str = "incident_energies") -> np.ndarray:
     """Read per-sample values from ``.npy``, ``.csv``/``.txt`` or HDF5 (the dataset ``dataset``)."""
     path = Path(path)

@@ -470,7 +470,7 @@ class Generator:
 
     def write(
         self,
-        path: str | os.PathLike,
+        path: str | os.PathLike[str],
         n: int | None = None,
         conditions: Any = None,
         *,
@@ -595,9 +595,9 @@ class Generator:
 
 
 def load(
-    model: str | os.PathLike = "default",
+    model: str | os.PathLike[str] = "default",
     *,
-    spec: ModelSpec | Mapping | str | os.PathLike | None = None,
+    spec: ModelSpec | Mapping | str | os.PathLike[str] | None = None,
     device: str = "auto",
     threads: int | None = None,
     optimization: str = "all",

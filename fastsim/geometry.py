@@ -234,7 +234,7 @@ class CylindricalGeometry:
 
     # -- CaloChallenge binning XML --------------------------------------------
     @classmethod
-    def from_xml(cls, source: str | os.PathLike, particle: str | None = None) -> CylindricalGeometry:
+    def from_xml(cls, source: str | os.PathLike[str], particle: str | None = None) -> CylindricalGeometry:
         """Read a CaloChallenge binning XML from a path or from the XML text itself.
 
         Layers with a single radial edge (``r_edges="0"``) carry no voxels and are
@@ -325,7 +325,7 @@ class CylindricalGeometry:
         ET.indent(root, space="  ")
         return ET.tostring(root, encoding="unicode") + "\n"
 
-    def to_xml(self, path: str | os.PathLike) -> Path:
+    def to_xml(self, path: str | os.PathLike[str]) -> Path:
         """Write the binning XML to ``path`` (atomically: temporary name, then rename)."""
         return atomic_write_text(path, self.to_xml_string(), what="binning XML")
         return path
@@ -489,7 +489,7 @@ class MaterialGeometry:
         return cls(str(data["name"]), str(data["version"]), layers, media[shower], str(data.get("description", "")), tuple(sources))
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike) -> MaterialGeometry:
+    def from_file(cls, path: str | os.PathLike[str]) -> MaterialGeometry:
         """Read a material geometry JSON file; a missing or malformed file is a GeometryError naming it."""
         where = f"geometry file {os.fspath(path)!r}"
         try:
@@ -576,13 +576,13 @@ def _material_layer(raw: Any, media: dict[str, Medium], where: str) -> MaterialL
     return MaterialLayer(str(raw.get("name", "")), medium, value * scale, binning_id, fraction)
 
 
-def material_path(binning_path: str | os.PathLike) -> Path:
+def material_path(binning_path: str | os.PathLike[str]) -> Path:
     """The material geometry file that belongs beside a binning XML: ``NAME.xml`` -> ``NAME.geometry.json``."""
     path = Path(binning_path)
     return path.with_name(path.stem + MATERIAL_SUFFIX)
 
 
-def load_detector(source: str | os.PathLike, particle: str | None = None) -> tuple[CylindricalGeometry, MaterialGeometry]:
+def load_detector(source: str | os.PathLike[str], particle: str | None = None) -> tuple[CylindricalGeometry, MaterialGeometry]:
     """(binning, material) of a bundled dataset name (``1-photons``, ``1-pions``, ``2``, ``3``) or a binning XML path.
 
     A path needs its material geometry file beside it (``NAME.geometry.json``); the file's

@@ -90,7 +90,7 @@ def aligned_empty(shape: tuple[int, ...], dtype: Any = np.float32) -> np.ndarray
     return np.frombuffer(buffer, dtype=dtype, count=count).reshape(shape)
 
 
-def output_format(path: str | os.PathLike, fmt: str | None = None) -> str:
+def output_format(path: str | os.PathLike[str], fmt: str | None = None) -> str:
     """The output format: ``fmt`` if given, else from the file suffix (.h5/.hdf5, .npz, .npy)."""
     if fmt is not None:
         if fmt not in FORMATS:
@@ -156,7 +156,7 @@ def _progress_of(partial: Path) -> int:
     return 0
 
 
-def find_partial(path: str | os.PathLike) -> Path | None:
+def find_partial(path: str | os.PathLike[str]) -> Path | None:
     """The partial file an interrupted run of ``path`` left (the one with the most rows), or None."""
     found = _partials(Path(path))
     if len(found) > 1:
@@ -164,7 +164,7 @@ def find_partial(path: str | os.PathLike) -> Path | None:
     return found[-1] if found else None
 
 
-def partial_progress(path: str | os.PathLike) -> int:
+def partial_progress(path: str | os.PathLike[str]) -> int:
     """Rows already complete in the partial HDF5 file of ``path`` (0 if there is none or it is unreadable)."""
     partial = find_partial(path)
     return 0 if partial is None or not partial.is_file() else _progress_of(partial)
@@ -180,7 +180,7 @@ class OutputLock:
     unlocked, as before; every attempt still writes to its own partial file.
     """
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self.lock_path = self.path.with_name(self.path.name + LOCK_SUFFIX)
         self._fd: int | None = None
@@ -264,7 +264,7 @@ def _lock_held(path: Path) -> str | None:
         os.close(fd)  # closing drops the probe's shared lock
 
 
-def check_output_size(folder: str | os.PathLike, n: int, n_voxels: int, n_conditions: int = 1, *,
+def check_output_size(folder: str | os.PathLike[str], n: int, n_voxels: int, n_conditions: int = 1, *,
                       compressed: bool = False) -> None:
     """Refuse, before anything is written, a run whose output cannot exist.
 
@@ -288,7 +288,7 @@ def _row_bytes(n_voxels: int, n_conditions: int) -> int:
     return 4 * (n_voxels + 1) + extra
 
 
-def check_free_space(folder: str | os.PathLike, nbytes: int, what: str) -> None:
+def check_free_space(folder: str | os.PathLike[str], nbytes: int, what: str) -> None:
     """Refuse to start writing ``nbytes`` into ``folder`` when its file system has less free space."""
     try:
         free = shutil.disk_usage(folder).free
@@ -319,7 +319,7 @@ def check_mev_units(spec: Any) -> None:
                           f"{' and '.join(wrong)}; re-export the model with MeV inputs and outputs")
 
 
-def check_output_path(path: str | os.PathLike, *, force: bool = False, resume: bool = False,
+def check_output_path(path: str | os.PathLike[str], *, force: bool = False, resume: bool = False,
                       fmt: str | None = None) -> Path:
     """Check that ``path`` can be written: its folder exists and is writable, it is not in the way.
 
@@ -416,7 +416,7 @@ class ShowerWriter:
 
     def __init__(
         self,
-        path: str | os.PathLike,
+        path: str | os.PathLike[str],
         *,
         n: int,
         n_voxels: int,
@@ -912,7 +912,7 @@ def write_batches(
     return written
 
 
-def read_output(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+def read_output(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
     """Read a whole output file (.h5, .npz or .npy) as (incident_energies (N, 1), showers (N, n_voxels))."""
     path = Path(path)
     fmt = output_format(path)

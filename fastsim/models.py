@@ -32,7 +32,7 @@ MODEL_PATH_ENV = "FASTSIM_MODEL_PATH"
 BUNDLED_PACKAGE = "fastsim.exported"
 
 
-def file_sha256(path: str | os.PathLike) -> str:
+def file_sha256(path: str | os.PathLike[str]) -> str:
     """sha256 of a file, read in 1 MiB blocks: identifies a model in specs, output files and manifests."""
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -41,7 +41,7 @@ def file_sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def external_data_files(path: str | os.PathLike) -> list[Path]:
+def external_data_files(path: str | os.PathLike[str]) -> list[Path]:
     """The external data files of an ONNX model, each checked to lie inside the model's folder.
 
     Refused (a :class:`ModelError` naming the location): absolute locations,
@@ -69,7 +69,7 @@ def external_data_files(path: str | os.PathLike) -> list[Path]:
     return files
 
 
-def model_sha256(path: str | os.PathLike) -> str:
+def model_sha256(path: str | os.PathLike[str]) -> str:
     """sha256 identifying a model: its file's, or, with external data, of the file and each data file.
 
     For a model with external data it is the sha256 of the lines ``onnx <sha256>``
@@ -125,7 +125,7 @@ def _looks_like_path(model: str) -> bool:
     return model.endswith(".onnx") or os.sep in model or (os.altsep is not None and os.altsep in model)
 
 
-def resolve_model(model: str | os.PathLike = "default") -> Path:
+def resolve_model(model: str | os.PathLike[str] = "default") -> Path:
     """The ONNX file for a bundled name, ``"default"``, or a path."""
     is_path = isinstance(model, str) and (_looks_like_path(model) or Path(model).is_file())
     if isinstance(model, os.PathLike) or is_path:

@@ -81,7 +81,7 @@ def provider_chain(device: str) -> list[str]:
     return wanted
 
 
-def _options(threads: int | None, optimization: str, gpu: bool, config: Mapping[str, str] | None):
+def _options(threads: int | None, optimization: str, gpu: bool, config: Mapping[str, str] | None) -> Any:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -107,7 +107,8 @@ def _options(threads: int | None, optimization: str, gpu: bool, config: Mapping[
     return options
 
 
-def _create(path: str, providers: list[str], options, provider_options):
+def _create(path: str, providers: list[str], options: Any,
+            provider_options: Mapping[str, Mapping[str, Any]] | None) -> Any:
     import onnxruntime as ort
 
     chain = [(p, dict((provider_options or {}).get(p, {}))) for p in providers]
@@ -115,7 +116,7 @@ def _create(path: str, providers: list[str], options, provider_options):
 
 
 def make_session(
-    path: str | os.PathLike,
+    path: str | os.PathLike[str],
     device: str = "auto",
     threads: int | None = None,
     *,

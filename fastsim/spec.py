@@ -19,7 +19,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 from fastsim.errors import ModelError, SpecError
 
@@ -59,21 +59,21 @@ def _fail(where: str, expected: str, given: Any) -> SpecError:
     return SpecError(f"spec: {where} must be {expected}, got {given!r}")
 
 
-def _number(block: Mapping, key: str, where: str) -> float:
+def _number(block: Mapping[str, Any], key: str, where: str) -> float:
     value = block.get(key)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise _fail(f"{where}.{key}", "a finite number", value)
     return float(value)
 
 
-def _string(block: Mapping, key: str, where: str, default: str | None = None) -> str:
+def _string(block: Mapping[str, Any], key: str, where: str, default: str | None = None) -> str:
     value = block.get(key, default)
     if not isinstance(value, str) or not value:
         raise _fail(f"{where}.{key}", "a non-empty string", value)
     return value
 
 
-def _mapping(value: Any, where: str) -> dict:
+def _mapping(value: Any, where: str) -> dict[str, Any]:
     if not isinstance(value, Mapping):
         raise _fail(where, "a JSON object", value)
     return dict(value)
@@ -127,7 +127,7 @@ class ConditionSpec:
             period=_number(block, "period", where) if "period" in block else None,
         )
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         block = {"name": self.name, "unit": self.unit, "min": self.min, "max": self.max,
                  "sampling": self.sampling}
         # Omitted when None: format-1 specs stay byte-identical.
@@ -143,7 +143,7 @@ class OutputSpec:
     name: str = "showers"
     unit: str = "MeV"
     n_voxels: int = 0
-    geometry: dict = field(default_factory=dict)
+    geometry: dict[str, Any] = field(default_factory=dict)
     dtype: str = "float32"
 
     def __post_init__(self) -> None:
@@ -163,7 +163,7 @@ class OutputSpec:
             dtype=_string(block, "dtype", "output", "float32"),
         )
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         block = {"name": self.name, "unit": self.unit, "n_voxels": self.n_voxels,
                  "geometry": copy.deepcopy(self.geometry)}
         if self.dtype != "float32":
@@ -184,10 +184,10 @@ class ModelSpec:
     output: OutputSpec
     name: str = "unnamed"
     version: str = "0.0.0"
-    prior: dict = field(default_factory=lambda: {"kind": "standard_normal"})
-    io_names: dict = field(default_factory=lambda: dict(DEFAULT_IO_NAMES))
-    training: dict = field(default_factory=dict)
-    metrics: dict = field(default_factory=dict)
+    prior: dict[str, Any] = field(default_factory=lambda: {"kind": "standard_normal"})
+    io_names: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_IO_NAMES))
+    training: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
     producer: str = ""
     format: str | None = None
 
@@ -260,7 +260,7 @@ class ModelSpec:
             producer=str(doc.get("producer", "")),
         )
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         doc = {
             "format": self.format,
             "name": self.name,
@@ -290,7 +290,7 @@ class ModelSpec:
         return json.dumps(self.to_dict(), indent=indent, sort_keys=False)
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike) -> ModelSpec:
+    def from_file(cls, path: str | os.PathLike[str]) -> ModelSpec:
         """Read a spec JSON file (a sidecar or ``--spec FILE``)."""
         path = Path(path)
         try:
@@ -330,8 +330,11 @@ def _varint(buf: memoryview, pos: int) -> tuple[int, int]:
         shift += 7
 
 
-def _fields(buf: memoryview):
+def _fields(buf: memoryview) -> Iterator[tuple[int, int, Any]]:
     """Yield (field number, wire type, value) of a protobuf message's top-level fields."""
+    # The value is an int for wire type 0, a memoryview for wire type 2, None otherwise:
+    # typed Any as callers tell them apart by the wire type, which mypy cannot narrow on.
+    value: int | memoryview | None
     pos = 0
     while pos < len(buf):
         key, pos = _varint(buf, pos)
@@ -358,7 +361,7 @@ def _fields(buf: memoryview):
 _IR_VERSION, _GRAPH, _METADATA_PROPS = 1, 7, 14
 
 
-def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
     """Return the ``metadata_props`` of an ONNX file, raising ModelError if it is not ONNX."""
     path = Path(path)
     if not path.is_file():
@@ -398,7 +401,7 @@ _TENSOR_EXTERNAL_DATA = 13
 _MAX_NESTING = 64
 
 
-def external_data_locations(path: str | os.PathLike) -> list[str]:
+def external_data_locations(path: str | os.PathLike[str]) -> list[str]:
     """The ``location`` of every tensor stored as external data in an ONNX file, in file order.
 
     Read from the protobuf without onnx: initializers, sparse initializers and
@@ -463,13 +466,13 @@ def external_data_locations(path: str | os.PathLike) -> list[str]:
     return found
 
 
-def sidecar_path(model_path: str | os.PathLike) -> Path:
+def sidecar_path(model_path: str | os.PathLike[str]) -> Path:
     """The sidecar spec for ``MODEL.onnx`` is ``MODEL.onnx.json``."""
     model_path = Path(model_path)
     return model_path.with_name(model_path.name + ".json")
 
 
-def read_spec(path: str | os.PathLike, sidecar: str | os.PathLike | None = None) -> ModelSpec:
+def read_spec(path: str | os.PathLike[str], sidecar: str | os.PathLike[str] | None = None) -> ModelSpec:
     """Read a model's spec: an explicit ``sidecar`` file, else the embedded entry, else ``MODEL.onnx.json``."""
     metadata = read_metadata(path)
     if sidecar is not None:
