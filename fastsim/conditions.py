@@ -152,6 +152,7 @@ def load_values(path: str | os.PathLike[str], *, argument: str = "energy",
     if not path.is_file():
         raise ConditionError(f"{argument}: file {str(path)!r} does not exist")
     suffix = path.suffix.lower()
+    values: np.ndarray
     try:
         if suffix == ".npy":
             if path.stat().st_size == 0:
@@ -354,9 +355,9 @@ class ConditionPlan:
             raise ValueError(f"offset {offset} outside [0, {self.n}]")
         return ConditionPlan(self.spec, self.sources, self.n - offset, self.offset + offset)
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, dict[str, Any]]:
         """A JSON-able description that identifies the conditions (per-sample arrays by sha256)."""
-        doc = {}
+        doc: dict[str, dict[str, Any]] = {}
         for cond, source in zip(self.spec.conditions, self.sources, strict=False):
             if isinstance(source, Constant):
                 doc[cond.name] = {"kind": "constant", "value": source.value, "unit": cond.unit}
