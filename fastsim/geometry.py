@@ -108,7 +108,7 @@ class Layer:
     @property
     def r_centres(self) -> np.ndarray:
         """Radial ring mid-points in mm, shape (n_radial,)."""
-        edges = np.asarray(self.r_edges)
+        edges = np.asarray(self.r_edges, dtype=np.float64)
         return 0.5 * (edges[:-1] + edges[1:])
 
     @property
@@ -244,7 +244,7 @@ class CylindricalGeometry:
         is_text = isinstance(source, str) and source.lstrip().startswith("<")
         where = "binning XML" if is_text else f"binning XML {os.fspath(source)!r}"
         try:
-            root = ET.fromstring(source) if is_text else ET.parse(os.fspath(source)).getroot()
+            root = ET.fromstring(os.fspath(source)) if is_text else ET.parse(os.fspath(source)).getroot()
         except FileNotFoundError:
             raise GeometryError(f"{where}: file not found") from None
         except (ET.ParseError, OSError) as exc:
@@ -328,7 +328,6 @@ class CylindricalGeometry:
     def to_xml(self, path: str | os.PathLike[str]) -> Path:
         """Write the binning XML to ``path`` (atomically: temporary name, then rename)."""
         return atomic_write_text(path, self.to_xml_string(), what="binning XML")
-        return path
 
 
 def _fmt(value: float) -> str:
@@ -340,7 +339,7 @@ def _fmt(value: float) -> str:
 @functools.lru_cache(maxsize=1)
 def default_geometry() -> CylindricalGeometry:
     """CaloChallenge dataset 2: 45 layers x 16 alpha x 9 radial (6480 voxels), 3.4 mm layers."""
-    text = resources.files("fastsim").joinpath("data", DEFAULT_GEOMETRY_XML).read_text(encoding="utf-8")
+    text = resources.files("fastsim").joinpath("data").joinpath(DEFAULT_GEOMETRY_XML).read_text(encoding="utf-8")
     return CylindricalGeometry.from_xml(text)
 
 
@@ -478,7 +477,7 @@ class MaterialGeometry:
         if not isinstance(raw_layers, list) or not raw_layers:
             raise GeometryError(f"{where}: layers must be a non-empty list, got {raw_layers!r:.80}")
         layers = tuple(_material_layer(raw, media, f"{where}: layers[{i}]") for i, raw in enumerate(raw_layers))
-        ids = [layer.binning_id for layer in layers if layer.readout]
+        ids = [layer.binning_id for layer in layers if layer.binning_id is not None]  # the readout layers
         if not ids:
             raise GeometryError(f"{where}: no readout layer (a layer with a binning id)")
         if any(b <= a for a, b in itertools.pairwise(ids)):
@@ -528,7 +527,7 @@ class MaterialGeometry:
         return json.dumps(self.to_dict(), indent=1) + "\n"
 
 
-def _number(raw: dict, key: str, where: str, positive: bool = True, default: float | None = None) -> float:
+def _number(raw: dict[str, Any], key: str, where: str, positive: bool = True, default: float | None = None) -> float:
     value = raw.get(key, default)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or (
         value <= 0 if positive else value < 0
@@ -557,7 +556,7 @@ def _material_layer(raw: Any, media: dict[str, Medium], where: str) -> MaterialL
     unknown = set(raw) - {"name", "id", "medium", "thickness_mm", "thickness_x0", "thickness_lambda", "sampling_fraction", "comment"}
     if unknown:
         raise GeometryError(f"{where}: unknown keys {sorted(unknown)}")
-    medium = media.get(raw.get("medium"))
+    medium = media.get(raw["medium"]) if "medium" in raw else None
     if medium is None:
         raise GeometryError(f"{where}: medium must name one of the media ({', '.join(media)}), got {raw.get('medium')!r}")
     given = [k for k in ("thickness_mm", "thickness_x0", "thickness_lambda") if k in raw]
