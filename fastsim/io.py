@@ -29,6 +29,7 @@ import threading
 import uuid
 import zipfile
 from pathlib import Path
+from types import TracebackType
 from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
@@ -122,7 +123,7 @@ def parse_compression(compression: str | None, fmt: str = "h5") -> tuple[str | N
     return name, (4 if name == "gzip" and level is None else level)
 
 
-def _partial_name(path: Path) -> re.Pattern:
+def _partial_name(path: Path) -> re.Pattern[str]:
     """Names of ``path``'s partial files: ``NAME.<12 hex>.partial`` (one per attempt), or ``NAME.partial``
     as fastsim 0.x wrote it."""
     return re.compile(re.escape(path.name) + r"(\.[0-9a-f]{12})?" + re.escape(PARTIAL_SUFFIX) + "$")
@@ -438,7 +439,8 @@ class ShowerWriter:
             self._lock.release()
             raise
 
-    def _open(self, n, n_voxels, condition_names, attrs, fmt, compression, resume, force) -> None:
+    def _open(self, n: int, n_voxels: int, condition_names: tuple[str, ...], attrs: Mapping[str, Any] | None,
+              fmt: str | None, compression: str | None, resume: bool, force: bool) -> None:
         _check_output(self.path, force, resume, fmt, probe_lock=False)
         # Each attempt writes its own partial file; a resumed run continues the one it finds.
         found = find_partial(self.path) if resume else None
@@ -603,16 +605,19 @@ class ShowerWriter:
 
     def _pwrite(self, showers: np.ndarray, lo: int, hi: int, *, direct: bool) -> bool:
         """Write rows lo..hi of ``showers`` to file rows done + lo...; False if O_DIRECT is refused outright."""
-        view = memoryview(showers[lo:hi]).cast("B")
+        # numpy's stubs give ndarray __buffer__ (the Buffer protocol) for Python >= 3.12 only.
+        view = memoryview(showers[lo:hi]).cast("B")  # type: ignore[arg-type]
         start = position = self._data_offset + (self.done + lo) * self.n_voxels * 4
+        fd = self._direct if direct else self._raw
+        assert fd is not None  # _write_showers calls this only with the descriptor open
         try:
             while len(view):
-                written = os.pwrite(self._direct if direct else self._raw, view, position)
+                written = os.pwrite(fd, view, position)
                 view, position = view[written:], position + written
         except OSError as exc:
             if not direct or exc.errno != errno.EINVAL or position != start:
                 raise
-            fd, self._direct = self._direct, None  # this file system takes no O_DIRECT writes
+            self._direct = None  # this file system takes no O_DIRECT writes
             os.close(fd)
             return False
         self.bytes_written += position - start
@@ -838,7 +843,8 @@ class ShowerWriter:
     def __enter__(self) -> ShowerWriter:
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
         if exc_type is None:
             self.close()
         else:
@@ -857,9 +863,6 @@ def _os_reason(exc: BaseException) -> str:
     return first_line(exc)
 
 
-_DONE = object()
-
-
 def write_batches(
     writer: ShowerWriter,
     batches: Iterable[tuple[np.ndarray, np.ndarray]],
@@ -876,13 +879,13 @@ def write_batches(
     memory can be reused. Returns the number of rows written. An error in the
     writer thread is raised here; the writer itself is not closed.
     """
-    pending: queue.Queue = queue.Queue(maxsize=queue_size)
+    pending: queue.Queue[tuple[np.ndarray, np.ndarray] | None] = queue.Queue(maxsize=queue_size)  # None: the end
     failure: list[BaseException] = []
 
     def drain() -> None:
         while True:
             item = pending.get()
-            if item is _DONE:
+            if item is None:
                 return
             try:
                 if not failure:  # after a failure, keep draining so the producer never blocks
@@ -905,7 +908,7 @@ def write_batches(
             if on_batch is not None:
                 on_batch(len(showers))
     finally:
-        pending.put(_DONE)
+        pending.put(None)
         thread.join()
     if failure:
         raise failure[0]
