@@ -26,7 +26,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, cast
 
 import numpy as np
 
@@ -119,7 +119,8 @@ class Generator:
         """
         try:
             if self.provider != "CPUExecutionProvider":
-                return self.session.run([self._output], {self._inputs[0]: z, self._inputs[1]: conditions})[0]
+                return cast(np.ndarray,
+                            self.session.run([self._output], {self._inputs[0]: z, self._inputs[1]: conditions})[0])
             rows = len(z)
             if out is None:
                 out = np.empty((rows, self.spec.n_voxels), dtype=self._out_dtype)
@@ -210,7 +211,8 @@ class Generator:
                                                          allow_extrapolation, named)
         return self._batches(plan, streams, start, batch_size)
 
-    def _prepare(self, n, conditions, seed, batch_size, start, allow_extrapolation, named):
+    def _prepare(self, n: int | None, conditions: Any, seed: int, batch_size: int, start: int,
+                 allow_extrapolation: bool, named: dict[str, Any]) -> tuple[ConditionPlan, BlockStreams, int, int]:
         """Checked arguments of a generation: (condition plan, random streams, start, batch size)."""
         plan = self.plan(n, conditions, allow_extrapolation=allow_extrapolation, **named)
         seed = positive_int(seed, "seed", zero=True, maximum=MAX_SEED)
@@ -219,7 +221,8 @@ class Generator:
         self.check_memory(batch_size)
         return plan, BlockStreams(seed, self.spec.latent_dim, self.spec.n_conditions), start, batch_size
 
-    def _batches(self, plan: ConditionPlan, streams: BlockStreams, start: int, batch_size: int):
+    def _batches(self, plan: ConditionPlan, streams: BlockStreams, start: int,
+                 batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         # Session runs cover whole prior blocks on the global block grid, whatever the batch
         # size: ONNX Runtime's kernels can round differently for small or oddly sized runs,
         # and this keeps each sample's bits independent of batch size and start.
@@ -239,7 +242,8 @@ class Generator:
         return start - start % (BLOCK_SIZE if self.provider == "CPUExecutionProvider" else run_rows)
 
     def _decoded(self, plan: ConditionPlan, streams: BlockStreams, start: int, end: int, run_rows: int,
-                 pool: ThreadPoolExecutor | None, buffer: Callable[[int], np.ndarray | None] | None = None):
+                 pool: ThreadPoolExecutor | None,
+                 buffer: Callable[[int], np.ndarray | None] | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Yield ``(conditions, showers)`` per session run, cut to [start, end).
 
         ``buffer(first)`` may give the (run_rows, n_voxels) array, in the
@@ -260,7 +264,7 @@ class Generator:
             yield conditions[lo - first:hi - first], showers[lo - first:hi - first].astype(np.float32, copy=False)
 
     def _runs(self, plan: ConditionPlan, streams: BlockStreams, start: int, end: int, run_rows: int,
-              batch_size: int, pool: ThreadPoolExecutor | None):
+              batch_size: int, pool: ThreadPoolExecutor | None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         pending: list[tuple[np.ndarray, np.ndarray]] = []
         n_pending = 0
         for conditions, showers in self._decoded(plan, streams, start, end, run_rows, pool):
@@ -484,7 +488,7 @@ class Generator:
         allow_extrapolation: bool = False,
         on_batch: Callable[[int], None] | None = None,
         **named: Any,
-    ) -> dict:
+    ) -> dict[str, Any]:
         """Generate ``n`` showers straight into a file (HDF5, .npz or .npy; see :mod:`fastsim.io`).
 
         Memory stays flat in ``n``; decoding overlaps writing. The file appears
@@ -575,10 +579,10 @@ class Generator:
         """
         streams = BlockStreams(seed, self.spec.latent_dim, self.spec.n_conditions)
         end, run_rows = start + plan.n, -(-batch_size // BLOCK_SIZE) * BLOCK_SIZE
-        free: queue.SimpleQueue = queue.SimpleQueue()
+        free: queue.SimpleQueue[np.ndarray] = queue.SimpleQueue()
         for _ in range(WRITE_QUEUE + 2):
             free.put(aligned_empty((run_rows, self.spec.n_voxels), self._out_dtype))  # page-aligned: O_DIRECT
-        in_use: collections.deque = collections.deque()  # runs are written in the order they are decoded
+        in_use: collections.deque[np.ndarray] = collections.deque()  # runs are written in the order they are decoded
 
         def take(first: int) -> np.ndarray:
             buffer = free.get()
@@ -597,7 +601,7 @@ class Generator:
 def load(
     model: str | os.PathLike[str] = "default",
     *,
-    spec: ModelSpec | Mapping | str | os.PathLike[str] | None = None,
+    spec: ModelSpec | Mapping[str, Any] | str | os.PathLike[str] | None = None,
     device: str = "auto",
     threads: int | None = None,
     optimization: str = "all",
