@@ -31,13 +31,16 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import numpy as np
 
 from fastsim.errors import FastsimError, ModelError
 from fastsim.models import file_sha256
 from fastsim.session import physical_cores
+
+if TYPE_CHECKING:
+    from fastsim.spec import ModelSpec
 
 __all__ = [
     "DEFAULT_BATCH_SIZES",
@@ -271,7 +274,7 @@ def matmul_limit(threads: int | None, *, size: int = 2048, repeats: int = 10,
     if threads:
         options.intra_op_num_threads = threads
     if device == "cpu":
-        providers: list = ["CPUExecutionProvider"]
+        providers: list[str | tuple[str, dict[str, str]]] = ["CPUExecutionProvider"]
     else:
         options.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
         providers = [("CUDAExecutionProvider", {"use_tf32": "0"})]
@@ -396,7 +399,9 @@ def _graph_flops(model: Any, feeds: dict[str, np.ndarray]) -> tuple[float, dict[
     names = [o.name for o in session.get_outputs()]
     values = session.run(names, feeds)
     shapes.update({n: tuple(v.shape) for n, v in zip(names, values)})
-    total, by_op, uncounted = 0.0, {}, []
+    total = 0.0
+    by_op: dict[str, float] = {}
+    uncounted: list[str] = []
     for node in graph.node:
         if node.op_type not in _FLOP_OPS:
             continue
@@ -487,13 +492,13 @@ class DecodePoint:
     mode: str = "iobinding"
     fraction_of_limit: float | None = None
     skipped: str | None = None
-    extra: dict = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def _output_bytes(spec: Any) -> int:
+def _output_bytes(spec: ModelSpec) -> int:
     return spec.n_voxels * (2 if spec.output.dtype == "float16" else 4)
 
 
@@ -599,7 +604,7 @@ def sweep(
                         setattr(point, key, value)
                     limit = (limits or {}).get(n_threads)
                     if limit and flops_per_shower:
-                        point.fraction_of_limit = point.showers_per_s * flops_per_shower / limit
+                        point.fraction_of_limit = figures["showers_per_s"] * flops_per_shower / limit
                 points.append(point)
                 if progress is not None:
                     progress(point)
@@ -607,7 +612,7 @@ def sweep(
     return points
 
 
-def _parse_list(text: str | Sequence, name: str, kind: type = int) -> list:
+def _parse_list(text: str | Sequence[Any], name: str, kind: type = int) -> list[Any]:
     """'1,4,16' -> [1, 4, 16], naming the option in the error."""
     items = text.split(",") if isinstance(text, str) else list(text)
     values = []
@@ -691,11 +696,12 @@ def run(
     doc["points"] = [p.to_dict() for p in points]
     measured = [p for p in points if p.showers_per_s]
     if measured:
-        best = max(measured, key=lambda p: p.showers_per_s)
+        best = max(measured, key=lambda p: p.showers_per_s or 0.0)  # all measured: > 0
         doc["best"] = best.to_dict()
     if generator_n:
         doc["generator"] = [generator_rate(path, threads=t, device=device, n=generator_n, min_time=min_time,
-                                           limit=limits.get(t), flops_per_shower=flops and flops["flops_per_shower"])
+                                           limit=limits.get(t),
+                                           flops_per_shower=flops["flops_per_shower"] if flops else None)
                             for t in threads]
     doc["machine"]["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
     return doc
