@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -16,6 +16,9 @@ from fastsim._version import __version__
 from fastsim.errors import FastsimError
 from fastsim.prior import MAX_SEED
 from fastsim.session import MAX_THREADS
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 __all__ = ["cli", "main"]
 
@@ -27,7 +30,7 @@ def _echo_json(doc: Any) -> None:
     click.echo(json.dumps(doc, indent=2, default=str))
 
 
-def _scalar_summary(block: dict) -> str:
+def _scalar_summary(block: dict[str, Any]) -> str:
     """``key=value`` for a block's plain entries (nested values as ``{...}``: see ``--json``)."""
     parts = []
     for key, value in block.items():
@@ -88,7 +91,7 @@ def _flagged(exc: Exception, flags: dict[str, str]) -> str:
     return f"{next(iter(flags.values()))}: {message}" if len(flags) == 1 else message
 
 
-def _progress_bar(total: int, initial: int, quiet: bool):
+def _progress_bar(total: int, initial: int, quiet: bool) -> tqdm[Any]:
     """A tqdm bar with rate and ETA on stderr; off with --quiet or when stderr is not a terminal."""
     from tqdm import tqdm
 
@@ -160,9 +163,11 @@ def cli() -> None:
                    "Needs the dask extra.")
 @click.option("--dashboard", "dashboard_address", default=None, metavar="[HOST]:PORT",
               help="With --dask local:W, serve the Dask dashboard at this address (e.g. :8787); default: none.")
-def generate(n, energy, theta, phi, condition, output, model, spec_file, seed, batch_size, device, threads, fmt,
-             compression, force, resume, allow_extrapolation, quiet, as_json, shards, dask_address,
-             dashboard_address) -> None:
+def generate(n: int | None, energy: str | None, theta: str | None, phi: str | None, condition: tuple[str, ...],
+             output: str, model: str, spec_file: str | None, seed: int, batch_size: int | None, device: str,
+             threads: int | None, fmt: str | None, compression: str | None, force: bool, resume: bool,
+             allow_extrapolation: bool, quiet: bool, as_json: bool, shards: int | None, dask_address: str | None,
+             dashboard_address: str | None) -> None:
     """Generate showers into an HDF5 (CaloChallenge layout), .npz or .npy file.
 
     \b
@@ -271,7 +276,7 @@ def generate(n, energy, theta, phi, condition, output, model, spec_file, seed, b
 @click.option("--spec", "spec_file", default=None, type=click.Path(dir_okay=False),
               help="Spec JSON for a model without embedded fastsim.spec metadata.")
 @click.option("--json", "as_json", is_flag=True, help="Print the information as JSON.")
-def info(model, spec_file, as_json) -> None:
+def info(model: str, spec_file: str | None, as_json: bool) -> None:
     """Show a model's spec, graph inputs/outputs and the available execution providers.
 
     \b
@@ -286,7 +291,7 @@ def info(model, spec_file, as_json) -> None:
         "inputs": [{"name": a.name, "shape": a.shape, "type": a.type} for a in generator.session.get_inputs()],
         "outputs": [{"name": a.name, "shape": a.shape, "type": a.type} for a in generator.session.get_outputs()],
     }
-    doc = {"path": str(generator.path), "sha256": generator.sha256, "spec": generator.spec.to_dict(),
+    doc: dict[str, Any] = {"path": str(generator.path), "sha256": generator.sha256, "spec": generator.spec.to_dict(),
            **tensors, "providers": available_providers()}
     if as_json:
         _echo_json(doc)
@@ -316,7 +321,7 @@ def info(model, spec_file, as_json) -> None:
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the list as JSON.")
-def models(as_json) -> None:
+def models(as_json: bool) -> None:
     """List the bundled models (and those in FASTSIM_MODEL_PATH).
 
     \b
@@ -375,8 +380,9 @@ def models(as_json) -> None:
 @click.option("--no-plots", is_flag=True, help="Write metrics.json and report.md only (no matplotlib needed).")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON on stdout instead of a table.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress lines on stderr.")
-def validate(generated, reference, output_dir, geometry_xml, n_max, groups, floor_reference, classifier_showers,
-             voxel_classifier_showers, n_bootstrap, seed, no_plots, as_json, quiet) -> None:
+def validate(generated: str, reference: str, output_dir: str, geometry_xml: str | None, n_max: int | None,
+             groups: str, floor_reference: str | None, classifier_showers: int, voxel_classifier_showers: int,
+             n_bootstrap: int, seed: int, no_plots: bool, as_json: bool, quiet: bool) -> None:
     """Compare generated showers with reference showers: CaloChallenge metrics, report and plots.
 
     Every figure comes with its statistical error and its floor (a perfect
@@ -404,6 +410,7 @@ def validate(generated, reference, output_dir, geometry_xml, n_max, groups, floo
         if not quiet:
             click.echo(f"validate: {line}", err=True)
 
+    geometry: CylindricalGeometry | None
     if geometry_xml in DATASET_BINNINGS:
         geometry = load_detector(geometry_xml)[0]  # the binning fastsim ships for that dataset
     else:
@@ -447,8 +454,8 @@ def validate(generated, reference, output_dir, geometry_xml, n_max, groups, floo
 @click.option("--json", "as_json", is_flag=True, help="Print the full result document as JSON on stdout.")
 @click.option("-o", "--output", default=None, type=click.Path(dir_okay=False),
               help="Also write the JSON result document to this file.")
-def bench(model, batch_sizes, threads, precision, device, mode, min_time, no_limit, generate_n, limit_size,
-          as_json, output) -> None:
+def bench(model: str, batch_sizes: str, threads: str | None, precision: str, device: str, mode: str, min_time: float,
+          no_limit: bool, generate_n: int, limit_size: int, as_json: bool, output: str | None) -> None:
     """Measure decode throughput: showers/s, µs/shower and fraction of the hardware limit.
 
     Sweeps batch size x threads x precision with ONNX Runtime and reports each
@@ -460,7 +467,7 @@ def bench(model, batch_sizes, threads, precision, device, mode, min_time, no_lim
     """
     from fastsim import bench as bench_lib
 
-    def show(point) -> None:
+    def show(point: bench_lib.DecodePoint) -> None:
         if not as_json:
             click.echo(f"  {point.precision} threads={point.threads} batch={point.batch_size}: "
                        + (f"skipped ({point.skipped})" if point.skipped else
@@ -503,8 +510,9 @@ def main(args: list[str] | None = None) -> None:
     try:
         code = cli.main(args=args, prog_name="fastsim", standalone_mode=False)
     except click.ClickException as exc:
-        if type(exc).__name__ == "NoArgsIsHelpError" and getattr(exc, "ctx", None) is not None:
-            click.echo(exc.ctx.get_help())  # `fastsim` alone shows the help, as click does
+        ctx: click.Context | None = getattr(exc, "ctx", None)
+        if type(exc).__name__ == "NoArgsIsHelpError" and ctx is not None:
+            click.echo(ctx.get_help())  # `fastsim` alone shows the help, as click does
             sys.exit(0)
         click.echo(f"fastsim: error: {_one_line(exc.format_message())}", err=True)
         code = EXIT_USAGE

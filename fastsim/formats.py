@@ -148,7 +148,7 @@ def _publish(tmp: Path, path: Path) -> None:
 
 def write_hep(generator: Any, path: str | os.PathLike[str], n: int | None = None, conditions: Any = None, *,
               fmt: str | None = None, seed: int = 0, batch_size: int = 2048, force: bool = False,
-              on_batch: Callable[[int], None] | None = None) -> dict[str, Any]:
+              on_batch: Callable[[int], object] | None = None) -> dict[str, Any]:
     """Generate showers with ``generator`` into a ROOT file or a hit list (see the module docstring).
 
     Args:
@@ -202,7 +202,7 @@ def write_hep(generator: Any, path: str | os.PathLike[str], n: int | None = None
 
 def _write_root(tmp: Path, batches: Iterator[tuple[np.ndarray, np.ndarray]], spec: Any, geometry: Any,
                 run: dict[str, Any],
-                on_batch: Callable[[int], None] | None) -> None:
+                on_batch: Callable[[int], object] | None) -> None:
     uproot = _require_uproot()
     names = list(spec.condition_names)
     units = {name: cond.unit for name, cond in zip(names, spec.conditions, strict=True)}
@@ -232,7 +232,7 @@ def _write_root(tmp: Path, batches: Iterator[tuple[np.ndarray, np.ndarray]], spe
 
 def _write_hits(tmp: Path, batches: Iterator[tuple[np.ndarray, np.ndarray]], spec: Any, geometry: Any,
                 run: dict[str, Any],
-                on_batch: Callable[[int], None] | None) -> None:
+                on_batch: Callable[[int], object] | None) -> None:
     import h5py
 
     from fastsim.conditions import energy_condition

@@ -486,7 +486,7 @@ class Generator:
         resume: bool = False,
         force: bool = False,
         allow_extrapolation: bool = False,
-        on_batch: Callable[[int], None] | None = None,
+        on_batch: Callable[[int], object] | None = None,
         **named: Any,
     ) -> dict[str, Any]:
         """Generate ``n`` showers straight into a file (HDF5, .npz or .npy; see :mod:`fastsim.io`).
@@ -570,7 +570,7 @@ class Generator:
         }
 
     def _write_runs(self, writer: ShowerWriter, plan: ConditionPlan, seed: int, batch_size: int, start: int,
-                    on_batch: Callable[[int], None] | None) -> None:
+                    on_batch: Callable[[int], object] | None) -> None:
         """Decode run by run into a fixed pool of buffers that the writer thread hands back.
 
         The pool -- WRITE_QUEUE + 2 run buffers: one being decoded, WRITE_QUEUE

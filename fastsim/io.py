@@ -867,7 +867,7 @@ def write_batches(
     writer: ShowerWriter,
     batches: Iterable[tuple[np.ndarray, np.ndarray]],
     *,
-    on_batch: Callable[[int], None] | None = None,
+    on_batch: Callable[[int], object] | None = None,
     queue_size: int = WRITE_QUEUE,
     on_written: Callable[[], None] | None = None,
 ) -> int:
