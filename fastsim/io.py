@@ -605,8 +605,8 @@ class ShowerWriter:
 
     def _pwrite(self, showers: np.ndarray, lo: int, hi: int, *, direct: bool) -> bool:
         """Write rows lo..hi of ``showers`` to file rows done + lo...; False if O_DIRECT is refused outright."""
-        # numpy's stubs give ndarray __buffer__ (the Buffer protocol) for Python >= 3.12 only.
-        view = memoryview(showers[lo:hi]).cast("B")  # type: ignore[arg-type]
+        # numpy's stubs give ndarray __buffer__ (the Buffer protocol) for Python >= 3.12 only (hence unused there).
+        view = memoryview(showers[lo:hi]).cast("B")  # type: ignore[arg-type, unused-ignore]
         start = position = self._data_offset + (self.done + lo) * self.n_voxels * 4
         fd = self._direct if direct else self._raw
         assert fd is not None  # _write_showers calls this only with the descriptor open
