@@ -46,13 +46,14 @@ def _scalar_summary(block: dict[str, Any]) -> str:
 
 
 #: Short condition flags of `generate` and the spec condition each one sets.
-CONDITION_FLAGS = {"--theta": "incident_theta", "--phi": "incident_phi"}
+CONDITION_FLAGS = {"--theta": "incident_theta", "--phi": "incident_phi", "--particle": "particle"}
 
 
-def _named_conditions(spec: Any, energy: str | None, theta: str | None, phi: str | None,
+def _named_conditions(spec: Any, energy: str | None, flagged: dict[str, str | None],
                       condition: tuple[str, ...]) -> tuple[dict[str, str], dict[str, str]]:
     """The condition options of `generate` by spec name: ({name: value}, {name: the flag that set it}).
 
+    ``flagged`` maps the short flags of :data:`CONDITION_FLAGS` to their values (None: not given).
     A flag for a condition the model does not have, or two flags for one condition, is an error.
     """
     from fastsim.conditions import energy_condition
@@ -60,7 +61,7 @@ def _named_conditions(spec: Any, energy: str | None, theta: str | None, phi: str
     given: list[tuple[str, str, str]] = []  # (flag, condition name, value)
     if energy is not None:
         given.append(("--energy", energy_condition(spec).name, energy))
-    for flag, value in (("--theta", theta), ("--phi", phi)):
+    for flag, value in flagged.items():
         if value is not None:
             given.append((flag, CONDITION_FLAGS[flag], value))
     for item in condition:
@@ -124,6 +125,10 @@ def cli() -> None:
 @click.option("--phi", default=None, metavar="VALUE|LO:HI|FILE",
               help="Incident azimuth (condition incident_phi), as --theta; a periodic azimuth is wrapped into the "
                    "model's period, so -pi:pi and 0:2pi sample the same circle. Default: the training range.")
+@click.option("--particle", default=None, metavar="NAME[,NAME...]|FILE",
+              help="Incident particle (condition particle) of a model trained on several: a name or PDG id "
+                   "(photon, 22), a comma list drawn with equal probability (electron,photon), or per-shower PDG "
+                   "ids from .npy/.csv/.h5 (HDF5: its particle dataset). `fastsim info` lists the model's particles.")
 @click.option("--condition", "condition", multiple=True, metavar="NAME=VALUE",
               help="Any condition by its spec name (see `fastsim info`), with units: "
                    "--condition incident_theta=30deg. Repeatable; values as for --energy.")
@@ -163,11 +168,11 @@ def cli() -> None:
                    "Needs the dask extra.")
 @click.option("--dashboard", "dashboard_address", default=None, metavar="[HOST]:PORT",
               help="With --dask local:W, serve the Dask dashboard at this address (e.g. :8787); default: none.")
-def generate(n: int | None, energy: str | None, theta: str | None, phi: str | None, condition: tuple[str, ...],
-             output: str, model: str, spec_file: str | None, seed: int, batch_size: int | None, device: str,
-             threads: int | None, fmt: str | None, compression: str | None, force: bool, resume: bool,
-             allow_extrapolation: bool, quiet: bool, as_json: bool, shards: int | None, dask_address: str | None,
-             dashboard_address: str | None) -> None:
+def generate(n: int | None, energy: str | None, theta: str | None, phi: str | None, particle: str | None,
+             condition: tuple[str, ...], output: str, model: str, spec_file: str | None, seed: int,
+             batch_size: int | None, device: str, threads: int | None, fmt: str | None, compression: str | None,
+             force: bool, resume: bool, allow_extrapolation: bool, quiet: bool, as_json: bool, shards: int | None,
+             dask_address: str | None, dashboard_address: str | None) -> None:
     """Generate showers into an HDF5 (CaloChallenge layout), .npz or .npy file.
 
     \b
@@ -179,6 +184,7 @@ def generate(n: int | None, energy: str | None, theta: str | None, phi: str | No
     $ fastsim generate --model inclined.onnx --energy 10GeV:1TeV --theta 0deg:60deg --phi 0:2pi -n 1000 -o inclined.h5
     $ fastsim generate --model inclined.onnx --energy ref.h5 --theta ref.h5 --phi ref.h5 -o again.h5
     $ fastsim generate --model inclined.onnx -n 1000 --condition incident_theta=pi/6 -o tilted.h5
+    $ fastsim generate --model mixed.onnx -n 1000 --energy 10GeV:1TeV --particle photon -o photons.h5
     """
     import warnings
 
@@ -196,12 +202,13 @@ def generate(n: int | None, energy: str | None, theta: str | None, phi: str | No
             raise click.BadParameter(f"shards are HDF5 files, got {fmt!r}", param_hint="'--format'")
         conditions: Any = energy  # --energy alone: one value, for the model's energy condition
         flags: dict[str, str] = {}
-        if theta is not None or phi is not None or condition:
+        flagged = {"--theta": theta, "--phi": phi, "--particle": particle}
+        if any(value is not None for value in flagged.values()) or condition:
             # Flags name conditions: the spec says which the model has (the workers load it again).
             from fastsim.models import resolve_model
             from fastsim.spec import read_spec
 
-            conditions, flags = _named_conditions(read_spec(resolve_model(model), spec_file), energy, theta, phi,
+            conditions, flags = _named_conditions(read_spec(resolve_model(model), spec_file), energy, flagged,
                                                   condition)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", fastsim.FastsimWarning)
@@ -236,14 +243,16 @@ def generate(n: int | None, energy: str | None, theta: str | None, phi: str | No
         warnings.simplefilter("always", fastsim.FastsimWarning)
         # Inside the block: a device 'auto' that had to use the CPU is reported on one line.
         generator = fastsim.load(model, spec=spec_file, device=device, threads=threads)
-        named, flags = _named_conditions(generator.spec, energy, theta, phi, condition)
+        named, flags = _named_conditions(generator.spec, energy, {"--theta": theta, "--phi": phi,
+                                                                  "--particle": particle}, condition)
         try:
             plan = generator.plan(n, named or None, allow_extrapolation=allow_extrapolation)
         except fastsim.ConditionError as exc:
             raise fastsim.ConditionError(_flagged(exc, flags)) from None
         except fastsim.ArgumentError:
             raise click.UsageError("-n/--n-showers is required unless --energy FILE (or another condition FILE: "
-                                   "--theta, --phi, --condition NAME=FILE) gives one value per shower") from None
+                                   "--theta, --phi, --particle, --condition NAME=FILE) gives one value per shower") \
+                from None
     for warning in caught:
         click.echo(f"fastsim: warning: {warning.message}", err=True)
     bar = _progress_bar(plan.n, partial_progress(output) if resume else 0, quiet or as_json)
@@ -301,6 +310,10 @@ def info(model: str, spec_file: str | None, as_json: bool) -> None:
     click.echo(f"  format      {spec.format}, sha256 {doc['sha256'][:16]}...")
     click.echo(f"  latent      {spec.latent_dim} ({spec.prior.get('kind')})")
     for cond in spec.conditions:
+        if cond.categories is not None:
+            listed = ", ".join(f"{label} ({code:g})" for label, code in cond.categories)
+            click.echo(f"  condition   {cond.name} {{{listed}}} {cond.unit}, categorical")
+            continue
         period = f", periodic (period {cond.period:g} {cond.unit})" if cond.period is not None else ""
         click.echo(f"  condition   {cond.name} [{cond.min:g}, {cond.max:g}] {cond.unit}, {cond.sampling}{period}")
     geometry = spec.output.geometry

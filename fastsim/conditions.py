@@ -15,6 +15,11 @@ pi (``pi``, ``2pi``, ``0.5pi``, ``pi/3``) and ranges such as ``0deg:60deg`` or
 [min, min + period) before they are checked, so ``-pi:pi`` samples a [0, 2 pi)
 azimuth uniformly.
 
+A categorical condition (spec ``categories``, e.g. the particle type) takes a
+label or its code (``photon`` or ``22``), a comma list drawn with equal
+probability (``electron,photon``), per-sample codes or labels, or a file of codes
+(an HDF5 file's ``particle`` dataset); left out, every category is drawn equally.
+
 :func:`plan_conditions` turns that into a :class:`ConditionPlan` for a run of
 ``n`` samples, checked against the spec's training ranges (an error, or a
 :class:`~fastsim.errors.FastsimWarning` with ``allow_extrapolation=True``).
@@ -42,12 +47,14 @@ from fastsim.spec import ConditionSpec, ModelSpec
 __all__ = [
     "ANGLE_UNITS",
     "ENERGY_UNITS",
+    "Choice",
     "ConditionPlan",
     "Constant",
     "Range",
     "Values",
     "energy_condition",
     "load_values",
+    "parse_category",
     "parse_condition",
     "parse_quantity",
     "plan_conditions",
@@ -85,6 +92,13 @@ class Range:
     lo: float
     hi: float
     sampling: str | None = None
+
+
+@dataclass(frozen=True)
+class Choice:
+    """For a categorical condition: one of ``codes`` per sample, each equally likely."""
+
+    codes: tuple[float, ...]
 
 
 @dataclass(frozen=True, eq=False)
@@ -294,6 +308,60 @@ def parse_condition(value: Any, unit: str = "MeV", *, argument: str = "energy",
     )
 
 
+def parse_category(value: Any, cond: ConditionSpec, *, argument: str | None = None) -> Constant | Choice | Values:
+    """Interpret a categorical condition's value: a label or code, a comma list, per-sample values or a file.
+
+    >>> from fastsim.spec import ConditionSpec
+    >>> particle = ConditionSpec("particle", "pdg", 11, 22, "categorical",
+    ...                          categories=(("electron", 11), ("photon", 22)))
+    >>> parse_category("photon", particle)
+    Constant(value=22.0)
+    >>> parse_category("electron,photon", particle)
+    Choice(codes=(11.0, 22.0))
+    """
+    argument = argument or cond.name
+    if isinstance(value, (Constant, Choice, Values)):
+        return value
+    if isinstance(value, Range):
+        raise ConditionError(f"{argument}: a categorical condition takes a category, not a range; "
+                             f"expected one of {_category_list(cond)} or a comma list of them")
+    if isinstance(value, os.PathLike):
+        return Values(np.asarray(load_values(value, argument=argument, dataset=cond.name)), source=os.fspath(value))
+    if isinstance(value, str):
+        text = value.strip()
+        if text.lower().endswith(_FILE_SUFFIXES) or os.path.isfile(text):
+            return Values(np.asarray(load_values(text, argument=argument, dataset=cond.name)), source=text)
+        codes = tuple(_category_code(cond, item, argument) for item in text.split(","))
+        if len(set(codes)) != len(codes):
+            raise ConditionError(f"{argument}: a category is listed twice in {value!r}")
+        return Constant(codes[0]) if len(codes) == 1 else Choice(codes)
+    if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
+        return Constant(float(value))
+    if isinstance(value, (list, np.ndarray)):
+        array = np.asarray(value)
+        if array.dtype.kind in "US":
+            array = np.array([_category_code(cond, str(item), argument) for item in array.ravel()])
+        elif not np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_:
+            raise ConditionError(f"{argument}: expected categories (labels or codes), got an array of {array.dtype}")
+        return Constant(float(array)) if array.ndim == 0 else Values(array)
+    raise ConditionError(f"{argument}: expected one of {_category_list(cond)}, a comma list of them, per-sample "
+                         f"values or a file, got {type(value).__name__}")
+
+
+def _category_list(cond: ConditionSpec) -> str:
+    return ", ".join(f"{label} ({code:g})" for label, code in cond.categories or ())
+
+
+def _category_code(cond: ConditionSpec, item: str, argument: str) -> float:
+    """A category's code from its label or its code written as a number."""
+    code = cond.code_of(item)
+    if code is None and _is_float(item.strip()) and float(item) in cond.codes:
+        code = float(item)
+    if code is None:
+        raise ConditionError(f"{argument}: expected one of {_category_list(cond)}, got {item.strip()!r}")
+    return code
+
+
 def _as_float(value: Any, argument: str) -> float:
     try:
         return float(value)
@@ -316,13 +384,13 @@ def energy_condition(spec: ModelSpec) -> ConditionSpec:
 class ConditionPlan:
     """How each condition of a run of ``n`` samples gets its values.
 
-    ``sources[j]`` is the Constant, Range or Values of ``spec.conditions[j]``;
+    ``sources[j]`` is the Constant, Range, Choice or Values of ``spec.conditions[j]``;
     ``offset`` is the position of this plan's first sample within the run it
     was planned for (non-zero after :meth:`subset`, e.g. when resuming).
     """
 
     spec: ModelSpec
-    sources: tuple[Constant | Range | Values, ...]
+    sources: tuple[Constant | Range | Choice | Values, ...]
     n: int
     offset: int = 0
 
@@ -330,7 +398,7 @@ class ConditionPlan:
         """Conditions for samples [local_start, local_stop) of this plan, float32 (k, n_conditions).
 
         ``uniforms`` are the prior's condition uniforms for the same samples,
-        shape (k, n_conditions); only ranged conditions use them.
+        shape (k, n_conditions); only ranged and chosen conditions use them.
         """
         k = local_stop - local_start
         out = np.empty((k, len(self.sources)), dtype=np.float64)
@@ -344,6 +412,9 @@ class ConditionPlan:
                     out[:, j] = np.exp(lo + u * (hi - lo))
                 else:
                     out[:, j] = wrap(cond, source.lo + u * (source.hi - source.lo))
+            elif isinstance(source, Choice):
+                pick = np.minimum((uniforms[:, j] * len(source.codes)).astype(np.int64), len(source.codes) - 1)
+                out[:, j] = np.asarray(source.codes)[pick]
             else:
                 begin = self.offset + local_start
                 out[:, j] = source.array[begin:begin + k]
@@ -364,6 +435,9 @@ class ConditionPlan:
             elif isinstance(source, Range):
                 doc[cond.name] = {"kind": "range", "lo": source.lo, "hi": source.hi, "unit": cond.unit,
                                   "sampling": source.sampling or cond.sampling}
+            elif isinstance(source, Choice):
+                doc[cond.name] = {"kind": "choice", "values": list(source.codes), "unit": cond.unit,
+                                  "labels": [cond.label_of(code) for code in source.codes]}
             else:
                 part = np.ascontiguousarray(source.array[self.offset:self.offset + self.n], dtype=np.float64)
                 doc[cond.name] = {"kind": "values", "n": int(part.shape[0]), "unit": cond.unit,
@@ -403,6 +477,13 @@ def _check_values(cond: ConditionSpec, values: np.ndarray, argument: str, allow_
     if is_energy and (values <= 0).any():
         index = int(np.argmax(values <= 0))
         raise ConditionError(f"{argument}: energies must be > 0 {cond.unit}, got {values[index]} at index {index}")
+    if cond.categories is not None:
+        outside = ~np.isin(values, np.asarray(cond.codes))
+        if outside.any():
+            index = int(np.argmax(outside))
+            raise ConditionError(f"{argument}: {values[index]:g} at index {index} is not a category of the model; "
+                                 f"expected one of {_category_list(cond)}")
+        return
     lo, hi = float(values.min()), float(values.max())
     slack = _RANGE_RTOL * max(abs(cond.min), abs(cond.max))
     if lo < cond.min - slack or hi > cond.max + slack:
@@ -456,8 +537,13 @@ def plan_conditions(
     for cond in spec.conditions:
         # An HDF5 file gives energies as CaloChallenge's incident_energies, other conditions by name.
         dataset = "incident_energies" if cond.name == energy else cond.name
-        source = parse_condition(named[cond.name], cond.unit, argument=cond.name, dataset=dataset) \
-            if cond.name in named else Range(cond.min, cond.max)
+        source: Constant | Range | Choice | Values
+        if cond.categories is not None:
+            source = parse_category(named[cond.name], cond) if cond.name in named else Choice(cond.codes)
+        elif cond.name in named:
+            source = parse_condition(named[cond.name], cond.unit, argument=cond.name, dataset=dataset)
+        else:
+            source = Range(cond.min, cond.max)
         if isinstance(source, Values) and source.array.ndim != 1:
             shape = source.array.shape
             columns = f" ({shape[1]} columns)" if len(shape) == 2 else ""
@@ -491,6 +577,8 @@ def plan_conditions(
             if sampling not in ("uniform", "log-uniform"):
                 raise ConditionError(f"{cond.name}: sampling must be 'uniform' or 'log-uniform', got {sampling!r}")
             _check_values(cond, _range_span(cond, source), cond.name, allow_extrapolation)
+        elif isinstance(source, Choice):
+            _check_values(cond, np.asarray(source.codes), cond.name, allow_extrapolation)
         else:
             _check_values(cond, np.asarray(source.array, dtype=np.float64), cond.name, allow_extrapolation)
     return ConditionPlan(spec, tuple(sources), int(n))

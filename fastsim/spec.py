@@ -27,6 +27,7 @@ __all__ = [
     "DEFAULT_IO_NAMES",
     "FORMAT",
     "FORMATS",
+    "FORMAT_CATEGORICAL",
     "FORMAT_PERIODIC",
     "SAMPLING_LAWS",
     "SPEC_KEY",
@@ -45,9 +46,12 @@ FORMAT = "fastsim-decoder/1"
 #: Format 1.1 adds ``period`` to conditions; a spec uses it only when a condition is periodic,
 #: so models without one keep format 1 and stay readable by 1.0 readers.
 FORMAT_PERIODIC = "fastsim-decoder/1.1"
-FORMATS = (FORMAT, FORMAT_PERIODIC)
+#: Format 1.2 adds ``categories`` to conditions (a discrete condition such as the particle
+#: type); only specs with such a condition use it.
+FORMAT_CATEGORICAL = "fastsim-decoder/1.2"
+FORMATS = (FORMAT, FORMAT_PERIODIC, FORMAT_CATEGORICAL)
 SPEC_KEY = "fastsim.spec"
-SAMPLING_LAWS = ("uniform", "log-uniform")
+SAMPLING_LAWS = ("uniform", "log-uniform", "categorical")
 #: Contract role -> graph tensor name, for models that follow the contract's names.
 DEFAULT_IO_NAMES = {"z": "z", "conditions": "conditions", "showers": "showers"}
 _PRIOR_KINDS = ("standard_normal",)
@@ -79,12 +83,27 @@ def _mapping(value: Any, where: str) -> dict[str, Any]:
     return dict(value)
 
 
+def _categories(value: Any, where: str) -> tuple[tuple[str, float], ...]:
+    """JSON ``{"electron": 11, "photon": 22}`` as ``(label, code)`` pairs, in the document's order."""
+    block = _mapping(value, where)
+    for label, code in block.items():
+        if isinstance(code, bool) or not isinstance(code, (int, float)) or not math.isfinite(code):
+            raise _fail(f"{where}[{label!r}]", "a finite number", code)
+    return tuple((label, float(code)) for label, code in block.items())
+
+
 @dataclass(frozen=True)
 class ConditionSpec:
     """One conditioning input: its name, physical unit, training range and sampling law.
 
     ``period`` (format 1.1) marks a periodic condition such as an azimuth: values
     are wrapped into [min, min + period) before they are checked and decoded.
+
+    ``categories`` (format 1.2) marks a discrete condition such as the particle
+    type: ``(label, code)`` pairs, e.g. ``(("electron", 11.0), ("photon", 22.0))``
+    with PDG ids as codes. The decoder receives the code; ``min``/``max`` are the
+    smallest and largest code and ``sampling`` is ``"categorical"`` (each category
+    equally likely when the condition is sampled).
     """
 
     name: str
@@ -93,11 +112,14 @@ class ConditionSpec:
     max: float
     sampling: str = "uniform"
     period: float | None = None
+    categories: tuple[tuple[str, float], ...] | None = None
 
     def __post_init__(self) -> None:
         where = f"conditions[{self.name!r}]"
         if self.sampling not in SAMPLING_LAWS:
             raise _fail(f"{where}.sampling", f"one of {list(SAMPLING_LAWS)}", self.sampling)
+        if self.categories is not None or self.sampling == "categorical":
+            self._check_categories(where)
         if not (math.isfinite(self.min) and math.isfinite(self.max)) or not self.min < self.max:
             raise _fail(f"{where}.min/max", "finite with min < max", (self.min, self.max))
         if self.sampling == "log-uniform" and self.min <= 0:
@@ -114,6 +136,46 @@ class ConditionSpec:
                 raise _fail(f"{where}.sampling", "'uniform' for a periodic condition", self.sampling)
             object.__setattr__(self, "period", float(period))
 
+    def _check_categories(self, where: str) -> None:
+        pairs = self.categories
+        if self.sampling != "categorical":
+            raise _fail(f"{where}.sampling", "'categorical' for a condition with categories", self.sampling)
+        if not isinstance(pairs, tuple) or len(pairs) < 2:
+            raise _fail(f"{where}.categories", "at least two categories {label: code}", pairs)
+        labels = [label for label, _ in pairs]
+        codes = [code for _, code in pairs]
+        if any(not isinstance(label, str) or not label.strip() or ":" in label or "," in label for label in labels):
+            raise _fail(f"{where}.categories", "labels that are non-empty strings without ':' or ','", labels)
+        # Codes reach the decoder as float32: integers up to 2**24 are exact there.
+        if any(isinstance(c, bool) or not isinstance(c, (int, float)) or not math.isfinite(c)
+               or c != round(c) or abs(c) > 2**24 for c in codes):
+            raise _fail(f"{where}.categories", "integer codes of magnitude <= 2**24", codes)
+        if len({label.lower() for label in labels}) != len(labels) or len(set(codes)) != len(codes):
+            raise _fail(f"{where}.categories", "distinct labels and distinct codes", dict(pairs))
+        if (self.min, self.max) != (min(codes), max(codes)):
+            raise _fail(f"{where}.min/max", f"the smallest and largest code ({min(codes):g}, {max(codes):g})",
+                        (self.min, self.max))
+        object.__setattr__(self, "categories", tuple((label, float(code)) for label, code in pairs))
+
+    @property
+    def codes(self) -> tuple[float, ...]:
+        """The codes of a categorical condition, in spec order (empty for a continuous one)."""
+        return tuple(code for _, code in self.categories or ())
+
+    def code_of(self, label: str) -> float | None:
+        """The code of a category by its label (case-insensitive), None if there is no such label."""
+        for name, code in self.categories or ():
+            if name.lower() == label.strip().lower():
+                return code
+        return None
+
+    def label_of(self, code: float) -> str:
+        """The label of a category code (the code itself as text when it is not one)."""
+        for name, value in self.categories or ():
+            if value == code:
+                return name
+        return f"{code:g}"
+
     @classmethod
     def from_dict(cls, block: Any, index: int = 0) -> ConditionSpec:
         where = f"conditions[{index}]"
@@ -125,6 +187,7 @@ class ConditionSpec:
             max=_number(block, "max", where),
             sampling=_string(block, "sampling", where, "uniform"),
             period=_number(block, "period", where) if "period" in block else None,
+            categories=_categories(block["categories"], f"{where}.categories") if "categories" in block else None,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -133,6 +196,8 @@ class ConditionSpec:
         # Omitted when None: format-1 specs stay byte-identical.
         if self.period is not None:
             block["period"] = self.period
+        if self.categories is not None:
+            block["categories"] = {label: code for label, code in self.categories}
         return block
 
 
@@ -192,9 +257,10 @@ class ModelSpec:
     format: str | None = None
 
     def __post_init__(self) -> None:
-        periodic = [c.name for c in self.conditions if c.period is not None] \
-            if isinstance(self.conditions, tuple) else []
-        needed = FORMAT_PERIODIC if periodic else FORMAT
+        listed = self.conditions if isinstance(self.conditions, tuple) else ()
+        periodic = [c.name for c in listed if c.period is not None]
+        categorical = [c.name for c in listed if c.categories is not None]
+        needed = FORMAT_CATEGORICAL if categorical else FORMAT_PERIODIC if periodic else FORMAT
         if self.format is None:
             object.__setattr__(self, "format", needed)  # the lowest format that holds the spec
         if self.format not in FORMATS:
@@ -202,6 +268,9 @@ class ModelSpec:
         if self.format == FORMAT and periodic:
             raise _fail("format", f"{FORMAT_PERIODIC!r} for periodic conditions {periodic} (format 1 has no "
                         "'period')", self.format)
+        if self.format != FORMAT_CATEGORICAL and categorical:
+            raise _fail("format", f"{FORMAT_CATEGORICAL!r} for categorical conditions {categorical} (format "
+                        f"{self.format!r} has no 'categories')", self.format)
         if isinstance(self.latent_dim, bool) or not isinstance(self.latent_dim, int) or self.latent_dim <= 0:
             raise _fail("latent_dim", "a positive integer", self.latent_dim)
         if not isinstance(self.conditions, tuple) or not self.conditions:

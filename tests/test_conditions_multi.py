@@ -173,7 +173,8 @@ def _doc(**phi):
 @pytest.mark.parametrize(("change", "message"), [
     ({"format": "fastsim-decoder/1"},
      r"format must be 'fastsim-decoder/1.1' for periodic conditions \['incident_phi'\]"),
-    ({"format": "fastsim-decoder/2"}, r"format must be one of \['fastsim-decoder/1', 'fastsim-decoder/1.1'\]"),
+    ({"format": "fastsim-decoder/2"},
+     r"format must be one of \['fastsim-decoder/1', 'fastsim-decoder/1.1', 'fastsim-decoder/1.2'\]"),
     ({"phi": {"period": 0}}, r"conditions\['incident_phi'\].period must be a finite number > 0, got 0"),
     ({"phi": {"period": -6.0}}, r"period must be a finite number > 0, got -6"),
     ({"phi": {"period": "2pi"}}, r"conditions\[2\].period must be a finite number, got '2pi'"),

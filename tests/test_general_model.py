@@ -224,3 +224,31 @@ def test_symmetry_measurement_finds_the_structure_of_inclined_showers(simulated)
         assert row["cos_max_sigma"] > 10
         # A shower mirror-symmetric about the plane of its track has no sine moments.
         assert row["sin_max_sigma"] < row["cos_max_sigma"] / 3
+
+
+def test_particles_are_a_categorical_condition_seen_one_hot():
+    cond = Conditioning(1e3, 1e6, math.radians(60.0), phi=True, particles=(11, 22))
+    assert cond.names == ("incident_energy", "incident_theta", "incident_phi", "particle")
+    particle = cond.specs()[3]
+    assert (particle.sampling, particle.categories) == ("categorical", (("electron", 11.0), ("photon", 22.0)))
+    rows = torch.tensor([[1e3, 0.0, 3.0, 22.0], [1e6, math.radians(60.0), 1.0, 11.0]])
+    torch.testing.assert_close(cond.features(rows), torch.tensor([[-1.0, -1.0, -1.0, 1.0], [1.0, 1.0, 1.0, -1.0]]))
+    torch.testing.assert_close(cond.azimuth(rows), rows[:, 2:3])
+    drawn = cond.sample(2000, np.random.default_rng(0))
+    assert set(np.unique(drawn[:, 3])) == {11.0, 22.0} and 0.45 < np.mean(drawn[:, 3] == 22) < 0.55
+    with pytest.raises(ValueError, match="particles: expected none or two or more distinct PDG ids"):
+        Conditioning(1e3, 1e6, particles=(22,))
+    with pytest.raises(ValueError, match="got \\[11, 211\\]"):
+        Conditioning(1e3, 1e6, particles=(11, 211))
+
+
+def test_the_particle_enters_the_decoder_and_the_prior():
+    torch.manual_seed(0)
+    conditioning = Conditioning(1e3, 1e6, particles=(11, 22))
+    config = ModelConfig(latent_dim=4, hidden=32, n_hidden=2, encoder_hidden=32, architecture="voxels")
+    vae = GeneralVAE(config, VoxelLayout(small_uniform()), conditioning)
+    rows = torch.tensor([[5e4, 11.0], [5e4, 22.0]])
+    assert vae.prior_features(rows).shape == (2, vae.prior_mean_terms) == (2, 8)
+    decoder = GeneralDecoder(vae, RESPONSE, threshold=THRESHOLD, noise_kappa=np.full(4, 0.5)).eval()
+    means, _ = decoder.voxel_means(torch.zeros(2, 4), rows)
+    assert not torch.allclose(means[0], means[1])  # the same latent, another particle: another shower

@@ -202,6 +202,28 @@ def symmetry_command(data, binning, n, n_sigma, as_json) -> None:
                "no significant alpha structure: alpha_harmonics = [] (sectors of a ring share one mean)")
 
 
+@cli.command("mix")
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(dir_okay=False, exists=True))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The mixed HDF5 file (its binning XML and geometry file are written beside it).")
+@click.option("--block", type=click.IntRange(min=1), default=256, show_default=True, help="Rows taken from each input in turn.")
+@click.option("--compression", type=click.Choice(["gzip", "lzf", "none"]), default="gzip", show_default=True, help="Compression of the showers dataset.")
+@click.option("--force", is_flag=True, help="Overwrite an existing output.")
+def mix_command(inputs, output, block, compression, force) -> None:
+    """Interleave shower files of several particles into one training file with a particle dataset.
+
+    \b
+    Example:
+      python -m training simulate -n 20000 --particle electron -o data/e.h5
+      python -m training simulate -n 20000 --particle photon -o data/gamma.h5
+      python -m training mix data/e.h5 data/gamma.h5 -o data/mixed.h5
+    """
+    from training.mix import mix_datasets
+
+    path = mix_datasets(inputs, output, block=block, compression=None if compression == "none" else compression,
+                        overwrite=force)
+    click.echo(f"wrote {path}")
+
+
 @cli.command("fit-noise")
 @click.argument("run", type=click.Path(exists=True, file_okay=False))
 @click.option("--validation", type=click.Path(dir_okay=False, exists=True), required=True, help="Validation showers (CaloChallenge HDF5) whose per-layer sparsity the noise must match.")

@@ -158,7 +158,8 @@ def _architecture_text(decoder) -> str:
     sectors = (f"sector softmax over track-frame alpha harmonics k={list(orders)} turned by incident_phi"
                if orders else "alpha-symmetric sectors (no significant alpha harmonics in the data)")
     return (f"conditional VAE decoder, general voxel layout (MLP trunk on latent, log energy"
-            f"{' and theta' if decoder.conditioning.theta_max > 0 else ''}; response, layer-softmax, "
+            f"{' and theta' if decoder.conditioning.theta_max > 0 else ''}"
+            f"{', one-hot particle' if decoder.conditioning.particles else ''}; response, layer-softmax, "
             f"within-layer ring-softmax heads; {sectors}; per-layer Gamma voxel noise), "
             "aggregate-posterior prior folded in")
 

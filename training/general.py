@@ -9,7 +9,8 @@ condition. This module lifts each of those limits:
   ``incident_phi`` (radians, periodic). The network sees energy and theta;
   phi enters only as a rotation of the alpha structure (the readout is
   symmetric under rotations, so a shower at azimuth phi is the shower at
-  azimuth 0 turned by phi).
+  azimuth 0 turned by phi). With several particle types the ``particle``
+  condition (PDG id, categorical) reaches the network one-hot.
 * **Geometry** (:class:`VoxelLayout`): any CaloChallenge binning, including
   dataset 1's layers with different ring and sector counts, some without
   alpha segmentation. The decoder works on a padded
@@ -77,19 +78,30 @@ class Conditioning:
     """Which conditions a model takes and their training ranges.
 
     ``theta_max`` (radians) > 0 adds ``incident_theta`` in [0, theta_max];
-    ``phi`` adds ``incident_phi`` in [0, 2 pi), periodic. The order of the
-    condition columns is energy, theta, phi.
+    ``phi`` adds ``incident_phi`` in [0, 2 pi), periodic; two or more
+    ``particles`` (PDG ids) add the categorical ``particle``. The order of the
+    condition columns is energy, theta, phi, particle.
     """
 
     e_min: float
     e_max: float
     theta_max: float = 0.0
     phi: bool = False
+    particles: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        from training.simulate import PARTICLES
+
+        object.__setattr__(self, "particles", tuple(int(p) for p in self.particles))
+        unknown = [p for p in self.particles if p not in PARTICLES]
+        if unknown or len(set(self.particles)) != len(self.particles) or len(self.particles) == 1:
+            raise ValueError(f"particles: expected none or two or more distinct PDG ids among "
+                             f"{sorted(PARTICLES)}, got {list(self.particles)}")
 
     @property
     def names(self) -> tuple[str, ...]:
         return ("incident_energy",) + (("incident_theta",) if self.theta_max > 0 else ()) + \
-            (("incident_phi",) if self.phi else ())
+            (("incident_phi",) if self.phi else ()) + (("particle",) if self.particles else ())
 
     @property
     def n_conditions(self) -> int:
@@ -97,26 +109,38 @@ class Conditioning:
 
     @property
     def n_features(self) -> int:
-        """Inputs the network sees: the normalised log energy and, with theta, the normalised angle."""
-        return 2 if self.theta_max > 0 else 1
+        """Inputs the network sees: the normalised log energy, with theta the normalised angle, one-hot particles."""
+        return 1 + (self.theta_max > 0) + len(self.particles)
 
     def features(self, conditions: torch.Tensor) -> torch.Tensor:
         """(N, n_conditions) physical conditions -> (N, n_features) in [-1, 1]."""
-        c_e = energy_to_condition(conditions[:, :1], self.e_min, self.e_max)
+        parts = [energy_to_condition(conditions[:, :1], self.e_min, self.e_max)]
         if self.theta_max > 0:
-            return torch.cat([c_e, conditions[:, 1:2] * (2.0 / self.theta_max) - 1.0], dim=1)
-        return c_e
+            parts.append(conditions[:, 1:2] * (2.0 / self.theta_max) - 1.0)
+        if self.particles:
+            codes = torch.tensor(self.particles, dtype=conditions.dtype, device=conditions.device)
+            column = self.names.index("particle")
+            parts.append((conditions[:, column:column + 1] == codes).to(conditions.dtype) * 2.0 - 1.0)
+        return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
 
     def azimuth(self, conditions: torch.Tensor) -> torch.Tensor | None:
         """The (N, 1) azimuth column, or None when the model has no phi."""
-        return conditions[:, self.n_conditions - 1:] if self.phi else None
+        if not self.phi:
+            return None
+        column = self.names.index("incident_phi")
+        return conditions[:, column:column + 1]
 
     def specs(self) -> tuple[ConditionSpec, ...]:
+        from training.simulate import PARTICLES
+
         out = [ConditionSpec("incident_energy", "MeV", float(self.e_min), float(self.e_max), "log-uniform")]
         if self.theta_max > 0:
             out.append(ConditionSpec("incident_theta", "rad", 0.0, float(self.theta_max), "uniform"))
         if self.phi:
             out.append(ConditionSpec("incident_phi", "rad", 0.0, TWO_PI, "uniform", period=TWO_PI))
+        if self.particles:
+            out.append(ConditionSpec("particle", "pdg", float(min(self.particles)), float(max(self.particles)),
+                                     "categorical", categories=tuple((PARTICLES[p], p) for p in self.particles)))
         return tuple(out)
 
     def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -126,10 +150,12 @@ class Conditioning:
             cols.append(rng.uniform(0.0, self.theta_max, n))
         if self.phi:
             cols.append(rng.uniform(0.0, TWO_PI, n))
+        if self.particles:
+            cols.append(rng.choice(np.asarray(self.particles, dtype=np.float64), n))
         return np.stack(cols, axis=1).astype(np.float32)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "particles": list(self.particles)}
 
 
 def read_conditions(path: str | os.PathLike, names: tuple[str, ...], start: int = 0,
@@ -138,7 +164,9 @@ def read_conditions(path: str | os.PathLike, names: tuple[str, ...], start: int 
 
     ``incident_energy`` is the ``incident_energies`` dataset; other names are
     datasets of their own. A missing ``incident_theta``/``incident_phi`` means
-    normal incidence (zeros); phi is wrapped into [0, 2 pi).
+    normal incidence (zeros); phi is wrapped into [0, 2 pi). A missing
+    ``particle`` is the file's one particle, from its ``particle_pdg`` attribute
+    (the reference simulator's) or, without one, electrons.
     """
     import h5py
 
@@ -152,6 +180,8 @@ def read_conditions(path: str | os.PathLike, names: tuple[str, ...], start: int 
                 cols.append(np.asarray(f[key][start:stop], np.float64).reshape(-1))
             elif name in ("incident_theta", "incident_phi"):
                 cols.append(np.zeros(max(0, stop - start)))
+            elif name == "particle":
+                cols.append(np.full(max(0, stop - start), float(f.attrs.get("particle_pdg", 11))))
             else:
                 raise ValueError(f"{os.fspath(path)!r}: the model's condition {name!r} needs a dataset "
                                  f"{key!r}, which the file lacks (it has {sorted(f)})")
@@ -429,20 +459,24 @@ class GeneralVAE(nn.Module):
 
     @property
     def prior_mean_terms(self) -> int:
-        return 7 if self.conditioning.theta_max > 0 else 4
+        return 4 + 3 * (self.conditioning.theta_max > 0) + 2 * len(self.conditioning.particles)
 
     def decoder_modules(self) -> list[nn.Module]:
         heads = [self.trunk, self.v_head, self.layer_head, self.ring_head]
         return heads + ([self.harmonic_head] if self.harmonic_head is not None else [])
 
     def prior_features(self, conditions: torch.Tensor) -> torch.Tensor:
-        """The terms of the latent prior's mean: a cubic in c_E, plus c_th, c_th^2, c_E c_th with theta."""
+        """The terms of the latent prior's mean: a cubic in c_E, plus c_th, c_th^2, c_E c_th with theta,
+        plus p and c_E p for each particle's one-hot p."""
         f = self.conditioning.features(conditions)
         c = f[:, :1]
         terms = [torch.ones_like(c), c, c * c, c * c * c]
-        if f.shape[1] > 1:
+        if self.conditioning.theta_max > 0:
             t = f[:, 1:2]
             terms += [t, t * t, c * t]
+        for k in range(len(self.conditioning.particles)):
+            p = f[:, f.shape[1] - len(self.conditioning.particles) + k:][:, :1]
+            terms += [p, c * p]
         return torch.cat(terms, dim=1)
 
     # -- encoder ---------------------------------------------------------------

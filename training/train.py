@@ -77,6 +77,9 @@ class DataConfig:
     # degrees when > 0; incident_phi (periodic, [0, 2 pi)) when phi is true.
     theta_max_deg: float = 0.0
     phi: bool = False
+    # Two or more particle types (names or PDG ids, e.g. ["electron", "photon"]) make the particle a
+    # condition; the data's `particle` dataset (or the file's particle_pdg attribute) gives each shower's.
+    particles: tuple[str | int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -356,9 +359,11 @@ def physical_decoder_from_checkpoint(checkpoint: dict, geometry: CylindricalGeom
 def conditioning_of(config: dict):
     """The :class:`~training.general.Conditioning` of a config (architecture "voxels")."""
     from training.general import Conditioning
+    from training.simulate import parse_particle
 
     data: DataConfig = config["data"]
-    return Conditioning(data.e_min, data.e_max, math.radians(data.theta_max_deg), bool(data.phi))
+    return Conditioning(data.e_min, data.e_max, math.radians(data.theta_max_deg), bool(data.phi),
+                        tuple(parse_particle(p) for p in data.particles))
 
 
 def _physical_decoder(vae, response: ResponseFit, config: dict, prior_mean, prior_chol, kappa, spot_coeffs=None):
@@ -399,8 +404,9 @@ def _build_vae(config: dict, geometry: CylindricalGeometry):
 
         return GeneralVAE(model_config, VoxelLayout(geometry), conditioning_of(config))
     data: DataConfig = config["data"]
-    if data.theta_max_deg > 0 or data.phi:
-        raise ValueError('[data] theta_max_deg/phi: conditions beyond energy need [model] architecture = "voxels"')
+    if data.theta_max_deg > 0 or data.phi or data.particles:
+        raise ValueError('[data] theta_max_deg/phi/particles: conditions beyond energy need [model] architecture = '
+                         '"voxels"')
     if not geometry.uniform:
         raise ValueError("geometry: the ring model needs every layer binned the same way (a uniform geometry); "
                          f"got layers with {sorted({layer.n_voxels for layer in geometry.layers})} voxels; "
