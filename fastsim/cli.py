@@ -391,7 +391,7 @@ def validate(generated, reference, output_dir, geometry_xml, n_max, groups, floo
     import os
 
     from fastsim.geometry import DATASET_BINNINGS, CylindricalGeometry, load_detector
-    from fastsim.validate import (
+    from fastsim.validation import (
         format_energy_table,
         format_inclined_table,
         format_table,

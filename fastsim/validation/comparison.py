@@ -1,14 +1,15 @@
 """The validation report: how closely generated showers agree with a reference sample.
 
-This module owns the comparison protocol: which features are compared with
+The comparison protocol is defined here: which features are compared with
 which metric and binning (the CaloChallenge conventions, see
-:mod:`fastsim.features` and :mod:`fastsim.metrics`), the floor printed beside
-every number (what a perfect surrogate scores at the same sample sizes), the
-statistical error of every figure, the per-energy-bin response and resolution
-table, the same per bin of the incidence angle theta (``theta-bins``), the shower
-shape in the frame of an inclined track (``inclined-shape``), the worst layers
-and features, the consistency checks on the inputs, and the report folder
-(``metrics.json``, ``report.md``, PNG plots from :mod:`fastsim.plots`).
+:mod:`fastsim.validation.features` and :mod:`fastsim.validation.metrics`), the
+floor printed beside every number (what a perfect surrogate scores at the same
+sample sizes), the statistical error of every figure, the per-energy-bin
+response and resolution table, the same per bin of the incidence angle theta
+(``theta-bins``), the shower shape in the frame of an inclined track
+(``inclined-shape``), the worst layers and features, the consistency checks on
+the inputs, and the report folder (``metrics.json``, ``report.md``, PNG plots
+from :mod:`fastsim.validation.plots`).
 
 - :func:`validate` -- all metrics as a JSON-ready dict.
 - :func:`quick_figure_of_merit` -- one cheap number (lower is better) for use
@@ -53,10 +54,11 @@ from typing import Any
 
 import numpy as np
 
-from fastsim import metrics
 from fastsim._util import atomic_write_text
 from fastsim.errors import DataError, OutputError
-from fastsim.features import (
+from fastsim.geometry import CylindricalGeometry, default_geometry
+from fastsim.validation import metrics
+from fastsim.validation.features import (
     DEFAULT_THRESHOLD_MEV,
     ShowerFeatures,
     compute_features,
@@ -64,7 +66,6 @@ from fastsim.features import (
     track_frame_moments,
     voxel_energy_edges,
 )
-from fastsim.geometry import CylindricalGeometry, default_geometry
 
 __all__ = [
     "ALL_GROUPS",
@@ -1293,7 +1294,7 @@ def quick_figure_of_merit(
 
     The mean of the separation powers of E_tot/E_inc, of the layer energies
     (averaged over layers) and of the x and y widths (averaged over layers).
-    Either input may be precomputed :class:`~fastsim.features.ShowerFeatures`
+    Either input may be precomputed :class:`~fastsim.validation.features.ShowerFeatures`
     (compute the reference's once, reuse it every epoch).
     """
     geometry = geometry if geometry is not None else default_geometry()
@@ -1529,7 +1530,7 @@ def write_report(
     drawn. Returns the metrics dict.
     """
     if plots:
-        from fastsim import plots as plotting
+        from fastsim.validation import plots as plotting
 
         plotting.require_matplotlib()
     folder = Path(output_dir)

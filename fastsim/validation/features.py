@@ -1,6 +1,6 @@
 """Per-shower high-level features on a cylindrical geometry (numpy only).
 
-This module owns the physics summary of a shower that validation compares,
+The physics summary of a shower that validation compares,
 following the CaloChallenge definitions:
 
 - ``response`` E_tot / E_inc and ``total_energy``;
