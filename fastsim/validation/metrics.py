@@ -224,11 +224,11 @@ def mmd_poly_unbiased(x: np.ndarray, y: np.ndarray, degree: int = 4) -> float:
 
 
 def _poly_kernel(a: np.ndarray, b: np.ndarray, gamma: float, degree: int) -> np.ndarray:
-    base = a @ b.T
+    base: np.ndarray = a @ b.T
     base *= gamma
     base += 1.0
     # Integer powers by repeated in-place products: several times faster than ``**``.
-    out = base.copy()
+    out: np.ndarray = base.copy()
     for _ in range(degree - 1):
         out *= base
     return out
