@@ -4,7 +4,7 @@ Generates showers from the fp32 model and from its variant (NAME-int8.onnx,
 made on the fly with :func:`training.quantize.quantize_model` if absent) on
 the incident energies of a reference file (seed 11 for both, so both decode
 the same latents), validates each against the reference with
-:func:`fastsim.validate.validate`, and reports each metric for fp32, for the
+:func:`fastsim.validation.validate`, and reports each metric for fp32, for the
 variant, and their difference; plus the direct difference of the two outputs
 (relative change of each shower's total energy).
 
@@ -44,7 +44,7 @@ def _values(report: dict) -> dict[str, float]:
 
 def measure(model: str, reference: str, *, precision: str = "int8", n: int | None = None,
             smoke: bool = False, groups: tuple[str, ...] | None = None) -> dict:
-    from fastsim.validate import validate
+    from fastsim.validation import validate
 
     path = resolve_model(model)
     with open_showers(reference) as ref:

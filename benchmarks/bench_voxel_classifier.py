@@ -7,8 +7,8 @@ batch 1000, up to 50 epochs, keeping the epoch with the best validation
 accuracy, isotonic calibration on the validation set. This script rebuilds
 that network in torch (written here from its description) and trains it on
 exactly the rows and split that ``fastsim validate``'s voxel classifier uses
-(:func:`fastsim.metrics.two_sample_split`), then runs fastsim's own numpy
-classifier (:func:`fastsim.metrics.fit_classifier`, ``model="mlp"``) on the
+(:func:`fastsim.validation.metrics.two_sample_split`), then runs fastsim's own numpy
+classifier (:func:`fastsim.validation.metrics.fit_classifier`, ``model="mlp"``) on the
 same split, for generated vs reference and for an independent reference vs
 reference (the floor). Records both AUCs (raw scores; the DNN's calibrated AUC
 too), their bootstrap spreads, the epochs and the run times.
@@ -34,12 +34,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from fastsim import metrics  # noqa: E402
-from fastsim.classifier import bootstrap_auc, roc_auc  # noqa: E402
 from fastsim.dataset import open_showers  # noqa: E402
-from fastsim.features import DEFAULT_THRESHOLD_MEV  # noqa: E402
 from fastsim.geometry import default_geometry  # noqa: E402
-from fastsim.validate import voxel_classifier_inputs  # noqa: E402
+from fastsim.validation import metrics, voxel_classifier_inputs  # noqa: E402
+from fastsim.validation.classifier import bootstrap_auc, roc_auc  # noqa: E402
+from fastsim.validation.features import DEFAULT_THRESHOLD_MEV  # noqa: E402
 
 __all__ = ["calochallenge_dnn_auc", "measure"]
 

@@ -410,7 +410,7 @@ def validate(generated: str, reference: str, output_dir: str, geometry_xml: str 
     import os
 
     from fastsim.geometry import DATASET_BINNINGS, CylindricalGeometry, load_detector
-    from fastsim.validate import (
+    from fastsim.validation import (
         format_energy_table,
         format_inclined_table,
         format_table,

@@ -1,10 +1,12 @@
 """The core runtime imports none of scipy, scikit-learn, Dask or matplotlib.
 
 They belong to extras (``validate``, ``dask``, ``plots``) and are imported only
-where those features are used. The validation layer (``validate``, ``metrics``,
-``plots``) is the one place that may import them; everything else, ``import
-fastsim`` included, must work in an environment without them. The child
-processes block these imports, so a hidden one fails even where they are installed.
+where those features are used. The validation layer (the package
+``fastsim.validation``) is the one place that may import them; everything else,
+``import fastsim`` included, must work in an environment without them. So must the
+package itself and its numpy-only modules (``features``, ``classifier``): they
+import no extra either. The child processes block these imports, so a hidden one
+fails even where they are installed.
 """
 
 from __future__ import annotations
@@ -14,12 +16,15 @@ import sys
 
 import pytest
 
-from helpers import ROOT, cli_env
+from helpers import ROOT, cli_env, runtime_modules
 
 #: Packages of the optional extras, blocked in the child processes.
 EXTRAS = ("scipy", "sklearn", "dask", "distributed", "matplotlib")
-#: Modules of the validation layer, behind the validate and plots extras.
-VALIDATION_LAYER = {"validate", "metrics", "plots"}
+#: The package of the validation layer, behind the validate and plots extras.
+VALIDATION_LAYER = "validation"
+#: Its modules that need no extra (numpy only), checked like the core; importing one runs
+#: the package's ``__init__``, so that imports no extra either.
+VALIDATION_NUMPY_ONLY = {"validation.features", "validation.classifier"}
 
 BLOCKER = f"""
 import importlib.abc, sys
@@ -39,14 +44,14 @@ def _run(code: str) -> subprocess.CompletedProcess[str]:
 
 
 def _core_modules() -> list[str]:
-    names = (p.stem for p in (ROOT / "fastsim").glob("*.py") if p.stem not in ("__init__", "__main__"))
-    return sorted(set(names) - VALIDATION_LAYER)
+    layer = {name for name in runtime_modules() if name.split(".")[0] == VALIDATION_LAYER}
+    return sorted(runtime_modules() - layer)
 
 
 def test_the_core_leaves_out_the_validation_layer_only():
-    # A module added to the runtime is in the core unless it is named here deliberately.
+    # A module added to the runtime is in the core unless it is in the validation package.
     assert "distributed" in _core_modules() and "shards" in _core_modules()
-    assert {p.stem for p in (ROOT / "fastsim").glob("*.py")} >= VALIDATION_LAYER
+    assert runtime_modules() >= {VALIDATION_LAYER, "validation.metrics", "validation.plots", *VALIDATION_NUMPY_ONLY}
 
 
 def test_import_fastsim_imports_no_extra():
@@ -55,7 +60,7 @@ def test_import_fastsim_imports_no_extra():
     assert result.stdout.strip() == "[]"
 
 
-@pytest.mark.parametrize("module", _core_modules())
+@pytest.mark.parametrize("module", _core_modules() + sorted(VALIDATION_NUMPY_ONLY))
 def test_every_core_module_imports_no_extra(module):
     result = _run(f"import fastsim.{module}, sys\n" + LOADED)
     assert result.returncode == 0, result.stderr

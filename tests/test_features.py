@@ -10,7 +10,8 @@ import pytest
 
 from fastsim.dataset import open_showers
 from fastsim.errors import DataError
-from fastsim.features import (
+from fastsim.geometry import CylindricalGeometry, Layer, default_geometry
+from fastsim.validation.features import (
     DEFAULT_THRESHOLD_MEV,
     ShowerFeatures,
     compute_features,
@@ -18,7 +19,6 @@ from fastsim.features import (
     voxel_energy_edges,
     voxel_energy_histogram,
 )
-from fastsim.geometry import CylindricalGeometry, Layer, default_geometry
 from helpers.distortions import small_geometry
 from training.simulate import simulate
 

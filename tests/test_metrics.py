@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy.stats import wasserstein_distance
 
-from fastsim import metrics
+from fastsim.validation import metrics
 
 
 # ----------------------------------------------------------------------------- separation power
@@ -216,7 +216,7 @@ def test_the_split_depends_only_on_sizes_so_two_representations_share_it():
 def test_roc_auc_matches_scikit_learn_with_ties_and_weights():
     from sklearn.metrics import roc_auc_score
 
-    from fastsim.classifier import roc_auc
+    from fastsim.validation.classifier import roc_auc
 
     rng = np.random.default_rng(7)
     labels = rng.integers(0, 2, 500)
@@ -228,7 +228,7 @@ def test_roc_auc_matches_scikit_learn_with_ties_and_weights():
 
 
 def test_the_network_learns_a_nonlinear_boundary_converges_and_is_deterministic():
-    from fastsim.classifier import roc_auc, train_mlp
+    from fastsim.validation.classifier import roc_auc, train_mlp
 
     rng = np.random.default_rng(8)
     x = rng.normal(size=(3000, 4)).astype(np.float32)
@@ -243,7 +243,7 @@ def test_the_network_learns_a_nonlinear_boundary_converges_and_is_deterministic(
 
 
 def test_a_network_stopped_by_its_epoch_cap_says_it_did_not_converge():
-    from fastsim.classifier import train_mlp
+    from fastsim.validation.classifier import train_mlp
 
     rng = np.random.default_rng(9)
     x = rng.normal(size=(600, 3)).astype(np.float32)

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from helpers import ROOT, cli_env
+from helpers import ROOT, cli_env, runtime_modules
 
 # Makes `import torch` / `import training` fail in the child, so a hidden import is an error
 # even on machines where torch is installed, and records any attempt.
@@ -27,17 +27,13 @@ def _run(code: str) -> subprocess.CompletedProcess:
                           env=cli_env(), cwd=ROOT, timeout=120)
 
 
-def _runtime_modules() -> list[str]:
-    return sorted(p.stem for p in (ROOT / "fastsim").glob("*.py") if p.stem not in ("__init__", "__main__"))
-
-
 def test_import_fastsim_does_not_import_torch():
     result = _run("import fastsim, sys; print(sorted(m for m in sys.modules if m.startswith(('torch', 'training'))))")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
 
 
-@pytest.mark.parametrize("module", _runtime_modules())
+@pytest.mark.parametrize("module", sorted(runtime_modules()))
 def test_every_runtime_module_imports_without_torch(module):
     result = _run(f"import fastsim.{module}, sys; "
                   "print([m for m in sys.modules if m.split('.')[0] in ('torch', 'training')])")

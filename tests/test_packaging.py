@@ -39,6 +39,11 @@ def test_wheel_contains_the_bundled_models_and_their_cards(wheel_names):
     assert "fastsim/data/binning_dataset_2.xml" in wheel_names
 
 
+def test_wheel_ships_the_validation_package(wheel_names):
+    for name in ("__init__.py", "comparison.py", "features.py", "metrics.py", "classifier.py", "plots.py"):
+        assert f"fastsim/validation/{name}" in wheel_names, name
+
+
 def test_wheel_ships_training_its_configs_and_the_license(wheel_names):
     for name in ("training/__main__.py", "training/export.py", "training/simulate.py",
                  "training/configs/calo-electron.toml"):

@@ -367,7 +367,7 @@ def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path, data, run):
 
 def test_metrics_summary_keeps_metrics_baselines_and_sample_sizes(tmp_path):
     from fastsim.geometry import default_geometry
-    from fastsim.validate import write_report
+    from fastsim.validation import write_report
     from training.export import metrics_summary
     from training.simulate import simulate
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from fastsim.errors import DataError
-from fastsim.features import compute_features
-from fastsim.validate import ALL_GROUPS, FLOOR_METHODS, quick_figure_of_merit, validate, write_report
+from fastsim.validation import ALL_GROUPS, FLOOR_METHODS, quick_figure_of_merit, validate, write_report
+from fastsim.validation.features import compute_features
 from helpers import cli_env
 from helpers.distortions import broaden, drop_small_deposits, scale_energy, scale_layer, small_geometry
 from training.simulate import simulate

@@ -13,7 +13,7 @@ from fastsim.dataset import open_showers
 from fastsim.errors import DataError
 from fastsim.geometry import load_detector
 from fastsim.shards import MANIFEST_FORMAT, MANIFEST_NAME, open_dataset
-from fastsim.validate import ALL_GROUPS, CONDITION_GROUPS, _condition_groups, validate
+from fastsim.validation.comparison import ALL_GROUPS, CONDITION_GROUPS, _condition_groups, validate
 from helpers.distortions import small_geometry
 from training.simulate import simulate
 

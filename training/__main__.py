@@ -124,7 +124,7 @@ def simulate_command(n, output, particle, binning, energy, theta, phi, substruct
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def train_command(config_path, data, validation, out, resume, epochs, max_showers, threads, seed, binning,
                   quiet) -> None:
-    """Train the conditional VAE; early stopping on fastsim.validate's figure of merit.
+    """Train the conditional VAE; early stopping on fastsim.validation's figure of merit.
 
     \b
     Example:

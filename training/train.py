@@ -15,7 +15,7 @@ Early stopping watches a figure of merit on generated showers, not the loss:
 after every epoch the aggregate posterior of the training sample is fitted
 with a Gaussian whose mean is a cubic in the condition (+ a Cholesky factor:
 the prior the export folds into the graph), the physical decoder draws one shower per validation energy, and
-:func:`fastsim.validate.quick_figure_of_merit` compares them with the
+:func:`fastsim.validation.quick_figure_of_merit` compares them with the
 validation showers (lower is better). After the last epoch, the voxel-noise
 spot energies of the best checkpoint are fitted to the validation showers'
 per-layer sparsity (:func:`fit_spot_energy`) and stored in ``best.pt``.
@@ -314,14 +314,14 @@ def refit_voxel_noise(run: str | os.PathLike, validation: str | os.PathLike, *, 
 
 def _reference_features(energy: np.ndarray, reference: np.ndarray, geometry: CylindricalGeometry, threshold: float):
     """The validation showers' features, computed once and reused every epoch."""
-    from fastsim.features import compute_features
+    from fastsim.validation.features import compute_features
 
     return compute_features((energy, reference), geometry, threshold=threshold)
 
 
 def _figure_of_merit(energy: np.ndarray, generated: np.ndarray, reference_features,
                      geometry: CylindricalGeometry, threshold: float) -> float:
-    from fastsim.validate import quick_figure_of_merit
+    from fastsim.validation import quick_figure_of_merit
 
     return float(quick_figure_of_merit((energy, generated), reference_features, geometry=geometry,
                                        threshold=threshold))

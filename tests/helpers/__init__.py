@@ -1,4 +1,4 @@
-"""Helpers for the tests: the repository root and the environment for CLI subprocesses.
+"""Helpers for the tests: the repository root, the runtime's modules and the environment for CLI subprocesses.
 
 Toy decoders that honour (or break) the model contract are in
 :mod:`helpers.decoders`; distorted shower samples and a small geometry for the
@@ -10,10 +10,23 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["ROOT", "cli_env"]
+__all__ = ["ROOT", "cli_env", "runtime_modules"]
 
 #: The repository's root folder.
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def runtime_modules() -> set[str]:
+    """Every module of the runtime, subpackages included, named below ``fastsim`` (``"io"``, ``"validation.plots"``)."""
+    package = ROOT / "fastsim"
+    names = set()
+    for path in package.rglob("*.py"):
+        parts = path.relative_to(package).with_suffix("").parts
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        if parts and parts[-1] != "__main__":
+            names.add(".".join(parts))
+    return names
 
 
 def cli_env(**extra: str) -> dict[str, str]:

@@ -1,6 +1,6 @@
 """The validation plots: reference vs generated overlaid, with ratio panels (matplotlib).
 
-This module owns the figures of the validation report: response and
+The figures of the validation report: response and
 resolution vs incident energy, longitudinal and radial profiles, E_tot/E_inc,
 layer-energy and shower-shape histograms, the voxel-energy spectrum and the
 separation power per layer. The reference is drawn as a filled histogram, the
@@ -26,7 +26,7 @@ from fastsim._util import atomic_path
 from fastsim.errors import FastsimError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from fastsim.validate import Comparison
+    from fastsim.validation.comparison import Comparison
 
 __all__ = [
     "DRAWERS",

@@ -1,6 +1,6 @@
 """Per-shower high-level features on a cylindrical geometry (numpy only).
 
-This module owns the physics summary of a shower that validation compares,
+The physics summary of a shower that validation compares,
 following the CaloChallenge definitions:
 
 - ``response`` E_tot / E_inc and ``total_energy``;
@@ -60,7 +60,11 @@ _TINY = 1e-16
 
 
 class ShowerSource(Protocol):
-    """What :func:`compute_features` can stream from (e.g. ``fastsim.dataset.ShowerFile``)."""
+    """What :func:`compute_features` can stream from (e.g. ``fastsim.dataset.ShowerFile``).
+
+    The part of :class:`fastsim.dataset.ShowerSource` that the features need, so every
+    reader of showers is one.
+    """
 
     def iter_chunks(
         self, chunk_size: int = ..., start: int = 0, stop: int | None = None
@@ -98,7 +102,8 @@ class ShowerFeatures:
     @property
     def response(self) -> np.ndarray:
         """E_tot / E_inc per shower."""
-        return self.total_energy / self.incident_energy
+        response: np.ndarray = self.total_energy / self.incident_energy
+        return response
 
     def take(self, index: Any) -> ShowerFeatures:
         """The features of a subset of showers (an index array, mask or slice)."""
@@ -244,7 +249,11 @@ def _layout(geometry: CylindricalGeometry) -> dict[str, np.ndarray]:
 
 
 def iter_source(
-    source: Any, *, chunk_size: int = _DEFAULT_CHUNK, start: int = 0, stop: int | None = None
+    source: ShowerSource | tuple[np.ndarray, np.ndarray],
+    *,
+    chunk_size: int = _DEFAULT_CHUNK,
+    start: int = 0,
+    stop: int | None = None,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield (energies (k,), showers (k, n_voxels)) chunks from a source.
 
@@ -272,7 +281,7 @@ def iter_source(
 
 
 def compute_features(
-    source: Any,
+    source: ShowerSource | tuple[np.ndarray, np.ndarray],
     geometry: CylindricalGeometry | None = None,
     *,
     threshold: float = DEFAULT_THRESHOLD_MEV,
@@ -306,7 +315,7 @@ def _log_edges(low: float, high: float, n_bins: int) -> np.ndarray:
 
 
 def voxel_energy_histogram(
-    source: Any,
+    source: ShowerSource | tuple[np.ndarray, np.ndarray],
     edges: np.ndarray,
     *,
     normalise_by_incident: bool = False,

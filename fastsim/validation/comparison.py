@@ -1,14 +1,15 @@
 """The validation report: how closely generated showers agree with a reference sample.
 
-This module owns the comparison protocol: which features are compared with
+The comparison protocol is defined here: which features are compared with
 which metric and binning (the CaloChallenge conventions, see
-:mod:`fastsim.features` and :mod:`fastsim.metrics`), the floor printed beside
-every number (what a perfect surrogate scores at the same sample sizes), the
-statistical error of every figure, the per-energy-bin response and resolution
-table, the same per bin of the incidence angle theta (``theta-bins``), the shower
-shape in the frame of an inclined track (``inclined-shape``), the worst layers
-and features, the consistency checks on the inputs, and the report folder
-(``metrics.json``, ``report.md``, PNG plots from :mod:`fastsim.plots`).
+:mod:`fastsim.validation.features` and :mod:`fastsim.validation.metrics`), the
+floor printed beside every number (what a perfect surrogate scores at the same
+sample sizes), the statistical error of every figure, the per-energy-bin
+response and resolution table, the same per bin of the incidence angle theta
+(``theta-bins``), the shower shape in the frame of an inclined track
+(``inclined-shape``), the worst layers and features, the consistency checks on
+the inputs, and the report folder (``metrics.json``, ``report.md``, PNG plots
+from :mod:`fastsim.validation.plots`).
 
 - :func:`validate` -- all metrics as a JSON-ready dict.
 - :func:`quick_figure_of_merit` -- one cheap number (lower is better) for use
@@ -42,6 +43,7 @@ binned means and widths (response, resolution), or the metric's own (FPD, KPD).
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
@@ -49,14 +51,17 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
+import numpy.typing as npt
 
-from fastsim import metrics
 from fastsim._util import atomic_write_text
+from fastsim.dataset import ShowerSource
 from fastsim.errors import DataError, OutputError
-from fastsim.features import (
+from fastsim.geometry import CylindricalGeometry, default_geometry
+from fastsim.validation import metrics
+from fastsim.validation.features import (
     DEFAULT_THRESHOLD_MEV,
     ShowerFeatures,
     compute_features,
@@ -64,7 +69,6 @@ from fastsim.features import (
     track_frame_moments,
     voxel_energy_edges,
 )
-from fastsim.geometry import CylindricalGeometry, default_geometry
 
 __all__ = [
     "ALL_GROUPS",
@@ -114,8 +118,14 @@ _ENERGY_RANGE_TOLERANCE = 0.1
 
 # ----------------------------------------------------------------------------- inputs
 
+#: What the validation functions take: the path of a shower file or of a folder of shards,
+#: an open shower source, or an in-memory ``(incident_energies, showers)`` pair.
+ShowerInput: TypeAlias = "str | os.PathLike[str] | ShowerSource | tuple[npt.ArrayLike, np.ndarray]"
+#: An input as :func:`open_input` returns it: an open source, or a pair with energies (N,) float64.
+OpenInput: TypeAlias = "ShowerSource | tuple[np.ndarray, np.ndarray]"
 
-def open_input(source: Any, geometry: CylindricalGeometry | None, *, name: str) -> Any:
+
+def open_input(source: ShowerInput, geometry: CylindricalGeometry | None, *, name: str) -> OpenInput:
     """Turn a path into an open shower file; pass arrays and open files through.
 
     The one place that decides what a validation input may be. With
@@ -147,22 +157,22 @@ def open_input(source: Any, geometry: CylindricalGeometry | None, *, name: str) 
     return source
 
 
-def _n_voxels(source: Any) -> int:
+def _n_voxels(source: OpenInput) -> int:
     return int(source[1].shape[1]) if isinstance(source, tuple) else int(source.n_voxels)
 
 
-def _incident_energies(source: Any) -> np.ndarray:
+def _incident_energies(source: OpenInput) -> np.ndarray:
     if isinstance(source, tuple):
         return source[0]
     return np.asarray(source.incident_energies, dtype=np.float64).reshape(-1)
 
 
-def _describe(source: Any) -> str:
+def _describe(source: OpenInput | None) -> str:
     path = getattr(source, "path", None)
     return str(path) if path is not None else "in-memory arrays"
 
 
-def _check_inputs(samples: list[tuple[str, Any]], ref: Any, geometry: CylindricalGeometry) -> None:
+def _check_inputs(samples: list[tuple[str, _Rows]], ref: _Rows, geometry: CylindricalGeometry) -> None:
     """Voxel counts, sample sizes and energy ranges of every sample against the reference's rows."""
     for name, rows in [*samples, ("reference", ref)]:
         if _n_voxels(rows.source) != geometry.n_voxels:
@@ -207,7 +217,7 @@ class Comparison:
 class _Rows:
     """Rows ``start:stop`` of an open source."""
 
-    source: Any
+    source: OpenInput
     start: int
     stop: int
 
@@ -229,7 +239,7 @@ class _Rows:
         return theta if theta is not None else np.zeros(self.n)
 
 
-def _conditions(source: Any) -> dict[str, np.ndarray]:
+def _conditions(source: OpenInput) -> dict[str, np.ndarray]:
     """The per-shower conditions a source carries (files: see ``fastsim.dataset``; arrays: none)."""
     if isinstance(source, tuple):
         return {}
@@ -252,7 +262,7 @@ class _Run:
     bins: dict[str, Any]
     options: dict[str, Any]
     table: dict[str, dict[str, Any]] = field(default_factory=dict)
-    per_layer: dict[str, dict[str, list]] = field(default_factory=dict)
+    per_layer: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
     extras: dict[str, Any] = field(default_factory=dict)
     more: dict[str, Any] = field(default_factory=dict)
 
@@ -293,10 +303,11 @@ def _feature(f: ShowerFeatures, name: str) -> np.ndarray:
     return f.response if name == "e_ratio" else getattr(f, name)
 
 
-def _separation(a: ShowerFeatures, b: ShowerFeatures, bins: dict[str, Any]) -> tuple[dict[str, float], dict[str, list]]:
+def _separation(a: ShowerFeatures, b: ShowerFeatures,
+                bins: dict[str, Any]) -> tuple[dict[str, float], dict[str, list[float]]]:
     """Separation powers, one histogram per feature: scalars, per-layer lists and their means over layers."""
     summary: dict[str, float] = {}
-    per_layer: dict[str, list] = {}
+    per_layer: dict[str, list[float]] = {}
     for name in _SCALAR:
         summary[name] = metrics.histogram_separation_power(_feature(a, name), _feature(b, name), bins[name])
     for name in _PER_LAYER:
@@ -324,7 +335,7 @@ def _column_edges(bins: dict[str, Any], n_layers: int) -> list[np.ndarray]:
     edges = []
     for name, layer in _column_names(n_layers):
         e = bins[name]
-        edges.append(e[layer] if isinstance(e, list) else e)
+        edges.append(e[layer] if isinstance(e, list) and layer is not None else e)
     return edges
 
 
@@ -533,7 +544,8 @@ class _Wasserstein:
         total_a, total_b = w_a.sum(), w_b.sum()
         signed = np.concatenate([w_a * total_b, -w_b * total_a])
         cdf_gap = np.cumsum(signed[self.order], axis=0)[:-1]
-        return np.sum(np.abs(cdf_gap) * self.steps, axis=0) / (total_a * total_b)
+        distance: np.ndarray = np.sum(np.abs(cdf_gap) * self.steps, axis=0) / (total_a * total_b)
+        return distance
 
 
 def _wasserstein_group(run: _Run) -> None:
@@ -713,8 +725,9 @@ def _energy_bins_group(run: _Run) -> None:
 
 def _theta_bins_group(run: _Run) -> None:
     """Response and resolution per bin of the polar angle theta; deviations in per cent, floors beside them."""
-    theta = {"gen": run.gen.theta(), "ref": run.ref.theta(), "floor": run.floor.theta() if run.floor else None}
-    edges = _theta_edges(theta["ref"])
+    theta_ref = run.ref.theta()
+    theta = {"gen": run.gen.theta(), "ref": theta_ref, "floor": run.floor.theta() if run.floor else None}
+    edges = _theta_edges(theta_ref)
 
     def binned(x_gen: np.ndarray, r_gen: np.ndarray, x_ref: np.ndarray, r_ref: np.ndarray) -> list[dict[str, float]]:
         return _binned_response(edges, ("theta_low_deg", "theta_high_deg"), 180.0 / math.pi, x_gen, r_gen, x_ref,
@@ -849,7 +862,8 @@ def _physics_matrices(run: _Run) -> dict[str, np.ndarray]:
         if run.f_floor is not None:
             scaled["floor"] = _scale_like(run.f_floor.matrix()[0], x_ref)
         run.more["physics"] = scaled
-    return run.more["physics"]
+    physics: dict[str, np.ndarray] = run.more["physics"]
+    return physics
 
 
 def _null_pair(run: _Run, x: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, str]:
@@ -1018,7 +1032,7 @@ def _worst_features(run: _Run, k: int = _N_WORST) -> list[dict[str, Any]]:
     stats = run.more.get("separation_columns")
     if stats is None:
         return []
-    rows = []
+    rows: list[dict[str, Any]] = []
     for (name, layer), value, error, floor, floor_error in zip(
         _column_names(run.geometry.n_layers), stats["value"], stats["error"], stats["floor"], stats["floor_error"]
     ):
@@ -1037,13 +1051,13 @@ def _worst_features(run: _Run, k: int = _N_WORST) -> list[dict[str, Any]]:
 
 
 def compare(
-    generated: Any,
-    reference: Any,
+    generated: ShowerInput,
+    reference: ShowerInput,
     geometry: CylindricalGeometry | None = None,
     groups: Sequence[str] = DEFAULT_GROUPS,
     n_max: int | None = None,
     *,
-    floor_reference: Any = None,
+    floor_reference: ShowerInput | None = None,
     threshold: float = DEFAULT_THRESHOLD_MEV,
     classifier_n: int = 20_000,
     voxel_classifier_n: int = 20_000,
@@ -1063,10 +1077,11 @@ def compare(
                "kpd_batch_size": kpd_batch_size, "n_bootstrap": n_bootstrap, "seed": seed}
     given = (reference, generated, floor_reference)
     with contextlib.ExitStack() as opened:
-        def open_here(source: Any, name: str) -> Any:
+        def open_here(source: ShowerInput, name: str) -> OpenInput:
             handle = open_input(source, geometry, name=name)
-            if hasattr(handle, "close") and all(handle is not g for g in given):
-                opened.callback(handle.close)  # close only the files opened here, even if the next open fails
+            close = getattr(handle, "close", None)
+            if close is not None and all(handle is not g for g in given):
+                opened.callback(close)  # close only the files opened here, even if the next open fails
             return handle
 
         ref = open_here(reference, "reference")
@@ -1085,7 +1100,8 @@ def _means_all(groups: Iterable[str] | str) -> bool:
     return groups == ("all",) or groups == ALL_GROUPS
 
 
-def _condition_groups(groups: tuple[str, ...], implicit: bool, sources: dict[str, Any]) -> tuple[str, ...]:
+def _condition_groups(groups: tuple[str, ...], implicit: bool,
+                      sources: dict[str, OpenInput | None]) -> tuple[str, ...]:
     """Drop the incidence groups from ``all`` unless both inputs carry theta; check the inputs agree on conditions.
 
     Asked for by name, they run at normal incidence when no input carries ``incident_theta``
@@ -1107,7 +1123,7 @@ def _condition_groups(groups: tuple[str, ...], implicit: bool, sources: dict[str
     return groups
 
 
-def _resolve_geometry(geometry: CylindricalGeometry | None, gen: Any, ref: Any) -> CylindricalGeometry:
+def _resolve_geometry(geometry: CylindricalGeometry | None, gen: OpenInput, ref: OpenInput) -> CylindricalGeometry:
     """The explicit geometry, else the one the files carry (which must agree), else dataset 2."""
     if geometry is not None:
         return geometry
@@ -1124,9 +1140,10 @@ def _resolve_geometry(geometry: CylindricalGeometry | None, gen: Any, ref: Any) 
     return chosen
 
 
-def _plan_floor(gen: Any, ref: Any, floor: Any, n_max: int | None) -> tuple[_Rows, _Rows, _Rows | None, str]:
+def _plan_floor(gen: OpenInput, ref: OpenInput, floor: OpenInput | None,
+                n_max: int | None) -> tuple[_Rows, _Rows, _Rows | None, str]:
     """The rows of each sample and the floor method (see the module docstring)."""
-    def size(source: Any) -> int:
+    def size(source: OpenInput) -> int:
         n = len(_incident_energies(source))
         return n if n_max is None else min(n_max, n)
 
@@ -1144,11 +1161,12 @@ def _plan_floor(gen: Any, ref: Any, floor: Any, n_max: int | None) -> tuple[_Row
     return _Rows(gen, 0, n_gen), _Rows(ref, 0, n_ref), None, "bootstrap"
 
 
-def _compare(gen: Any, ref: Any, floor: Any, geometry: CylindricalGeometry, groups: tuple[str, ...],
+def _compare(gen: OpenInput, ref: OpenInput, floor: OpenInput | None, geometry: CylindricalGeometry,
+             groups: tuple[str, ...],
              n_max: int | None, threshold: float, options: dict[str, Any],
              progress: Callable[[str], None]) -> Comparison:
     gen_rows, ref_rows, floor_rows, method = _plan_floor(gen, ref, floor, n_max)
-    samples = [("generated", gen_rows)] + ([("floor_reference", floor_rows)] if floor is not None else [])
+    samples = [("generated", gen_rows)] + ([("floor_reference", floor_rows)] if floor_rows is not None else [])
     _check_inputs(samples, ref_rows, geometry)
     if {"classifier", "classifier-voxel"} & set(groups):
         smallest = min(gen_rows.n, ref_rows.n if floor_rows is not None else ref_rows.n // 2)
@@ -1177,7 +1195,7 @@ def _compare(gen: Any, ref: Any, floor: Any, geometry: CylindricalGeometry, grou
                _binnings(f_ref, geometry, threshold), options)
     run.extras["bins"] = run.bins
     for name in groups:
-        stage(name, lambda name=name: _GROUPS[name][0](run))
+        stage(name, functools.partial(_GROUPS[name][0], run))
 
     result = {
         "format": "fastsim-validation/2",
@@ -1208,7 +1226,7 @@ def _compare(gen: Any, ref: Any, floor: Any, geometry: CylindricalGeometry, grou
     return Comparison(_json_ready(result), f_gen, f_ref, run.extras)
 
 
-def _model_label(source: Any) -> dict[str, str]:
+def _model_label(source: OpenInput) -> dict[str, str]:
     """The model that wrote a file, from the attributes `fastsim generate` stores (empty if unknown)."""
     attrs = getattr(source, "attrs", None)
     if not isinstance(attrs, dict) or "fastsim.model" not in attrs:
@@ -1252,8 +1270,8 @@ def _json_ready(value: Any) -> Any:
 
 
 def validate(
-    generated: Any,
-    reference: Any,
+    generated: ShowerInput,
+    reference: ShowerInput,
     geometry: CylindricalGeometry | None = None,
     groups: Sequence[str] = DEFAULT_GROUPS,
     n_max: int | None = None,
@@ -1282,8 +1300,8 @@ def validate(
 
 
 def quick_figure_of_merit(
-    generated: Any,
-    reference: Any,
+    generated: ShowerInput | ShowerFeatures,
+    reference: ShowerInput | ShowerFeatures,
     geometry: CylindricalGeometry | None = None,
     *,
     threshold: float = DEFAULT_THRESHOLD_MEV,
@@ -1293,12 +1311,12 @@ def quick_figure_of_merit(
 
     The mean of the separation powers of E_tot/E_inc, of the layer energies
     (averaged over layers) and of the x and y widths (averaged over layers).
-    Either input may be precomputed :class:`~fastsim.features.ShowerFeatures`
+    Either input may be precomputed :class:`~fastsim.validation.features.ShowerFeatures`
     (compute the reference's once, reuse it every epoch).
     """
     geometry = geometry if geometry is not None else default_geometry()
 
-    def features(source: Any, name: str) -> ShowerFeatures:
+    def features(source: ShowerInput | ShowerFeatures, name: str) -> ShowerFeatures:
         if isinstance(source, ShowerFeatures):
             return source if n_max is None else source.take(slice(0, n_max))
         return compute_features(open_input(source, geometry, name=name), geometry, threshold=threshold, stop=n_max)
@@ -1511,9 +1529,9 @@ def _report_markdown(comparison: Comparison, plots: list[Path]) -> str:
 
 
 def write_report(
-    generated: Any,
-    reference: Any,
-    output_dir: str | os.PathLike,
+    generated: ShowerInput,
+    reference: ShowerInput,
+    output_dir: str | os.PathLike[str],
     geometry: CylindricalGeometry | None = None,
     groups: Sequence[str] = DEFAULT_GROUPS,
     n_max: int | None = None,
@@ -1529,7 +1547,7 @@ def write_report(
     drawn. Returns the metrics dict.
     """
     if plots:
-        from fastsim import plots as plotting
+        from fastsim.validation import plots as plotting
 
         plotting.require_matplotlib()
     folder = Path(output_dir)

@@ -1,6 +1,6 @@
 """Distances between two samples: separation power, Wasserstein-1, FPD, KPD, classifier AUC.
 
-This module owns the metric definitions, written to match the conventions of the
+The metric definitions are written to match the conventions of the
 Fast Calorimeter Simulation Challenge 2022 (CaloChallenge) evaluation and of
 ``jetnet`` so that a number computed here means the same as in the literature:
 
@@ -224,11 +224,11 @@ def mmd_poly_unbiased(x: np.ndarray, y: np.ndarray, degree: int = 4) -> float:
 
 
 def _poly_kernel(a: np.ndarray, b: np.ndarray, gamma: float, degree: int) -> np.ndarray:
-    base = a @ b.T
+    base: np.ndarray = a @ b.T
     base *= gamma
     base += 1.0
     # Integer powers by repeated in-place products: several times faster than ``**``.
-    out = base.copy()
+    out: np.ndarray = base.copy()
     for _ in range(degree - 1):
         out *= base
     return out
@@ -306,7 +306,7 @@ def classifier_auc(
 
     ``model`` is ``"boosted-trees"`` (scikit-learn HistGradientBoosting, for
     high-level features) or ``"mlp"`` (the fully connected network of
-    :mod:`fastsim.classifier`, for voxels).
+    :mod:`fastsim.validation.classifier`, for voxels).
 
     Returns a dict with ``auc`` (0.5: the classifier cannot tell the samples
     apart, 1.0: it always can), ``auc_error`` (standard deviation over
@@ -379,13 +379,13 @@ def fit_classifier(
         epochs = best = int(clf.n_iter_)
         converged = epochs < max_iter
     else:
-        from fastsim.classifier import train_mlp
+        from fastsim.validation.classifier import train_mlp
 
         fit = train_mlp(data[train], labels[train], data[val], labels[val], hidden=(128, 128),
                         learning_rate=1e-4, batch_size=500, max_epochs=40, patience=4, seed=seed)
         score = fit.model.logits(data)
         epochs, best, converged = fit.epochs_run, fit.best_epoch, fit.converged
-    from fastsim.classifier import bootstrap_auc, roc_auc
+    from fastsim.validation.classifier import bootstrap_auc, roc_auc
 
     calibrator = isotonic.IsotonicRegression(out_of_bounds="clip", y_min=1e-6, y_max=1 - 1e-6)
     calibrator.fit(score[val], labels[val])

@@ -1,6 +1,6 @@
 """A fully connected binary classifier in numpy, for the voxel-level two-sample test.
 
-This module owns the network behind ``classifier_auc.voxel``: the
+The network behind ``classifier_auc.voxel``: the
 CaloChallenge's low-level classifier (a fully connected net on the voxel
 energies divided by the incident energy, plus log10 of the incident energy,
 trained with Adam on the binary cross-entropy) written in numpy float32 so
