@@ -24,13 +24,16 @@ import onnx
 import pytest
 
 import fastsim
-from fastsim.errors import SpecError
+from fastsim.conditions import plan_conditions
+from fastsim.errors import ConditionError, SpecError
 from fastsim.geometry import CylindricalGeometry, Layer, default_geometry
-from fastsim.spec import ConditionSpec, read_spec
+from fastsim.prior import draw_latents
+from fastsim.spec import FORMAT_CATEGORICAL, ConditionSpec, read_spec
 from helpers.decoders import (
     ENERGY_CONDITION,
     INCIDENT_CONDITIONS,
     PERIODIC_FORMAT,
+    PHI_CONDITION,
     RESPONSE,
     make_decoder,
     make_spec,
@@ -51,6 +54,8 @@ ANGLE = ConditionSpec("theta", "deg", 10.0, 80.0, "uniform")
 # Energy, theta and phi as format 1 has them (no period), and as format 1.1 (phi periodic).
 INCIDENT_FORMAT_1 = [{k: v for k, v in c.items() if k != "period"} for c in INCIDENT_CONDITIONS]
 LOW_ENERGY = ConditionSpec("incident_energy", "MeV", 1_000.0, 50_000.0, "log-uniform")
+# A categorical condition (format 1.2): the particle type, by label or PDG id.
+PARTICLE = ConditionSpec("particle", "pdg", 11.0, 22.0, "categorical", categories=(("electron", 11), ("photon", 22)))
 
 # Contract variants (make_decoder arguments); every host must agree with Python on each.
 MODELS = {
@@ -62,6 +67,9 @@ MODELS = {
     "fp16-output": dict(latent_dim=4, n_voxels=24, hidden=8, output_dtype="float16", conditions=[LOW_ENERGY]),
     "incident-angles": dict(latent_dim=5, n_voxels=30, hidden=8, conditions=INCIDENT_FORMAT_1),
     "incident-angles-periodic": dict(latent_dim=5, n_voxels=30, hidden=8, conditions=list(INCIDENT_CONDITIONS)),
+    # Format 1.2: a categorical condition next to a periodic one.
+    "energy-phi-particle": dict(latent_dim=5, n_voxels=30, hidden=8, conditions=[ENERGY_CONDITION, PHI_CONDITION,
+                                                                               PARTICLE]),
     # Every bundled model, including those exported after this test was written.
     **{f"exported-{path.stem}": path for path in sorted(EXPORTED.glob("*.onnx"))},
 }
@@ -161,7 +169,9 @@ def _inputs(spec, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     z = rng.standard_normal((n, spec.latent_dim), dtype=np.float32)
     columns = []
     for cond in spec.conditions:
-        if cond.sampling == "log-uniform":
+        if cond.categories is not None:
+            columns.append(rng.choice(np.asarray(cond.codes), n))
+        elif cond.sampling == "log-uniform":
             columns.append(np.exp(rng.uniform(np.log(cond.min), np.log(cond.max), n)))
         else:
             columns.append(rng.uniform(cond.min, cond.max, n))
@@ -233,9 +243,11 @@ def test_cpp_reads_the_spec_like_python(cpp_demo, model, tmp_path):
         assert [float(b) for b in bounds.split(",")] == pytest.approx([cond.min, cond.max], rel=1e-5)
         assert f"({cond.sampling}" in line
         if "period" in block:
-            assert float(line.split("period ")[1].rstrip(")")) == pytest.approx(block["period"], rel=1e-5)
+            assert float(line.split("period ")[1].split(")")[0]) == pytest.approx(block["period"], rel=1e-5)
         else:
             assert "period" not in line
+        if cond.categories is not None:
+            assert line.endswith(": " + ", ".join(f"{label} ({code:g})" for label, code in cond.categories) + ")")
     assert "CPUExecutionProvider" in info
 
 
@@ -384,11 +396,14 @@ def _host_command(request, host: str) -> list:
     return ["node", request.getfixturevalue("node_script")]
 
 
-def _generate(request, host: str, model: Path, tmp_path: Path, *flags) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Run a host with its own conditions from flags on known latents; (z, conditions used, showers)."""
+def _generate(request, host: str, model: Path, tmp_path: Path, *flags,
+              z: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Run a host with its own conditions from flags on known latents (``z``, default 37 rows of
+    its own); (z, conditions used, showers)."""
     spec = _spec_document(model)
-    n = 37
-    z = np.random.default_rng(21).standard_normal((n, spec["latent_dim"]), dtype=np.float32)
+    if z is None:
+        z = np.random.default_rng(21).standard_normal((37, spec["latent_dim"]), dtype=np.float32)
+    n = len(z)
     z_file, c_out, out = tmp_path / f"z-{host}.f32", tmp_path / f"c-{host}.f32", tmp_path / f"s-{host}.f32"
     z.astype("<f4").tofile(z_file)
     result = _run([*_host_command(request, host), model, "--n", n, "--latents", z_file, "--threads", 1,
@@ -453,6 +468,7 @@ def test_cpp_energy_only_model_draws_its_energy_when_none_is_given(cpp_demo, toy
     (["--theta", "30grad"], ["--theta", "30grad"]),
     (["--condition", "incident_psi=1"], ["--condition incident_psi", "incident_energy, incident_theta, incident_phi"]),
     (["--phi", "1rad", "--condition", "incident_phi=1"], ["--condition incident_phi", "already given by --phi"]),
+    (["--particle", "photon"], ["--particle", "'particle'", "incident_energy, incident_theta, incident_phi"]),
 ])
 def test_bad_condition_flags_fail_naming_the_flag(request, host, angles, tmp_path, flags, needles):
     out = tmp_path / "showers.bin"
@@ -483,6 +499,181 @@ def test_periodic_spec_is_format_1_1_and_the_others_format_1(angles, toy):
     assert periodic["format"] == PERIODIC_FORMAT
     assert [c.get("period") for c in periodic["conditions"]] == [None, None, 2 * math.pi]
     assert plain["format"] == "fastsim-decoder/1" and "period" not in plain["conditions"][0]
+
+
+# --- a categorical condition (format 1.2): --particle, --condition particle=..., drawn ------
+
+SEED = 4
+
+
+@pytest.fixture(scope="module")
+def particles(tmp_path_factory) -> Path:
+    """The categorical toy: energy (log-uniform) and particle {electron: 11, photon: 22}."""
+    return make_decoder(tmp_path_factory.mktemp("particles") / "particles.onnx", latent_dim=5, n_voxels=30,
+                        hidden=8, conditions=(ENERGY_CONDITION, PARTICLE), seed=3)
+
+
+@pytest.fixture(scope="module")
+def particles_twin(tmp_path_factory) -> Path:
+    """The same columns with particle as a plain uniform condition on [0, 1]: a host draws it from the
+    same per-shower uniform it draws a category from, so its conditions show the uniforms themselves."""
+    uniform = ConditionSpec("particle", "1", 0.0, 1.0, "uniform")
+    return make_decoder(tmp_path_factory.mktemp("particles-twin") / "twin.onnx", latent_dim=5, n_voxels=30,
+                        hidden=8, conditions=(ENERGY_CONDITION, uniform), seed=3)
+
+
+def _seeded(request, host: str, model: Path, tmp_path: Path, *flags) -> tuple[np.ndarray, np.ndarray]:
+    """A host run with --seed SEED on the latents Python's prior draws for SEED: (conditions, showers)."""
+    z = draw_latents(SEED, 0, 37, _spec_document(model)["latent_dim"])
+    _, conditions, showers = _generate(request, host, model, tmp_path, "--seed", SEED, *flags, z=z)
+    return conditions, showers
+
+
+def _drawn_like_python(particles_model: Path, named: dict, host_uniforms: np.ndarray) -> np.ndarray:
+    """The particle codes Python's ConditionPlan draws from the given per-shower uniforms."""
+    plan = plan_conditions(read_spec(particles_model), named, len(host_uniforms))
+    uniforms = np.column_stack([np.zeros(len(host_uniforms)), host_uniforms.astype(np.float64)])
+    return plan.values(uniforms, 0, len(host_uniforms))[:, 1]
+
+
+def _python_generate(model: Path, n: int, conditions: dict) -> tuple[np.ndarray, np.ndarray]:
+    return fastsim.load(model, device="cpu", threads=1).generate(n, conditions, seed=SEED)
+
+
+def test_categorical_spec_is_format_1_2(particles):
+    doc = _spec_document(particles)
+    assert doc["format"] == FORMAT_CATEGORICAL == "fastsim-decoder/1.2"
+    assert doc["conditions"][1]["sampling"] == "categorical"
+    assert doc["conditions"][1]["categories"] == {"electron": 11.0, "photon": 22.0}
+
+
+@pytest.mark.parametrize("host", HOSTS)
+@pytest.mark.parametrize("flags", [
+    ["--particle", "photon"],
+    ["--particle", "Photon"],
+    ["--particle", "22"],
+    ["--condition", "particle=photon"],
+], ids=["label", "label-case", "code", "condition-flag"])
+def test_particle_by_label_or_code_decodes_like_python(request, host, particles, tmp_path, flags):
+    conditions, showers = _seeded(request, host, particles, tmp_path, "--energy", "50GeV", *flags)
+    np.testing.assert_array_equal(conditions, np.tile(np.float32([5e4, 22.0]), (len(conditions), 1)))
+    expected_conditions, expected = _python_generate(particles, len(conditions),
+                                                     {"incident_energy": 5e4, "particle": "photon"})
+    np.testing.assert_array_equal(conditions, expected_conditions)
+    _assert_same_showers(showers, expected)
+
+
+@pytest.mark.parametrize("host", HOSTS)
+def test_a_comma_list_draws_each_shower_category_like_python(request, host, particles, particles_twin, tmp_path):
+    conditions, showers = _seeded(request, host, particles, tmp_path, "--energy", "50GeV",
+                                  "--particle", "electron,photon")
+    codes = conditions[:, 1]
+    assert np.all(conditions[:, 0] == np.float32(5e4))
+    assert set(np.unique(codes)) == {11.0, 22.0}  # per shower: 37 showers of one kind are 2**-36 likely
+    # The host's uniform for each shower, through Python's rule, gives the host's category.
+    twin, _ = _seeded(request, host, particles_twin, tmp_path, "--energy", "50GeV")
+    assert np.all((twin[:, 1] >= 0) & (twin[:, 1] < 1))
+    np.testing.assert_array_equal(codes, _drawn_like_python(particles, {"incident_energy": 5e4,
+                                                                         "particle": "electron,photon"}, twin[:, 1]))
+    # The list's order is the rule's: the same uniforms, the other code.
+    swapped, _ = _seeded(request, host, particles, tmp_path, "--energy", "50GeV", "--particle", "photon, ELECTRON")
+    np.testing.assert_array_equal(swapped[:, 1], np.where(codes == 11, 22, 11))
+    expected_conditions, expected = _python_generate(particles, len(codes),
+                                                     {"incident_energy": 5e4, "particle": codes})
+    np.testing.assert_array_equal(conditions, expected_conditions)
+    _assert_same_showers(showers, expected)
+
+
+@pytest.mark.parametrize("host", HOSTS)
+def test_particle_left_out_is_drawn_over_all_categories_like_python(request, host, particles, particles_twin,
+                                                                     tmp_path):
+    conditions, showers = _seeded(request, host, particles, tmp_path)
+    energy, codes = conditions.T
+    assert set(np.unique(codes)) == {11.0, 22.0}
+    assert energy.min() >= 1e3 and energy.max() <= 1e6 and len(np.unique(energy)) == len(energy)
+    twin, _ = _seeded(request, host, particles_twin, tmp_path)
+    np.testing.assert_array_equal(energy, twin[:, 0])  # one uniform per drawn condition, as for a range
+    np.testing.assert_array_equal(codes, _drawn_like_python(particles, {}, twin[:, 1]))
+    # Left out is the same as every category listed in the spec's order.
+    listed, _ = _seeded(request, host, particles, tmp_path, "--particle", "electron,photon")
+    np.testing.assert_array_equal(listed, conditions)
+    expected_conditions, expected = _python_generate(particles, len(codes),
+                                                     {"incident_energy": energy, "particle": codes})
+    np.testing.assert_array_equal(conditions, expected_conditions)
+    _assert_same_showers(showers, expected)
+
+
+@pytest.mark.parametrize("host", HOSTS)
+@pytest.mark.parametrize("flags, needles, python_value", [
+    (["--particle", "pion"], ["--particle", "'particle'", "electron (11), photon (22)", "got 'pion'"], "pion"),
+    (["--particle", "electron, pion"], ["--particle", "got 'pion'"], "electron, pion"),
+    (["--condition", "particle=211"], ["--condition particle", "electron (11), photon (22)", "211"], "211"),
+    (["--particle", "15", "--allow-extrapolation"], ["--particle", "electron (11), photon (22)", "15"], "15"),
+    (["--particle", "electron,11"], ["--particle", "'particle'", "twice", "electron,11"], "electron,11"),
+    (["--particle", "11:22"], ["--particle", "got '11:22'"], "11:22"),
+    (["--particle", "photon", "--condition", "particle=11"], ["--condition particle", "already given by --particle"],
+     None),
+], ids=["unknown-label", "unknown-in-list", "unknown-code", "no-extrapolation", "twice", "range", "given-twice"])
+def test_bad_category_flags_fail_naming_the_flag(request, host, particles, tmp_path, flags, needles, python_value):
+    out = tmp_path / "showers.bin"
+    result = _run([*_host_command(request, host), particles, "--n", 10, "--out", out, *flags])
+    _assert_clean_failure(result, *needles)
+    assert not out.exists()
+    if python_value is not None:  # Python refuses the same value
+        with pytest.raises(ConditionError, match="particle"):
+            fastsim.load(particles, device="cpu", threads=1).plan(10, {"particle": python_value},
+                                                                  allow_extrapolation=True)
+
+
+@pytest.mark.parametrize("host", HOSTS)
+def test_a_conditions_file_with_a_code_that_is_no_category_is_refused(request, host, particles, tmp_path):
+    z_file, c_file = _write_inputs(tmp_path, np.zeros((4, 5), np.float32), np.float32([[5e4, 11], [5e4, 15]] * 2))
+    result = _run([*_host_command(request, host), particles, "--latents", z_file, "--conditions", c_file,
+                   "--allow-extrapolation"])
+    _assert_clean_failure(result, "condition 'particle'", "electron (11), photon (22)", "15")
+
+
+@pytest.mark.parametrize("host", HOSTS)
+@pytest.mark.parametrize("change, needles, python_needle", [
+    ({"format": PERIODIC_FORMAT}, ["conditions['particle'].categories", "fastsim-decoder/1.2", PERIODIC_FORMAT],
+     "'fastsim-decoder/1.2' for categorical conditions ['particle']"),
+    ({"format": "fastsim-decoder/1"}, ["conditions['particle'].categories", "fastsim-decoder/1.2"],
+     "'fastsim-decoder/1.2' for categorical conditions ['particle']"),
+    ({"categories": {"electron": 11}}, ["conditions['particle'].categories", "at least two categories"],
+     "categories must be at least two categories"),
+    ({"sampling": "categorical", "categories": None}, ["conditions['particle'].categories", "at least two"],
+     "categories must be at least two categories"),
+    ({"categories": {"electron": 11, "photon": 22.5}, "max": 22.5}, ["integer codes of magnitude <= 2**24"],
+     "categories must be integer codes"),
+    ({"categories": {"electron": 11, "Electron": 22}}, ["distinct labels and distinct codes"],
+     "distinct labels and distinct codes"),
+    ({"categories": {"e,gamma": 11, "photon": 22}}, ["labels that are non-empty strings without ':' or ','"],
+     "labels that are non-empty strings without ':' or ','"),
+    ({"max": 211}, ["conditions['particle'].min/max", "the smallest and largest code (11, 22)"],
+     "min/max must be the smallest and largest code (11, 22)"),
+    ({"sampling": "uniform"}, ["conditions['particle'].sampling", "'categorical' for a condition with categories"],
+     "sampling must be 'categorical'"),
+    ({"categories": ["electron", "photon"]}, ["conditions[1].categories", "a JSON object"],
+     "conditions[1].categories must be a JSON object"),
+    ({"categories": {"electron": "11", "photon": 22}}, ["conditions[1].categories['electron']", "a finite number"],
+     "categories['electron'] must be a finite number"),
+], ids=["format-1.1", "format-1", "one-category", "no-categories", "non-integer", "same-label", "comma-label",
+        "max-not-a-code", "not-categorical", "not-an-object", "code-not-a-number"])
+def test_hosts_refuse_bad_categories_like_python(request, host, tmp_path, change, needles, python_needle):
+    conditions = (ENERGY_CONDITION, PARTICLE)
+    model = make_decoder(tmp_path / "m.onnx", latent_dim=5, n_voxels=30, conditions=conditions, embed=False)
+    doc = spec_document(make_spec(latent_dim=5, n_voxels=30, conditions=conditions))
+    block = doc["conditions"][1]
+    if "format" in change:
+        doc["format"] = change["format"]
+    block.update({k: v for k, v in change.items() if k != "format"})
+    if block.get("categories", ...) is None:
+        del block["categories"]
+    Path(f"{model}.json").write_text(json.dumps(doc))
+    with pytest.raises(SpecError, match=re.escape(python_needle)):
+        read_spec(model)
+    result = _run([*_host_command(request, host), model, "--energy", "5GeV", "--n", 10])
+    _assert_clean_failure(result, "spec: ", *needles)
 
 
 # --- voxel positions for a Geant4 host ------------------------------------------------------

@@ -3,6 +3,7 @@
 //
 //   node generate.mjs MODEL.onnx --n 1000 --energy 50000 --out showers.bin
 //   node generate.mjs MODEL.onnx --n 1000 --energy 50GeV --theta 30deg --phi 370deg --out showers.bin
+//   node generate.mjs MODEL.onnx --n 1000 --energy 50GeV --particle electron,photon --out showers.bin
 //
 // Output: raw little-endian float32, n x n_voxels, row-major, MeV.
 import { readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
@@ -11,6 +12,8 @@ import { parseArgs } from "node:util";
 const SPEC_KEY = "fastsim.spec";
 const FORMAT = "fastsim-decoder/1";
 const PERIODIC_FORMAT = "fastsim-decoder/1.1"; // adds the optional `period` of a condition
+const CATEGORICAL_FORMAT = "fastsim-decoder/1.2"; // adds the optional `categories` of a condition
+const FORMATS = [FORMAT, PERIODIC_FORMAT, CATEGORICAL_FORMAT];
 
 class FastsimError extends Error {}
 
@@ -76,8 +79,9 @@ function readSpec(modelPath, bytes) {
     throw new FastsimError(`spec: not valid JSON (${error.message})`);
   }
   spec.format ??= FORMAT;
-  if (spec.format !== FORMAT && spec.format !== PERIODIC_FORMAT) {
-    throw new FastsimError(`spec: format must be one of ['${FORMAT}', '${PERIODIC_FORMAT}'], got ${JSON.stringify(spec.format)}`);
+  if (!FORMATS.includes(spec.format)) {
+    throw new FastsimError(`spec: format must be one of [${FORMATS.map((f) => `'${f}'`).join(", ")}], ` +
+                           `got ${JSON.stringify(spec.format)}`);
   }
   if (!Number.isInteger(spec.latent_dim) || spec.latent_dim <= 0) {
     throw new FastsimError(`spec: latent_dim must be a positive integer, got ${JSON.stringify(spec.latent_dim)}`);
@@ -109,11 +113,23 @@ function checkCondition(condition, index, format) {
       throw fail(`conditions[${index}].${key}`, "a finite number", condition[key]);
     }
   }
-  const named = `conditions['${condition.name}']`;
   condition.sampling ??= "uniform";
-  if (condition.sampling !== "uniform" && condition.sampling !== "log-uniform") {
-    throw fail(`${named}.sampling`, "one of [uniform, log-uniform]", condition.sampling);
+  if (condition.categories !== undefined) {
+    const { categories } = condition;
+    if (categories === null || typeof categories !== "object" || Array.isArray(categories)) {
+      throw fail(`conditions[${index}].categories`, "a JSON object", categories);
+    }
+    for (const [label, code] of Object.entries(categories)) {
+      if (typeof code !== "number" || !Number.isFinite(code)) {
+        throw fail(`conditions[${index}].categories['${label}']`, "a finite number", code);
+      }
+    }
   }
+  const named = `conditions['${condition.name}']`;
+  if (!["uniform", "log-uniform", "categorical"].includes(condition.sampling)) {
+    throw fail(`${named}.sampling`, "one of [uniform, log-uniform, categorical]", condition.sampling);
+  }
+  if (condition.categories !== undefined || condition.sampling === "categorical") checkCategories(condition, named, fail);
   if (!(condition.min < condition.max)) throw fail(`${named}.min/max`, "finite with min < max", [condition.min, condition.max]);
   if (condition.sampling === "log-uniform" && condition.min <= 0) {
     throw fail(`${named}.min`, "> 0 for log-uniform sampling", condition.min);
@@ -126,8 +142,57 @@ function checkCondition(condition, index, format) {
     if (condition.max - condition.min > period) {
       throw fail(`${named}.period`, `at least max - min = ${condition.max - condition.min}`, period);
     }
+    if (condition.sampling !== "uniform") throw fail(`${named}.sampling`, "'uniform' for a periodic condition", condition.sampling);
     if (format === FORMAT) throw fail(`${named}.period`, `used with format '${PERIODIC_FORMAT}'`, format);
   }
+  // Readers of formats 1 and 1.1 know no categories: such a spec would be drawn as a range.
+  if (condition.categories !== undefined && format !== CATEGORICAL_FORMAT) {
+    throw fail(`${named}.categories`, `used with format '${CATEGORICAL_FORMAT}'`, format);
+  }
+}
+
+// The rules of fastsim/spec.py ConditionSpec._check_categories, in its order. Categories keep the
+// document's order (the order a condition left out is drawn over), as Python's dicts do.
+function checkCategories(condition, named, fail) {
+  const { categories } = condition;
+  if (condition.sampling !== "categorical") {
+    throw fail(`${named}.sampling`, "'categorical' for a condition with categories", condition.sampling);
+  }
+  const entries = Object.entries(categories ?? {});
+  if (entries.length < 2) throw fail(`${named}.categories`, "at least two categories {label: code}", categories ?? null);
+  const labels = entries.map(([label]) => label);
+  const codes = entries.map(([, code]) => code);
+  if (labels.some((label) => label.trim() === "" || label.includes(":") || label.includes(","))) {
+    throw fail(`${named}.categories`, "labels that are non-empty strings without ':' or ','", labels);
+  }
+  // Codes reach the decoder as float32: integers up to 2**24 are exact there.
+  if (codes.some((code) => !Number.isInteger(code) || Math.abs(code) > 2 ** 24)) {
+    throw fail(`${named}.categories`, "integer codes of magnitude <= 2**24", codes);
+  }
+  if (new Set(labels.map((label) => label.toLowerCase())).size !== labels.length || new Set(codes).size !== codes.length) {
+    throw fail(`${named}.categories`, "distinct labels and distinct codes", categories);
+  }
+  const smallest = Math.min(...codes);
+  const largest = Math.max(...codes);
+  if (condition.min !== smallest || condition.max !== largest) {
+    throw fail(`${named}.min/max`, `the smallest and largest code (${smallest}, ${largest})`, [condition.min, condition.max]);
+  }
+  condition.labels = labels;
+  condition.codes = codes;
+}
+
+// "electron (11), photon (22)", as the Python runtime lists a condition's categories.
+function categoryList(condition) {
+  return condition.labels.map((label, i) => `${label} (${condition.codes[i]})`).join(", ");
+}
+
+// A category's code from its label (case-insensitive) or its code written as a number; null if none.
+function categoryCode(condition, text) {
+  const wanted = text.trim().toLowerCase();
+  const index = condition.labels.findIndex((label) => label.toLowerCase() === wanted);
+  if (index >= 0) return condition.codes[index];
+  const value = /^[0-9.eE+-]+$/.test(wanted) ? Number(wanted) : NaN;
+  return condition.codes.includes(value) ? value : null;
 }
 
 // Whether value is in [min, max], with the Python runtime's slack of 1e-6 x max(|min|, |max|),
@@ -223,7 +288,8 @@ function parseNumber(option, text) {
   return value;
 }
 
-// One value per condition from --energy/--theta/--phi/--condition, null where none is given.
+// One value per condition from --energy/--theta/--phi/--particle/--condition, null where none is
+// given; a comma list of categories as {choice: codes}, drawn per shower.
 function givenConditions(spec, opts) {
   const names = spec.conditions.map((c) => c.name);
   const values = new Array(names.length).fill(null);
@@ -248,6 +314,27 @@ function givenConditions(spec, opts) {
     }
     values[index] = value;
   };
+  // A categorical condition: a label or code, or a comma list of them drawn per shower.
+  const setCategory = (option, index, text) => {
+    const condition = spec.conditions[index];
+    if (condition.codes === undefined) {
+      throw new FastsimError(`${option}: condition '${condition.name}' is not categorical (its spec has no categories); ` +
+                             `pass --condition ${condition.name}=VALUE in ${condition.unit}`);
+    }
+    const codes = [];
+    for (const item of text.split(",")) {
+      const code = categoryCode(condition, item);
+      if (code === null) {
+        throw new FastsimError(`${option}: condition '${condition.name}' must be one of ${categoryList(condition)} ` +
+                               `or a comma list of them, got '${item.trim()}'`);
+      }
+      if (codes.includes(code)) {
+        throw new FastsimError(`${option}: condition '${condition.name}' lists a category twice in '${text}'`);
+      }
+      codes.push(code);
+    }
+    values[index] = codes.length === 1 ? codes[0] : { choice: codes };
+  };
   if (opts.energy !== undefined) set("--energy", claim("--energy", "incident_energy"), parseEnergy(opts.energy), opts.energy);
   for (const [option, name] of [["--theta", "incident_theta"], ["--phi", "incident_phi"]]) {
     const text = opts[option.slice(2)];
@@ -263,28 +350,38 @@ function givenConditions(spec, opts) {
     }
     set(option, index, value, text);
   }
+  if (opts.particle !== undefined) setCategory("--particle", claim("--particle", "particle"), opts.particle);
   for (const pair of opts.condition ?? []) {
     const equals = pair.indexOf("=");
     if (equals <= 0) throw new FastsimError(`--condition must be NAME=VALUE, got '${pair}'`);
     const name = pair.slice(0, equals);
     const option = `--condition ${name}`;
     const index = claim(option, name);
-    set(option, index, parseNumber(option, pair.slice(equals + 1)), pair.slice(equals + 1));
+    if (spec.conditions[index].codes !== undefined) {
+      setCategory(option, index, pair.slice(equals + 1));
+    } else {
+      set(option, index, parseNumber(option, pair.slice(equals + 1)), pair.slice(equals + 1));
+    }
   }
   return values;
 }
 
 // n rows of conditions: the given values, other conditions drawn per shower over their
-// training range (uniform or log-uniform) from a stream of their own.
+// training range (uniform or log-uniform) from a stream of their own; a categorical one
+// not given is drawn over all its categories, equally, as a comma list is.
 function drawConditions(spec, given, n, seed) {
   const uniform = mulberry32((seed ^ 0x9e3779b9) >>> 0);
   const width = spec.conditions.length;
   const out = new Float32Array(n * width);
   for (let row = 0; row < n; row++) {
     for (let col = 0; col < width; col++) {
-      const { min, max, sampling } = spec.conditions[col];
-      let value = given[col];
-      if (value === null) {
+      const { min, max, sampling, codes } = spec.conditions[col];
+      let value = given[col] === null && codes !== undefined ? { choice: codes } : given[col];
+      if (value?.choice) {
+        // The Python runtime's rule (ConditionPlan.values): codes[min(floor(u k), k - 1)].
+        const k = value.choice.length;
+        value = value.choice[Math.min(Math.floor(uniform() * k), k - 1)];
+      } else if (value === null) {
         value = sampling === "log-uniform"
           ? Math.exp(Math.log(min) + (Math.log(max) - Math.log(min)) * uniform())
           : min + (max - min) * uniform();
@@ -317,15 +414,19 @@ options:
   --theta A              incident_theta, an angle: 30deg, 0.5rad or 0.5 (radians)
   --phi A                incident_phi, an angle as for --theta; a periodic condition is
                          wrapped into [min, min + period), e.g. 370deg -> 10deg
-  --condition NAME=VALUE any condition, VALUE in its spec unit (repeatable)
+  --particle P[,P...]    particle, a categorical condition: a label or its code (photon,
+                         22), or a comma list drawn per shower with equal probability
+  --condition NAME=VALUE any condition, VALUE in its spec unit (repeatable); for a
+                         categorical one a label, code or comma list as for --particle
                          A condition given no value is drawn per shower over its training
-                         range (uniform or log-uniform, as its spec says).
+                         range (uniform or log-uniform, as its spec says), a categorical
+                         one over all its categories, equally.
   --seed S               seed of the drawn latents (default 0)
   --threads T            ONNX Runtime intra-op threads (default 0: ONNX Runtime's choice)
   --out FILE             write raw little-endian float32, n x n_voxels, MeV (via FILE.tmp)
   --latents FILE         raw float32 latents (n x latent_dim) instead of drawn ones
   --conditions FILE      raw float32 conditions (n x n_conditions) instead of
-                         --energy/--theta/--phi/--condition
+                         --energy/--theta/--phi/--particle/--condition
   --conditions-out FILE  write the conditions used (raw float32, n x n_conditions)
   --allow-extrapolation  accept conditions outside the model's training range
   -h, --help             show this help and exit
@@ -340,6 +441,7 @@ async function main() {
     energy: { type: "string" },
     theta: { type: "string" },
     phi: { type: "string" },
+    particle: { type: "string" },
     condition: { type: "string", multiple: true },
     "conditions-out": { type: "string" },
     seed: { type: "string", default: "0" },
@@ -404,8 +506,8 @@ async function main() {
   // Inputs: from files (parity checks) or drawn here for a constant energy.
   let conditions;
   if (opts.conditions) {
-    if ([opts.energy, opts.theta, opts.phi, opts.condition].some((value) => value !== undefined)) {
-      throw new FastsimError("--conditions FILE replaces --energy/--theta/--phi/--condition; pass one or the other");
+    if ([opts.energy, opts.theta, opts.phi, opts.particle, opts.condition].some((value) => value !== undefined)) {
+      throw new FastsimError("--conditions FILE replaces --energy/--theta/--phi/--particle/--condition; pass one or the other");
     }
     conditions = readRows("--conditions", opts.conditions, nConditions);
   } else {
@@ -419,8 +521,12 @@ async function main() {
     throw new FastsimError(`--latents holds ${z.length / spec.latent_dim} rows, --conditions ${n}`);
   }
   for (let i = 0; i < conditions.length; i++) {
-    const { name, min, max, unit } = spec.conditions[i % nConditions];
+    const { name, min, max, unit, codes } = spec.conditions[i % nConditions];
     const value = conditions[i];
+    // A code that is no category is refused even with --allow-extrapolation, as in Python.
+    if (codes !== undefined && !codes.includes(value)) {
+      throw new FastsimError(`condition '${name}' must be one of ${categoryList(spec.conditions[i % nConditions])}, got ${value}`);
+    }
     if (!Number.isFinite(value) || (!opts["allow-extrapolation"] && !inRange(spec.conditions[i % nConditions], value))) {
       throw new FastsimError(`condition '${name}' must be in the model's range [${min}, ${max}] ${unit}, got ${value}`);
     }

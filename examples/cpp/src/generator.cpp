@@ -273,6 +273,12 @@ void Generator::check_conditions(const float* conditions, std::size_t n) const {
                 << ", got " << value << " (row " << row << ")";
         throw ConditionError(message.str());
       }
+      // A code that is no category is refused even with allow_extrapolation, as in Python.
+      if (condition.categorical() && !condition.is_code(value)) {
+        message << "condition '" << condition.name << "' must be one of " << condition.category_list() << ", got "
+                << value << " (row " << row << ")";
+        throw ConditionError(message.str());
+      }
       if (!impl_->options.allow_extrapolation && !condition.in_range(value)) {
         message << "condition '" << condition.name << "' must be in the model's range [" << condition.min << ", "
                 << condition.max << "] " << condition.unit << ", got " << value << " (row " << row

@@ -3,6 +3,8 @@
 //
 //   fastsim-cpp MODEL.onnx --n 10000 --energy 50000 --out showers.bin
 //   fastsim-cpp MODEL.onnx --n 1000 --energy 50GeV --theta 30deg --phi 370deg --out showers.bin
+//   fastsim-cpp MODEL.onnx --n 1000 --energy 50GeV --particle electron,photon --out showers.bin
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -36,9 +38,14 @@ options:
   --theta A              incident_theta, an angle: 30deg, 0.5rad or 0.5 (radians)
   --phi A                incident_phi, an angle as for --theta; a periodic condition
                          is wrapped into [min, min + period), e.g. 370deg -> 10deg
-  --condition NAME=VALUE any condition, VALUE in its spec unit (repeatable)
+  --particle P[,P...]    particle, a categorical condition: a label or its code
+                         (photon, 22), or a comma list drawn per shower with equal
+                         probability (electron,photon)
+  --condition NAME=VALUE any condition, VALUE in its spec unit (repeatable); for a
+                         categorical one a label, code or comma list as for --particle
                          A condition given no value is drawn per shower over its
-                         training range (uniform or log-uniform, as its spec says).
+                         training range (uniform or log-uniform, as its spec says),
+                         a categorical one over all its categories, equally.
   --batch B              showers per Run (default 64; memory grows with it)
   --seed S               seed of the std::mt19937_64 stream (default 0)
   --threads T            intra-op threads (default 0: all cores)
@@ -47,7 +54,7 @@ options:
   --out FILE             write the showers here (written to FILE.tmp, then renamed)
   --latents FILE         read latents (raw float32, n x latent_dim) instead of drawing them
   --conditions FILE      read conditions (raw float32, n x n_conditions) instead of
-                         --energy/--theta/--phi/--condition
+                         --energy/--theta/--phi/--particle/--condition
   --conditions-out FILE  write the conditions used (raw float32, n x n_conditions)
   --allow-extrapolation  accept conditions outside the model's training range
   --info                 print the model's spec and providers, then exit
@@ -68,6 +75,7 @@ struct Arguments {
   std::string energy;
   std::string theta;
   std::string phi;
+  std::string particle;
   std::map<std::string, std::string> conditions;
   // Measured (benchmarks/results/embedding_batch.md): 16-256 showers per Run are the fastest
   // on CPU; 4096 was the slowest and needed 1.7 GB against 60 MiB at 64.
@@ -186,6 +194,8 @@ Arguments parse_arguments(int argc, char** argv) {
       args.theta = value();
     } else if (word == "--phi") {
       args.phi = value();
+    } else if (word == "--particle") {
+      args.particle = value();
     } else if (word == "--condition") {
       const std::string& pair = value();
       const auto equals = pair.find('=');
@@ -267,6 +277,7 @@ void print_info(const fastsim::Generator& generator) {
     std::cout << "condition   " << condition.name << " [" << condition.min << ", " << condition.max << "] "
               << condition.unit << " (" << condition.sampling;
     if (condition.periodic()) std::cout << ", period " << condition.period;
+    if (condition.categorical()) std::cout << ": " << condition.category_list();
     std::cout << ")\n";
   }
   const auto& geometry = spec.output.geometry;
@@ -281,8 +292,9 @@ void print_info(const fastsim::Generator& generator) {
   std::cout << "\n";
 }
 
-// Fills a batch of conditions: the values given by --energy/--theta/--phi/--condition,
-// and, per shower, draws of every other condition over its training range.
+// Fills a batch of conditions: the values given by --energy/--theta/--phi/--particle/--condition,
+// and, per shower, draws of every other condition over its training range (a categorical
+// one: one of its categories, each equally likely, as a comma list is drawn).
 class ConditionSource {
  public:
   ConditionSource(const Arguments& args, const fastsim::ModelSpec& spec)
@@ -290,6 +302,7 @@ class ConditionSource {
     const std::size_t width = spec.conditions.size();
     fixed_.assign(width, std::nullopt);
     log_range_.assign(width, std::nullopt);
+    choice_.assign(width, std::nullopt);
     given_by_.assign(width, "");
     if (!args.energy.empty()) {
       const std::size_t index = claim("--energy", "incident_energy");
@@ -307,12 +320,23 @@ class ConditionSource {
     }
     if (!args.theta.empty()) set_angle("--theta", "incident_theta", args.theta);
     if (!args.phi.empty()) set_angle("--phi", "incident_phi", args.phi);
+    if (!args.particle.empty()) set_category("--particle", claim("--particle", "particle"), args.particle);
     for (const auto& [name, text] : args.conditions) {
       const std::string option = "--condition " + name;
-      set(option, claim(option, name), parse_number(option, text), text);
+      const std::size_t index = claim(option, name);
+      if (spec.conditions[index].categorical()) {
+        set_category(option, index, text);
+      } else {
+        set(option, index, parse_number(option, text), text);
+      }
     }
     for (std::size_t i = 0; i < width; ++i) {
       const auto& condition = spec.conditions[i];
+      if (!fixed_[i] && !choice_[i] && condition.categorical()) {
+        std::vector<double> codes;
+        for (const auto& category : condition.categories) codes.push_back(category.code);
+        choice_[i] = std::move(codes);
+      }
       if (!fixed_[i] && !log_range_[i] && condition.sampling == "log-uniform") {
         log_range_[i] = std::make_pair(std::log(condition.min), std::log(condition.max));
       }
@@ -330,6 +354,11 @@ class ConditionSource {
         double value = 0.0;
         if (fixed_[col]) {
           value = *fixed_[col];
+        } else if (choice_[col]) {
+          // The Python runtime's rule (ConditionPlan.values): codes[min(floor(u k), k - 1)].
+          const auto& codes = *choice_[col];
+          const auto pick = static_cast<std::size_t>(unit(rng_) * static_cast<double>(codes.size()));
+          value = codes[std::min(pick, codes.size() - 1)];
         } else if (log_range_[col]) {
           const auto [low, high] = *log_range_[col];
           value = std::exp(low + (high - low) * unit(rng_));
@@ -371,6 +400,40 @@ class ConditionSource {
     set(option, index, value, text);
   }
 
+  // A categorical condition: a label or code, or a comma list of them drawn per shower.
+  void set_category(const std::string& option, std::size_t index, const std::string& text) {
+    const auto& condition = spec_.conditions[index];
+    if (!condition.categorical()) {
+      throw UsageError(option + ": condition '" + condition.name + "' is not categorical (its spec has no "
+                       "categories); pass --condition " + condition.name + "=VALUE in " + condition.unit);
+    }
+    std::vector<double> codes;
+    std::size_t start = 0;
+    while (true) {
+      const std::size_t comma = text.find(',', start);
+      const std::string item = text.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+      const auto code = condition.category_code(item);
+      if (!code) {
+        const std::size_t first = std::min(item.find_first_not_of(' '), item.size());
+        const std::size_t last = item.find_last_not_of(' ');
+        const std::string shown = last == std::string::npos ? "" : item.substr(first, last + 1 - first);
+        throw UsageError(option + ": condition '" + condition.name + "' must be one of " + condition.category_list() +
+                         " or a comma list of them, got '" + shown + "'");
+      }
+      if (std::find(codes.begin(), codes.end(), *code) != codes.end()) {
+        throw UsageError(option + ": condition '" + condition.name + "' lists a category twice in '" + text + "'");
+      }
+      codes.push_back(*code);
+      if (comma == std::string::npos) break;
+      start = comma + 1;
+    }
+    if (codes.size() == 1) {
+      fixed_[index] = codes.front();
+    } else {
+      choice_[index] = std::move(codes);
+    }
+  }
+
   void set(const std::string& option, std::size_t index, double value, const std::string& text) {
     value = spec_.conditions[index].wrap(value);
     check_range(option, index, value, text);
@@ -393,6 +456,7 @@ class ConditionSource {
   std::mt19937_64 rng_;
   std::vector<std::optional<double>> fixed_;
   std::vector<std::optional<std::pair<double, double>>> log_range_;
+  std::vector<std::optional<std::vector<double>>> choice_;  // a categorical condition's codes to draw from
   bool allow_extrapolation_ = false;
   std::vector<std::string> given_by_;
 };
@@ -474,8 +538,10 @@ int run(const Arguments& args) {
   std::optional<std::size_t> n_rows;
   if (args.n_given) n_rows = args.n;
   if (!args.conditions_file.empty()) {
-    if (!args.energy.empty() || !args.theta.empty() || !args.phi.empty() || !args.conditions.empty()) {
-      throw UsageError("--conditions FILE replaces --energy/--theta/--phi/--condition; pass one or the other");
+    if (!args.energy.empty() || !args.theta.empty() || !args.phi.empty() || !args.particle.empty() ||
+        !args.conditions.empty()) {
+      throw UsageError("--conditions FILE replaces --energy/--theta/--phi/--particle/--condition; pass one or the "
+                       "other");
     }
     file_conditions = read_rows("--conditions", args.conditions_file, generator.n_conditions(), n_rows);
     n_rows = file_conditions.size() / generator.n_conditions();

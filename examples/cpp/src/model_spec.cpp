@@ -3,7 +3,9 @@
 #include "fastsim/model_spec.hpp"
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
+#include <cstdlib>
 #include <set>
 #include <string>
 
@@ -14,7 +16,23 @@
 namespace fastsim {
 namespace {
 
-using Json = nlohmann::json;
+// Ordered: a condition's categories keep the document's order, which is the order a
+// condition left out is drawn over (as in Python, whose dicts keep it too).
+using Json = nlohmann::ordered_json;
+
+std::string lower(std::string text) {
+  for (char& c : text) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return text;
+}
+
+std::string trim(const std::string& text) {
+  const auto first = text.find_first_not_of(" \t\n\r\f\v");
+  if (first == std::string::npos) return "";
+  return text.substr(first, text.find_last_not_of(" \t\n\r\f\v") + 1 - first);
+}
+
+// A category code as text: codes are integers, written without exponent or decimals.
+std::string code_text(double code) { return std::to_string(static_cast<long long>(code)); }
 
 SpecError fail(const std::string& where, const std::string& expected, const Json& given) {
   return SpecError("spec: " + where + " must be " + expected + ", got " + given.dump());
@@ -54,6 +72,50 @@ std::size_t positive_int_at(const Json& block, const std::string& key, const std
   return static_cast<std::size_t>(value.get<long long>());
 }
 
+// The rules of fastsim/spec.py ConditionSpec._check_categories, in its order.
+void check_categories(const ConditionSpec& condition, const std::string& named) {
+  const auto& categories = condition.categories;
+  Json given = Json::object();
+  Json labels = Json::array();
+  Json codes = Json::array();
+  for (const Category& category : categories) {
+    given[category.label] = category.code;
+    labels.push_back(category.label);
+    codes.push_back(category.code);
+  }
+  if (condition.sampling != "categorical") {
+    throw fail(named + ".sampling", "'categorical' for a condition with categories", condition.sampling);
+  }
+  if (categories.size() < 2) {
+    throw fail(named + ".categories", "at least two categories {label: code}", categories.empty() ? Json() : given);
+  }
+  for (const Category& category : categories) {
+    if (trim(category.label).empty() || category.label.find_first_of(":,") != std::string::npos) {
+      throw fail(named + ".categories", "labels that are non-empty strings without ':' or ','", labels);
+    }
+  }
+  // Codes reach the decoder as float32: integers up to 2^24 are exact there.
+  for (const Category& category : categories) {
+    if (category.code != std::round(category.code) || std::abs(category.code) > 16777216.0) {
+      throw fail(named + ".categories", "integer codes of magnitude <= 2**24", codes);
+    }
+  }
+  std::set<std::string> seen_labels;
+  std::set<double> seen_codes;
+  for (const Category& category : categories) {
+    if (!seen_labels.insert(lower(category.label)).second || !seen_codes.insert(category.code).second) {
+      throw fail(named + ".categories", "distinct labels and distinct codes", given);
+    }
+  }
+  const double smallest = *seen_codes.begin();
+  const double largest = *seen_codes.rbegin();
+  if (condition.min != smallest || condition.max != largest) {
+    throw fail(named + ".min/max",
+               "the smallest and largest code (" + code_text(smallest) + ", " + code_text(largest) + ")",
+               Json::array({condition.min, condition.max}));
+  }
+}
+
 ConditionSpec parse_condition(const Json& block, std::size_t index) {
   const std::string where = "conditions[" + std::to_string(index) + "]";
   if (!block.is_object()) throw fail(where, "a JSON object", block);
@@ -63,10 +125,21 @@ ConditionSpec parse_condition(const Json& block, std::size_t index) {
   condition.min = number_at(block, "min", where);
   condition.max = number_at(block, "max", where);
   condition.sampling = string_at(block, "sampling", where, "uniform");
-  const std::string named = "conditions['" + condition.name + "']";
-  if (condition.sampling != "uniform" && condition.sampling != "log-uniform") {
-    throw fail(named + ".sampling", "one of [uniform, log-uniform]", condition.sampling);
+  if (block.contains("categories")) {
+    const Json& categories = block.at("categories");
+    if (!categories.is_object()) throw fail(where + ".categories", "a JSON object", categories);
+    for (const auto& [label, code] : categories.items()) {
+      if (!code.is_number() || !std::isfinite(code.get<double>())) {
+        throw fail(where + ".categories['" + label + "']", "a finite number", code);
+      }
+      condition.categories.push_back({label, code.get<double>()});
+    }
   }
+  const std::string named = "conditions['" + condition.name + "']";
+  if (condition.sampling != "uniform" && condition.sampling != "log-uniform" && condition.sampling != "categorical") {
+    throw fail(named + ".sampling", "one of [uniform, log-uniform, categorical]", condition.sampling);
+  }
+  if (block.contains("categories") || condition.sampling == "categorical") check_categories(condition, named);
   if (!(condition.min < condition.max)) {
     throw fail(named + ".min/max", "finite with min < max", Json::array({condition.min, condition.max}));
   }
@@ -82,6 +155,9 @@ ConditionSpec parse_condition(const Json& block, std::size_t index) {
     if (condition.max - condition.min > condition.period) {
       throw fail(named + ".period", "at least max - min = " + Json(condition.max - condition.min).dump(),
                  period);
+    }
+    if (condition.sampling != "uniform") {
+      throw fail(named + ".sampling", "'uniform' for a periodic condition", condition.sampling);
     }
   }
   return condition;
@@ -169,8 +245,11 @@ ModelSpec ModelSpec::from_json(const std::string& text) {
   ModelSpec spec;
   spec.json = text;
   spec.format = string_at(doc, "format", "spec", kSpecFormat);
-  if (spec.format != kSpecFormat && spec.format != kSpecFormatPeriodic) {
-    throw fail("format", std::string("one of ['") + kSpecFormat + "', '" + kSpecFormatPeriodic + "']", spec.format);
+  if (spec.format != kSpecFormat && spec.format != kSpecFormatPeriodic && spec.format != kSpecFormatCategorical) {
+    throw fail("format",
+               std::string("one of ['") + kSpecFormat + "', '" + kSpecFormatPeriodic + "', '" +
+                   kSpecFormatCategorical + "']",
+               spec.format);
   }
   spec.name = string_at(doc, "name", "spec", "unnamed");
   if (doc.contains("version")) {
@@ -202,6 +281,11 @@ ModelSpec ModelSpec::from_json(const std::string& text) {
       throw fail("conditions['" + spec.conditions.back().name + "'].period",
                  std::string("used with format '") + kSpecFormatPeriodic + "'", spec.format);
     }
+    // Readers of formats 1 and 1.1 know no categories: such a spec would be drawn as a range.
+    if (spec.conditions.back().categorical() && spec.format != kSpecFormatCategorical) {
+      throw fail("conditions['" + spec.conditions.back().name + "'].categories",
+                 std::string("used with format '") + kSpecFormatCategorical + "'", spec.format);
+    }
   }
   spec.output = parse_output(object_at(doc, "output", "spec"));
   if (doc.contains("io_names")) spec.io_names = parse_io_names(doc.at("io_names"));
@@ -214,6 +298,32 @@ double ConditionSpec::wrap(double value) const {
   if (wrapped < min) wrapped += period;
   if (wrapped >= min + period) wrapped = min;  // fmod rounding at the upper edge
   return wrapped;
+}
+
+std::optional<double> ConditionSpec::category_code(const std::string& text) const {
+  const std::string wanted = lower(trim(text));
+  for (const Category& category : categories) {
+    if (lower(category.label) == wanted) return category.code;
+  }
+  // A code written as a number: 22, 22.0, 2.2e1.
+  const std::string number = trim(text);
+  if (number.empty() || number.find_first_of("xX") != std::string::npos) return std::nullopt;
+  char* end = nullptr;
+  const double value = std::strtod(number.c_str(), &end);
+  if (end != number.c_str() + number.size() || !is_code(value)) return std::nullopt;
+  return value;
+}
+
+bool ConditionSpec::is_code(double value) const {
+  return std::any_of(categories.begin(), categories.end(), [&](const Category& c) { return c.code == value; });
+}
+
+std::string ConditionSpec::category_list() const {
+  std::string out;
+  for (std::size_t i = 0; i < categories.size(); ++i) {
+    out += (i ? ", " : "") + categories[i].label + " (" + code_text(categories[i].code) + ")";
+  }
+  return out;
 }
 
 bool ConditionSpec::in_range(double value) const {

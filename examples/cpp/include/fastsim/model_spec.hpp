@@ -1,9 +1,11 @@
 // The fastsim model contract as C++ sees it: the fields of the fastsim.spec
-// JSON document (format "fastsim-decoder/1", or "fastsim-decoder/1.1" when a
-// condition is periodic) a host needs to drive a decoder.
+// JSON document (format "fastsim-decoder/1", "fastsim-decoder/1.1" when a
+// condition is periodic, "fastsim-decoder/1.2" when one is categorical) a host
+// needs to drive a decoder.
 #pragma once
 
 #include <cstddef>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -15,6 +17,14 @@ inline constexpr const char* kSpecKey = "fastsim.spec";
 inline constexpr const char* kSpecFormat = "fastsim-decoder/1";
 /// The spec format that adds the optional `period` of a condition (e.g. an azimuth).
 inline constexpr const char* kSpecFormatPeriodic = "fastsim-decoder/1.1";
+/// The spec format that adds the optional `categories` of a condition (e.g. the particle type).
+inline constexpr const char* kSpecFormatCategorical = "fastsim-decoder/1.2";
+
+/// One category of a categorical condition: its label and the code the decoder receives.
+struct Category {
+  std::string label;  // e.g. "photon"
+  double code = 0.0;  // e.g. 22 (an integer of magnitude <= 2^24: exact in float32)
+};
 
 /// One physical condition input, e.g. incident_energy in MeV on [1e3, 1e6].
 struct ConditionSpec {
@@ -24,8 +34,17 @@ struct ConditionSpec {
   double max = 0.0;
   std::string sampling;  // "log-uniform", "uniform", ... (how Python samples it)
   double period = 0.0;   // > 0 for a periodic condition (format 1.1), 0 otherwise
+  std::vector<Category> categories;  // in spec order; non-empty for a categorical condition (format 1.2)
 
   bool periodic() const { return period > 0.0; }
+  bool categorical() const { return !categories.empty(); }
+  /// The code of a category given by its label (case-insensitive) or its code written as a
+  /// number ("photon", "Photon", "22"); nullopt when it is none of the categories.
+  std::optional<double> category_code(const std::string& text) const;
+  /// Whether `value` is one of the codes.
+  bool is_code(double value) const;
+  /// "electron (11), photon (22)", as the Python runtime lists them.
+  std::string category_list() const;
   /// A periodic value moved into [min, min + period); any other value unchanged.
   double wrap(double value) const;
   /// Whether `value` is in [min, max], with the Python runtime's slack of 1e-6 x max(|min|, |max|)
