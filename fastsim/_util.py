@@ -27,21 +27,33 @@ import numpy as np
 
 from fastsim.errors import ArgumentError, OutputError
 
-__all__ = ["atomic_path", "atomic_write_text", "available_memory", "concat_rows", "first_line", "format_bytes",
-           "ort_message", "positive_int", "temporary_name"]
+__all__ = ["AT_LEAST", "CANNOT_WRITE", "atomic_path", "atomic_write_text", "available_memory", "concat_rows",
+           "first_line", "format_bytes", "ort_message", "positive_int", "temporary_name"]
+
+
+#: The wording of :func:`positive_int`'s error for a count checked as "an integer >= 1".
+AT_LEAST = "{name} must be an integer >= {minimum}, got {value!r}"
 
 
 def positive_int(value: Any, name: str, *, zero: bool = False, maximum: int | None = None,
-                 error: type[Exception] = ArgumentError) -> int:
+                 error: type[Exception] = ArgumentError, message: str | None = None, where: str = "") -> int:
     """``value`` as an int if it is an integer > 0 (>= 0 with ``zero``) and at most ``maximum``; else ``error``.
 
     Bools and floats are refused even when integral: ``n=True`` or ``n=2.0`` is a
-    mistake worth naming.
+    mistake worth naming. The error reads ``NAME: expected a positive integer,
+    got VALUE`` unless ``message`` words it otherwise: a :meth:`str.format`
+    template given ``name``, ``value``, ``minimum`` (0 with ``zero``, else 1) and
+    ``maximum``, such as :data:`AT_LEAST`. ``where`` (not formatted) leads the
+    message as ``WHERE: ``.
     """
     ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool) and (value >= 0 if zero else value > 0)
     if not ok or (maximum is not None and value > maximum):
-        bound = f" at most {maximum}" if maximum is not None else ""
-        raise error(f"{name}: expected a {'non-negative' if zero else 'positive'} integer{bound}, got {value!r}")
+        if message is None:
+            bound = f" at most {maximum}" if maximum is not None else ""
+            text = f"{name}: expected a {'non-negative' if zero else 'positive'} integer{bound}, got {value!r}"
+        else:
+            text = message.format(name=name, value=value, minimum=0 if zero else 1, maximum=maximum)
+        raise error(f"{where}: {text}" if where else text)
     return int(value)
 
 
@@ -89,18 +101,25 @@ def _fsync_folder(folder: Path) -> None:
             os.close(fd)
 
 
+#: The wording of :func:`atomic_path`'s error when the file cannot be written.
+CANNOT_WRITE = "{what} {path!r}: cannot write ({reason})"
+
+
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike[str], *, what: str = "output") -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike[str], *, what: str = "output", suffix: str = ".tmp",
+                message: str = CANNOT_WRITE) -> Iterator[Path]:
     """Yield a temporary path to write; on success it replaces ``path`` durably, on error it is removed.
 
     The caller writes the whole file to the yielded path (with whatever library
-    writes it: ``torch.save``, ``savefig``, ...). Then the file is fsynced,
+    writes it: ``torch.save``, ``savefig``, ...); the path ends in ``suffix``
+    (for writers that go by the file's ending). Then the file is fsynced,
     renamed over ``path`` and the folder fsynced, so after a crash ``path`` is
     either the old file or the complete new one. An ``OSError`` becomes an
-    :class:`~fastsim.errors.OutputError` naming ``what`` and ``path``.
+    :class:`~fastsim.errors.OutputError` worded by ``message``, a
+    :meth:`str.format` template given ``what``, ``path`` (a str) and ``reason``.
     """
     path = Path(path)
-    tmp = temporary_name(path)
+    tmp = temporary_name(path, suffix)
     try:
         yield tmp
         fd = os.open(tmp, os.O_RDONLY)
@@ -113,15 +132,16 @@ def atomic_path(path: str | os.PathLike[str], *, what: str = "output") -> Iterat
         with contextlib.suppress(OSError):
             tmp.unlink()
         if isinstance(exc, OSError):
-            raise OutputError(f"{what} {str(path)!r}: cannot write ({exc.strerror or exc})") from None
+            raise OutputError(message.format(what=what, path=str(path), reason=exc.strerror or exc)) from None
         raise
     _fsync_folder(path.parent if str(path.parent) else Path("."))
 
 
-def atomic_write_text(path: str | os.PathLike[str], text: str, *, what: str = "output") -> Path:
+def atomic_write_text(path: str | os.PathLike[str], text: str, *, what: str = "output",
+                      message: str = CANNOT_WRITE) -> Path:
     """Write ``text`` (UTF-8) to ``path`` atomically and durably (see :func:`atomic_path`)."""
     path = Path(path)
-    with atomic_path(path, what=what) as tmp:
+    with atomic_path(path, what=what, message=message) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return path
 

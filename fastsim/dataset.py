@@ -30,6 +30,7 @@ from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
+from fastsim._util import AT_LEAST, positive_int
 from fastsim.errors import DataError
 from fastsim.geometry import CylindricalGeometry, GeometryError, default_geometry
 
@@ -306,8 +307,7 @@ class ShowerFile:
                 is below 1, the file is closed, or a chunk holds a non-finite or
                 negative value.
         """
-        if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
-            raise DataError(f"{self.path}: chunk_size must be an integer >= 1, got {chunk_size!r}")
+        chunk_size = positive_int(chunk_size, "chunk_size", error=DataError, message=AT_LEAST, where=str(self.path))
         start, stop = self._range(start, stop)
         for lo in range(start, stop, chunk_size):
             hi = min(lo + chunk_size, stop)

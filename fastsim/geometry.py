@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from fastsim._util import atomic_write_text
+from fastsim._util import AT_LEAST, atomic_write_text, positive_int
 from fastsim.errors import DataError
 
 __all__ = [
@@ -90,10 +90,8 @@ class Layer:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "r_edges", _as_edges(self.r_edges, "Layer"))
-        n_alpha = self.n_alpha
-        if isinstance(n_alpha, bool) or not isinstance(n_alpha, (int, np.integer)) or n_alpha < 1:
-            raise GeometryError(f"Layer: n_alpha must be an integer >= 1, got {n_alpha!r}")
-        object.__setattr__(self, "n_alpha", int(n_alpha))
+        n_alpha = positive_int(self.n_alpha, "n_alpha", error=GeometryError, message=AT_LEAST, where="Layer")
+        object.__setattr__(self, "n_alpha", n_alpha)
 
     @property
     def n_radial(self) -> int:
@@ -328,7 +326,6 @@ class CylindricalGeometry:
     def to_xml(self, path: str | os.PathLike) -> Path:
         """Write the binning XML to ``path`` (atomically: temporary name, then rename)."""
         return atomic_write_text(path, self.to_xml_string(), what="binning XML")
-        return path
 
 
 def _fmt(value: float) -> str:

@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fastsim._util import atomic_path, atomic_write_text, positive_int
 from fastsim.errors import ConditionError, OutputError
 from fastsim.geometry import CylindricalGeometry, MaterialGeometry, default_geometry
 
@@ -925,12 +926,15 @@ def iter_simulate(
 
 
 def _check_count(name: str, value: int, minimum: int = 0) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ConditionError(f"{name}: expected an integer >= {minimum}, got {value!r}")
-    return int(value)
+    """``value`` as an int >= ``minimum`` (0 or 1), else a ConditionError naming ``name``."""
+    return positive_int(value, name, zero=minimum == 0, error=ConditionError,
+                        message="{name}: expected an integer >= {minimum}, got {value!r}")
 
 
 # --------------------------------------------------------------------------- writer
+_CANNOT_WRITE = "output: cannot write {path} ({reason})"
+
+
 def write_dataset(
     path: str | os.PathLike,
     n: int,
@@ -993,10 +997,9 @@ def write_dataset(
     except OSError as exc:
         raise OutputError(f"output: cannot create directory {path.parent} ({exc.strerror or exc})") from None
     angles = not setup.theta.is_zero or not (setup.phi.kind == "fixed" and setup.phi.values[0] == 0.0)
-    tmp = path.with_name(path.name + ".partial")
     # ~0.8 MB HDF5 chunks fit h5py's default chunk cache, so row-wise reads stay cheap
     row_chunk = max(1, min(n, 32, (1 << 20) // (4 * binning.n_voxels) or 1))
-    try:
+    with atomic_path(path, message=_CANNOT_WRITE) as tmp:
         with h5py.File(tmp, "w") as f:
             energies_ds = f.create_dataset("incident_energies", (n, 1), dtype="float64", chunks=(min(n, 4096), 1))
             showers_ds = f.create_dataset(
@@ -1039,19 +1042,6 @@ def write_dataset(
                     done += k
                     bar.update(k)
         binning.to_xml(xml_path)
-        _write_text(json_path, json_text)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        atomic_write_text(json_path, json_text, message=_CANNOT_WRITE)
     return path, xml_path
 
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise OutputError(f"output: cannot write {path} ({exc.strerror or exc})") from None
