@@ -1,6 +1,6 @@
 """Throughput measurement against the hardware limit.
 
-This module owns the numbers ``fastsim bench`` and ``benchmarks/`` report:
+This module measures the numbers ``fastsim bench`` and ``benchmarks/`` report:
 
 - the machine a figure was measured on (CPU model, cores, load average,
   package versions), so no absolute time is ever quoted without its hardware;

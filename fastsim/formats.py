@@ -1,6 +1,6 @@
 """Showers in the formats HEP hosts read: ROOT trees (via uproot) and sparse hit lists.
 
-This module owns writing generated showers as
+This module writes generated showers as
 
 * a **ROOT file** (``-o showers.root``, ``--format root``; needs the ``root``
   extra, i.e. uproot): a TTree ``showers`` with one entry per shower, a

@@ -6,7 +6,7 @@ angular sectors, which may differ from layer to layer (CaloChallenge dataset 1).
 Showers are flattened in (layer, alpha, radial) order, so a uniform geometry
 reshapes to ``(N, n_layers, n_alpha, n_radial)``.
 
-This module owns that layout: the :class:`Layer` and
+This module holds that layout: the :class:`Layer` and
 :class:`CylindricalGeometry` types, their dictionary form (the model spec's
 ``geometry`` block), reading and writing the CaloChallenge binning XML
 (``<Bins><Bin pid=".." name=".."><Layer id=".." r_edges=".." n_bin_alpha=".."/>``),

@@ -1,6 +1,6 @@
 """The reference shower simulator: GFlash-style electromagnetic showers in any CaloChallenge geometry.
 
-This module owns the physics that produces fastsim's training and validation
+This module implements the physics that produces fastsim's training and validation
 data and the writer that stores it in the CaloChallenge HDF5 layout (plus
 ``incident_theta``, ``incident_phi``, ``particle`` and the geometry). It is
 numpy only. The physics, its laws and parameters, the two methods and their
