@@ -34,8 +34,8 @@ from fastsim._util import AT_LEAST, positive_int
 from fastsim.errors import DataError
 from fastsim.geometry import CylindricalGeometry, GeometryError, default_geometry
 
-__all__ = ["CONDITION_KEYS", "DEFAULT_CHUNK_SIZE", "ShowerFile", "ShowerSource", "open_showers", "read_conditions",
-           "row_range"]
+__all__ = ["CONDITION_KEYS", "DEFAULT_CHUNK_SIZE", "ShowerFile", "ShowerSource", "open_showers", "phi_column",
+           "read_conditions", "row_range", "theta_column"]
 
 #: Showers per chunk when iterating (about 26 MB of float32 for 6480 voxels).
 DEFAULT_CHUNK_SIZE = 1000
@@ -93,6 +93,18 @@ def read_conditions(f: Any, path: object, n: int) -> dict[str, np.ndarray]:
             raise DataError(f"{path}: dataset {key!r} must hold {expected}; row {row} is {float(values[row])!r}")
         out[name] = values
     return out
+
+
+def theta_column(conditions: dict[str, np.ndarray], n: int) -> np.ndarray:
+    """Polar angles (N, 1) float64 radians from a source's ``conditions``; zeros (normal incidence) without theta."""
+    theta = conditions.get("theta")
+    return (theta if theta is not None else np.zeros(n))[:, None]
+
+
+def phi_column(conditions: dict[str, np.ndarray]) -> np.ndarray | None:
+    """Azimuths (N, 1) float64 radians from a source's ``conditions``, or None without phi."""
+    phi = conditions.get("phi")
+    return None if phi is None else phi[:, None]
 
 
 class ShowerSource(Protocol):
@@ -253,14 +265,12 @@ class ShowerFile:
     @property
     def incident_theta(self) -> np.ndarray:
         """Polar angles (N, 1) float64 radians; zeros (normal incidence) when the file has no ``incident_theta``."""
-        theta = self._conditions.get("theta")
-        return (theta if theta is not None else np.zeros(self.n))[:, None]
+        return theta_column(self._conditions, self.n)
 
     @property
     def incident_phi(self) -> np.ndarray | None:
         """Azimuths (N, 1) float64 radians, or None when the file has no ``incident_phi``."""
-        phi = self._conditions.get("phi")
-        return None if phi is None else phi[:, None]
+        return phi_column(self._conditions)
 
     @property
     def attrs(self) -> dict[str, Any]:
