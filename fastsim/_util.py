@@ -11,6 +11,7 @@ One copy of each, with the strongest guarantee any caller needs:
 - :func:`ort_message` -- the first line of an ONNX Runtime exception without its
   ``[ONNXRuntimeError] : 1 : FAIL :`` prefix;
 - :func:`concat_rows` -- join ``(conditions, showers)`` pieces into one pair;
+- :func:`rechunk` -- regroup such pieces into chunks of a fixed number of rows;
 - :func:`available_memory` and :func:`format_bytes` -- for checking a run's size before it starts.
 """
 
@@ -19,16 +20,19 @@ from __future__ import annotations
 import contextlib
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import numpy as np
 
 from fastsim.errors import ArgumentError, OutputError
 
 __all__ = ["AT_LEAST", "CANNOT_WRITE", "atomic_path", "atomic_write_text", "available_memory", "concat_rows",
-           "first_line", "format_bytes", "ort_message", "positive_int", "temporary_name"]
+           "first_line", "format_bytes", "ort_message", "positive_int", "rechunk", "temporary_name"]
+
+#: Rows as a tuple of arrays of equal length: ``(conditions, showers)``, ``(energies, showers, theta, phi)``.
+_Rows = TypeVar("_Rows", bound=tuple[np.ndarray, ...])
 
 
 #: The wording of :func:`positive_int`'s error for a count checked as "an integer >= 1".
@@ -68,11 +72,37 @@ def ort_message(exc: BaseException) -> str:
     return first_line(exc).rsplit(" : ", 1)[-1].strip()
 
 
-def concat_rows(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
-    """Join ``(conditions, showers)`` pieces in order (one piece is returned as it is, without a copy)."""
+def concat_rows(parts: list[_Rows]) -> _Rows:
+    """Join ``(conditions, showers)`` pieces (or tuples of any arrays of equal length) in order.
+
+    One piece is returned as it is, without a copy.
+    """
     if len(parts) == 1:
         return parts[0]
-    return np.concatenate([c for c, _ in parts]), np.concatenate([s for _, s in parts])
+    return cast(_Rows, tuple(np.concatenate(column) for column in zip(*parts, strict=True)))
+
+
+def rechunk(pieces: Iterable[_Rows], size: int) -> Iterator[_Rows]:
+    """Regroup row pieces (tuples of arrays of equal length) into chunks of ``size`` rows, in order.
+
+    Every chunk but the last has ``size`` rows, wherever the pieces begin and
+    end; a piece that fills whole chunks by itself is passed on in slices,
+    without a copy.
+    """
+    pending: list[_Rows] = []
+    n_pending = 0
+    for piece in pieces:
+        rows, pos = len(piece[0]), 0
+        while pos < rows:
+            take = size if not pending and rows - pos >= size else min(size - n_pending, rows - pos)
+            pending.append(cast(_Rows, tuple(column[pos:pos + take] for column in piece)))
+            n_pending += take
+            pos += take
+            if n_pending == size:
+                yield concat_rows(pending)
+                pending, n_pending = [], 0
+    if pending:
+        yield concat_rows(pending)
 
 
 def temporary_name(path: str | os.PathLike[str], suffix: str = ".tmp") -> Path:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fastsim._util import concat_rows
+from fastsim._util import concat_rows, rechunk
 from fastsim.dataset import ShowerSource, open_showers, phi_column, row_range, theta_column
 from fastsim.errors import ClusterError, DataError
 
@@ -257,25 +257,15 @@ class ShardedDataset:
         if chunk_size < 1:
             raise DataError(f"{self.path}: chunk_size must be >= 1, got {chunk_size}")
         start, stop = row_range(self.path, self.n, start, stop)
-        pending: list[tuple[np.ndarray, np.ndarray]] = []
-        n_pending = 0
+        yield from rechunk(self._pieces(chunk_size, start, stop), chunk_size)
+
+    def _pieces(self, chunk_size: int, start: int, stop: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        # Rows start:stop shard by shard, at most chunk_size at a time, one shard file open at a time.
         for first, last, path in self._shards:
             lo, hi = max(first, start), min(last, stop)
-            if lo >= hi:
-                continue
-            with open_showers(path, geometry=self.geometry) as shard:
-                # Read so that the chunk grid stays aligned with rows start, start + chunk_size, ...
-                pos = lo
-                while pos < hi:
-                    take = min(chunk_size - n_pending, hi - pos)
-                    pending.append(shard.read(pos - first, pos - first + take))
-                    n_pending += take
-                    pos += take
-                    if n_pending == chunk_size:
-                        yield concat_rows(pending)
-                        pending, n_pending = [], 0
-        if pending:
-            yield concat_rows(pending)
+            if lo < hi:
+                with open_showers(path, geometry=self.geometry) as shard:
+                    yield from shard.iter_chunks(chunk_size, lo - first, hi - first)
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         return self.iter_chunks()

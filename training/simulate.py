@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fastsim._util import atomic_path, atomic_write_text, positive_int
+from fastsim._util import atomic_path, atomic_write_text, positive_int, rechunk
 from fastsim.errors import ConditionError, OutputError
 from fastsim.geometry import CylindricalGeometry, MaterialGeometry, default_geometry
 
@@ -909,20 +909,8 @@ def iter_simulate(
     if setup is None:
         setup = Setup.make(geometry, method=method, calorimeter=calorimeter)
     rule = parse_energy(energy)
-    pending: list[tuple[np.ndarray, ...]] = []
-    held = 0
-    for e, t, p, s in _iter_blocks(rule, seed, start, start + n, setup):
-        pending.append((e, s, t, p))
-        held += e.shape[0]
-        while held >= chunk_size:
-            joined = [np.concatenate(parts) for parts in zip(*pending, strict=False)]
-            out = tuple(a[:chunk_size] for a in joined)
-            yield out if return_angles else out[:2]
-            pending = [tuple(a[chunk_size:] for a in joined)]
-            held -= chunk_size
-    if held:
-        out = tuple(np.concatenate(parts) for parts in zip(*pending, strict=False))
-        yield out if return_angles else out[:2]
+    blocks = _iter_blocks(rule, seed, start, start + n, setup)
+    yield from rechunk(((e, s, t, p) if return_angles else (e, s) for e, t, p, s in blocks), chunk_size)
 
 
 def _check_count(name: str, value: int, minimum: int = 0) -> int:
