@@ -11,6 +11,7 @@ One copy of each, with the strongest guarantee any caller needs:
 - :func:`ort_message` -- the first line of an ONNX Runtime exception without its
   ``[ONNXRuntimeError] : 1 : FAIL :`` prefix;
 - :func:`concat_rows` -- join ``(conditions, showers)`` pieces into one pair;
+- :func:`rechunk` -- regroup such pieces into chunks of a fixed number of rows;
 - :func:`available_memory` and :func:`format_bytes` -- for checking a run's size before it starts.
 """
 
@@ -19,29 +20,44 @@ from __future__ import annotations
 import contextlib
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import numpy as np
 
 from fastsim.errors import ArgumentError, OutputError
 
-__all__ = ["atomic_path", "atomic_write_text", "available_memory", "concat_rows", "first_line", "format_bytes",
-           "ort_message", "positive_int", "temporary_name"]
+__all__ = ["AT_LEAST", "CANNOT_WRITE", "atomic_path", "atomic_write_text", "available_memory", "concat_rows",
+           "first_line", "format_bytes", "ort_message", "positive_int", "rechunk", "temporary_name"]
+
+#: Rows as a tuple of arrays of equal length: ``(conditions, showers)``, ``(energies, showers, theta, phi)``.
+_Rows = TypeVar("_Rows", bound=tuple[np.ndarray, ...])
+
+
+#: The wording of :func:`positive_int`'s error for a count checked as "an integer >= 1".
+AT_LEAST = "{name} must be an integer >= {minimum}, got {value!r}"
 
 
 def positive_int(value: Any, name: str, *, zero: bool = False, maximum: int | None = None,
-                 error: type[Exception] = ArgumentError) -> int:
+                 error: type[Exception] = ArgumentError, message: str | None = None, where: str = "") -> int:
     """``value`` as an int if it is an integer > 0 (>= 0 with ``zero``) and at most ``maximum``; else ``error``.
 
     Bools and floats are refused even when integral: ``n=True`` or ``n=2.0`` is a
-    mistake worth naming.
+    mistake worth naming. The error reads ``NAME: expected a positive integer,
+    got VALUE`` unless ``message`` words it otherwise: a :meth:`str.format`
+    template given ``name``, ``value``, ``minimum`` (0 with ``zero``, else 1) and
+    ``maximum``, such as :data:`AT_LEAST`. ``where`` (not formatted) leads the
+    message as ``WHERE: ``.
     """
     ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool) and (value >= 0 if zero else value > 0)
     if not ok or (maximum is not None and value > maximum):
-        bound = f" at most {maximum}" if maximum is not None else ""
-        raise error(f"{name}: expected a {'non-negative' if zero else 'positive'} integer{bound}, got {value!r}")
+        if message is None:
+            bound = f" at most {maximum}" if maximum is not None else ""
+            text = f"{name}: expected a {'non-negative' if zero else 'positive'} integer{bound}, got {value!r}"
+        else:
+            text = message.format(name=name, value=value, minimum=0 if zero else 1, maximum=maximum)
+        raise error(f"{where}: {text}" if where else text)
     return int(value)
 
 
@@ -56,11 +72,37 @@ def ort_message(exc: BaseException) -> str:
     return first_line(exc).rsplit(" : ", 1)[-1].strip()
 
 
-def concat_rows(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
-    """Join ``(conditions, showers)`` pieces in order (one piece is returned as it is, without a copy)."""
+def concat_rows(parts: list[_Rows]) -> _Rows:
+    """Join ``(conditions, showers)`` pieces (or tuples of any arrays of equal length) in order.
+
+    One piece is returned as it is, without a copy.
+    """
     if len(parts) == 1:
         return parts[0]
-    return np.concatenate([c for c, _ in parts]), np.concatenate([s for _, s in parts])
+    return cast(_Rows, tuple(np.concatenate(column) for column in zip(*parts, strict=True)))
+
+
+def rechunk(pieces: Iterable[_Rows], size: int) -> Iterator[_Rows]:
+    """Regroup row pieces (tuples of arrays of equal length) into chunks of ``size`` rows, in order.
+
+    Every chunk but the last has ``size`` rows, wherever the pieces begin and
+    end; a piece that fills whole chunks by itself is passed on in slices,
+    without a copy.
+    """
+    pending: list[_Rows] = []
+    n_pending = 0
+    for piece in pieces:
+        rows, pos = len(piece[0]), 0
+        while pos < rows:
+            take = size if not pending and rows - pos >= size else min(size - n_pending, rows - pos)
+            pending.append(cast(_Rows, tuple(column[pos:pos + take] for column in piece)))
+            n_pending += take
+            pos += take
+            if n_pending == size:
+                yield concat_rows(pending)
+                pending, n_pending = [], 0
+    if pending:
+        yield concat_rows(pending)
 
 
 def temporary_name(path: str | os.PathLike[str], suffix: str = ".tmp") -> Path:
@@ -89,18 +131,25 @@ def _fsync_folder(folder: Path) -> None:
             os.close(fd)
 
 
+#: The wording of :func:`atomic_path`'s error when the file cannot be written.
+CANNOT_WRITE = "{what} {path!r}: cannot write ({reason})"
+
+
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike[str], *, what: str = "output") -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike[str], *, what: str = "output", suffix: str = ".tmp",
+                message: str = CANNOT_WRITE) -> Iterator[Path]:
     """Yield a temporary path to write; on success it replaces ``path`` durably, on error it is removed.
 
     The caller writes the whole file to the yielded path (with whatever library
-    writes it: ``torch.save``, ``savefig``, ...). Then the file is fsynced,
+    writes it: ``torch.save``, ``savefig``, ...); the path ends in ``suffix``
+    (for writers that go by the file's ending). Then the file is fsynced,
     renamed over ``path`` and the folder fsynced, so after a crash ``path`` is
     either the old file or the complete new one. An ``OSError`` becomes an
-    :class:`~fastsim.errors.OutputError` naming ``what`` and ``path``.
+    :class:`~fastsim.errors.OutputError` worded by ``message``, a
+    :meth:`str.format` template given ``what``, ``path`` (a str) and ``reason``.
     """
     path = Path(path)
-    tmp = temporary_name(path)
+    tmp = temporary_name(path, suffix)
     try:
         yield tmp
         fd = os.open(tmp, os.O_RDONLY)
@@ -113,15 +162,16 @@ def atomic_path(path: str | os.PathLike[str], *, what: str = "output") -> Iterat
         with contextlib.suppress(OSError):
             tmp.unlink()
         if isinstance(exc, OSError):
-            raise OutputError(f"{what} {str(path)!r}: cannot write ({exc.strerror or exc})") from None
+            raise OutputError(message.format(what=what, path=str(path), reason=exc.strerror or exc)) from None
         raise
     _fsync_folder(path.parent if str(path.parent) else Path("."))
 
 
-def atomic_write_text(path: str | os.PathLike[str], text: str, *, what: str = "output") -> Path:
+def atomic_write_text(path: str | os.PathLike[str], text: str, *, what: str = "output",
+                      message: str = CANNOT_WRITE) -> Path:
     """Write ``text`` (UTF-8) to ``path`` atomically and durably (see :func:`atomic_path`)."""
     path = Path(path)
-    with atomic_path(path, what=what) as tmp:
+    with atomic_path(path, what=what, message=message) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return path
 

@@ -1,6 +1,6 @@
 """Throughput measurement against the hardware limit.
 
-This module owns the numbers ``fastsim bench`` and ``benchmarks/`` report:
+This module measures the numbers ``fastsim bench`` and ``benchmarks/`` report:
 
 - the machine a figure was measured on (CPU model, cores, load average,
   package versions), so no absolute time is ever quoted without its hardware;
@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import numpy as np
 
+from fastsim._util import positive_int
 from fastsim.errors import FastsimError, ModelError
 from fastsim.models import file_sha256
 from fastsim.session import physical_cores
@@ -230,8 +231,7 @@ def sgemm_limit(threads: int, *, size: int = 2048, repeats: int = 10) -> dict[st
     AVX-512 kernel is measured as well (``OPENBLAS_CORETYPE=SkylakeX``), and
     the limit is the better of the two, so the limit is never understated.
     """
-    if threads < 1:
-        raise FastsimError(f"threads: expected a positive integer, got {threads}")
+    positive_int(threads, "threads", error=FastsimError)
     variants = {"default": _numpy_sgemm(threads, size, repeats, {})}
     blas_name = str(variants["default"]["blas"].get("name", "")).lower()
     flags = set(_cpuinfo()[0].get("flags", "").split()) if _cpuinfo() else set()

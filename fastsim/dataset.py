@@ -30,11 +30,22 @@ from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
+from fastsim._util import AT_LEAST, positive_int
 from fastsim.errors import DataError
 from fastsim.geometry import CylindricalGeometry, GeometryError, default_geometry
 
-__all__ = ["CONDITION_KEYS", "DEFAULT_CHUNK_SIZE", "ShowerFile", "ShowerSource", "open_showers", "read_conditions",
-           "row_range"]
+__all__ = [
+    "CONDITION_KEYS",
+    "DEFAULT_CHUNK_SIZE",
+    "ShowerFile",
+    "ShowerSource",
+    "open_showers",
+    "particle_column",
+    "phi_column",
+    "read_conditions",
+    "row_range",
+    "theta_column",
+]
 
 #: Showers per chunk when iterating (about 26 MB of float32 for 6480 voxels).
 DEFAULT_CHUNK_SIZE = 1000
@@ -44,7 +55,8 @@ SHOWERS_KEY = "showers"
 THETA_KEY = "incident_theta"
 PHI_KEY = "incident_phi"
 #: Per-shower condition datasets a file may carry: condition name -> dataset name.
-CONDITION_KEYS = {"theta": THETA_KEY, "phi": PHI_KEY}
+PARTICLE_KEY = "particle"
+CONDITION_KEYS = {"theta": THETA_KEY, "phi": PHI_KEY, "particle": PARTICLE_KEY}
 
 _Source = TypeVar("_Source", bound="ShowerSource")
 
@@ -62,11 +74,13 @@ def row_range(path: object, n: int, start: int, stop: int | None) -> tuple[int, 
 
 
 def read_conditions(f: Any, path: object, n: int) -> dict[str, np.ndarray]:
-    """The per-shower conditions an open HDF5 file carries: ``{"theta": (N,), "phi": (N,)}`` float64 radians.
+    """The per-shower conditions an open HDF5 file carries: ``{"theta": (N,), "phi": (N,)}`` float64 radians,
+    and ``"particle"`` (N,) PDG ids.
 
     Only the datasets present are returned (they are small: one number per shower).
     Each must be numeric, of shape (N, 1) or (N,), and finite; theta must lie in
-    [0, pi/2). Anything else is a DataError naming ``path`` and the dataset.
+    [0, pi/2), particle ids must be integers. Anything else is a DataError naming
+    ``path`` and the dataset.
     """
     import h5py
 
@@ -86,12 +100,33 @@ def read_conditions(f: Any, path: object, n: int) -> dict[str, np.ndarray]:
         bad = ~np.isfinite(values)
         if name == "theta":
             bad |= (values < 0) | (values >= np.pi / 2)
+        elif name == "particle":
+            bad |= np.isfinite(values) & (values != np.round(values))
         if bad.any():
             row = int(np.flatnonzero(bad)[0])
-            expected = "finite angles in [0, pi/2) radians" if name == "theta" else "finite angles in radians"
+            expected = {"theta": "finite angles in [0, pi/2) radians", "phi": "finite angles in radians",
+                        "particle": "integer PDG ids"}[name]
             raise DataError(f"{path}: dataset {key!r} must hold {expected}; row {row} is {float(values[row])!r}")
         out[name] = values
     return out
+
+
+def theta_column(conditions: dict[str, np.ndarray], n: int) -> np.ndarray:
+    """Polar angles (N, 1) float64 radians from a source's ``conditions``; zeros (normal incidence) without theta."""
+    theta = conditions.get("theta")
+    return (theta if theta is not None else np.zeros(n))[:, None]
+
+
+def phi_column(conditions: dict[str, np.ndarray]) -> np.ndarray | None:
+    """Azimuths (N, 1) float64 radians from a source's ``conditions``, or None without phi."""
+    phi = conditions.get("phi")
+    return None if phi is None else phi[:, None]
+
+
+def particle_column(conditions: dict[str, np.ndarray], n: int, default: float = 11.0) -> np.ndarray:
+    """PDG ids (N, 1) float64 from a source's ``conditions``; ``default`` (electrons) for a file without them."""
+    particle = conditions.get("particle")
+    return (particle if particle is not None else np.full(n, float(default)))[:, None]
 
 
 class ShowerSource(Protocol):
@@ -252,14 +287,12 @@ class ShowerFile:
     @property
     def incident_theta(self) -> np.ndarray:
         """Polar angles (N, 1) float64 radians; zeros (normal incidence) when the file has no ``incident_theta``."""
-        theta = self._conditions.get("theta")
-        return (theta if theta is not None else np.zeros(self.n))[:, None]
+        return theta_column(self._conditions, self.n)
 
     @property
     def incident_phi(self) -> np.ndarray | None:
         """Azimuths (N, 1) float64 radians, or None when the file has no ``incident_phi``."""
-        phi = self._conditions.get("phi")
-        return None if phi is None else phi[:, None]
+        return phi_column(self._conditions)
 
     @property
     def attrs(self) -> dict[str, Any]:
@@ -306,8 +339,7 @@ class ShowerFile:
                 is below 1, the file is closed, or a chunk holds a non-finite or
                 negative value.
         """
-        if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
-            raise DataError(f"{self.path}: chunk_size must be an integer >= 1, got {chunk_size!r}")
+        chunk_size = positive_int(chunk_size, "chunk_size", error=DataError, message=AT_LEAST, where=str(self.path))
         start, stop = self._range(start, stop)
         for lo in range(start, stop, chunk_size):
             hi = min(lo + chunk_size, stop)

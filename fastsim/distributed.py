@@ -134,13 +134,11 @@ def plan_shards(n: int, shards: int | None = None, *, block_size: int = BLOCK_SI
     >>> plan_shards(10_000, 3, block_size=1024)
     [(0, 4096), (4096, 7168), (7168, 10000)]
     """
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n <= 0:
-        raise ArgumentError(f"n: expected a positive number of samples, got {n!r}")
+    positive_int(n, "n", message="{name}: expected a positive number of samples, got {value!r}")
     n_blocks = -(-int(n) // block_size)
     if shards is None:
         shards = -(-n_blocks // (DEFAULT_SHARD_SIZE // block_size))
-    if isinstance(shards, bool) or not isinstance(shards, (int, np.integer)) or shards <= 0:
-        raise ArgumentError(f"shards: expected a positive number of shards, got {shards!r}")
+    positive_int(shards, "shards", message="{name}: expected a positive number of shards, got {value!r}")
     if shards > n_blocks:
         raise ArgumentError(
             f"shards: expected at most {n_blocks} for n={n} (a shard holds whole random-stream "

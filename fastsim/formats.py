@@ -1,6 +1,6 @@
 """Showers in the formats HEP hosts read: ROOT trees (via uproot) and sparse hit lists.
 
-This module owns writing generated showers as
+This module writes generated showers as
 
 * a **ROOT file** (``-o showers.root``, ``--format root``; needs the ``root``
   extra, i.e. uproot): a TTree ``showers`` with one entry per shower, a
@@ -31,13 +31,13 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from fastsim._util import AT_LEAST, atomic_path, positive_int
 from fastsim.errors import ArgumentError, DataError, OutputError
 
 __all__ = [
@@ -126,26 +126,6 @@ def _geometry(spec: Any) -> Any:
     return default if default.n_voxels == spec.n_voxels else None
 
 
-def _temporary(path: Path) -> Path:
-    # A unique hidden name beside the output (same file system, so the rename is atomic); the
-    # writer creates it, with the permissions of any new file.
-    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-
-
-def _publish(tmp: Path, path: Path) -> None:
-    with open(tmp, "rb+") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    try:  # the rename itself survives a crash once the folder is synced
-        folder = os.open(path.parent if str(path.parent) else ".", os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
-
-
 def write_hep(generator: Any, path: str | os.PathLike[str], n: int | None = None, conditions: Any = None, *,
               fmt: str | None = None, seed: int = 0, batch_size: int = 2048, force: bool = False,
               on_batch: Callable[[int], object] | None = None) -> dict[str, Any]:
@@ -186,13 +166,9 @@ def write_hep(generator: Any, path: str | os.PathLike[str], n: int | None = None
            "conditions": plan.describe(), "n": int(plan.n), "producer": f"fastsim {__version__}"}
     batches = generator.iter_batches(conditions=plan, seed=seed, batch_size=batch_size)
     began = time.perf_counter()
-    tmp = _temporary(path)
-    try:
-        writer = _write_root if fmt == "root" else _write_hits
+    writer = _write_root if fmt == "root" else _write_hits
+    with atomic_path(path) as tmp:
         writer(tmp, batches, spec, geometry, run, on_batch)
-        _publish(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     seconds = time.perf_counter() - began
     return {"n": plan.n, "generated": plan.n, "resumed_from": 0, "seconds": round(seconds, 6),
             "showers_per_s": round(plan.n / seconds, 3) if seconds > 0 else None, "provider": generator.provider,
@@ -330,8 +306,7 @@ class _Showers:
     def iter_chunks(self, chunk_size: int = 1000, start: int = 0,
                     stop: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Yield (energies (k, 1) float64, showers (k, n_voxels) float32) for rows start:stop."""
-        if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
-            raise DataError(f"{self.path}: chunk_size must be an integer >= 1, got {chunk_size!r}")
+        chunk_size = positive_int(chunk_size, "chunk_size", error=DataError, message=AT_LEAST, where=str(self.path))
         start, stop = self._range(start, stop)
         for lo in range(start, stop, chunk_size):
             hi = min(lo + chunk_size, stop)

@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterator, Mapping, cast
 
 import numpy as np
 
-from fastsim._util import available_memory, concat_rows, format_bytes, ort_message, positive_int
+from fastsim._util import available_memory, format_bytes, ort_message, positive_int, rechunk
 from fastsim.conditions import ConditionPlan, plan_conditions
 from fastsim.errors import ArgumentError, ConditionError, ModelError, ProviderError
 from fastsim.io import WRITE_QUEUE, ShowerWriter, aligned_empty, check_mev_units, write_batches
@@ -229,7 +229,7 @@ class Generator:
         end = start + plan.n
         run_rows = -(-batch_size // BLOCK_SIZE) * BLOCK_SIZE
         with self._decode_pool() as pool:
-            yield from self._runs(plan, streams, start, end, run_rows, batch_size, pool)
+            yield from rechunk(self._decoded(plan, streams, start, end, run_rows, pool), batch_size)
 
     def _grid_start(self, start: int, run_rows: int) -> int:
         """First row of the run that holds ``start``, on a grid fixed by the global sample index.
@@ -262,27 +262,6 @@ class Generator:
             out = buffer(first) if buffer is not None and self.provider == "CPUExecutionProvider" else None
             showers = self._decode_rows(streams.latents(first, last), conditions, pool, out)
             yield conditions[lo - first:hi - first], showers[lo - first:hi - first].astype(np.float32, copy=False)
-
-    def _runs(self, plan: ConditionPlan, streams: BlockStreams, start: int, end: int, run_rows: int,
-              batch_size: int, pool: ThreadPoolExecutor | None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        pending: list[tuple[np.ndarray, np.ndarray]] = []
-        n_pending = 0
-        for conditions, showers in self._decoded(plan, streams, start, end, run_rows, pool):
-            pos = 0
-            while pos < len(showers):
-                if not pending and len(showers) - pos >= batch_size:
-                    yield conditions[pos:pos + batch_size], showers[pos:pos + batch_size]
-                    pos += batch_size
-                    continue
-                take = min(batch_size - n_pending, len(showers) - pos)
-                pending.append((conditions[pos:pos + take], showers[pos:pos + take]))
-                n_pending += take
-                pos += take
-                if n_pending == batch_size:
-                    yield concat_rows(pending)
-                    pending, n_pending = [], 0
-        if pending:
-            yield concat_rows(pending)
 
     @contextlib.contextmanager
     def _decode_pool(self) -> Iterator[ThreadPoolExecutor | None]:

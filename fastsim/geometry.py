@@ -6,7 +6,7 @@ angular sectors, which may differ from layer to layer (CaloChallenge dataset 1).
 Showers are flattened in (layer, alpha, radial) order, so a uniform geometry
 reshapes to ``(N, n_layers, n_alpha, n_radial)``.
 
-This module owns that layout: the :class:`Layer` and
+This module holds that layout: the :class:`Layer` and
 :class:`CylindricalGeometry` types, their dictionary form (the model spec's
 ``geometry`` block), reading and writing the CaloChallenge binning XML
 (``<Bins><Bin pid=".." name=".."><Layer id=".." r_edges=".." n_bin_alpha=".."/>``),
@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from fastsim._util import atomic_write_text
+from fastsim._util import AT_LEAST, atomic_write_text, positive_int
 from fastsim.errors import DataError
 
 __all__ = [
@@ -90,10 +90,8 @@ class Layer:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "r_edges", _as_edges(self.r_edges, "Layer"))
-        n_alpha = self.n_alpha
-        if isinstance(n_alpha, bool) or not isinstance(n_alpha, (int, np.integer)) or n_alpha < 1:
-            raise GeometryError(f"Layer: n_alpha must be an integer >= 1, got {n_alpha!r}")
-        object.__setattr__(self, "n_alpha", int(n_alpha))
+        n_alpha = positive_int(self.n_alpha, "n_alpha", error=GeometryError, message=AT_LEAST, where="Layer")
+        object.__setattr__(self, "n_alpha", n_alpha)
 
     @property
     def n_radial(self) -> int:

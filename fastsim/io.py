@@ -632,7 +632,7 @@ class ShowerWriter:
 
     def _create_npz(self) -> None:
         method = zipfile.ZIP_DEFLATED if self.compression else zipfile.ZIP_STORED
-        # The archive writes to a file this writer owns, so a failed archive can be dropped
+        # The archive writes to a file object opened here, so a failed archive can be dropped
         # without ZipFile trying (and failing) to finish it when it is collected.
         self._zip_file = open(self.partial, "wb")
         self._zip = zipfile.ZipFile(self._zip_file, "w", compression=method, allowZip64=True,

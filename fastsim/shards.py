@@ -22,13 +22,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fastsim._util import concat_rows
+from fastsim._util import concat_rows, rechunk
+from fastsim.dataset import ShowerSource, open_showers, phi_column, row_range, theta_column
 from fastsim.errors import ClusterError, DataError
 
 if TYPE_CHECKING:
     import dask.array
 
-    from fastsim.dataset import ShowerSource
     from fastsim.geometry import CylindricalGeometry
 
 __all__ = [
@@ -153,8 +153,6 @@ class ShardedDataset:
                 return CylindricalGeometry.from_dict(block)
             except GeometryError as exc:
                 raise DataError(f"{self.path}: the model's geometry in {MANIFEST_NAME} is malformed ({exc})") from None
-        from fastsim.dataset import open_showers
-
         with open_showers(self._shards[0][2]) as first:
             return first.geometry
 
@@ -206,14 +204,12 @@ class ShardedDataset:
     @property
     def incident_theta(self) -> np.ndarray:
         """Polar angles (N, 1) float64 radians; zeros (normal incidence) when the shards carry none."""
-        theta = self.conditions.get("theta")
-        return (theta if theta is not None else np.zeros(self.n))[:, None]
+        return theta_column(self.conditions, self.n)
 
     @property
     def incident_phi(self) -> np.ndarray | None:
         """Azimuths (N, 1) float64 radians, or None when the shards carry none."""
-        phi = self.conditions.get("phi")
-        return None if phi is None else phi[:, None]
+        return phi_column(self.conditions)
 
     def _read_per_shower(self) -> None:
         energies, conditions = [], []
@@ -234,8 +230,6 @@ class ShardedDataset:
         Raises:
             DataError: a shard file is unreadable or malformed.
         """
-        from fastsim.dataset import open_showers
-
         for _, _, path in self._shards:
             yield open_showers(path, geometry=self.geometry)
 
@@ -258,35 +252,20 @@ class ShardedDataset:
             DataError: a bound is not an integer or outside ``0:n``, ``chunk_size``
                 is below 1, or a shard holds a non-finite or negative value.
         """
-        from fastsim.dataset import open_showers
-
-        stop = self.n if stop is None else stop
-        for name, value in (("chunk_size", chunk_size), ("start", start), ("stop", stop)):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-                raise DataError(f"{self.path}: {name} must be an integer, got {value!r}")
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)):
+            raise DataError(f"{self.path}: chunk_size must be an integer, got {chunk_size!r}")
         if chunk_size < 1:
             raise DataError(f"{self.path}: chunk_size must be >= 1, got {chunk_size}")
-        if not 0 <= start <= stop <= self.n:
-            raise DataError(f"{self.path}: rows {start}:{stop} are outside 0:{self.n}")
-        pending: list[tuple[np.ndarray, np.ndarray]] = []
-        n_pending = 0
+        start, stop = row_range(self.path, self.n, start, stop)
+        yield from rechunk(self._pieces(chunk_size, start, stop), chunk_size)
+
+    def _pieces(self, chunk_size: int, start: int, stop: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        # Rows start:stop shard by shard, at most chunk_size at a time, one shard file open at a time.
         for first, last, path in self._shards:
             lo, hi = max(first, start), min(last, stop)
-            if lo >= hi:
-                continue
-            with open_showers(path, geometry=self.geometry) as shard:
-                # Read so that the chunk grid stays aligned with rows start, start + chunk_size, ...
-                pos = lo
-                while pos < hi:
-                    take = min(chunk_size - n_pending, hi - pos)
-                    pending.append(shard.read(pos - first, pos - first + take))
-                    n_pending += take
-                    pos += take
-                    if n_pending == chunk_size:
-                        yield concat_rows(pending)
-                        pending, n_pending = [], 0
-        if pending:
-            yield concat_rows(pending)
+            if lo < hi:
+                with open_showers(path, geometry=self.geometry) as shard:
+                    yield from shard.iter_chunks(chunk_size, lo - first, hi - first)
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         return self.iter_chunks()
@@ -383,6 +362,4 @@ def open_dataset(path: str | os.PathLike[str], geometry: CylindricalGeometry | N
     hep = open_hep(path, geometry)
     if hep is not None:
         return hep
-    from fastsim.dataset import open_showers
-
     return open_showers(path, geometry=geometry)

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 import fastsim
+from fastsim._util import atomic_path, temporary_name
 from fastsim.models import file_sha256
 from fastsim.spec import ConditionSpec, ModelSpec, OutputSpec, embed_spec
 from training.model import NOISE_WORDS_OP, PhysicalDecoder, count_parameters, decoder_flops, noise_words
@@ -377,49 +378,48 @@ def export(run: str | os.PathLike, output: str | os.PathLike, *, version: str, p
     name = name or output.stem
     spec = build_spec(ckpt, decoder, name=name, version=version, precision=precision, metrics=metrics)
 
-    partial = output.with_name(f".{output.stem}.partial.onnx")
-    fp32_path = output.with_name(f".{output.stem}.fp32.partial.onnx")
+    fp32_path = temporary_name(output, ".fp32.partial.onnx")
     try:
-        import onnx
+        with atomic_path(output, suffix=".partial.onnx") as partial:
+            import onnx
 
-        _trace(decoder, fp32_path)
-        model = _expand_noise_words(onnx.load(os.fspath(fp32_path)))
-        # The tracer leaves the voxel axis symbolic (it comes out of a broadcast); pin it.
-        for value in model.graph.output:
-            value.type.tensor_type.shape.dim[1].Clear()
-            value.type.tensor_type.shape.dim[1].dim_value = spec.n_voxels
-        if precision == "fp16":
-            model = _to_fp16(model)
-        # IR 9 keeps the file loadable by ONNX Runtime releases before 1.20.
-        model.ir_version = IR_VERSION
-        model.producer_name, model.producer_version = "fastsim", fastsim.__version__
-        model.doc_string = f"fastsim decoder {name} {version} ({precision}); spec in metadata_props[{'fastsim.spec'!r}]"
-        embed_spec(model, spec)
-        onnx.checker.check_model(model, full_check=True)
-        onnx.save(model, os.fspath(partial))
-        if precision == "int8":
-            from training.quantize import quantize_model
+            _trace(decoder, fp32_path)
+            model = _expand_noise_words(onnx.load(os.fspath(fp32_path)))
+            # The tracer leaves the voxel axis symbolic (it comes out of a broadcast); pin it.
+            for value in model.graph.output:
+                value.type.tensor_type.shape.dim[1].Clear()
+                value.type.tensor_type.shape.dim[1].dim_value = spec.n_voxels
+            if precision == "fp16":
+                model = _to_fp16(model)
+            # IR 9 keeps the file loadable by ONNX Runtime releases before 1.20.
+            model.ir_version = IR_VERSION
+            model.producer_name, model.producer_version = "fastsim", fastsim.__version__
+            model.doc_string = (f"fastsim decoder {name} {version} ({precision}); "
+                                f"spec in metadata_props[{'fastsim.spec'!r}]")
+            embed_spec(model, spec)
+            onnx.checker.check_model(model, full_check=True)
+            onnx.save(model, os.fspath(partial))
+            if precision == "int8":
+                from training.quantize import quantize_model
 
-            quantize_model(partial, partial)
+                quantize_model(partial, partial)
 
-        fastsim.load(os.fspath(partial), device="cpu", threads=1)  # the runtime's own spec check
-        report = {"output": os.fspath(output), "precision": precision, "opset": OPSET, "ir_version": IR_VERSION,
-                  "latent_dim": spec.latent_dim, "parameters": spec.training["parameters"],
-                  "flops_per_shower": spec.training["flops_per_shower"]}
-        checks = parity(decoder, partial)
-        report["parity"] = checks
-        if precision == "fp32":
-            if (checks["max_rel_error_sum"] > SUM_TOLERANCE or checks["max_rel_error_voxel"] > VOXEL_TOLERANCE
-                    or checks["mean_rel_error_voxel"] > VOXEL_MEAN_TOLERANCE):
-                raise ExportError(
-                    f"torch/ONNX Runtime parity failed: max relative error {checks['max_rel_error_sum']:.2e} "
-                    f"on summed energy (limit {SUM_TOLERANCE:g}), {checks['max_rel_error_voxel']:.2e} per voxel "
-                    f"(limit {VOXEL_TOLERANCE:g}), mean {checks['mean_rel_error_voxel']:.2e} per voxel "
-                    f"(limit {VOXEL_MEAN_TOLERANCE:g})")
-        os.replace(partial, output)
+            fastsim.load(os.fspath(partial), device="cpu", threads=1)  # the runtime's own spec check
+            report = {"output": os.fspath(output), "precision": precision, "opset": OPSET, "ir_version": IR_VERSION,
+                      "latent_dim": spec.latent_dim, "parameters": spec.training["parameters"],
+                      "flops_per_shower": spec.training["flops_per_shower"]}
+            checks = parity(decoder, partial)
+            report["parity"] = checks
+            if precision == "fp32":
+                if (checks["max_rel_error_sum"] > SUM_TOLERANCE or checks["max_rel_error_voxel"] > VOXEL_TOLERANCE
+                        or checks["mean_rel_error_voxel"] > VOXEL_MEAN_TOLERANCE):
+                    raise ExportError(
+                        f"torch/ONNX Runtime parity failed: max relative error {checks['max_rel_error_sum']:.2e} "
+                        f"on summed energy (limit {SUM_TOLERANCE:g}), {checks['max_rel_error_voxel']:.2e} per voxel "
+                        f"(limit {VOXEL_TOLERANCE:g}), mean {checks['mean_rel_error_voxel']:.2e} per voxel "
+                        f"(limit {VOXEL_MEAN_TOLERANCE:g})")
     finally:
-        for leftover in (partial, fp32_path):
-            leftover.unlink(missing_ok=True)
+        fp32_path.unlink(missing_ok=True)
     report["sha256"] = file_sha256(output)
     report["bytes"] = output.stat().st_size
     log(f"exported {output} ({report['bytes'] / 1e6:.2f} MB, {precision}, sha256 {report['sha256'][:16]}...): "

@@ -44,6 +44,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fastsim.dataset import ShowerSource, particle_column, phi_column, theta_column
 from fastsim.geometry import CylindricalGeometry
 from fastsim.spec import ConditionSpec
 from training.data import ResponseFit, energy_to_condition
@@ -62,6 +63,7 @@ __all__ = [
     "GeneralTensors",
     "GeneralVAE",
     "VoxelLayout",
+    "conditions_of",
     "fit_general_spot_energy",
     "load_general_showers",
     "measure_alpha_symmetry",
@@ -158,38 +160,40 @@ class Conditioning:
         return {**asdict(self), "particles": list(self.particles)}
 
 
-def read_conditions(path: str | os.PathLike, names: tuple[str, ...], start: int = 0,
-                    stop: int | None = None) -> np.ndarray:
-    """(N, len(names)) float64 conditions of rows [start, stop) of a CaloChallenge file.
+def conditions_of(source: ShowerSource, names: tuple[str, ...]) -> np.ndarray:
+    """(N, len(names)) float64 conditions of every row of an open shower source (read when it was opened).
 
-    ``incident_energy`` is the ``incident_energies`` dataset; other names are
-    datasets of their own. A missing ``incident_theta``/``incident_phi`` means
-    normal incidence (zeros); phi is wrapped into [0, 2 pi). A missing
-    ``particle`` is the file's one particle, from its ``particle_pdg`` attribute
-    (the reference simulator's) or, without one, electrons.
+    ``incident_energy`` is the file's ``incident_energies``; ``incident_theta``
+    and ``incident_phi`` its angles, a missing one meaning normal incidence
+    (zeros); phi is wrapped into [0, 2 pi). ``particle`` is the file's
+    ``particle`` dataset (PDG ids) or, without one, its one particle: the
+    ``particle_pdg`` attribute (the reference simulator's), else electrons.
     """
-    import h5py
+    cols = []
+    for name in names:
+        if name == "incident_energy":
+            cols.append(source.incident_energies)
+        elif name == "incident_theta":
+            cols.append(theta_column(source.conditions, source.n))
+        elif name == "incident_phi":
+            phi = phi_column(source.conditions)
+            cols.append(np.zeros((source.n, 1)) if phi is None else np.mod(phi, TWO_PI))
+        elif name == "particle":
+            attrs = getattr(source, "attrs", {})
+            cols.append(particle_column(source.conditions, source.n, float(attrs.get("particle_pdg", 11))))
+        else:
+            raise ValueError(f"{os.fspath(source.path)!r}: the model's condition {name!r} is not one a shower file "
+                             "carries (incident_energy, incident_theta, incident_phi, particle)")
+    return np.concatenate(cols, axis=1)
 
-    with h5py.File(path, "r") as f:
-        n = f["incident_energies"].shape[0]
-        stop = n if stop is None else min(stop, n)
-        cols = []
-        for name in names:
-            key = "incident_energies" if name == "incident_energy" else name
-            if key in f:
-                cols.append(np.asarray(f[key][start:stop], np.float64).reshape(-1))
-            elif name in ("incident_theta", "incident_phi"):
-                cols.append(np.zeros(max(0, stop - start)))
-            elif name == "particle":
-                cols.append(np.full(max(0, stop - start), float(f.attrs.get("particle_pdg", 11))))
-            else:
-                raise ValueError(f"{os.fspath(path)!r}: the model's condition {name!r} needs a dataset "
-                                 f"{key!r}, which the file lacks (it has {sorted(f)})")
-    out = np.stack(cols, axis=1)
-    if "incident_phi" in names:
-        j = names.index("incident_phi")
-        out[:, j] = np.mod(out[:, j], TWO_PI)
-    return out
+
+def read_conditions(path: str | os.PathLike, names: tuple[str, ...], start: int = 0, stop: int | None = None, *,
+                    geometry: CylindricalGeometry | None = None) -> np.ndarray:
+    """(N, len(names)) float64 conditions of rows [start, stop) of a CaloChallenge file (see :func:`conditions_of`)."""
+    from fastsim.dataset import open_showers
+
+    with open_showers(path, geometry=geometry) as f:
+        return conditions_of(f, names)[start:stop]
 
 
 class VoxelLayout:
@@ -270,12 +274,13 @@ def measure_alpha_symmetry(path: str | os.PathLike, geometry: CylindricalGeometr
     sums = {k: np.zeros((5, n_layers)) for k in orders}
     n_seen = 0
     with open_showers(path, geometry=geometry) as f:
+        phis = conditions_of(f, ("incident_phi",))[:, 0]
         stop = min(f.n, max_showers)
         for start in range(0, stop, chunk_size):
             end = min(stop, start + chunk_size)
             _, showers = f.read(start, end)
             showers = np.asarray(showers, np.float64)
-            phi = read_conditions(path, ("incident_phi",), start, end)[:, 0]
+            phi = phis[start:end]
             delta = alpha[None, :] - phi[:, None]
             layer_sum = np.zeros((len(showers), n_layers))
             np.add.at(layer_sum.T, layer_of_voxel, showers.T)
@@ -359,12 +364,13 @@ def load_general_showers(path: str | os.PathLike, conditioning: Conditioning, la
     conds, log_us, fractions = [], [], []
     n_dropped, var_sum, mean_sum, n_kappa = 0, np.zeros(layout.n_layers), np.zeros(layout.n_layers), 0
     with open_showers(path, geometry=layout.geometry) as f:
+        all_conditions = conditions_of(f, names)
         stop = f.n if max_showers is None else min(f.n, max_showers)
         for start in range(0, stop, chunk_size):
             end = min(stop, start + chunk_size)
             _, showers = f.read(start, end)
             showers = np.asarray(showers, np.float32)
-            cond = read_conditions(path, names, start, end)
+            cond = all_conditions[start:end]
             e_tot = showers.sum(axis=1, dtype=np.float64)
             keep = e_tot > _MIN_RESPONSE * cond[:, 0]
             n_dropped += int((~keep).sum())

@@ -24,9 +24,9 @@ import contextlib
 import logging
 import os
 import sys
-import tempfile
 from pathlib import Path
 
+from fastsim._util import atomic_path
 from fastsim.models import file_sha256
 
 __all__ = ["QUANTIZED_OPS", "quantize_model"]
@@ -83,10 +83,7 @@ def quantize_model(src: str | os.PathLike, dst: str | os.PathLike, *, per_channe
                          f"{', '.join(reduced) or 'fp16 precision'}")
     parent_sha = file_sha256(src)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dst.stem}.", suffix=".int8.partial.onnx", dir=dst.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    with atomic_path(dst, suffix=".int8.partial.onnx") as tmp:
         with _quiet_preprocess_hint():
             quantize_dynamic(
                 os.fspath(src), os.fspath(tmp),
@@ -113,12 +110,6 @@ def quantize_model(src: str | os.PathLike, dst: str | os.PathLike, *, per_channe
         embed_spec(model, spec.replace(training=training, metrics={}))
         onnx.checker.check_model(model)
         onnx.save(model, os.fspath(tmp))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; the model is an ordinary file
-        os.replace(tmp, dst)
-    finally:
-        tmp.unlink(missing_ok=True)
     return dst
 
 

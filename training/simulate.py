@@ -1,6 +1,6 @@
 """The reference shower simulator: GFlash-style electromagnetic showers in any CaloChallenge geometry.
 
-This module owns the physics that produces fastsim's training and validation
+This module implements the physics that produces fastsim's training and validation
 data and the writer that stores it in the CaloChallenge HDF5 layout (plus
 ``incident_theta``, ``incident_phi``, ``particle`` and the geometry). It is
 numpy only. The physics, its laws and parameters, the two methods and their
@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fastsim._util import atomic_path, atomic_write_text, positive_int, rechunk
 from fastsim.errors import ConditionError, OutputError
 from fastsim.geometry import CylindricalGeometry, MaterialGeometry, default_geometry
 
@@ -908,29 +909,20 @@ def iter_simulate(
     if setup is None:
         setup = Setup.make(geometry, method=method, calorimeter=calorimeter)
     rule = parse_energy(energy)
-    pending: list[tuple[np.ndarray, ...]] = []
-    held = 0
-    for e, t, p, s in _iter_blocks(rule, seed, start, start + n, setup):
-        pending.append((e, s, t, p))
-        held += e.shape[0]
-        while held >= chunk_size:
-            joined = [np.concatenate(parts) for parts in zip(*pending, strict=False)]
-            out = tuple(a[:chunk_size] for a in joined)
-            yield out if return_angles else out[:2]
-            pending = [tuple(a[chunk_size:] for a in joined)]
-            held -= chunk_size
-    if held:
-        out = tuple(np.concatenate(parts) for parts in zip(*pending, strict=False))
-        yield out if return_angles else out[:2]
+    blocks = _iter_blocks(rule, seed, start, start + n, setup)
+    yield from rechunk(((e, s, t, p) if return_angles else (e, s) for e, t, p, s in blocks), chunk_size)
 
 
 def _check_count(name: str, value: int, minimum: int = 0) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ConditionError(f"{name}: expected an integer >= {minimum}, got {value!r}")
-    return int(value)
+    """``value`` as an int >= ``minimum`` (0 or 1), else a ConditionError naming ``name``."""
+    return positive_int(value, name, zero=minimum == 0, error=ConditionError,
+                        message="{name}: expected an integer >= {minimum}, got {value!r}")
 
 
 # --------------------------------------------------------------------------- writer
+_CANNOT_WRITE = "output: cannot write {path} ({reason})"
+
+
 def write_dataset(
     path: str | os.PathLike,
     n: int,
@@ -993,10 +985,9 @@ def write_dataset(
     except OSError as exc:
         raise OutputError(f"output: cannot create directory {path.parent} ({exc.strerror or exc})") from None
     angles = not setup.theta.is_zero or not (setup.phi.kind == "fixed" and setup.phi.values[0] == 0.0)
-    tmp = path.with_name(path.name + ".partial")
     # ~0.8 MB HDF5 chunks fit h5py's default chunk cache, so row-wise reads stay cheap
     row_chunk = max(1, min(n, 32, (1 << 20) // (4 * binning.n_voxels) or 1))
-    try:
+    with atomic_path(path, message=_CANNOT_WRITE) as tmp:
         with h5py.File(tmp, "w") as f:
             energies_ds = f.create_dataset("incident_energies", (n, 1), dtype="float64", chunks=(min(n, 4096), 1))
             showers_ds = f.create_dataset(
@@ -1039,19 +1030,6 @@ def write_dataset(
                     done += k
                     bar.update(k)
         binning.to_xml(xml_path)
-        _write_text(json_path, json_text)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        atomic_write_text(json_path, json_text, message=_CANNOT_WRITE)
     return path, xml_path
 
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise OutputError(f"output: cannot write {path} ({exc.strerror or exc})") from None

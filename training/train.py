@@ -393,7 +393,7 @@ def _read_sample(path, config: dict, geometry: CylindricalGeometry, start: int, 
         return energy, showers
     from training.general import read_conditions
 
-    conditions = read_conditions(path, conditioning_of(config).names, start, start + len(energy))
+    conditions = read_conditions(path, conditioning_of(config).names, start, start + len(energy), geometry=geometry)
     return conditions, showers
 
 
