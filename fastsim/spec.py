@@ -1,8 +1,8 @@
 """The model contract: what a fastsim decoder takes, returns and means.
 
 This module defines :class:`ModelSpec` (the ``fastsim.spec`` JSON document of
-docs/contract.md, format ``fastsim-decoder/1``, or ``fastsim-decoder/1.1`` when a
-condition is periodic), reading it from an ONNX file's
+docs/contract.md, format ``fastsim-decoder/1``, ``fastsim-decoder/1.1`` when a
+condition is periodic, ``fastsim-decoder/1.2`` when one is categorical), reading it from an ONNX file's
 ``metadata_props`` or from a ``MODEL.onnx.json`` sidecar, writing it into a
 model, and checking it against the graph's inputs and outputs.
 
