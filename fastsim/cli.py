@@ -375,8 +375,8 @@ def models(as_json: bool) -> None:
               help="Read at most this many showers from each file (default: all).")
 @click.option("--metrics", "groups", default="all", show_default=True, metavar="GROUP[,GROUP...]",
               help="Metric groups: all, or some of separation, wasserstein, energy-bins, theta-bins, "
-                   "inclined-shape, fpd, kpd, classifier, classifier-voxel (all runs theta-bins and inclined-shape "
-                   "when both files carry incident_theta).")
+                   "particle-bins, inclined-shape, fpd, kpd, classifier, classifier-voxel (all runs theta-bins and "
+                   "inclined-shape when both files carry incident_theta, particle-bins when both carry particle).")
 @click.option("--floor-reference", default=None, type=click.Path(exists=True),
               help="A second reference, independent of REFERENCE, with at least as many showers as GENERATED: "
                    "the floors then compare it with REFERENCE at the same sizes (else REFERENCE is split when "
@@ -413,6 +413,7 @@ def validate(generated: str, reference: str, output_dir: str, geometry_xml: str 
     from fastsim.validation import (
         format_energy_table,
         format_inclined_table,
+        format_particle_table,
         format_table,
         format_theta_table,
         format_worst,
@@ -437,7 +438,7 @@ def validate(generated: str, reference: str, output_dir: str, geometry_xml: str 
         return
     click.echo(format_table(result))
     for table in (format_worst(result), format_energy_table(result), format_theta_table(result),
-                  format_inclined_table(result)):
+                  format_particle_table(result), format_inclined_table(result)):
         if table:
             click.echo("")
             click.echo(table)

@@ -218,3 +218,44 @@ def test_cli_runs_the_incidence_groups_by_default_and_prints_the_theta_table(run
     assert stdout[theta_table:].count("\n| ") >= 7 and "| inclined_shape.width_u |" in stdout
     report = (out / "report.md").read_text()
     assert "## Response and resolution per theta bin" in report and "## Shower shape in the track frame" in report
+
+
+# ----------------------------------------------------------------------------- per particle
+
+
+def mixed(path, seed, photon_scale=1.0, n=1200):
+    """Electrons then photons on the small geometry with a particle dataset; photon showers scaled by photon_scale."""
+    e_energy, e_showers = simulate(n, ENERGIES, seed=seed, geometry=GEOMETRY)
+    g_energy, g_showers = simulate(n, ENERGIES, seed=seed + 100, geometry=GEOMETRY, particle="photon")
+    write_h5(path, np.concatenate([e_energy, g_energy]), np.concatenate([e_showers, g_showers * photon_scale]))
+    with h5py.File(path, "a") as f:
+        f["particle"] = np.repeat([11, 22], n).astype(np.int32)[:, None]
+    return path
+
+
+def test_particle_bins_find_a_response_shift_in_one_particle_only(tmp_path):
+    ref, floor = mixed(tmp_path / "ref.h5", 21), mixed(tmp_path / "floor.h5", 22)
+    shifted = mixed(tmp_path / "gen.h5", 23, photon_scale=1.05)
+    result = validate(shifted, ref, groups=("particle-bins",), floor_reference=floor)
+    rows = {int(row["particle"]): row for row in result["particle_bins"]}
+    assert set(rows) == {11, 22} and rows[22]["n_reference"] == rows[22]["n_generated"] == 1200
+    electron, photon = rows[11], rows[22]
+    assert abs(electron["response_deviation_pct"]) < 4 * electron["response_deviation_error_pct"]
+    assert photon["response_deviation_pct"] == pytest.approx(5.0, abs=4 * photon["response_deviation_error_pct"])
+    assert photon["response_deviation_pct"] > 2.0  # well outside the floor's spread at these sizes
+    assert abs(photon["floor_response_deviation_pct"]) < 2.0
+    assert result["metrics"]["particle_bins.max_response_deviation"]["value"] == pytest.approx(
+        photon["response_ratio"] - 1.0)
+
+
+def test_all_runs_particle_bins_only_when_both_files_carry_particle(tmp_path, files):
+    ref = mixed(tmp_path / "ref.h5", 31, n=100)
+    with open_showers(ref) as a, open_showers(mixed(tmp_path / "gen.h5", 32, n=100)) as b, \
+            open_showers(files["ref"]) as plain:
+        assert "particle-bins" in _condition_groups(ALL_GROUPS, True, {"generated": b, "reference": a,
+                                                                      "floor_reference": None})
+        assert "particle-bins" not in _condition_groups(ALL_GROUPS, True, {"generated": plain, "reference": a,
+                                                                          "floor_reference": None})
+    with pytest.raises(DataError, match="generated: expected a dataset 'particle' \\(PDG ids; the group "
+                                        "particle-bins compares per particle\\), got none"):
+        validate(files["ref"], ref, groups=("particle-bins",))

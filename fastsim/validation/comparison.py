@@ -75,11 +75,13 @@ __all__ = [
     "CONDITION_GROUPS",
     "DEFAULT_GROUPS",
     "FLOOR_METHODS",
+    "GROUP_CONDITIONS",
     "Comparison",
     "compare",
     "format_energy_table",
     "format_inclined_table",
     "format_layer_table",
+    "format_particle_table",
     "format_table",
     "format_theta_table",
     "format_worst",
@@ -734,6 +736,12 @@ def _theta_bins_group(run: _Run) -> None:
                                 r_ref)
 
     rows, floor_rows = _put_max_deviations(run, "theta_bins", binned, theta, salt=7)
+    run.more["theta_rows"] = _with_deviations_pct(rows, floor_rows)
+
+
+def _with_deviations_pct(rows: list[dict[str, float]],
+                         floor_rows: list[dict[str, float]] | None) -> list[dict[str, float]]:
+    """Rows with their response and resolution deviations in per cent, and the floor sample's beside them."""
     for i, row in enumerate(rows):
         for source, label in ((row, ""), (floor_rows[i] if floor_rows else None, "floor_")):
             for key in ("response", "resolution"):
@@ -743,7 +751,28 @@ def _theta_bins_group(run: _Run) -> None:
                 row[f"{label}{key}_deviation_error_pct"] = 100.0 * error
         if floor_rows:
             row["n_floor"] = floor_rows[i]["n_generated"]
-    run.more["theta_rows"] = rows
+    return rows
+
+
+def _particle_bins_group(run: _Run) -> None:
+    """Response and resolution per particle type (PDG id) of the reference; deviations in per cent, floors beside."""
+    ids = {"gen": run.gen.condition("particle"), "ref": run.ref.condition("particle"),
+           "floor": run.floor.condition("particle") if run.floor else None}
+    if ids["ref"] is None or ids["gen"] is None:
+        raise DataError("generated and reference: the particle-bins group needs a 'particle' dataset (PDG ids) in "
+                        "both files; leave it out of --metrics for single-particle files")
+    pdgs = np.unique(ids["ref"])
+
+    def binned(x_gen: np.ndarray, r_gen: np.ndarray, x_ref: np.ndarray, r_ref: np.ndarray) -> list[dict[str, float]]:
+        rows = []
+        for pdg in pdgs:
+            row = _binned_response(np.array([pdg - 0.5, pdg + 0.5]), ("pdg_low", "pdg_high"), 1.0, x_gen, r_gen,
+                                   x_ref, r_ref)[0]
+            rows.append({"particle": float(pdg), **{k: v for k, v in row.items() if not k.startswith("pdg_")}})
+        return rows
+
+    rows, floor_rows = _put_max_deviations(run, "particle_bins", binned, ids, salt=8)
+    run.more["particle_rows"] = _with_deviations_pct(rows, floor_rows)
 
 
 def _shape_columns(f: ShowerFeatures, phi: np.ndarray | None, layers: list[int]) -> np.ndarray:
@@ -974,6 +1003,7 @@ _GROUPS: dict[str, tuple[Callable[[_Run], None], str]] = {
     "wasserstein": (_wasserstein_group, "one sort per feature and layer, bootstrap resamples"),
     "energy-bins": (_energy_bins_group, "cheap"),
     "theta-bins": (_theta_bins_group, "cheap"),
+    "particle-bins": (_particle_bins_group, "cheap"),
     "inclined-shape": (_inclined_shape_group, "histograms per layer and theta bin, bootstrap resamples"),
     "fpd": (_fpd_group, "covariance square roots at 5 sample sizes"),
     "kpd": (_kpd_group, "kernel matrices of kpd_batch_size squared"),
@@ -984,9 +1014,11 @@ _GROUPS: dict[str, tuple[Callable[[_Run], None], str]] = {
 #: Metric groups, in report order (derived from the registry above).
 ALL_GROUPS = tuple(_GROUPS)
 DEFAULT_GROUPS = ALL_GROUPS
-#: The groups that compare in bins of the incidence; ``all`` (and the default) runs them only when both the
-#: generated and the reference files carry ``incident_theta``.
-CONDITION_GROUPS = ("theta-bins", "inclined-shape")
+#: The groups that compare in bins of a condition and the per-shower condition each needs; ``all`` (and the
+#: default) runs one only when both the generated and the reference files carry its condition
+#: (``incident_theta``, ``particle``).
+GROUP_CONDITIONS = {"theta-bins": "theta", "inclined-shape": "theta", "particle-bins": "particle"}
+CONDITION_GROUPS = tuple(GROUP_CONDITIONS)
 
 
 def _voxel_pass(rows: _Rows, edges: np.ndarray, rings: np.ndarray, n_rings: int) -> dict[str, np.ndarray]:
@@ -1108,9 +1140,10 @@ def _condition_groups(groups: tuple[str, ...], implicit: bool,
     (one theta bin, no rotation); an input without a condition the others carry is an error.
     """
     carried = {name: _conditions(src) for name, src in sources.items() if src is not None}
-    if implicit and not ("theta" in carried["generated"] and "theta" in carried["reference"]):
-        return tuple(g for g in groups if g not in CONDITION_GROUPS)
-    asked = [g for g in groups if g in CONDITION_GROUPS]
+    if implicit:
+        both = set(carried["generated"]) & set(carried["reference"])
+        groups = tuple(g for g in groups if g not in GROUP_CONDITIONS or GROUP_CONDITIONS[g] in both)
+    asked = [g for g in groups if GROUP_CONDITIONS.get(g) == "theta"]
     for condition in ("theta", "phi") if asked else ():
         having = [name for name, c in carried.items() if condition in c]
         lacking = [name for name, c in carried.items() if condition not in c]
@@ -1120,6 +1153,12 @@ def _condition_groups(groups: tuple[str, ...], implicit: bool,
                 f"{', '.join(asked)} compare in bins of the incidence), got none; pass inputs that all carry it, "
                 f"or leave those groups out of --metrics"
             )
+    if "particle-bins" in groups:
+        lacking = [name for name, c in carried.items() if "particle" not in c]
+        if lacking:
+            raise DataError(f"{lacking[0]}: expected a dataset 'particle' (PDG ids; the group particle-bins compares "
+                            "per particle), got none; pass inputs that all carry it, or leave particle-bins out of "
+                            "--metrics")
     return groups
 
 
@@ -1217,6 +1256,7 @@ def _compare(gen: OpenInput, ref: OpenInput, floor: OpenInput | None, geometry: 
         "per_layer": run.per_layer,
         "energy_bins": run.more.get("energy_rows", []),
         "theta_bins": run.more.get("theta_rows", []),
+        "particle_bins": run.more.get("particle_rows", []),
         **({"inclined_shape": run.more["inclined_shape"]} if "inclined_shape" in run.more else {}),
         "conditions": {name: sorted(_conditions(rows.source)) for name, rows in
                        (("generated", gen_rows), ("reference", ref_rows), ("floor_reference", floor_rows))
@@ -1427,6 +1467,31 @@ def format_theta_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def format_particle_table(result: dict[str, Any]) -> str:
+    """Response and resolution per particle type: generated vs reference deviations in per cent, the floor's beside.
+
+    Empty when the ``particle-bins`` group did not run.
+    """
+    rows = result.get("particle_bins") or []
+    if not rows:
+        return ""
+    names = {11: "electron", -11: "positron", 22: "photon", 211: "pi+", -211: "pi-"}
+    lines = [
+        "| particle | N ref | N gen | response ref | Δ response [%] | floor Δ response [%] | σ/μ ref "
+        "| Δ σ/μ [%] | floor Δ σ/μ [%] |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        pdg = int(row["particle"])
+        cells = [f"{names.get(pdg, 'PDG')} ({pdg})", str(row["n_reference"]), str(row["n_generated"])]
+        for kind in ("response", "resolution"):
+            cells += [_fmt(row[f"{kind}_reference"], row.get(f"{kind}_error_reference")),
+                      _fmt_pct(row.get(f"{kind}_deviation_pct"), row.get(f"{kind}_deviation_error_pct")),
+                      _fmt_pct(row.get(f"floor_{kind}_deviation_pct"), row.get(f"floor_{kind}_deviation_error_pct"))]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def format_inclined_table(result: dict[str, Any]) -> str:
     """Separation power of the track-frame centres and widths per theta bin and overall, model beside floor.
 
@@ -1511,6 +1576,11 @@ def _report_markdown(comparison: Comparison, plots: list[Path]) -> str:
                   "Δ: generated / reference − 1 in per cent, with its statistical error; floor Δ: the same for "
                   "the floor sample against the reference (what a perfect surrogate shows at these sizes).", "",
                   theta, ""]
+    particle = format_particle_table(r)
+    if particle:
+        parts += ["## Response and resolution per particle", "",
+                  "Δ: generated / reference − 1 in per cent, with its statistical error; floor Δ: the same for "
+                  "the floor sample against the reference.", "", particle, ""]
     inclined = format_inclined_table(r)
     if inclined:
         parts += ["## Shower shape in the track frame, per theta bin", "",
