@@ -13,7 +13,7 @@ from fastsim.dataset import open_showers
 from fastsim.errors import DataError
 from fastsim.geometry import load_detector
 from fastsim.shards import MANIFEST_FORMAT, MANIFEST_NAME, open_dataset
-from fastsim.validation.comparison import ALL_GROUPS, CONDITION_GROUPS, _condition_groups, validate
+from fastsim.validation.comparison import ALL_GROUPS, _condition_groups, validate
 from helpers.distortions import small_geometry
 from training.simulate import simulate
 
@@ -104,9 +104,9 @@ def test_all_runs_the_incidence_groups_only_when_both_files_carry_theta(tmp_path
     plain = write_h5(tmp_path / "plain.h5", energies, showers)
     with open_showers(files["ref"]) as ref, open_showers(files["other"]) as gen, open_showers(plain) as flat:
         both = _condition_groups(ALL_GROUPS, True, {"generated": gen, "reference": ref, "floor_reference": None})
-        assert set(CONDITION_GROUPS) <= set(both)
+        assert set(GROUPS) <= set(both) and "particle-bins" not in both
         one = _condition_groups(ALL_GROUPS, True, {"generated": flat, "reference": ref, "floor_reference": None})
-        assert not set(CONDITION_GROUPS) & set(one) and "energy-bins" in one
+        assert not set(GROUPS) & set(one) and "energy-bins" in one
     # Asked for by name, a file without the reference's angles is an error, not a silent normal incidence.
     with pytest.raises(DataError, match="generated: expected a dataset 'incident_theta' as the reference has one"):
         validate(plain, files["ref"], groups=GROUPS)
@@ -210,7 +210,7 @@ def test_cli_runs_the_incidence_groups_by_default_and_prints_the_theta_table(run
                        "--floor-reference", files["floor"], timeout=300)
     assert proc.returncode == 0, proc.stderr
     doc = json.loads((out / "metrics.json").read_text())
-    assert set(CONDITION_GROUPS) <= set(doc["groups"])
+    assert set(GROUPS) <= set(doc["groups"])
     assert doc["conditions"]["generated"] == doc["conditions"]["reference"] == ["phi", "theta"]
     stdout = proc.stdout
     summary, theta_table = stdout.index("| metric |"), stdout.index("| θ [deg] | N ref | N gen |")
