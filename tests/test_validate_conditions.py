@@ -13,7 +13,7 @@ from fastsim.dataset import open_showers
 from fastsim.errors import DataError
 from fastsim.geometry import load_detector
 from fastsim.shards import MANIFEST_FORMAT, MANIFEST_NAME, open_dataset
-from fastsim.validation.comparison import ALL_GROUPS, _condition_groups, validate
+from fastsim.validation.comparison import ALL_GROUPS, _condition_groups, format_particle_table, validate
 from helpers.distortions import small_geometry
 from training.simulate import simulate
 
@@ -246,6 +246,9 @@ def test_particle_bins_find_a_response_shift_in_one_particle_only(tmp_path):
     assert abs(photon["floor_response_deviation_pct"]) < 2.0
     assert result["metrics"]["particle_bins.max_response_deviation"]["value"] == pytest.approx(
         photon["response_ratio"] - 1.0)
+    table = format_particle_table(result).splitlines()
+    assert table[0].startswith("| particle | N ref | N gen |") and len(table) == 4
+    assert table[2].startswith("| electron (11) | 1200 | 1200 |") and table[3].startswith("| photon (22) | 1200 |")
 
 
 def test_all_runs_particle_bins_only_when_both_files_carry_particle(tmp_path, files):

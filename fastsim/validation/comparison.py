@@ -1449,16 +1449,21 @@ def format_theta_table(result: dict[str, Any]) -> str:
     (``--floor-reference``, or a split reference).
     """
     rows = result.get("theta_bins") or []
+    return _deviation_table("θ [deg]", [f"{row['theta_low_deg']:.1f}–{row['theta_high_deg']:.1f}" for row in rows],
+                            rows)
+
+
+def _deviation_table(heading: str, labels: list[str], rows: list[dict[str, Any]]) -> str:
+    """Rows of a binned response table (one per label): reference value, deviation and the floor's deviation."""
     if not rows:
         return ""
     lines = [
-        "| θ [deg] | N ref | N gen | response ref | Δ response [%] | floor Δ response [%] | σ/μ ref "
+        f"| {heading} | N ref | N gen | response ref | Δ response [%] | floor Δ response [%] | σ/μ ref "
         "| Δ σ/μ [%] | floor Δ σ/μ [%] |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for row in rows:
-        cells = [f"{row['theta_low_deg']:.1f}–{row['theta_high_deg']:.1f}", str(row["n_reference"]),
-                 str(row["n_generated"])]
+    for label, row in zip(labels, rows, strict=True):
+        cells = [label, str(row["n_reference"]), str(row["n_generated"])]
         for kind in ("response", "resolution"):
             cells += [_fmt(row[f"{kind}_reference"], row.get(f"{kind}_error_reference")),
                       _fmt_pct(row.get(f"{kind}_deviation_pct"), row.get(f"{kind}_deviation_error_pct")),
@@ -1473,23 +1478,9 @@ def format_particle_table(result: dict[str, Any]) -> str:
     Empty when the ``particle-bins`` group did not run.
     """
     rows = result.get("particle_bins") or []
-    if not rows:
-        return ""
     names = {11: "electron", -11: "positron", 22: "photon", 211: "pi+", -211: "pi-"}
-    lines = [
-        "| particle | N ref | N gen | response ref | Δ response [%] | floor Δ response [%] | σ/μ ref "
-        "| Δ σ/μ [%] | floor Δ σ/μ [%] |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for row in rows:
-        pdg = int(row["particle"])
-        cells = [f"{names.get(pdg, 'PDG')} ({pdg})", str(row["n_reference"]), str(row["n_generated"])]
-        for kind in ("response", "resolution"):
-            cells += [_fmt(row[f"{kind}_reference"], row.get(f"{kind}_error_reference")),
-                      _fmt_pct(row.get(f"{kind}_deviation_pct"), row.get(f"{kind}_deviation_error_pct")),
-                      _fmt_pct(row.get(f"floor_{kind}_deviation_pct"), row.get(f"floor_{kind}_deviation_error_pct"))]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    labels = [f"{names.get(int(row['particle']), 'PDG')} ({int(row['particle'])})" for row in rows]
+    return _deviation_table("particle", labels, rows)
 
 
 def format_inclined_table(result: dict[str, Any]) -> str:
