@@ -24,6 +24,16 @@ EXPORTED = REPO / "exported"
 GOLDEN_SEED = 2024
 
 ZOO = {
+    "calo-egamma-d2": {
+        "conditions": [("incident_energy", "MeV", 1e3, 1e6, "log-uniform"),
+                       ("particle", "pdg", 11.0, 22.0, "categorical")],
+        "n_voxels": 6480,
+        "golden_conditions": {"incident_energy": 50_000.0, "particle": 22.0},
+        "totals": [50718.4, 50157.36, 49045.25, 49487.21],
+        "nonzero": [1116, 1074, 1008, 1045],
+        "top_voxels": [(1521, 420.29684), (2142, 385.55301), (2088, 374.97339), (1863, 350.25974),
+                       (1764, 338.80325)],
+    },
     "calo-electron-inclined": {
         "conditions": [("incident_energy", "MeV", 1e3, 1e6, "log-uniform"),
                        ("incident_theta", "rad", 0.0, math.pi / 3, "uniform"),
@@ -115,3 +125,16 @@ def test_showers_are_physical_over_the_whole_range(zoo_model):
     threshold = generator.spec.training["voxel_threshold_mev"]
     assert ((showers == 0) | (showers >= threshold * (1 - 1e-6))).all()
     assert math.isclose(float(np.log(energy).mean()), 0.5 * (np.log(1e3) + np.log(1e6)), rel_tol=0.02)
+
+
+def test_the_particle_model_starts_photon_showers_deeper():
+    # A photon converts after ~9/7 X0 (the reference: +1.5 layers of 45 at 10-100 GeV); the particle condition
+    # must carry that, not only relabel the showers.
+    generator = fastsim.load(EXPORTED / "calo-egamma-d2.onnx", device="cpu", threads=1)
+    assert generator.spec.condition("particle").categories == (("electron", 11.0), ("photon", 22.0))
+    centres = {}
+    for particle in ("electron", "photon"):
+        _, showers = generator.generate(2000, {"incident_energy": "50GeV", "particle": particle}, seed=5)
+        layers = showers.reshape(len(showers), 45, -1).sum(2)
+        centres[particle] = float(((layers * np.arange(45)).sum(1) / layers.sum(1)).mean())
+    assert 1.0 < centres["photon"] - centres["electron"] < 2.0, centres
