@@ -259,6 +259,9 @@ def test_all_runs_particle_bins_only_when_both_files_carry_particle(tmp_path, fi
                                                                       "floor_reference": None})
         assert "particle-bins" not in _condition_groups(ALL_GROUPS, True, {"generated": plain, "reference": a,
                                                                           "floor_reference": None})
+        # Named, with no input that says which particle a shower is: nothing to bin, left out.
+        assert _condition_groups(("energy-bins", "particle-bins"), False, {"generated": plain, "reference": plain,
+                                                                          "floor_reference": None}) == ("energy-bins",)
     with pytest.raises(DataError, match="generated: expected a dataset 'particle' \\(PDG ids; the group "
                                         "particle-bins compares per particle\\), got none"):
         validate(files["ref"], ref, groups=("particle-bins",))

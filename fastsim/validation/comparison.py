@@ -1155,6 +1155,9 @@ def _condition_groups(groups: tuple[str, ...], implicit: bool,
             )
     if "particle-bins" in groups:
         lacking = [name for name, c in carried.items() if "particle" not in c]
+        if len(lacking) == len(carried):
+            # No input says which particle a shower is: one particle throughout, nothing to bin.
+            return tuple(g for g in groups if g != "particle-bins")
         if lacking:
             raise DataError(f"{lacking[0]}: expected a dataset 'particle' (PDG ids; the group particle-bins compares "
                             "per particle), got none; pass inputs that all carry it, or leave particle-bins out of "
