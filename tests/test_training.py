@@ -171,6 +171,8 @@ def test_export_parity_torch_vs_onnxruntime(exported, run):
     # Typical voxels agree to float rounding; the few in sparse rings, where the Gamma
     # boost U^(1/k) has k ~ 1e-3, magnify it (see training.export.VOXEL_TOLERANCE).
     assert parity["mean_rel_error_voxel"] <= 1e-5 and parity["max_rel_error_voxel"] <= 1e-2
+    # An occupancy draw at float-rounding distance from its boundary may flip; a handful in a million at most.
+    assert parity["occupancy_flips"] <= 1e-5 * parity["voxels_compared"]
     # Independently: the same z and energies through torch and through fastsim's session.
     from training.train import load_checkpoint, physical_decoder_from_checkpoint
 

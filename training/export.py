@@ -62,6 +62,10 @@ SUM_TOLERANCE = 1e-4
 # Runtime's kernels ~1/k-fold in those few voxels; an export error moves every voxel.
 VOXEL_TOLERANCE = 1e-2
 VOXEL_MEAN_TOLERANCE = 1e-5
+# Whether a voxel is empty is a draw (uniform < exp(-mean/e_s)); a mean within float rounding of the
+# boundary may fall on the other side in ONNX Runtime. Such flips are counted, not value-compared,
+# and at most this fraction of the compared voxels may flip.
+OCCUPANCY_FLIP_TOLERANCE = 1e-5
 #: Model versions: MAJOR.MINOR.PATCH with an optional pre-release or build suffix.
 VERSION_PATTERN = re.compile(r"\d+\.\d+\.\d+(?:[-+][0-9A-Za-z.-]+)?")
 
@@ -325,7 +329,10 @@ def parity(decoder: PhysicalDecoder, path: Path, *, n: int = 200, seed: int = 12
     sum_err = np.abs(got.sum(1) - expected.sum(1)) / np.maximum(expected.sum(1), 1e-30)
     # Voxels within 1 % of the threshold may legitimately land on either side of it.
     clear = expected > decoder.threshold * 1.01
-    voxel_err = np.abs(got - expected)[clear] / expected[clear]
+    # A voxel clear of the threshold on one side and empty on the other: its occupancy draw flipped.
+    occupancy_flips = int((clear & (got == 0)).sum() + ((got > decoder.threshold * 1.01) & (expected == 0)).sum())
+    compared = clear & (got > 0)
+    voxel_err = np.abs(got - expected)[compared] / expected[compared]
     flipped = int(((expected > 0) != (got > 0)).sum())
     return {
         "n": n,
@@ -333,7 +340,8 @@ def parity(decoder: PhysicalDecoder, path: Path, *, n: int = 200, seed: int = 12
         "max_rel_error_voxel": float(voxel_err.max()) if voxel_err.size else 0.0,
         "mean_rel_error_voxel": float(voxel_err.mean()) if voxel_err.size else 0.0,
         "threshold_flips": flipped,
-        "voxels_compared": int(clear.sum()),
+        "occupancy_flips": occupancy_flips,
+        "voxels_compared": int(compared.sum()),
     }
 
 
@@ -411,13 +419,16 @@ def export(run: str | os.PathLike, output: str | os.PathLike, *, version: str, p
             checks = parity(decoder, partial)
             report["parity"] = checks
             if precision == "fp32":
+                flip_limit = OCCUPANCY_FLIP_TOLERANCE * max(checks["voxels_compared"], 1)
                 if (checks["max_rel_error_sum"] > SUM_TOLERANCE or checks["max_rel_error_voxel"] > VOXEL_TOLERANCE
-                        or checks["mean_rel_error_voxel"] > VOXEL_MEAN_TOLERANCE):
+                        or checks["mean_rel_error_voxel"] > VOXEL_MEAN_TOLERANCE
+                        or checks["occupancy_flips"] > flip_limit):
                     raise ExportError(
                         f"torch/ONNX Runtime parity failed: max relative error {checks['max_rel_error_sum']:.2e} "
                         f"on summed energy (limit {SUM_TOLERANCE:g}), {checks['max_rel_error_voxel']:.2e} per voxel "
                         f"(limit {VOXEL_TOLERANCE:g}), mean {checks['mean_rel_error_voxel']:.2e} per voxel "
-                        f"(limit {VOXEL_MEAN_TOLERANCE:g})")
+                        f"(limit {VOXEL_MEAN_TOLERANCE:g}), {checks['occupancy_flips']} occupancy flips "
+                        f"(limit {flip_limit:.0f})")
     finally:
         fp32_path.unlink(missing_ok=True)
     report["sha256"] = file_sha256(output)
