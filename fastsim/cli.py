@@ -195,6 +195,7 @@ def generate(n: int | None, energy: str | None, theta: str | None, phi: str | No
     if dashboard_address is not None and not (dask_address or "").startswith("local"):
         raise click.BadParameter("a dashboard is served by a local cluster: use it with --dask local:W "
                                  "(a remote scheduler has its own)", param_hint="'--dashboard'")
+    flagged = {"--theta": theta, "--phi": phi, "--particle": particle}
     if shards is not None or dask_address is not None:
         from fastsim import distributed
 
@@ -202,7 +203,6 @@ def generate(n: int | None, energy: str | None, theta: str | None, phi: str | No
             raise click.BadParameter(f"shards are HDF5 files, got {fmt!r}", param_hint="'--format'")
         conditions: Any = energy  # --energy alone: one value, for the model's energy condition
         flags: dict[str, str] = {}
-        flagged = {"--theta": theta, "--phi": phi, "--particle": particle}
         if any(value is not None for value in flagged.values()) or condition:
             # Flags name conditions: the spec says which the model has (the workers load it again).
             from fastsim.models import resolve_model
@@ -243,8 +243,7 @@ def generate(n: int | None, energy: str | None, theta: str | None, phi: str | No
         warnings.simplefilter("always", fastsim.FastsimWarning)
         # Inside the block: a device 'auto' that had to use the CPU is reported on one line.
         generator = fastsim.load(model, spec=spec_file, device=device, threads=threads)
-        named, flags = _named_conditions(generator.spec, energy, {"--theta": theta, "--phi": phi,
-                                                                  "--particle": particle}, condition)
+        named, flags = _named_conditions(generator.spec, energy, flagged, condition)
         try:
             plan = generator.plan(n, named or None, allow_extrapolation=allow_extrapolation)
         except fastsim.ConditionError as exc:
@@ -311,8 +310,7 @@ def info(model: str, spec_file: str | None, as_json: bool) -> None:
     click.echo(f"  latent      {spec.latent_dim} ({spec.prior.get('kind')})")
     for cond in spec.conditions:
         if cond.categories is not None:
-            listed = ", ".join(f"{label} ({code:g})" for label, code in cond.categories)
-            click.echo(f"  condition   {cond.name} {{{listed}}} {cond.unit}, categorical")
+            click.echo(f"  condition   {cond.name} {{{cond.category_list()}}} {cond.unit}, categorical")
             continue
         period = f", periodic (period {cond.period:g} {cond.unit})" if cond.period is not None else ""
         click.echo(f"  condition   {cond.name} [{cond.min:g}, {cond.max:g}] {cond.unit}, {cond.sampling}{period}")

@@ -324,7 +324,7 @@ def parse_category(value: Any, cond: ConditionSpec, *, argument: str | None = No
         return value
     if isinstance(value, Range):
         raise ConditionError(f"{argument}: a categorical condition takes a category, not a range; "
-                             f"expected one of {_category_list(cond)} or a comma list of them")
+                             f"expected one of {cond.category_list()} or a comma list of them")
     if isinstance(value, os.PathLike):
         return Values(np.asarray(load_values(value, argument=argument, dataset=cond.name)), source=os.fspath(value))
     if isinstance(value, str):
@@ -344,12 +344,8 @@ def parse_category(value: Any, cond: ConditionSpec, *, argument: str | None = No
         elif not np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_:
             raise ConditionError(f"{argument}: expected categories (labels or codes), got an array of {array.dtype}")
         return Constant(float(array)) if array.ndim == 0 else Values(array)
-    raise ConditionError(f"{argument}: expected one of {_category_list(cond)}, a comma list of them, per-sample "
+    raise ConditionError(f"{argument}: expected one of {cond.category_list()}, a comma list of them, per-sample "
                          f"values or a file, got {type(value).__name__}")
-
-
-def _category_list(cond: ConditionSpec) -> str:
-    return ", ".join(f"{label} ({code:g})" for label, code in cond.categories or ())
 
 
 def _category_code(cond: ConditionSpec, item: str, argument: str) -> float:
@@ -358,7 +354,7 @@ def _category_code(cond: ConditionSpec, item: str, argument: str) -> float:
     if code is None and _is_float(item.strip()) and float(item) in cond.codes:
         code = float(item)
     if code is None:
-        raise ConditionError(f"{argument}: expected one of {_category_list(cond)}, got {item.strip()!r}")
+        raise ConditionError(f"{argument}: expected one of {cond.category_list()}, got {item.strip()!r}")
     return code
 
 
@@ -482,7 +478,7 @@ def _check_values(cond: ConditionSpec, values: np.ndarray, argument: str, allow_
         if outside.any():
             index = int(np.argmax(outside))
             raise ConditionError(f"{argument}: {values[index]:g} at index {index} is not a category of the model; "
-                                 f"expected one of {_category_list(cond)}")
+                                 f"expected one of {cond.category_list()}")
         return
     lo, hi = float(values.min()), float(values.max())
     slack = _RANGE_RTOL * max(abs(cond.min), abs(cond.max))

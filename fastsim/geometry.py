@@ -51,6 +51,7 @@ __all__ = [
     "MaterialGeometry",
     "MaterialLayer",
     "Medium",
+    "PARTICLE_NAMES",
     "default_geometry",
     "load_detector",
     "material_path",
@@ -60,6 +61,8 @@ __all__ = [
 DEFAULT_GEOMETRY_XML = "binning_dataset_2.xml"
 
 _PARTICLE_PIDS = {"electron": 11, "positron": -11, "photon": 22, "pion": 211, "gamma": 22}
+#: PDG id -> particle name (the first name of each id above).
+PARTICLE_NAMES = {pid: name for name, pid in reversed(_PARTICLE_PIDS.items())}
 
 
 class GeometryError(DataError, ValueError):

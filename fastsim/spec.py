@@ -169,6 +169,10 @@ class ConditionSpec:
                 return code
         return None
 
+    def category_list(self) -> str:
+        """The categories as text for messages: ``electron (11), photon (22)``."""
+        return ", ".join(f"{label} ({code:g})" for label, code in self.categories or ())
+
     def label_of(self, code: float) -> str:
         """The label of a category code (the code itself as text when it is not one)."""
         for name, value in self.categories or ():

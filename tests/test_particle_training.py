@@ -3,9 +3,6 @@ condition, exporting it as a categorical condition, and choosing it at generatio
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import h5py
@@ -16,9 +13,9 @@ torch = pytest.importorskip("torch")
 
 import fastsim  # noqa: E402
 from fastsim.errors import DataError, OutputError  # noqa: E402
+from helpers import run_training  # noqa: E402
 from training.mix import mix_datasets  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 MIXED_CONFIG = """
 name = "tiny-mixed"
 description = "test run: electrons and photons"
@@ -39,12 +36,6 @@ fom_showers = 100
 prior_fit_showers = 200
 threads = 1
 """
-
-
-def run_training(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "training", *map(str, args)], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=600)
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +96,8 @@ def test_a_model_trained_on_mixed_particles_takes_the_particle_by_name(singles, 
     config = tmp_path / "mixed.toml"
     config.write_text(MIXED_CONFIG)
     run = tmp_path / "run"
-    result = run_training("train", "--config", config, "--data", data, "--validation", val, "--out", run, "-q")
+    result = run_training("train", "--config", config, "--data", data, "--validation", val, "--out", run, "-q",
+                          timeout=600)
     assert result.returncode == 0, result.stderr
     model = tmp_path / "mixed.onnx"
     result = run_training("export", run, "-o", model, "--version", "0.1.0")

@@ -12,10 +12,7 @@ voxel noise).
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -26,11 +23,11 @@ onnx = pytest.importorskip("onnx")
 
 import fastsim  # noqa: E402
 from fastsim.spec import SPEC_KEY, ModelSpec  # noqa: E402
+from helpers import run_training  # noqa: E402
 
 # Every test here simulates, trains or exports (through the real command line).
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[1]
 THRESHOLD = 0.01515
 TINY_CONFIG = """
 name = "tiny"
@@ -54,12 +51,6 @@ u_weight = 200.0
 """
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "training", *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=300)
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> dict[str, Path]:
     from training.simulate import write_dataset
@@ -75,7 +66,7 @@ def data(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def run(data, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("runs") / "tiny"
-    result = run_cli("train", "--config", str(data["config"]), "--data", str(data["train"]),
+    result = run_training("train", "--config", str(data["config"]), "--data", str(data["train"]),
                      "--validation", str(data["val"]), "--out", str(out), "-q")
     assert result.returncode == 0, result.stderr
     assert "best figure of merit" in result.stdout
@@ -85,7 +76,7 @@ def run(data, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def exported(run, tmp_path_factory) -> dict:
     path = tmp_path_factory.mktemp("exported") / "tiny.onnx"
-    result = run_cli("export", str(run), "-o", str(path), "--version", "0.1.0")
+    result = run_training("export", str(run), "-o", str(path), "--version", "0.1.0")
     assert result.returncode == 0, result.stderr
     return {"path": path, "parity": json.loads(result.stdout.strip().splitlines()[-1])}
 
@@ -124,7 +115,7 @@ def test_resume_continues_the_same_run(run, data, tmp_path):
     copy = tmp_path / "resumed"
     shutil.copytree(run, copy)
     before = json.loads((copy / "history.json").read_text())
-    result = run_cli("train", "--config", str(data["config"]), "--data", str(data["train"]),
+    result = run_training("train", "--config", str(data["config"]), "--data", str(data["train"]),
                      "--validation", str(data["val"]), "--out", str(copy), "--resume", "--epochs", "3", "-q")
     assert result.returncode == 0, result.stderr
     assert "resumed from" in result.stdout
@@ -317,7 +308,7 @@ def test_voxel_sampler_keeps_occupancy_mean_and_variance(run):
 
 def test_fp16_variant_matches_fp32_totals(run, exported, tmp_path):
     path = tmp_path / "tiny-fp16.onnx"
-    result = run_cli("export", str(run), "-o", str(path), "--version", "0.1.0", "--precision", "fp16")
+    result = run_training("export", str(run), "-o", str(path), "--version", "0.1.0", "--precision", "fp16")
     assert result.returncode == 0, result.stderr
     model = onnx.load(str(path))
     initializers = {t.name: t.data_type for t in model.graph.initializer}
@@ -359,7 +350,7 @@ def test_response_fit_recovers_known_mean_and_spread():
 def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path, data, run):
     (tmp_path / "bad.toml").write_text("[model]\nwidht = 3\n")
     args = [a.format(tmp=tmp_path, train=data["train"], run=run) for a in args]
-    result = run_cli(*args)
+    result = run_training(*args)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error:"), result.stderr
@@ -387,10 +378,10 @@ def test_export_refuses_to_overwrite_without_force(exported, run, tmp_path):
     path = tmp_path / "tiny.onnx"
     shutil.copy(exported["path"], path)
     before = path.read_bytes()
-    result = run_cli("export", str(run), "-o", str(path), "--version", "0.2.0")
+    result = run_training("export", str(run), "-o", str(path), "--version", "0.2.0")
     assert result.returncode == 2
     assert "already exists" in result.stderr and "--force" in result.stderr
     assert path.read_bytes() == before  # untouched
-    forced = run_cli("export", str(run), "-o", str(path), "--version", "0.2.0", "--force")
+    forced = run_training("export", str(run), "-o", str(path), "--version", "0.2.0", "--force")
     assert forced.returncode == 0, forced.stderr
     assert fastsim.read_spec(path).version == "0.2.0"

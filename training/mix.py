@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from fastsim._util import atomic_write_text
+from fastsim.dataset import particle_column, read_conditions
 from fastsim.errors import DataError, OutputError
 
 __all__ = ["mix_datasets"]
@@ -31,10 +32,10 @@ __all__ = ["mix_datasets"]
 ANGLES = ("incident_theta", "incident_phi")
 
 
-def _particles(f, n: int) -> np.ndarray:
-    if "particle" in f:
-        return np.asarray(f["particle"][...], dtype=np.int32).reshape(n)
-    return np.full(n, int(f.attrs.get("particle_pdg", 11)), dtype=np.int32)
+def _particles(f, path: Path, n: int) -> np.ndarray:
+    """Each shower's PDG id: the file's checked ``particle`` column, else its one particle (see module doc)."""
+    conditions = read_conditions(f, path, n)
+    return particle_column(conditions, n, float(f.attrs.get("particle_pdg", 11)))[:, 0].astype(np.int32)
 
 
 def _layers(f) -> tuple | None:
@@ -107,7 +108,7 @@ def mix_datasets(inputs: Sequence[str | os.PathLike], output: str | os.PathLike,
             for name in angles:
                 out.create_dataset(name, (n, 1), dtype="float64")
             out.create_dataset("particle", (n, 1), dtype="int32")
-            particles = [_particles(f, size) for f, size in zip(files, sizes, strict=True)]
+            particles = [_particles(f, path, size) for f, path, size in zip(files, paths, sizes, strict=True)]
             row = 0
             for i, lo, hi in order:
                 f, k = files[i], hi - lo

@@ -59,7 +59,7 @@ import numpy.typing as npt
 from fastsim._util import atomic_write_text
 from fastsim.dataset import ShowerSource
 from fastsim.errors import DataError, OutputError
-from fastsim.geometry import CylindricalGeometry, default_geometry
+from fastsim.geometry import PARTICLE_NAMES, CylindricalGeometry, default_geometry
 from fastsim.validation import metrics
 from fastsim.validation.features import (
     DEFAULT_THRESHOLD_MEV,
@@ -1481,8 +1481,7 @@ def format_particle_table(result: dict[str, Any]) -> str:
     Empty when the ``particle-bins`` group did not run.
     """
     rows = result.get("particle_bins") or []
-    names = {11: "electron", -11: "positron", 22: "photon", 211: "pi+", -211: "pi-"}
-    labels = [f"{names.get(int(row['particle']), 'PDG')} ({int(row['particle'])})" for row in rows]
+    labels = [f"{PARTICLE_NAMES.get(int(row['particle']), 'PDG')} ({int(row['particle'])})" for row in rows]
     return _deviation_table("particle", labels, rows)
 
 

@@ -8,6 +8,8 @@ validation tests in :mod:`helpers.distortions`. Fixtures stay in ``conftest.py``
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 __all__ = ["ROOT", "cli_env", "runtime_modules"]
@@ -34,3 +36,10 @@ def cli_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "FASTSIM_MODEL_PATH"}
     env.update(OMP_NUM_THREADS="1", **extra)
     return env
+
+
+def run_training(*args: object, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m training ARGS`` from the repository root as a real subprocess, one thread."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "training", *map(str, args)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
