@@ -97,6 +97,33 @@ def test_showers_sum_to_the_response_and_respect_the_threshold(name, orders):
     assert torch.equal(showers, again)  # the noise is a function of the seed latents
 
 
+@pytest.mark.parametrize("orders", [(), (1, 2)])
+@pytest.mark.parametrize("name", sorted(BINNINGS))
+def test_voxel_noise_has_the_gamma_mean_and_variance_in_every_layout(name, orders):
+    # One decoded mean shower, many noise seeds: each voxel scatters around its mean with variance
+    # kappa * mean, whether the noise is drawn in the (layer, alpha, radial) block or per voxel.
+    geometry = BINNINGS[name]()
+    kappa = 0.05
+    decoder = make_decoder(geometry, orders, kappa=kappa)
+    n = 4000
+    z = torch.zeros(n, decoder.latent_dim)
+    z[:, 4:] = torch.rand(n, 2, generator=torch.Generator().manual_seed(11)) * 100.0
+    with torch.no_grad():
+        showers = decoder(z, conditions(n, energy=1e6)).double()
+        means, _ = decoder.voxel_means(z[:1, :4], conditions(1, energy=1e6))
+    means = means[0].double()
+    big = means > 30 * kappa  # Gamma shapes above 30: the threshold and the clamps play no part
+    assert big.sum() > 0.2 * geometry.n_voxels
+    pulls = ((showers.mean(0) - means)[big] / torch.sqrt(kappa * means[big] / n)).numpy()
+    var_ratio = (showers.var(0)[big] / (kappa * means[big])).numpy()
+    assert np.abs(pulls).max() < 6.0  # each voxel's own mean, within its standard error
+    assert abs(np.median(var_ratio) - 1.0) < 0.06
+    assert var_ratio.min() > 0.75 and var_ratio.max() < 1.25
+    # Distinct seeds per voxel: neighbouring voxels do not move together.
+    a, b = showers[:, big.nonzero()[0, 0]], showers[:, big.nonzero()[1, 0]]
+    assert abs(np.corrcoef(a.numpy(), b.numpy())[0, 1]) < 0.1
+
+
 @pytest.mark.parametrize("name", sorted(BINNINGS))
 def test_without_harmonics_the_sectors_of_a_ring_share_one_mean(name):
     geometry = BINNINGS[name]()

@@ -458,6 +458,10 @@ class GeneralVAE(nn.Module):
         self.register_buffer("cos_alpha", torch.as_tensor(np.cos(k_alpha), dtype=torch.float32)[..., None])
         self.register_buffer("sin_alpha", torch.as_tensor(np.sin(k_alpha), dtype=torch.float32)[..., None])
         self.register_buffer("orders_t", torch.as_tensor(self.orders, dtype=torch.float32).view(1, -1))
+        # The same as one (L, A, 2K) matrix [cos k alpha | sin k alpha], so the decoder's sum over k is a
+        # MatMul (a broadcast multiply-and-sum cost 5x more on ONNX Runtime). Derived: not in checkpoints.
+        basis = np.concatenate([np.cos(k_alpha), np.sin(k_alpha)]).transpose(1, 2, 0)
+        self.register_buffer("harmonic_basis", torch.as_tensor(basis, dtype=torch.float32), persistent=False)
 
     @property
     def n_voxels(self) -> int:
@@ -546,7 +550,8 @@ class GeneralVAE(nn.Module):
         #                                                + sin(k alpha) (a sin kphi + b cos kphi)
         along = a * cos_kphi - b * sin_kphi
         across = a * sin_kphi + b * cos_kphi
-        return (self.cos_alpha * along + self.sin_alpha * across).sum(1)  # (N, L, A, R)
+        rotated = torch.cat([along, across], dim=1).squeeze(3).transpose(1, 2)  # (N, L, 2K, R)
+        return torch.matmul(self.harmonic_basis, rotated)  # (L, A, 2K) @ (N, L, 2K, R) -> (N, L, A, R)
 
     def sector_logp(self, sector_logits: torch.Tensor | None) -> torch.Tensor:
         """Log share of each sector in its ring: (N, L, A, R), or (L, A, 1) when symmetric."""
@@ -579,12 +584,16 @@ class GeneralDecoder(nn.Module):
     layer) p(sector | ring)``, Gamma voxel noise with per-layer kappa and
     spot energies, the threshold and the renormalisation to ``u E_inc``.
 
-    Speed: the graph is element-wise bound. Everything is worked on in the
-    padded (layer, alpha, radial) block, which is the CaloChallenge order of
-    a uniform binning (no reordering at all); with symmetric sectors the
-    Gamma law's parameters depend on the ring only, so they are computed
-    once per ring and broadcast over its sectors, as the ring model does. A
-    ragged binning pays one Gather of the output.
+    Speed: the graph is element-wise bound, so the noise is drawn in the
+    smallest block that holds the voxels (its "cells"). For a uniform
+    binning that is the (layer, alpha, radial) block, which is the
+    CaloChallenge order itself (no reordering at all); with symmetric
+    sectors the Gamma law's parameters depend on the ring only, so they are
+    computed once per ring and broadcast over its sectors, as the ring model
+    does. A ragged binning (dataset 1) would waste most of a padded block
+    (950 slots for 368 photon voxels): its Gamma parameters are worked out
+    per ring, gathered into CaloChallenge order, and the noise is drawn per
+    voxel.
     """
 
     def __init__(self, vae: GeneralVAE, response: ResponseFit, *, threshold: float,
@@ -604,20 +613,18 @@ class GeneralDecoder(nn.Module):
             prior_mean = torch.zeros(vae.prior_mean_terms, d)
         self.register_buffer("prior_mean", prior_mean.float().clone())
         self.register_buffer("prior_chol_t", torch.eye(d) if prior_chol is None else prior_chol.float().T.clone())
-        self.register_buffer("kappa_layer", torch.as_tensor(self.noise_kappa, dtype=torch.float32).view(-1, 1, 1))
         self.register_buffer("slot_of_voxel", torch.as_tensor(layout.slot_of_voxel, dtype=torch.int64))
         # Broadcasts per-ring values over the sectors by multiplication (an expand would trace to shape ops).
         self.register_buffer("sector_ones", torch.ones(1, 1, layout.max_alpha, 1))
-        # A ragged binning's padding: per-ring values broadcast into it, so the draws there are zeroed.
-        mask = np.zeros((layout.n_slots,), np.float32)
-        mask[layout.slot_of_voxel] = 1.0
-        self.register_buffer("slot_mask", torch.as_tensor(mask).view(1, layout.n_layers, layout.max_alpha,
-                                                                     layout.max_radial) if layout.padded else None)
+        self.cell_shape = (layout.n_voxels,) if layout.padded else (layout.n_layers, layout.max_alpha,
+                                                                     layout.max_radial)
+        self.register_buffer("kappa_layer", torch.as_tensor(self.noise_kappa, dtype=torch.float32).view(-1, 1, 1))
         if self.noisy:
             gen = torch.Generator().manual_seed(20221)
-            n_slots = layout.n_slots + layout.n_slots % 2  # an even number, for Box-Muller pairs
-            self.register_buffer("hash_add", torch.randint(0, 2**31, (n_slots,), generator=gen, dtype=torch.int32))
-            self.register_buffer("hash_mul", torch.randint(0, 2**30, (n_slots,), generator=gen,
+            n_cells = math.prod(self.cell_shape)
+            n_cells += n_cells % 2  # an even number, for Box-Muller pairs
+            self.register_buffer("hash_add", torch.randint(0, 2**31, (n_cells,), generator=gen, dtype=torch.int32))
+            self.register_buffer("hash_mul", torch.randint(0, 2**30, (n_cells,), generator=gen,
                                                            dtype=torch.int32) * 2 + 1)
         self.register_buffer("spot_coeffs", None if spot_coeffs is None else spot_coeffs.float().clone())
 
@@ -659,20 +666,39 @@ class GeneralDecoder(nn.Module):
         powers = torch.cat([torch.ones_like(c_e), c_e, c_e * c_e], dim=1)
         return torch.exp(powers @ self.spot_coeffs).unsqueeze(2).unsqueeze(3)
 
-    def uniforms(self, seeds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(radius (N, P), angle (N, P), hit (N, L, A, R)) from the seed latents, P = n_slots / 2."""
-        hit_word, pair_word = _NoiseWords.apply(seeds, self.hash_add, self.hash_mul)
+    def to_cells(self, block: torch.Tensor) -> torch.Tensor:
+        """A (..., L, 1 or A, R) block as the cells the noise is drawn in: itself for a uniform binning
+        (a ring's value broadcasts over its sectors later), its voxels (..., n_voxels) for a ragged one.
+
+        Layer by layer (slice, broadcast over the sectors, concatenate): ONNX Runtime's Gather along
+        the voxels cost 6 ns a voxel, more than the rest of the noise together.
+        """
         layout = self.vae.layout
-        if hit_word.shape[1] != layout.n_slots:
-            hit_word = hit_word[:, :layout.n_slots]
+        if not layout.padded:
+            return block
+        parts = []
+        for i, (n_alpha, n_radial) in enumerate(zip(layout.n_alpha.tolist(), layout.n_radial.tolist(), strict=True)):
+            rings = block[..., i, :, :n_radial] if block.shape[-2] == 1 else block[..., i, :n_alpha, :n_radial]
+            if rings.shape[-2] != n_alpha:
+                rings = rings * self.sector_ones[0, 0, :n_alpha]
+            parts.append(rings.flatten(-2))
+        return torch.cat(parts, dim=-1)
+
+    def uniforms(self, seeds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(radius (N, P), angle (N, P), hit (N, *cell_shape)) from the seed latents, P = n_cells / 2."""
+        hit_word, pair_word = _NoiseWords.apply(seeds, self.hash_add, self.hash_mul)
+        n_cells = math.prod(self.cell_shape)
+        if hit_word.shape[1] != n_cells:
+            hit_word = hit_word[:, :n_cells]
         radius, angle = pair_word.split(pair_word.shape[1] // 2, dim=1)
         radius = radius * 2.0**-32 + 2.0**-33  # never 0: it goes into a log
         hit = hit_word * ((1.0 - 2.0**-24) * 2.0**-32)
-        return radius, angle * 2.0**-32, hit.view(-1, layout.n_layers, layout.max_alpha, layout.max_radial)
+        return radius, angle * 2.0**-32, hit.view(-1, *self.cell_shape)
 
-    def sample_slots(self, means: torch.Tensor, total: torch.Tensor, conditions: torch.Tensor,
+    def sample_cells(self, means: torch.Tensor, total: torch.Tensor, conditions: torch.Tensor,
                      uniforms) -> torch.Tensor:
-        """Voxel energies (N, L, A, R) around ``means`` (variance kappa * mean per layer), scaled to ``total``.
+        """Cell energies (N, *cell_shape) around ``means`` (N, L, 1 or A, R) (variance kappa * mean per layer),
+        scaled to ``total``.
 
         The law of :meth:`training.model.PhysicalDecoder.sample_voxels`: with
         spot energies e_s a voxel is empty with probability exp(-mean / e_s),
@@ -695,32 +721,36 @@ class GeneralDecoder(nn.Module):
         a = shape + 1.0
         size = torch.exp(torch.log(scale * a) * (1.0 / 3.0))
         offset, slope = size * (1.0 - 1.0 / (9.0 * a)), size / (3.0 * torch.sqrt(a))
+        # The Gamma law's parameters are worked out per ring (or slot), then taken to the cells together.
         inv_shape, inv_occupied = 1.0 / shape, 1.0 / occupied
+        if self.vae.layout.padded:
+            params = self.to_cells(torch.stack([offset, slope, inv_shape, inv_occupied], dim=1))
+            offset, slope, inv_shape, inv_occupied = params.unbind(1)
         radius, angle = torch.sqrt(torch.log(u_radius) * -2.0), u_angle * (2.0 * math.pi)
         gauss = torch.cat([radius * torch.cos(angle), radius * torch.sin(angle)], dim=1)
-        n_slots = u_hit.shape[1] * u_hit.shape[2] * u_hit.shape[3]
-        if gauss.shape[1] != n_slots:
-            gauss = gauss[:, :n_slots]
+        n_cells = math.prod(u_hit.shape[1:])
+        if gauss.shape[1] != n_cells:
+            gauss = gauss[:, :n_cells]
         cube = torch.relu(offset + slope * gauss.view(u_hit.shape))
         # log(u / occupied) <= 0 when occupied; when empty the Min makes it hugely negative: exp() -> 0.
         log_hit = torch.log(u_hit * inv_occupied)
         log_hit = torch.minimum(log_hit, log_hit * -1e30)
         voxels = (cube * cube * cube) * torch.exp(log_hit * inv_shape)
-        if self.slot_mask is not None:
-            voxels = voxels * self.slot_mask
-        return voxels * (total / torch.clamp(voxels.sum((1, 2, 3)).unsqueeze(1), min=1e-30)).view(-1, 1, 1, 1)
+        sums = voxels.sum(tuple(range(1, voxels.dim()))).unsqueeze(1)
+        return voxels * (total / torch.clamp(sums, min=1e-30)).view(-1, *([1] * len(self.cell_shape)))
 
     def forward(self, z: torch.Tensor, conditions: torch.Tensor) -> torch.Tensor:
-        d, layout = self.vae.config.latent_dim, self.vae.layout
+        d = self.vae.config.latent_dim
         means, total = self.slot_means(z[:, :d], conditions)
         if self.noisy:
-            voxels = self.sample_slots(means, total, conditions, self.uniforms(z[:, d:d + NOISE_SEED_DIMS]))
+            voxels = self.sample_cells(means, total, conditions, self.uniforms(z[:, d:d + NOISE_SEED_DIMS]))
+        elif self.vae.layout.padded:
+            voxels = self.to_cells(means)
         else:
             voxels = means * self.sector_ones
         # The threshold, then the lost energy handed back to the surviving voxels (total exactly u E_inc).
+        # The cells are the voxels in CaloChallenge order.
         kept = _Threshold.apply(voxels.flatten(1), self.threshold_alpha)
-        if layout.padded:
-            kept = kept[:, self.slot_of_voxel]
         return kept * (total / torch.clamp(kept.sum(1, keepdim=True), min=1e-30))
 
 
@@ -740,7 +770,6 @@ def fit_general_spot_energy(decoder: GeneralDecoder, conditions: np.ndarray, ref
     edges = np.geomspace(energy.min(), energy.max() * (1 + 1e-9), n_bins + 1)
     which = np.clip(np.searchsorted(edges, energy, side="right") - 1, 0, n_bins - 1)
     layer_of_voxel = torch.as_tensor(layout.layer_of_voxel)
-    slot_of_voxel = torch.as_tensor(layout.slot_of_voxel)
     voxels_per_layer = torch.bincount(layer_of_voxel, minlength=n_layers).double()
     gen = torch.Generator().manual_seed(seed)
     saved = decoder.spot_coeffs
@@ -758,15 +787,15 @@ def fit_general_spot_energy(decoder: GeneralDecoder, conditions: np.ndarray, ref
             target = per_layer(torch.as_tensor(reference[rows] >= threshold))
             cond = torch.as_tensor(conditions[rows], dtype=torch.float32)
             means, total = decoder.slot_means(torch.randn((len(rows), d), generator=gen), cond)
-            pairs = (len(rows), (layout.n_slots + 1) // 2)
+            pairs = (len(rows), (math.prod(decoder.cell_shape) + 1) // 2)
             uniforms = (1.0 - torch.rand(pairs, generator=gen), torch.rand(pairs, generator=gen),
-                        torch.rand((len(rows), n_layers, layout.max_alpha, layout.max_radial), generator=gen))
+                        torch.rand((len(rows), *decoder.cell_shape), generator=gen))
             low = torch.full((n_layers,), math.log(0.05))
             high = torch.full((n_layers,), math.log(2000.0))
             for _ in range(16):
                 mid = 0.5 * (low + high)
                 decoder.spot_coeffs = torch.cat([mid[None], torch.zeros(SPOT_DEGREE, n_layers)])
-                sample = decoder.sample_slots(means, total, cond, uniforms).flatten(1)[:, slot_of_voxel]
+                sample = decoder.sample_cells(means, total, cond, uniforms).flatten(1)  # CaloChallenge order
                 occupancy = per_layer(sample >= threshold)
                 too_full = occupancy > target
                 low, high = torch.where(too_full, mid, low), torch.where(too_full, high, mid)
