@@ -55,6 +55,8 @@ from training.model import (
     _mlp,
     _NoiseWords,
     _Threshold,
+    gamma_draw,
+    gamma_parameters,
 )
 
 __all__ = [
@@ -700,42 +702,15 @@ class GeneralDecoder(nn.Module):
         """Cell energies (N, *cell_shape) around ``means`` (N, L, 1 or A, R) (variance kappa * mean per layer),
         scaled to ``total``.
 
-        The law of :meth:`training.model.PhysicalDecoder.sample_voxels`: with
-        spot energies e_s a voxel is empty with probability exp(-mean / e_s),
-        else Gamma with the conditional mean and variance that keep the totals.
+        The law of :meth:`training.model.PhysicalDecoder.sample_voxels`
+        (:func:`training.model.gamma_parameters`, :func:`training.model.gamma_draw`).
         """
-        u_radius, u_angle, u_hit = uniforms
-        kappa, mean = self.kappa_layer, means
-        if self.spot_coeffs is not None:
-            x = mean / self.spot_energy(self.vae.conditioning.features(conditions)[:, :1])
-            occupied = torch.clamp(torch.tanh(x * 0.5) * (1.0 + torch.exp(-x)), min=1e-12)
-            mean_hit = mean / occupied
-            var_hit = torch.clamp((kappa * mean - (1.0 - occupied) * mean * mean_hit) / occupied,
-                                  min=1e-6 * mean_hit * mean_hit + 1e-30)
-        else:
-            occupied, mean_hit = torch.ones_like(mean), mean
-            var_hit = torch.clamp(kappa * mean, min=1e-30)
-        shape = torch.clamp(mean_hit * mean_hit / var_hit, min=1e-12)
-        scale = var_hit / torch.clamp(mean_hit, min=1e-30)
-        # Gamma(k) = Gamma(k + 1) U^(1/k); Gamma(k + 1) by Wilson-Hilferty from a Box-Muller normal.
-        a = shape + 1.0
-        size = torch.exp(torch.log(scale * a) * (1.0 / 3.0))
-        offset, slope = size * (1.0 - 1.0 / (9.0 * a)), size / (3.0 * torch.sqrt(a))
-        # The Gamma law's parameters are worked out per ring (or slot), then taken to the cells together.
-        inv_shape, inv_occupied = 1.0 / shape, 1.0 / occupied
-        if self.vae.layout.padded:
-            params = self.to_cells(torch.stack([offset, slope, inv_shape, inv_occupied], dim=1))
-            offset, slope, inv_shape, inv_occupied = params.unbind(1)
-        radius, angle = torch.sqrt(torch.log(u_radius) * -2.0), u_angle * (2.0 * math.pi)
-        gauss = torch.cat([radius * torch.cos(angle), radius * torch.sin(angle)], dim=1)
-        n_cells = math.prod(u_hit.shape[1:])
-        if gauss.shape[1] != n_cells:
-            gauss = gauss[:, :n_cells]
-        cube = torch.relu(offset + slope * gauss.view(u_hit.shape))
-        # log(u / occupied) <= 0 when occupied; when empty the Min makes it hugely negative: exp() -> 0.
-        log_hit = torch.log(u_hit * inv_occupied)
-        log_hit = torch.minimum(log_hit, log_hit * -1e30)
-        voxels = (cube * cube * cube) * torch.exp(log_hit * inv_shape)
+        spot = self.spot_energy(self.vae.conditioning.features(conditions)[:, :1]) \
+            if self.spot_coeffs is not None else None
+        params = gamma_parameters(means, self.kappa_layer, spot)  # per ring (or slot)
+        if self.vae.layout.padded:  # taken to the voxels together
+            params = self.to_cells(torch.stack(params, dim=1)).unbind(1)
+        voxels = gamma_draw(*params, uniforms)
         sums = voxels.sum(tuple(range(1, voxels.dim()))).unsqueeze(1)
         return voxels * (total / torch.clamp(sums, min=1e-30)).view(-1, *([1] * len(self.cell_shape)))
 

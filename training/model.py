@@ -54,6 +54,8 @@ __all__ = [
     "ShowerVAE",
     "count_parameters",
     "decoder_flops",
+    "gamma_draw",
+    "gamma_parameters",
     "noise_words",
 ]
 
@@ -313,6 +315,60 @@ class _Threshold(torch.autograd.Function):
         return g.op("ThresholdedRelu", x, alpha_f=alpha)
 
 
+def gamma_parameters(mean: torch.Tensor, kappa, spot: torch.Tensor | None):
+    """The voxel-noise law's parameters per cell: (offset, slope, 1 / shape, 1 / occupancy).
+
+    A voxel of expected energy ``mean`` is empty with probability
+    exp(-mean / spot) (no energy spot landed in it, as in the data), and
+    otherwise Gamma with the conditional mean and variance that keep the
+    totals mean and kappa * mean; without ``spot``, Gamma(mean / kappa, kappa).
+    ``offset + slope * g`` for a standard normal g is the cube root of a
+    Gamma(shape + 1) draw (Wilson-Hilferty), ``(a * scale)^(1/3)`` folded in.
+    Shared by both decoders, op for op, so their graphs compute the same law.
+    """
+    if spot is not None:
+        # 1 - exp(-x) = tanh(x / 2) (1 + exp(-x)): no cancellation for sparse rings (x << 1).
+        x = mean / spot
+        occupied = torch.clamp(torch.tanh(x * 0.5) * (1.0 + torch.exp(-x)), min=1e-12)
+        mean_hit = mean / occupied
+        var_hit = torch.clamp((kappa * mean - (1.0 - occupied) * mean * mean_hit) / occupied,
+                              min=1e-6 * mean_hit * mean_hit + 1e-30)
+    else:
+        occupied, mean_hit = torch.ones_like(mean), mean
+        var_hit = torch.clamp(kappa * mean, min=1e-30)
+    shape = torch.clamp(mean_hit * mean_hit / var_hit, min=1e-12)
+    scale = var_hit / torch.clamp(mean_hit, min=1e-30)
+    # Gamma(k) = Gamma(k + 1) * U^(1/k); Gamma(k + 1) by Wilson-Hilferty from a Box-Muller normal.
+    # Gamma(a) = a * scale * cube^3, cube = 1 - 1/(9a) + g / (3 sqrt(a)); (a * scale)^(1/3) folded in.
+    a = shape + 1.0
+    size = torch.exp(torch.log(scale * a) * (1.0 / 3.0))
+    offset, slope = size * (1.0 - 1.0 / (9.0 * a)), size / (3.0 * torch.sqrt(a))
+    return offset, slope, 1.0 / shape, 1.0 / occupied
+
+
+def gamma_draw(offset: torch.Tensor, slope: torch.Tensor, inv_shape: torch.Tensor, inv_occupied: torch.Tensor,
+               uniforms: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Cell energies (shaped as the hit uniforms) from :func:`gamma_parameters` (broadcast to them).
+
+    ``uniforms`` = (radius (N, P), angle (N, P), hit (N, ...)): each Box-Muller
+    (radius, angle) pair makes the normals of two cells, the first half of
+    the cells taking the cosines, the second the sines.
+    """
+    u_radius, u_angle, u_hit = uniforms
+    radius, angle = torch.sqrt(torch.log(u_radius) * -2.0), u_angle * (2.0 * math.pi)
+    gauss = torch.cat([radius * torch.cos(angle), radius * torch.sin(angle)], dim=1)
+    n_cells = math.prod(u_hit.shape[1:])
+    if gauss.shape[1] != n_cells:
+        gauss = gauss[:, :n_cells]
+    cube = torch.relu(offset + slope * gauss.view(u_hit.shape))
+    # One uniform decides "occupied" (u < occupied) and, rescaled, is the U of the boost:
+    # log(u / occupied) <= 0 when occupied; when empty it is > 0, and the Min turns it
+    # into a huge negative number, so exp() empties the voxel without a Where.
+    log_hit = torch.log(u_hit * inv_occupied)
+    log_hit = torch.minimum(log_hit, log_hit * -1e30)
+    return (cube * cube * cube) * torch.exp(log_hit * inv_shape)
+
+
 def _scaled_to(voxels: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
     """(N, a, b) voxels times the per-shower factor that makes them sum to ``total`` (N, 1)."""
     return voxels * (total / torch.clamp(voxels.sum((1, 2)), min=1e-30).unsqueeze(1)).unsqueeze(2)
@@ -437,50 +493,13 @@ class PhysicalDecoder(nn.Module):
     def sample_voxels(self, ring_mean: torch.Tensor, total: torch.Tensor, c: torch.Tensor,
                       uniforms: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
         """Voxel energies (N, n_alpha, n_layers * n_radial) around ``ring_mean`` (variance kappa * mean),
-        scaled to sum to ``total`` (N, 1).
+        scaled to sum to ``total`` (N, 1): :func:`gamma_parameters` per ring, :func:`gamma_draw` per voxel.
 
         ``uniforms`` as :meth:`uniforms` returns them.
-
-        With spot energies e_s, a voxel is empty with probability
-        exp(-mean / e_s) (no energy spot landed in it, as in the data) and
-        otherwise Gamma with the conditional mean and variance that keep the
-        totals mean and kappa * mean; without, it is Gamma(mean / kappa, kappa).
         """
-        u_radius, u_angle, u_hit = uniforms
-        kappa, mean = self.noise_kappa, ring_mean
-        # Per ring: occupancy, and shape/scale of the Gamma law of an occupied voxel.
-        if self.spot_coeffs is not None:
-            # 1 - exp(-x) = tanh(x / 2) (1 + exp(-x)): no cancellation for sparse rings (x << 1).
-            x = mean / self.spot_energy(c)
-            occupied = torch.clamp(torch.tanh(x * 0.5) * (1.0 + torch.exp(-x)), min=1e-12)
-            mean_hit = mean / occupied
-            var_hit = torch.clamp((kappa * mean - (1.0 - occupied) * mean * mean_hit) / occupied,
-                                  min=1e-6 * mean_hit * mean_hit + 1e-30)
-        else:
-            occupied, mean_hit = torch.ones_like(mean), mean
-            var_hit = torch.clamp(kappa * mean, min=1e-30)
-        shape = torch.clamp(mean_hit * mean_hit / var_hit, min=1e-12)
-        scale = var_hit / torch.clamp(mean_hit, min=1e-30)
-        # Gamma(k) = Gamma(k + 1) * U^(1/k); Gamma(k + 1) by Wilson-Hilferty from a Box-Muller normal.
-        # Gamma(a) = a * scale * cube^3, cube = 1 - 1/(9a) + g / (3 sqrt(a)); (a * scale)^(1/3) folded in.
-        a = shape + 1.0
-        size = torch.exp(torch.log(scale * a) * (1.0 / 3.0))
-        offset, slope = size * (1.0 - 1.0 / (9.0 * a)), size / (3.0 * torch.sqrt(a))
-        inv_shape, inv_occupied = 1.0 / shape, 1.0 / occupied
-        offset, slope, inv_shape, inv_occupied = (t.unsqueeze(1) for t in (offset, slope, inv_shape, inv_occupied))
-        # Per voxel: Box-Muller, each (radius, angle) pair making the normals of two voxels.
-        radius, angle = torch.sqrt(torch.log(u_radius) * -2.0), u_angle * (2.0 * math.pi)
-        gauss = torch.cat([radius * torch.cos(angle), radius * torch.sin(angle)], dim=1)
-        if gauss.shape[1] != u_hit.shape[1] * u_hit.shape[2]:
-            gauss = gauss[:, :u_hit.shape[1] * u_hit.shape[2]]
-        gauss = gauss.view(u_hit.shape)
-        cube = torch.relu(offset + slope * gauss)
-        # One uniform decides "occupied" (u < occupied) and, rescaled, is the U of the boost:
-        # log(u / occupied) <= 0 when occupied; when empty it is > 0, and the Min turns it
-        # into a huge negative number, so exp() empties the voxel without a Where.
-        log_hit = torch.log(u_hit * inv_occupied)
-        log_hit = torch.minimum(log_hit, log_hit * -1e30)
-        return _scaled_to((cube * cube * cube) * torch.exp(log_hit * inv_shape), total)
+        spot = self.spot_energy(c) if self.spot_coeffs is not None else None
+        params = gamma_parameters(ring_mean, self.noise_kappa, spot)  # per ring
+        return _scaled_to(gamma_draw(*(t.unsqueeze(1) for t in params), uniforms), total)
 
     def forward(self, z: torch.Tensor, conditions: torch.Tensor) -> torch.Tensor:
         energy = conditions[:, :1]
