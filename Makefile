@@ -35,6 +35,7 @@ $(STAMP_TEST): pyproject.toml | $(VENV)/bin/python
 
 $(STAMP_LINT): pyproject.toml | $(VENV)/bin/python
 	$(PIP) install --quiet -e ".[lint]"
+	touch $@
 $(STAMP_DOCS): pyproject.toml | $(VENV)/bin/python
 	$(PIP) install --quiet -e ".[docs]"
 	touch $@
