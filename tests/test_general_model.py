@@ -23,6 +23,7 @@ from training.general import (  # noqa: E402
     GeneralDecoder,
     GeneralVAE,
     VoxelLayout,
+    fit_general_spot_spread,
     measure_alpha_symmetry,
 )
 from training.model import ModelConfig  # noqa: E402
@@ -124,6 +125,61 @@ def test_voxel_noise_has_the_gamma_mean_and_variance_in_every_layout(name, order
     assert abs(np.corrcoef(a.numpy(), b.numpy())[0, 1]) < 0.1
 
 
+def layer_sparsity_spread(showers: torch.Tensor, geometry: CylindricalGeometry) -> np.ndarray:
+    """Standard deviation over showers of each layer's fraction of voxels above threshold."""
+    spreads, start = [], 0
+    for layer in geometry.layers:
+        if layer.n_voxels:
+            block = showers[:, start:start + layer.n_voxels]
+            spreads.append(float((block >= THRESHOLD).double().mean(1).std()))
+        start += layer.n_voxels
+    return np.array(spreads)
+
+
+def with_spot_energies(decoder: GeneralDecoder, spot_mev: float, spread: float | None) -> GeneralDecoder:
+    n_layers = decoder.vae.layout.n_layers
+    decoder.spot_coeffs = torch.tensor([[math.log(spot_mev)] * n_layers] + [[0.0] * n_layers] * 2)
+    decoder.spot_spread = None if spread is None else torch.full((n_layers, 1, 1), spread)
+    return decoder
+
+
+def test_spot_spread_makes_a_layers_voxels_empty_or_full_together():
+    # Real showers' voxels of a layer are empty or full together (few or many energy spots); a per-shower,
+    # per-layer log-normal spot energy gives that spread, drawn from the seed latents like the rest.
+    geometry = photon_binning()
+    n = 3000
+    z = torch.randn(n, 6, generator=torch.Generator().manual_seed(4))
+    z[:, :4] = 0.0  # one mean shower: what is left is the noise
+    with torch.no_grad():
+        plain = with_spot_energies(make_decoder(geometry, theta=False), 300.0, None)(z, conditions(n)[:, :1])
+        zero = with_spot_energies(make_decoder(geometry, theta=False), 300.0, 0.0)(z, conditions(n)[:, :1])
+        wide = with_spot_energies(make_decoder(geometry, theta=False), 300.0, 1.0)
+        spread = wide(z, conditions(n)[:, :1])
+        again = wide(z, conditions(n)[:, :1])
+    assert torch.equal(zero, plain)  # sigma 0 is no spread at all
+    assert torch.equal(spread, again)  # a function of the seed latents
+    # the 160- and 190-voxel layers
+    ratio = layer_sparsity_spread(spread, geometry)[[1, 2]] / layer_sparsity_spread(plain, geometry)[[1, 2]]
+    assert (ratio > 1.5).all(), ratio
+    np.testing.assert_allclose(spread.sum(1).numpy(), plain.sum(1).numpy(), rtol=1e-5)  # totals kept
+
+
+def test_spot_spread_fit_recovers_the_spread_of_a_known_decoder():
+    geometry = photon_binning()
+    truth = with_spot_energies(make_decoder(geometry, theta=False, seed=2), 300.0, 0.7)
+    rng = np.random.default_rng(5)
+    energy = np.exp(rng.uniform(math.log(1e4), math.log(1e6), 3000)).astype(np.float32)[:, None]
+    z = torch.randn(len(energy), truth.latent_dim, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        reference = truth(z, torch.as_tensor(energy)).numpy()
+    fitted = with_spot_energies(make_decoder(geometry, theta=False, seed=2), 300.0, None)
+    sigma, coeffs = fit_general_spot_spread(fitted, energy, reference, threshold=THRESHOLD, seed=3, n_bins=3,
+                                            per_bin=1000)
+    assert sigma.shape == (5,) and coeffs.shape == (3, 5)
+    np.testing.assert_allclose(sigma[[1, 2]].numpy(), 0.7, atol=0.15)
+    np.testing.assert_allclose(coeffs[0, [1, 2]].numpy(), math.log(300.0), atol=0.3)
+
+
 @pytest.mark.parametrize("name", sorted(BINNINGS))
 def test_without_harmonics_the_sectors_of_a_ring_share_one_mean(name):
     geometry = BINNINGS[name]()
@@ -196,6 +252,8 @@ def _check_cross_entropy(vae, cond):
     ({"alpha_harmonics": [2, 2]}, "alpha_harmonics"),
     ({"alpha_harmonics": [2]}, 'architecture = "voxels"'),
     ({"architecture": "transformer"}, "architecture"),
+    ({"sparsity_spread": True}, "sparsity_spread"),
+    ({"sparsity_spread": True, "architecture": "voxels", "voxel_noise": "none"}, "sparsity_spread"),
 ])
 def test_model_config_refuses_bad_structure(bad, message):
     with pytest.raises(ValueError, match=message):

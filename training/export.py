@@ -133,6 +133,10 @@ def build_spec(checkpoint: dict, decoder: PhysicalDecoder, *, name: str, version
                         "spot_energy": None if decoder.spot_coeffs is None else {
                             "law": "per layer l: log(e_s / MeV) = sum_k coeffs[k][l] * c^k",
                             "coeffs": [[round(float(x), 5) for x in row] for row in decoder.spot_coeffs]},
+                        **({"spot_spread_per_layer": {
+                            "law": "each shower's e_s of layer l times exp(sigma_l g - sigma_l^2 / 2), g ~ N(0, 1)",
+                            "sigma": [round(float(x), 5) for x in decoder.spot_spread.flatten()]}}
+                           if general and decoder.spot_spread is not None else {}),
                         "seed_latent_dims": list(range(vae.config.latent_dim, decoder.latent_dim))}
         if _noisy(decoder) else {"kind": "none"},
     }

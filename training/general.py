@@ -67,6 +67,7 @@ __all__ = [
     "VoxelLayout",
     "conditions_of",
     "fit_general_spot_energy",
+    "fit_general_spot_spread",
     "load_general_showers",
     "measure_alpha_symmetry",
     "read_conditions",
@@ -600,7 +601,8 @@ class GeneralDecoder(nn.Module):
 
     def __init__(self, vae: GeneralVAE, response: ResponseFit, *, threshold: float,
                  prior_mean: torch.Tensor | None = None, prior_chol: torch.Tensor | None = None,
-                 max_response: float = 2.0, noise_kappa=None, spot_coeffs: torch.Tensor | None = None):
+                 max_response: float = 2.0, noise_kappa=None, spot_coeffs: torch.Tensor | None = None,
+                 spot_spread: torch.Tensor | None = None):
         super().__init__()
         self.vae, self.response = vae, response
         layout = vae.layout
@@ -629,6 +631,17 @@ class GeneralDecoder(nn.Module):
             self.register_buffer("hash_mul", torch.randint(0, 2**30, (n_cells,), generator=gen,
                                                            dtype=torch.int32) * 2 + 1)
         self.register_buffer("spot_coeffs", None if spot_coeffs is None else spot_coeffs.float().clone())
+        # sigma of each layer's log spot energy from shower to shower, (L, 1, 1); None: no spread.
+        self.register_buffer("spot_spread", None if spot_spread is None else
+                             torch.as_tensor(spot_spread, dtype=torch.float32).view(-1, 1, 1).clone())
+        if self.noisy:
+            # Two hash words per layer for its normal, from constants of their own: the cells' words
+            # (and so the showers of a model without spread) do not move.
+            gen = torch.Generator().manual_seed(20222)
+            self.register_buffer("layer_hash_add", torch.randint(0, 2**31, (2 * layout.n_layers,), generator=gen,
+                                                                 dtype=torch.int32))
+            self.register_buffer("layer_hash_mul", torch.randint(0, 2**30, (2 * layout.n_layers,), generator=gen,
+                                                                 dtype=torch.int32) * 2 + 1)
 
     @property
     def latent_dim(self) -> int:
@@ -697,8 +710,15 @@ class GeneralDecoder(nn.Module):
         hit = hit_word * ((1.0 - 2.0**-24) * 2.0**-32)
         return radius, angle * 2.0**-32, hit.view(-1, *self.cell_shape)
 
+    def layer_normals(self, seeds: torch.Tensor) -> torch.Tensor:
+        """One standard normal per shower and layer (N, L, 1, 1) from the seed latents (Box-Muller)."""
+        word, _ = _NoiseWords.apply(seeds, self.layer_hash_add, self.layer_hash_mul)
+        radius, angle = word.split(word.shape[1] // 2, dim=1)
+        radius = torch.sqrt(torch.log(radius * 2.0**-32 + 2.0**-33) * -2.0)
+        return (radius * torch.cos(angle * (2.0**-32 * 2.0 * math.pi))).unsqueeze(2).unsqueeze(3)
+
     def sample_cells(self, means: torch.Tensor, total: torch.Tensor, conditions: torch.Tensor,
-                     uniforms) -> torch.Tensor:
+                     uniforms, layer_normals: torch.Tensor | None = None) -> torch.Tensor:
         """Cell energies (N, *cell_shape) around ``means`` (N, L, 1 or A, R) (variance kappa * mean per layer),
         scaled to ``total``.
 
@@ -707,6 +727,10 @@ class GeneralDecoder(nn.Module):
         """
         spot = self.spot_energy(self.vae.conditioning.features(conditions)[:, :1]) \
             if self.spot_coeffs is not None else None
+        if spot is not None and self.spot_spread is not None and layer_normals is not None:
+            # Log-normal with mean 1 around the fitted spot energy, one draw per shower and layer.
+            spread = self.spot_spread
+            spot = spot * torch.exp(spread * layer_normals - 0.5 * spread * spread)
         params = gamma_parameters(means, self.kappa_layer, spot)  # per ring (or slot)
         if self.vae.layout.padded:  # taken to the voxels together
             params = self.to_cells(torch.stack(params, dim=1)).unbind(1)
@@ -718,7 +742,9 @@ class GeneralDecoder(nn.Module):
         d = self.vae.config.latent_dim
         means, total = self.slot_means(z[:, :d], conditions)
         if self.noisy:
-            voxels = self.sample_cells(means, total, conditions, self.uniforms(z[:, d:d + NOISE_SEED_DIMS]))
+            seeds = z[:, d:d + NOISE_SEED_DIMS]
+            normals = self.layer_normals(seeds) if self.spot_spread is not None else None
+            voxels = self.sample_cells(means, total, conditions, self.uniforms(seeds), normals)
         elif self.vae.layout.padded:
             voxels = self.to_cells(means)
         else:
@@ -765,12 +791,13 @@ def fit_general_spot_energy(decoder: GeneralDecoder, conditions: np.ndarray, ref
             pairs = (len(rows), (math.prod(decoder.cell_shape) + 1) // 2)
             uniforms = (1.0 - torch.rand(pairs, generator=gen), torch.rand(pairs, generator=gen),
                         torch.rand((len(rows), *decoder.cell_shape), generator=gen))
+            normals = torch.randn((len(rows), n_layers, 1, 1), generator=gen)
             low = torch.full((n_layers,), math.log(0.05))
             high = torch.full((n_layers,), math.log(2000.0))
             for _ in range(16):
                 mid = 0.5 * (low + high)
                 decoder.spot_coeffs = torch.cat([mid[None], torch.zeros(SPOT_DEGREE, n_layers)])
-                sample = decoder.sample_cells(means, total, cond, uniforms).flatten(1)  # CaloChallenge order
+                sample = decoder.sample_cells(means, total, cond, uniforms, normals).flatten(1)  # CaloChallenge order
                 occupancy = per_layer(sample >= threshold)
                 too_full = occupancy > target
                 low, high = torch.where(too_full, mid, low), torch.where(too_full, high, mid)
@@ -780,3 +807,66 @@ def fit_general_spot_energy(decoder: GeneralDecoder, conditions: np.ndarray, ref
         decoder.spot_coeffs = saved
     coeffs = np.polynomial.polynomial.polyfit(np.array(centres), np.stack(log_spots), SPOT_DEGREE)
     return torch.as_tensor(coeffs, dtype=torch.float32)
+
+
+def _layer_occupancy(showers: torch.Tensor, layout: VoxelLayout, threshold: float) -> torch.Tensor:
+    """Fraction of each layer's voxels at or above ``threshold``, per shower: (N, L)."""
+    layer_of_voxel = torch.as_tensor(layout.layer_of_voxel)
+    counts = torch.zeros(showers.shape[0], layout.n_layers, dtype=torch.float64)
+    counts.index_add_(1, layer_of_voxel, (showers >= threshold).double())
+    return counts / torch.bincount(layer_of_voxel, minlength=layout.n_layers).double()
+
+
+@torch.no_grad()
+def fit_general_spot_spread(decoder: GeneralDecoder, conditions: np.ndarray, reference: np.ndarray, *,
+                            threshold: float, seed: int = 0, n_bins: int = 6, per_bin: int = 800,
+                            rounds: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sigma per layer (L,), spot coefficients) so that each layer's sparsity has the reference's
+    mean and its shower-to-shower spread.
+
+    The spread is the standard deviation of a layer's fraction of voxels above
+    threshold among the showers of one log-energy bin, averaged over the bins.
+    Independent voxel noise gives too little of it (neighbouring voxels are
+    empty or full together in real showers); a log-normal spot energy per
+    shower and layer adds it. A bisection per layer on sigma in [0, 1], alternating
+    with :func:`fit_general_spot_energy` (a spread moves the mean occupancy too).
+    """
+    layout = decoder.vae.layout
+    d, n_layers = decoder.vae.config.latent_dim, layout.n_layers
+    energy = conditions[:, 0]
+    edges = np.geomspace(energy.min(), energy.max() * (1 + 1e-9), n_bins + 1)
+    which = np.clip(np.searchsorted(edges, energy, side="right") - 1, 0, n_bins - 1)
+    bins = [np.flatnonzero(which == k)[:per_bin] for k in range(n_bins)]
+    bins = [rows for rows in bins if len(rows) >= 20]
+
+    def spread_of(occupancy: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+        parts = occupancy.split(sizes)
+        return torch.stack([part.std(0) for part in parts]).mean(0)
+
+    rows = np.concatenate(bins)
+    sizes = [len(b) for b in bins]
+    target = spread_of(_layer_occupancy(torch.as_tensor(reference[rows]), layout, threshold), sizes)
+    cond = torch.as_tensor(conditions[rows], dtype=torch.float32)
+    gen = torch.Generator().manual_seed(seed + 1)
+    means, total = decoder.slot_means(torch.randn((len(rows), d), generator=gen), cond)
+    pairs = (len(rows), (math.prod(decoder.cell_shape) + 1) // 2)
+    uniforms = (1.0 - torch.rand(pairs, generator=gen), torch.rand(pairs, generator=gen),
+                torch.rand((len(rows), *decoder.cell_shape), generator=gen))
+    normals = torch.randn((len(rows), n_layers, 1, 1), generator=gen)
+    sigma = torch.zeros(n_layers)
+    for _ in range(rounds):
+        decoder.spot_spread = sigma.view(-1, 1, 1)
+        decoder.spot_coeffs = fit_general_spot_energy(decoder, conditions, reference, threshold=threshold,
+                                                      seed=seed, n_bins=n_bins, per_bin=per_bin)
+        low, high = torch.zeros(n_layers), torch.full((n_layers,), 1.0)
+        for _ in range(12):
+            mid = 0.5 * (low + high)
+            decoder.spot_spread = mid.view(-1, 1, 1)
+            sample = decoder.sample_cells(means, total, cond, uniforms, normals).flatten(1)
+            too_little = spread_of(_layer_occupancy(sample, layout, threshold), sizes) < target
+            low, high = torch.where(too_little, mid, low), torch.where(too_little, high, mid)
+        sigma = 0.5 * (low + high)
+    decoder.spot_spread = sigma.view(-1, 1, 1)
+    coeffs = fit_general_spot_energy(decoder, conditions, reference, threshold=threshold, seed=seed,
+                                     n_bins=n_bins, per_bin=per_bin)
+    return sigma, coeffs

@@ -86,6 +86,10 @@ class ModelConfig:
     # Harmonic orders k of the alpha structure (architecture "voxels"): a list of
     # orders, or an int K for 1..K; empty: the sectors of a ring share one mean.
     alpha_harmonics: tuple[int, ...] | int = ()
+    # Architecture "voxels" with gamma noise: each shower's spot energy of a layer is drawn
+    # log-normal around the fitted one (sigma per layer, fitted to the shower-to-shower spread of
+    # the layer's sparsity), so the voxels of a layer are empty or full together.
+    sparsity_spread: bool = False
 
     def __post_init__(self) -> None:
         if self.architecture not in ARCHITECTURES:
@@ -99,6 +103,8 @@ class ModelConfig:
         if orders and self.architecture != "voxels":
             raise ValueError('[model] alpha_harmonics: needs architecture = "voxels" (the ring model is '
                              "alpha-symmetric by construction)")
+        if self.sparsity_spread and (self.architecture != "voxels" or self.voxel_noise != "gamma"):
+            raise ValueError('[model] sparsity_spread: needs architecture = "voxels" and voxel_noise = "gamma"')
         if isinstance(self.alpha_harmonics, list):
             object.__setattr__(self, "alpha_harmonics", tuple(self.alpha_harmonics))
 

@@ -305,9 +305,11 @@ def refit_voxel_noise(run: str | os.PathLike, validation: str | os.PathLike, *, 
     tcfg, dcfg = config["train"], config["data"]
     n_showers = tcfg.fom_showers if n_showers is None else n_showers
     conditions, reference = _read_sample(validation, config, geometry, 0, n_showers)
-    spot = _fit_spot(physical_decoder_from_checkpoint(ckpt, geometry), conditions, reference,
-                     threshold=dcfg.threshold, seed=tcfg.seed if seed is None else seed)
-    _atomic_save({**ckpt, "spot_coeffs": spot}, path)
+    fitted = _fit_spot(physical_decoder_from_checkpoint(ckpt, geometry), conditions, reference,
+                       threshold=dcfg.threshold, seed=tcfg.seed if seed is None else seed,
+                       spread=config["model"].sparsity_spread)
+    _atomic_save({**ckpt, **fitted}, path)
+    spot = fitted["spot_coeffs"]
     log(f"voxel noise: spot energies of {path} refitted to the sparsity of {len(reference)} showers of {validation}")
     return spot
 
@@ -352,7 +354,7 @@ def physical_decoder_from_checkpoint(checkpoint: dict, geometry: CylindricalGeom
     vae.load_state_dict(checkpoint["model"])
     decoder = _physical_decoder(vae, ResponseFit.from_dict(json.loads(checkpoint["response_json"])), config,
                                 checkpoint["prior_mean"], checkpoint["prior_chol"], checkpoint["noise_kappa"],
-                                checkpoint.get("spot_coeffs"))
+                                checkpoint.get("spot_coeffs"), checkpoint.get("spot_spread"))
     return decoder.eval()
 
 
@@ -366,24 +368,32 @@ def conditioning_of(config: dict):
                         tuple(parse_particle(p) for p in data.particles))
 
 
-def _physical_decoder(vae, response: ResponseFit, config: dict, prior_mean, prior_chol, kappa, spot_coeffs=None):
+def _physical_decoder(vae, response: ResponseFit, config: dict, prior_mean, prior_chol, kappa, spot_coeffs=None,
+                      spot_spread=None):
     data: DataConfig = config["data"]
     if config["model"].architecture == "voxels":
         from training.general import GeneralDecoder
 
         return GeneralDecoder(vae, response, threshold=data.threshold, prior_mean=prior_mean, prior_chol=prior_chol,
-                              noise_kappa=np.asarray(kappa, np.float64), spot_coeffs=spot_coeffs)
+                              noise_kappa=np.asarray(kappa, np.float64), spot_coeffs=spot_coeffs,
+                              spot_spread=spot_spread)
     return PhysicalDecoder(vae, response, e_min=data.e_min, e_max=data.e_max, threshold=data.threshold,
                            prior_mean=prior_mean, prior_chol=prior_chol, noise_kappa=float(kappa),
                            spot_coeffs=spot_coeffs)
 
 
-def _fit_spot(decoder, conditions: np.ndarray, reference: np.ndarray, *, threshold: float, seed: int):
+def _fit_spot(decoder, conditions: np.ndarray, reference: np.ndarray, *, threshold: float, seed: int,
+              spread: bool = False) -> dict:
+    """The checkpoint entries of the fitted voxel noise: ``spot_coeffs``, and ``spot_spread`` when asked."""
     if conditions.ndim == 2:
-        from training.general import fit_general_spot_energy
+        from training.general import fit_general_spot_energy, fit_general_spot_spread
 
-        return fit_general_spot_energy(decoder, conditions, reference, threshold=threshold, seed=seed)
-    return fit_spot_energy(decoder, conditions, reference, threshold=threshold, seed=seed)
+        if spread:
+            sigma, coeffs = fit_general_spot_spread(decoder, conditions, reference, threshold=threshold, seed=seed)
+            return {"spot_coeffs": coeffs, "spot_spread": sigma}
+        return {"spot_coeffs": fit_general_spot_energy(decoder, conditions, reference, threshold=threshold,
+                                                       seed=seed), "spot_spread": None}
+    return {"spot_coeffs": fit_spot_energy(decoder, conditions, reference, threshold=threshold, seed=seed)}
 
 
 def _read_sample(path, config: dict, geometry: CylindricalGeometry, start: int, stop: int | None):
@@ -744,9 +754,12 @@ def train(config: dict, data: str | os.PathLike, out: str | os.PathLike, *,
             break
     if config["model"].voxel_noise == "gamma" and (out / "best.pt").exists():
         best = load_checkpoint(out / "best.pt")
-        spot = _fit_spot(physical_decoder_from_checkpoint(best, geometry), fom_conditions, fom_reference,
-                         threshold=dcfg.threshold, seed=tcfg.seed)
-        _atomic_save({**best, "spot_coeffs": spot}, out / "best.pt")
-        log("voxel noise: per-layer spot energies fitted to the validation sparsity")
+        fitted = _fit_spot(physical_decoder_from_checkpoint(best, geometry), fom_conditions, fom_reference,
+                           threshold=dcfg.threshold, seed=tcfg.seed, spread=config["model"].sparsity_spread)
+        _atomic_save({**best, **fitted}, out / "best.pt")
+        log("voxel noise: per-layer spot energies fitted to the validation sparsity"
+            + ("" if fitted.get("spot_spread") is None else
+               ", and their spread to its shower-to-shower spread: sigma "
+               + ", ".join(f"{x:.2f}" for x in fitted["spot_spread"].tolist())))
     return {"best_fom": state.best_fom, "best_epoch": state.best_epoch, "epochs_run": len(state.history),
             "train_seconds": state.elapsed_before + time.perf_counter() - t_start, "out": os.fspath(out)}
