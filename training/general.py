@@ -595,8 +595,8 @@ class GeneralDecoder(nn.Module):
     computed once per ring and broadcast over its sectors, as the ring model
     does. A ragged binning (dataset 1) would waste most of a padded block
     (950 slots for 368 photon voxels): its Gamma parameters are worked out
-    per ring, gathered into CaloChallenge order, and the noise is drawn per
-    voxel.
+    per ring, taken to the voxels layer by layer (:meth:`to_cells`), and the
+    noise is drawn per voxel.
     """
 
     def __init__(self, vae: GeneralVAE, response: ResponseFit, *, threshold: float,
@@ -635,12 +635,12 @@ class GeneralDecoder(nn.Module):
         self.register_buffer("spot_spread", None if spot_spread is None else
                              torch.as_tensor(spot_spread, dtype=torch.float32).view(-1, 1, 1).clone())
         if self.noisy:
-            # Two hash words per layer for its normal, from constants of their own: the cells' words
-            # (and so the showers of a model without spread) do not move.
+            # The two hash words of each layer make its normal, from constants of their own: the cells'
+            # words (and so the showers of a model without spread) do not move.
             gen = torch.Generator().manual_seed(20222)
-            self.register_buffer("layer_hash_add", torch.randint(0, 2**31, (2 * layout.n_layers,), generator=gen,
+            self.register_buffer("layer_hash_add", torch.randint(0, 2**31, (layout.n_layers,), generator=gen,
                                                                  dtype=torch.int32))
-            self.register_buffer("layer_hash_mul", torch.randint(0, 2**30, (2 * layout.n_layers,), generator=gen,
+            self.register_buffer("layer_hash_mul", torch.randint(0, 2**30, (layout.n_layers,), generator=gen,
                                                                  dtype=torch.int32) * 2 + 1)
 
     @property
@@ -712,10 +712,9 @@ class GeneralDecoder(nn.Module):
 
     def layer_normals(self, seeds: torch.Tensor) -> torch.Tensor:
         """One standard normal per shower and layer (N, L, 1, 1) from the seed latents (Box-Muller)."""
-        word, _ = _NoiseWords.apply(seeds, self.layer_hash_add, self.layer_hash_mul)
-        radius, angle = word.split(word.shape[1] // 2, dim=1)
-        radius = torch.sqrt(torch.log(radius * 2.0**-32 + 2.0**-33) * -2.0)
-        return (radius * torch.cos(angle * (2.0**-32 * 2.0 * math.pi))).unsqueeze(2).unsqueeze(3)
+        radius_word, angle_word = _NoiseWords.apply(seeds, self.layer_hash_add, self.layer_hash_mul)
+        radius = torch.sqrt(torch.log(radius_word * 2.0**-32 + 2.0**-33) * -2.0)
+        return (radius * torch.cos(angle_word * (2.0**-32 * 2.0 * math.pi))).unsqueeze(2).unsqueeze(3)
 
     def sample_cells(self, means: torch.Tensor, total: torch.Tensor, conditions: torch.Tensor,
                      uniforms, layer_normals: torch.Tensor | None = None) -> torch.Tensor:
@@ -755,6 +754,37 @@ class GeneralDecoder(nn.Module):
         return kept * (total / torch.clamp(kept.sum(1, keepdim=True), min=1e-30))
 
 
+def _energy_bins(energy: np.ndarray, n_bins: int, per_bin: int) -> list[np.ndarray]:
+    """The rows of each log-energy bin (at most ``per_bin``), bins with fewer than 20 left out."""
+    edges = np.geomspace(energy.min(), energy.max() * (1 + 1e-9), n_bins + 1)
+    which = np.clip(np.searchsorted(edges, energy, side="right") - 1, 0, n_bins - 1)
+    bins = [np.flatnonzero(which == k)[:per_bin] for k in range(n_bins)]
+    return [rows for rows in bins if len(rows) >= 20]
+
+
+def _fixed_draws(decoder: GeneralDecoder, cond: torch.Tensor, gen: torch.Generator):
+    """(slot means, totals, uniforms, layer normals) for ``cond``, drawn once: a fit's bisection then
+    sees only the parameter it moves."""
+    n = len(cond)
+    means, total = decoder.slot_means(torch.randn((n, decoder.vae.config.latent_dim), generator=gen), cond)
+    pairs = (n, (math.prod(decoder.cell_shape) + 1) // 2)
+    uniforms = (1.0 - torch.rand(pairs, generator=gen), torch.rand(pairs, generator=gen),
+                torch.rand((n, *decoder.cell_shape), generator=gen))
+    normals = torch.randn((n, decoder.vae.layout.n_layers, 1, 1), generator=gen)
+    return means, total, uniforms, normals
+
+
+def _layer_occupancy(showers: torch.Tensor, layout: VoxelLayout, threshold: float, *,
+                     mean: bool = False) -> torch.Tensor:
+    """Fraction of each layer's voxels at or above ``threshold``: per shower (N, L), or over all of
+    them (L,) with ``mean`` (integer counts summed first, so exact)."""
+    layer_of_voxel = torch.as_tensor(layout.layer_of_voxel)
+    counts = torch.zeros(showers.shape[0], layout.n_layers, dtype=torch.float64)
+    counts.index_add_(1, layer_of_voxel, (showers >= threshold).double())
+    voxels = torch.bincount(layer_of_voxel, minlength=layout.n_layers).double()
+    return counts.sum(0) / (voxels * showers.shape[0]) if mean else counts / voxels
+
+
 @torch.no_grad()
 def fit_general_spot_energy(decoder: GeneralDecoder, conditions: np.ndarray, reference: np.ndarray, *,
                             threshold: float, seed: int = 0, n_bins: int = 6, per_bin: int = 800) -> torch.Tensor:
@@ -766,39 +796,22 @@ def fit_general_spot_energy(decoder: GeneralDecoder, conditions: np.ndarray, ref
     layer's log e_s gives the (SPOT_DEGREE + 1, n_layers) coefficients.
     """
     layout = decoder.vae.layout
-    d, n_layers = decoder.vae.config.latent_dim, layout.n_layers
-    energy = conditions[:, 0]
-    edges = np.geomspace(energy.min(), energy.max() * (1 + 1e-9), n_bins + 1)
-    which = np.clip(np.searchsorted(edges, energy, side="right") - 1, 0, n_bins - 1)
-    layer_of_voxel = torch.as_tensor(layout.layer_of_voxel)
-    voxels_per_layer = torch.bincount(layer_of_voxel, minlength=n_layers).double()
+    n_layers = layout.n_layers
     gen = torch.Generator().manual_seed(seed)
     saved = decoder.spot_coeffs
     centres, log_spots = [], []
-
-    def per_layer(mask: torch.Tensor) -> torch.Tensor:
-        counts = torch.zeros(n_layers, dtype=torch.float64).index_add_(0, layer_of_voxel, mask.double().sum(0))
-        return counts / (voxels_per_layer * mask.shape[0])
-
     try:
-        for k in range(n_bins):
-            rows = np.flatnonzero(which == k)[:per_bin]
-            if len(rows) < 20:
-                continue
-            target = per_layer(torch.as_tensor(reference[rows] >= threshold))
+        for rows in _energy_bins(conditions[:, 0], n_bins, per_bin):
+            target = _layer_occupancy(torch.as_tensor(reference[rows]), layout, threshold, mean=True)
             cond = torch.as_tensor(conditions[rows], dtype=torch.float32)
-            means, total = decoder.slot_means(torch.randn((len(rows), d), generator=gen), cond)
-            pairs = (len(rows), (math.prod(decoder.cell_shape) + 1) // 2)
-            uniforms = (1.0 - torch.rand(pairs, generator=gen), torch.rand(pairs, generator=gen),
-                        torch.rand((len(rows), *decoder.cell_shape), generator=gen))
-            normals = torch.randn((len(rows), n_layers, 1, 1), generator=gen)
+            means, total, uniforms, normals = _fixed_draws(decoder, cond, gen)
             low = torch.full((n_layers,), math.log(0.05))
             high = torch.full((n_layers,), math.log(2000.0))
             for _ in range(16):
                 mid = 0.5 * (low + high)
                 decoder.spot_coeffs = torch.cat([mid[None], torch.zeros(SPOT_DEGREE, n_layers)])
                 sample = decoder.sample_cells(means, total, cond, uniforms, normals).flatten(1)  # CaloChallenge order
-                occupancy = per_layer(sample >= threshold)
+                occupancy = _layer_occupancy(sample, layout, threshold, mean=True)
                 too_full = occupancy > target
                 low, high = torch.where(too_full, mid, low), torch.where(too_full, high, mid)
             centres.append(float(decoder.vae.conditioning.features(cond)[:, 0].mean()))
@@ -807,14 +820,6 @@ def fit_general_spot_energy(decoder: GeneralDecoder, conditions: np.ndarray, ref
         decoder.spot_coeffs = saved
     coeffs = np.polynomial.polynomial.polyfit(np.array(centres), np.stack(log_spots), SPOT_DEGREE)
     return torch.as_tensor(coeffs, dtype=torch.float32)
-
-
-def _layer_occupancy(showers: torch.Tensor, layout: VoxelLayout, threshold: float) -> torch.Tensor:
-    """Fraction of each layer's voxels at or above ``threshold``, per shower: (N, L)."""
-    layer_of_voxel = torch.as_tensor(layout.layer_of_voxel)
-    counts = torch.zeros(showers.shape[0], layout.n_layers, dtype=torch.float64)
-    counts.index_add_(1, layer_of_voxel, (showers >= threshold).double())
-    return counts / torch.bincount(layer_of_voxel, minlength=layout.n_layers).double()
 
 
 @torch.no_grad()
@@ -832,12 +837,8 @@ def fit_general_spot_spread(decoder: GeneralDecoder, conditions: np.ndarray, ref
     with :func:`fit_general_spot_energy` (a spread moves the mean occupancy too).
     """
     layout = decoder.vae.layout
-    d, n_layers = decoder.vae.config.latent_dim, layout.n_layers
-    energy = conditions[:, 0]
-    edges = np.geomspace(energy.min(), energy.max() * (1 + 1e-9), n_bins + 1)
-    which = np.clip(np.searchsorted(edges, energy, side="right") - 1, 0, n_bins - 1)
-    bins = [np.flatnonzero(which == k)[:per_bin] for k in range(n_bins)]
-    bins = [rows for rows in bins if len(rows) >= 20]
+    n_layers = layout.n_layers
+    bins = _energy_bins(conditions[:, 0], n_bins, per_bin)
 
     def spread_of(occupancy: torch.Tensor, sizes: list[int]) -> torch.Tensor:
         parts = occupancy.split(sizes)
@@ -847,12 +848,7 @@ def fit_general_spot_spread(decoder: GeneralDecoder, conditions: np.ndarray, ref
     sizes = [len(b) for b in bins]
     target = spread_of(_layer_occupancy(torch.as_tensor(reference[rows]), layout, threshold), sizes)
     cond = torch.as_tensor(conditions[rows], dtype=torch.float32)
-    gen = torch.Generator().manual_seed(seed + 1)
-    means, total = decoder.slot_means(torch.randn((len(rows), d), generator=gen), cond)
-    pairs = (len(rows), (math.prod(decoder.cell_shape) + 1) // 2)
-    uniforms = (1.0 - torch.rand(pairs, generator=gen), torch.rand(pairs, generator=gen),
-                torch.rand((len(rows), *decoder.cell_shape), generator=gen))
-    normals = torch.randn((len(rows), n_layers, 1, 1), generator=gen)
+    means, total, uniforms, normals = _fixed_draws(decoder, cond, torch.Generator().manual_seed(seed + 1))
     sigma = torch.zeros(n_layers)
     for _ in range(rounds):
         decoder.spot_spread = sigma.view(-1, 1, 1)
