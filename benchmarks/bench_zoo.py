@@ -1,7 +1,9 @@
 """Per-voxel decode cost of every bundled model, against the default model in the same run.
 
-Each model decodes the same number of rows (64: the runtime's CPU run size) in
-one single-threaded ONNX Runtime session; the models are timed in interleaved
+Each model decodes one run of the runtime's CPU run size for it
+(:func:`fastsim.generator.cpu_run_rows`: about 415k voxels a run, so 64 rows of
+dataset 2, 1024 of dataset-1 photons, 16 of dataset 3) in one single-threaded
+ONNX Runtime session; the models are timed in interleaved
 rounds (A, B, C, A, B, C, ...) so a noisy neighbour on a shared machine slows
 all of them alike, and each model's figure is the median over rounds of its
 median time per call. The figure of merit is ns per voxel per core
@@ -26,17 +28,20 @@ from fastsim.models import DEFAULT_MODEL, bundled_models
 
 __all__ = ["measure", "render_markdown"]
 
-ROWS = 64
 TARGET_RATIO = 1.25
 
 
-def measure(models: list[str] | None = None, *, rows: int = ROWS, rounds: int = 7, min_time: float = 0.3) -> dict:
-    """Time every model (default: all bundled ones) in interleaved rounds; returns the JSON-able result."""
+def measure(models: list[str] | None = None, *, rows: int | None = None, rounds: int = 7,
+            min_time: float = 0.3) -> dict:
+    """Time every model (default: all bundled ones) in interleaved rounds; returns the JSON-able result.
+
+    ``rows`` per call: each model's own CPU run size when None, else the same for all.
+    """
     names = models or sorted(m.name for m in bundled_models())
     loaded = {}
     for name in names:
         generator = fastsim.load(name, device="cpu", threads=1)
-        feeds = bench.decode_inputs(generator.spec, rows, seed=1)
+        feeds = bench.decode_inputs(generator.spec, rows or generator.run_rows, seed=1)
         z, conditions = feeds[generator.spec.io_names["z"]], feeds[generator.spec.io_names["conditions"]]
         loaded[name] = (generator, z, conditions)
     per_round: dict[str, list[float]] = {name: [] for name in names}
@@ -45,40 +50,45 @@ def measure(models: list[str] | None = None, *, rows: int = ROWS, rounds: int = 
             timing = bench.time_calls(lambda g=generator, a=z, b=conditions: g.decode(a, b), min_time=min_time)
             per_round[name].append(timing["median_s"])
     results = []
-    for name, (generator, _, _) in loaded.items():
+    for name, (generator, z, _) in loaded.items():
         seconds = statistics.median(per_round[name])
+        n_rows = len(z)
         spread = float(np.std(per_round[name]) / seconds) if len(per_round[name]) > 1 else 0.0
         n_voxels = generator.spec.n_voxels
         results.append({
             "model": name, "version": generator.spec.version, "n_voxels": n_voxels,
             "conditions": list(generator.spec.condition_names),
-            "us_per_shower": seconds / rows * 1e6,
-            "ns_per_voxel": seconds / rows / n_voxels * 1e9,
+            "rows_per_call": n_rows,
+            "us_per_shower": seconds / n_rows * 1e6,
+            "ns_per_voxel": seconds / n_rows / n_voxels * 1e9,
             "round_spread": spread,
         })
     baseline = next((r for r in results if r["model"] == DEFAULT_MODEL), None)
     for row in results:
         row["ratio_to_default"] = row["ns_per_voxel"] / baseline["ns_per_voxel"] if baseline else None
-    return {"machine": bench.machine_info(), "rows": rows, "rounds": rounds, "threads": 1,
+    return {"machine": bench.machine_info(), "rows": rows or "run size", "rounds": rounds, "threads": 1,
             "target_ratio": TARGET_RATIO, "results": results}
 
 
 def render_markdown(result: dict) -> str:
     machine = result["machine"]
+    rows_text = "each model's CPU run size" if result["rows"] == "run size" else f"{result['rows']} rows"
     lines = [
         "# Zoo decode cost per voxel",
         "",
-        f"One thread, {result['rows']} rows per call, {result['rounds']} interleaved rounds (median); "
+        f"One thread, {rows_text} per call, {result['rounds']} interleaved rounds (median); "
         f"CPU {machine.get('cpu', '?')}, load average {machine.get('loadavg', '?')}. "
         f"Target: each model's ns per voxel at most {result['target_ratio']}x the default model's.",
         "",
-        "| model | conditions | voxels | µs / shower | ns / voxel / core | ratio to default | round spread |",
-        "|---|---|---|---|---|---|---|",
+        "| model | conditions | voxels | rows per call | µs / shower | ns / voxel / core | ratio to default "
+        "| round spread |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in result["results"]:
         ratio = "n/a" if r["ratio_to_default"] is None else f"{r['ratio_to_default']:.2f}x"
         lines.append(f"| {r['model']} {r['version']} | {', '.join(r['conditions'])} | {r['n_voxels']} | "
-                     f"{r['us_per_shower']:.1f} | {r['ns_per_voxel']:.1f} | {ratio} | {r['round_spread']:.0%} |")
+                     f"{r['rows_per_call']} | {r['us_per_shower']:.1f} | {r['ns_per_voxel']:.1f} | {ratio} | "
+                     f"{r['round_spread']:.0%} |")
     return "\n".join(lines) + "\n"
 
 
@@ -86,11 +96,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_zoo", description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="*", help="model names or paths (default: every bundled model)")
     parser.add_argument("--rounds", type=int, default=7, help="interleaved timing rounds")
+    parser.add_argument("--rows", type=int, default=None,
+                        help="rows per call for every model (default: each model's CPU run size)")
     parser.add_argument("--smoke", action="store_true", help="one short round (a test that the script runs)")
     parser.add_argument("--json-out", type=Path, default=None, help="write the result as JSON here")
     parser.add_argument("--md-out", type=Path, default=None, help="write the markdown table here")
     args = parser.parse_args(argv)
-    result = measure(args.models or None, rounds=1 if args.smoke else args.rounds,
+    result = measure(args.models or None, rows=args.rows, rounds=1 if args.smoke else args.rounds,
                      min_time=0.01 if args.smoke else 0.3)
     text = render_markdown(result)
     print(text)

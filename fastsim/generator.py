@@ -39,19 +39,34 @@ from fastsim.prior import BLOCK_SIZE, MAX_SEED, BlockStreams
 from fastsim.session import MAX_THREADS, make_session, physical_cores, provider_chain
 from fastsim.spec import ModelSpec, check_graph, read_metadata, read_spec
 
-__all__ = ["DEFAULT_BATCH_SIZE", "Generator", "load"]
+__all__ = ["CPU_RUN_CELLS", "DEFAULT_BATCH_SIZE", "Generator", "cpu_run_rows", "load"]
 
 #: Showers per session run by default: large enough to keep the cores busy, small enough
 #: (~50 MB for 6480 voxels) that a few batches in flight stay cheap.
 DEFAULT_BATCH_SIZE = 2048
-#: Rows per ONNX Runtime call on the CPU. A 64-row run keeps the decoder's
-#: intermediates (a few 64 x n_voxels tensors) in the core's cache where a
-#: 2048-row run streams them through memory: 1.4-2x more showers per
-#: CPU-second, and a far smaller memory arena (benchmarks/bench_tuning.py).
-#: A multiple of 16 that divides BLOCK_SIZE: every sample is decoded in the same
-#: run grid whatever the batch size, and ONNX Runtime's CPU kernels give the
-#: same bits as in one large run.
-CPU_RUN_ROWS = 64
+#: Voxels per ONNX Runtime call on the CPU (64 rows of 6480 voxels). A run this
+#: size keeps the decoder's intermediates (a few rows x n_voxels tensors) in the
+#: core's cache where a 2048-row run of 6480 voxels streams them through memory:
+#: 1.4-2x more showers per CPU-second, and a far smaller memory arena
+#: (benchmarks/bench_tuning.py). A model with fewer voxels takes more rows per
+#: run, so that its fixed cost per call (a few hundred small nodes) is spread
+#: over as many voxels: see :func:`cpu_run_rows`.
+CPU_RUN_CELLS = 64 * 6480
+
+
+def cpu_run_rows(n_voxels: int) -> int:
+    """Rows per ONNX Runtime call on the CPU for a model of ``n_voxels``: about CPU_RUN_CELLS voxels.
+
+    A power of two from 16 to BLOCK_SIZE (so it divides BLOCK_SIZE): every
+    sample is decoded in the same run grid whatever the batch size, and ONNX
+    Runtime's CPU kernels give the same bits as in one large run. 64 for
+    dataset 2 (6480 voxels), 1024 for dataset-1 photons (368), 16 for dataset 3
+    (40,500).
+    """
+    rows = 16
+    while rows * 2 * n_voxels <= CPU_RUN_CELLS and rows * 2 <= BLOCK_SIZE:
+        rows *= 2
+    return rows
 
 
 class Generator:
@@ -64,9 +79,11 @@ class Generator:
         self.path = Path(path)
         self.provider = provider
         self.threads = threads
-        #: Threads that each run CPU_RUN_ROWS-row decodes concurrently (CPU sessions;
+        #: Threads that each run run_rows-row decodes concurrently (CPU sessions;
         #: ONNX Runtime releases the GIL). 1 for GPU sessions, which take whole batches.
         self.workers = workers
+        #: Rows per session run on the CPU (:func:`cpu_run_rows`).
+        self.run_rows = cpu_run_rows(spec.n_voxels)
         self._inputs = (spec.io_names["z"], spec.io_names["conditions"])
         self._output = spec.io_names["showers"]
         self._out_dtype = np.float16 if spec.output.dtype == "float16" else np.float32
@@ -83,7 +100,7 @@ class Generator:
         """Decode latents (k, latent_dim) and conditions (k, n_conditions) -> showers (k, n_voxels).
 
         No prior, no condition checks: the raw decoder. On a GPU it is one
-        session run; on the CPU, CPU_RUN_ROWS-row runs spread over the workers.
+        session run; on the CPU, ``run_rows``-row runs spread over the workers.
 
         Args:
             z: latents, shape (k, latent_dim), cast to float32.
@@ -102,14 +119,14 @@ class Generator:
         if conditions.ndim != 2 or conditions.shape != (len(z), self.spec.n_conditions):
             raise ArgumentError(f"conditions: expected shape ({len(z)}, {self.spec.n_conditions}), "
                                 f"got {conditions.shape}")
-        if self.workers > 1 and len(z) > CPU_RUN_ROWS:
+        if self.workers > 1 and len(z) > self.run_rows:
             with ThreadPoolExecutor(self.workers - 1, thread_name_prefix="fastsim-decode") as pool:
                 return self._decode_rows(z, conditions, pool)
         return self._decode_rows(z, conditions, None)
 
     def _decode_rows(self, z: np.ndarray, conditions: np.ndarray, pool: ThreadPoolExecutor | None,
                      out: np.ndarray | None = None) -> np.ndarray:
-        """Decode checked, contiguous float32 rows: one run on a GPU, CPU_RUN_ROWS-row runs on the CPU.
+        """Decode checked, contiguous float32 rows: one run on a GPU, ``run_rows``-row runs on the CPU.
 
         CPU runs write straight into one output through IO binding (no per-run
         output array, no copy): ``out`` when given (C-contiguous, (rows,
@@ -125,20 +142,22 @@ class Generator:
             if out is None:
                 out = np.empty((rows, self.spec.n_voxels), dtype=self._out_dtype)
 
+            step = self.run_rows
+
             def span(lo: int, hi: int) -> None:
                 binding = self.session.io_binding()
-                for a in range(lo, hi, CPU_RUN_ROWS):
-                    b = min(hi, a + CPU_RUN_ROWS)
+                for a in range(lo, hi, step):
+                    b = min(hi, a + step)
                     binding.bind_cpu_input(self._inputs[0], z[a:b])
                     binding.bind_cpu_input(self._inputs[1], conditions[a:b])
                     binding.bind_output(self._output, "cpu", 0, out.dtype, (b - a, out.shape[1]),
                                         out[a:b].ctypes.data)
                     self.session.run_with_iobinding(binding)
 
-            if pool is None or rows <= CPU_RUN_ROWS:
+            if pool is None or rows <= step:
                 span(0, rows)
                 return out
-            per = -(-rows // CPU_RUN_ROWS // self.workers) * CPU_RUN_ROWS
+            per = -(-rows // step // self.workers) * step
             futures = [pool.submit(span, lo, min(rows, lo + per)) for lo in range(per, rows, per)]
             try:
                 span(0, min(rows, per))
@@ -234,7 +253,7 @@ class Generator:
     def _grid_start(self, start: int, run_rows: int) -> int:
         """First row of the run that holds ``start``, on a grid fixed by the global sample index.
 
-        The CPU path decodes in CPU_RUN_ROWS-row runs on the block grid whatever the run,
+        The CPU path decodes in ``run_rows``-row runs on the block grid whatever the run,
         so block alignment is enough; a GPU run is one session call whose kernels may
         depend on its rows, so a resumed run or a shard must see the same run windows as
         an uninterrupted run: align to multiples of the run size itself.
@@ -361,7 +380,7 @@ class Generator:
                 rows[:lo - first] = rows[lo - first]
                 rows[hi - first:] = rows[hi - first - 1]
                 if device == "cpu":
-                    # The CPU path decodes in CPU_RUN_ROWS-row runs (same bits). The OrtValue
+                    # The CPU path decodes in run_rows-row runs (same bits). The OrtValue
                     # owns its memory: one wrapping a numpy array would not keep it alive
                     # for a DLPack consumer.
                     decoded = self.decode(streams.latents(first, first + run_rows), rows)[lo - first:hi - first]
@@ -589,7 +608,7 @@ def load(
     """Load a decoder by bundled name or path and check it against its spec.
 
     On the CPU each decoding thread runs its own single-threaded ONNX Runtime
-    calls of CPU_RUN_ROWS rows, which measured faster than ONNX Runtime's
+    calls of :func:`cpu_run_rows` rows, which measured faster than ONNX Runtime's
     intra-op threads on this decoder's small, memory-bound operators.
 
     Args:

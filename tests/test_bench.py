@@ -382,25 +382,39 @@ def test_run_all_smoke_produces_well_formed_results(wide_model, tmp_path):
 
 # --- the runtime's CPU decode path (micro-batched runs on worker threads) ----------------------------
 
-@pytest.mark.parametrize("threads", [1, 2, 3])
-def test_cpu_decode_in_small_runs_on_workers_gives_the_bits_of_one_large_run(wide_model, threads):
+@pytest.mark.parametrize(("n_voxels", "rows"), [(6480, 64), (368, 1024), (40500, 16), (533, 512), (1, 1024),
+                                                  (10**6, 16)])
+def test_cpu_run_rows_keep_a_run_near_the_cache_sized_voxel_count(n_voxels, rows):
+    from fastsim.generator import CPU_RUN_CELLS, cpu_run_rows
+    from fastsim.prior import BLOCK_SIZE
+
+    got = cpu_run_rows(n_voxels)
+    assert got == rows
+    # A power of two dividing the block (the run grid), at least 16 rows, at most the cache-sized count
+    # unless 16 rows already exceed it, and no half of what it could be.
+    assert BLOCK_SIZE % got == 0 and got >= 16 and got & (got - 1) == 0
+    assert got * n_voxels <= CPU_RUN_CELLS or got == 16
+    assert got == BLOCK_SIZE or 2 * got * n_voxels > CPU_RUN_CELLS
+
+
+@pytest.mark.parametrize(("model", "threads"), [("wide", 1), ("wide", 2), ("wide", 3), ("calo-photon-d1", 2)])
+def test_cpu_decode_in_small_runs_on_workers_gives_the_bits_of_one_large_run(wide_model, model, threads):
     import onnxruntime as ort
 
     import fastsim
-    from fastsim.generator import CPU_RUN_ROWS
     from fastsim.prior import BLOCK_SIZE
 
-    assert BLOCK_SIZE % CPU_RUN_ROWS == 0 and CPU_RUN_ROWS % 16 == 0
-    gen = fastsim.load(wide_model, device="cpu", threads=threads)
+    model = wide_model if model == "wide" else model
+    gen = fastsim.load(model, device="cpu", threads=threads)
     assert gen.workers == threads and gen.session.get_session_options().intra_op_num_threads == 1
     feeds = bench.decode_inputs(gen.spec, 2 * BLOCK_SIZE, seed=6)
-    single = ort.InferenceSession(str(wide_model), providers=["CPUExecutionProvider"])
+    single = ort.InferenceSession(str(gen.path), providers=["CPUExecutionProvider"])
     expected = single.run(None, feeds)[0]
     got = gen.decode(feeds["z"], feeds["conditions"])
     np.testing.assert_array_equal(got, expected)
     # generate() decodes through the same path: same bits for any batch size.
     _, a = gen.generate(3000, seed=2, batch_size=1000)
-    _, b = fastsim.load(wide_model, device="cpu", threads=1).generate(3000, seed=2, batch_size=2048)
+    _, b = fastsim.load(model, device="cpu", threads=1).generate(3000, seed=2, batch_size=2048)
     np.testing.assert_array_equal(a, b)
 
 
@@ -458,6 +472,7 @@ def test_profile_shares_add_up_and_name_the_matrix_products(toy_model, tmp_path)
 
 
 def test_zoo_benchmark_times_every_bundled_model_against_the_default(tmp_path):
+    from fastsim.generator import cpu_run_rows
     from fastsim.models import DEFAULT_MODEL, bundled_models
 
     out = tmp_path / "zoo.json"
@@ -472,6 +487,7 @@ def test_zoo_benchmark_times_every_bundled_model_against_the_default(tmp_path):
     for row in rows.values():
         assert row["ns_per_voxel"] > 0
         assert row["us_per_shower"] * 1000 == pytest.approx(row["ns_per_voxel"] * row["n_voxels"], rel=1e-9)
+        assert row["rows_per_call"] == cpu_run_rows(row["n_voxels"])  # each at the runtime's own run size
     assert "ns / voxel / core" in (tmp_path / "zoo.md").read_text()
 
 

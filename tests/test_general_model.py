@@ -210,6 +210,38 @@ def test_harmonic_means_turn_with_phi(orders):
     assert float(base.view(shape).std(2).max()) > 0.05 * float(base.max())
 
 
+@pytest.mark.parametrize("orders", [(1, 2, 3, 4), (2,)])
+@pytest.mark.parametrize("name", sorted(BINNINGS))
+def test_decoder_means_are_the_trained_softmax_in_every_layout(name, orders):
+    """The exported decoder's sector weights (basis turned by phi, bound and padding in one MatMul)
+    give the means of the VAE's own factorisation: layer x ring x sector softmax of the training loss."""
+    decoder = make_decoder(BINNINGS[name](), orders)
+    vae = decoder.vae
+    z = torch.randn(32, 4, generator=torch.Generator().manual_seed(12))
+    cond = conditions(32)
+    cond[:, 2] = torch.rand(32, generator=torch.Generator().manual_seed(13)) * 2 * math.pi
+    with torch.no_grad():
+        means, total = decoder.slot_means(z, cond)
+        latent = z @ decoder.prior_chol_t + vae.prior_features(cond) @ decoder.prior_mean
+        _, layer_logp, ring_logp, sector_logits = vae.decode(latent, cond)
+        expected = torch.exp(layer_logp[:, :, None, None] + ring_logp[:, :, None, :] + vae.sector_logp(sector_logits))
+    torch.testing.assert_close(means, expected * total.view(-1, 1, 1, 1), rtol=2e-5, atol=1e-6)
+    assert (means.sum(2)[:, ~torch.as_tensor(vae.layout.ring_mask)] == 0).all()  # padded rings stay empty
+    if vae.layout.padded:
+        assert (means[:, ~torch.as_tensor(vae.layout.sector_mask)] == 0).all()  # so do padded sectors
+
+
+def test_a_ring_whose_logits_underflow_is_left_empty_not_nan():
+    decoder = make_decoder(default_geometry(), (1, 2))
+    with torch.no_grad():
+        decoder.vae.harmonic_head.bias.mul_(500.0)  # amplitudes of hundreds: exp(-2 B) underflows
+        z = torch.randn(8, decoder.latent_dim, generator=torch.Generator().manual_seed(14))
+        showers = decoder(z, conditions(8))
+        _, total = decoder.slot_means(z[:, :4], conditions(8))
+    assert torch.isfinite(showers).all()
+    torch.testing.assert_close(showers.sum(1), total[:, 0], rtol=1e-4, atol=0.0)
+
+
 def test_phi_wraps_with_its_period():
     decoder = make_decoder(small_uniform(), (2,))
     z = torch.randn(4, decoder.latent_dim, generator=torch.Generator().manual_seed(8))

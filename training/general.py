@@ -534,12 +534,19 @@ class GeneralVAE(nn.Module):
     def decode(self, z: torch.Tensor, conditions: torch.Tensor):
         """(v_hat (N, 1), layer log-probs (N, L), ring log-probs within layer (N, L, R),
         sector logits within ring (N, L, A, R) or None for symmetric sectors)."""
+        h = self.hidden(z, conditions)
+        return (*self.ring_heads(h), self.sector_logits(h, conditions))
+
+    def hidden(self, z: torch.Tensor, conditions: torch.Tensor) -> torch.Tensor:
+        """The trunk's output (N, hidden), input of every head."""
+        return self.trunk(torch.cat([z, self.conditioning.features(conditions)], dim=1))
+
+    def ring_heads(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(v_hat (N, 1), layer log-probs (N, L), ring log-probs within layer (N, L, R))."""
         L, R = self.layout.n_layers, self.layout.max_radial
-        h = self.trunk(torch.cat([z, self.conditioning.features(conditions)], dim=1))
-        v_hat = self.v_head(h)
         layer_logp = torch.log_softmax(self.layer_head(h), dim=1)
         ring_logp = torch.log_softmax(self.ring_head(h).view(-1, L, R) + self.ring_logit_mask, dim=2)
-        return v_hat, layer_logp, ring_logp, self.sector_logits(h, conditions)
+        return self.v_head(h), layer_logp, ring_logp
 
     def sector_logits(self, h: torch.Tensor, conditions: torch.Tensor) -> torch.Tensor | None:
         """sum_k a_k cos(k (alpha - phi)) + b_k sin(k (alpha - phi)) per (layer, sector, ring), or None."""
@@ -596,7 +603,10 @@ class GeneralDecoder(nn.Module):
     does. A ragged binning (dataset 1) would waste most of a padded block
     (950 slots for 368 photon voxels): its Gamma parameters are worked out
     per ring, taken to the voxels layer by layer (:meth:`to_cells`), and the
-    noise is drawn per voxel.
+    noise is drawn per voxel. With alpha harmonics the sector softmax is one
+    MatMul (a basis turned by phi, the bound and the padding as extra columns)
+    and an Exp, normalised per ring (:meth:`sector_weights`): the
+    LogSoftmax over the sector axis and its broadcast adds cost 3x more.
     """
 
     def __init__(self, vae: GeneralVAE, response: ResponseFit, *, threshold: float,
@@ -634,6 +644,8 @@ class GeneralDecoder(nn.Module):
         # sigma of each layer's log spot energy from shower to shower, (L, 1, 1); None: no spread.
         self.register_buffer("spot_spread", None if spot_spread is None else
                              torch.as_tensor(spot_spread, dtype=torch.float32).view(-1, 1, 1).clone())
+        if vae.harmonic_head is not None:
+            self._init_harmonic_decode(layout, len(vae.orders))
         if self.noisy:
             # The two hash words of each layer make its normal, from constants of their own: the cells'
             # words (and so the showers of a model without spread) do not move.
@@ -642,6 +654,26 @@ class GeneralDecoder(nn.Module):
                                                                  dtype=torch.int32))
             self.register_buffer("layer_hash_mul", torch.randint(0, 2**30, (layout.n_layers,), generator=gen,
                                                                  dtype=torch.int32) * 2 + 1)
+
+    def _init_harmonic_decode(self, layout: VoxelLayout, n_orders: int) -> None:
+        """Buffers of :meth:`sector_weights`: the head's rows in (layer, coefficient, ring) order, k alpha of
+        each sector, and the constant basis columns (-1 for the bound, the padding's logit)."""
+        L, R, K = layout.n_layers, layout.max_radial, n_orders
+        # New row (l, j, r) is the training head's row (j, l, r), j = (cos|sin, order): the decoder's
+        # coefficients come out (N, L, 2K, R), ready for the MatMul (no Transpose). Folded at export.
+        rows = torch.arange(2 * K * L * R).view(2 * K, L, R).permute(1, 0, 2).reshape(-1)
+        self.register_buffer("harmonic_rows", rows, persistent=False)
+        # One basis for all layers when they share their sector centres and none is padded (dataset 2, 3).
+        self.sector_padding = not bool(layout.sector_mask.all())
+        shared = not self.sector_padding and bool(np.allclose(layout.alpha, layout.alpha[:1]))
+        alpha = layout.alpha[:1] if shared else layout.alpha  # (Lb, A)
+        k_alpha = alpha[:, :, None] * np.asarray(self.vae.orders, dtype=np.float64)
+        self.register_buffer("k_alpha", torch.as_tensor(k_alpha, dtype=torch.float32), persistent=False)
+        columns = [-np.ones(alpha.shape)]
+        if self.sector_padding:
+            columns.append(np.where(layout.sector_mask, 0.0, _MASKED_LOGIT))
+        self.register_buffer("basis_const", torch.as_tensor(np.stack(columns, axis=-1), dtype=torch.float32),
+                             persistent=False)
 
     @property
     def latent_dim(self) -> int:
@@ -656,18 +688,46 @@ class GeneralDecoder(nn.Module):
         else (N, L, A, R); total u E_inc (N, 1) MeV)."""
         vae = self.vae
         z = z @ self.prior_chol_t + vae.prior_features(conditions) @ self.prior_mean
-        v_hat, layer_logp, ring_logp, sector_logits = vae.decode(z, conditions)
+        h = vae.hidden(z, conditions)
+        v_hat, layer_logp, ring_logp = vae.ring_heads(h)
         c_e = vae.conditioning.features(conditions)[:, :1]
         log_u = self.response.mean(c_e) + self.response.sigma(c_e) * v_hat
         total = conditions[:, :1] * torch.clamp(torch.exp(log_u), 0.0, self.max_response)
         ring_logp = (layer_logp.unsqueeze(2) + ring_logp).unsqueeze(2)  # (N, L, 1, R)
-        if sector_logits is None:
+        if vae.harmonic_head is None:
             # One voxel's share of its ring is 1 / n_alpha of the layer (a constant (L, 1, 1) offset).
-            share_logp = vae.sector_log_uniform[:, :1]
-        else:
-            share_logp = torch.log_softmax(sector_logits + vae.sector_logit_mask, dim=2)
-        means = torch.exp(ring_logp + share_logp) * total.view(-1, 1, 1, 1)
-        return means, total
+            return torch.exp(ring_logp + vae.sector_log_uniform[:, :1]) * total.view(-1, 1, 1, 1), total
+        # The sector softmax, normalised per ring after the exp (one MatMul, one Exp, one ReduceSum and
+        # one Mul per voxel): a LogSoftmax over the sector axis and its broadcast adds cost 3x more.
+        weights = self.sector_weights(h, conditions)
+        ring_energy = torch.exp(ring_logp) * total.view(-1, 1, 1, 1)
+        return weights * (ring_energy / torch.clamp(weights.sum(2, keepdim=True), min=1e-30)), total
+
+    def sector_weights(self, h: torch.Tensor, conditions: torch.Tensor) -> torch.Tensor:
+        """exp(sector logit - B) per (layer, sector, ring): (N, L, A, R), padded sectors 0.
+
+        The logits of :meth:`GeneralVAE.sector_logits`, with the basis turned
+        by each shower's azimuth instead of the coefficients, and B = sum_k
+        sqrt(a_k^2 + b_k^2) >= every logit of the ring subtracted inside the
+        MatMul as one more basis column, as the padding's logit is: no exp()
+        overflows, and the largest sector of a ring is at least exp(-2 B)
+        (exp(-B) with all sectors real: their logits average 0), so a ring
+        underflows only at an amplitude of 40 or more (a trained head's is a few
+        units); it is then left empty, never NaN.
+        """
+        vae = self.vae
+        K, L, R = len(vae.orders), vae.layout.n_layers, vae.layout.max_radial
+        head = vae.harmonic_head
+        coeffs = nn.functional.linear(h, head.weight[self.harmonic_rows], head.bias[self.harmonic_rows])
+        coeffs = coeffs.view(-1, L, 2 * K, R)
+        cos_part, sin_part = coeffs[:, :, :K], coeffs[:, :, K:]
+        bound = torch.sqrt(cos_part * cos_part + sin_part * sin_part).sum(2, keepdim=True)  # (N, L, 1, R)
+        rows = [coeffs, bound] + ([torch.ones_like(bound)] if self.sector_padding else [])
+        k_phi = (vae.conditioning.azimuth(conditions) * vae.orders_t).view(-1, 1, 1, K)
+        delta = self.k_alpha - k_phi  # k (alpha - phi): (N, Lb, A, K)
+        constant = delta[..., :self.basis_const.shape[-1]] * 0.0 + self.basis_const
+        basis = torch.cat([torch.cos(delta), torch.sin(delta), constant], dim=3)  # (N, Lb, A, 2K + 1 [+ 1])
+        return torch.exp(torch.matmul(basis, torch.cat(rows, dim=2)))
 
     def voxel_means(self, z: torch.Tensor, conditions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(expected energy per voxel (N, n_voxels) MeV in CaloChallenge order, total (N, 1) MeV)."""

@@ -333,23 +333,25 @@ def gamma_parameters(mean: torch.Tensor, kappa, spot: torch.Tensor | None):
     Shared by both decoders, op for op, so their graphs compute the same law.
     """
     if spot is not None:
-        # 1 - exp(-x) = tanh(x / 2) (1 + exp(-x)): no cancellation for sparse rings (x << 1).
-        x = mean / spot
-        occupied = torch.clamp(torch.tanh(x * 0.5) * (1.0 + torch.exp(-x)), min=1e-12)
-        mean_hit = mean / occupied
-        var_hit = torch.clamp((kappa * mean - (1.0 - occupied) * mean * mean_hit) / occupied,
-                              min=1e-6 * mean_hit * mean_hit + 1e-30)
+        # 1 - exp(-x) = 2 t / (1 + t), t = tanh(x / 2): no cancellation for sparse rings (x << 1).
+        t = torch.tanh(mean / spot * 0.5)
+        occupied = torch.clamp(t * 2.0 / (1.0 + t), min=1e-12)
+        # With the hit's mean m / occupied and variance (kappa m - (1 - occupied) m m_hit) / occupied,
+        # shape = m / d and scale = d / occupied for d = kappa occupied - (1 - occupied) m: every
+        # parameter from d, in 26 element-wise ops per cell rather than 40 (the law's cost with
+        # per-voxel means). d >= 1e-6 m keeps the shape below 1e6, as var_hit >= 1e-6 m_hit^2 did.
+        d = torch.maximum(kappa * occupied - (1.0 - occupied) * mean, mean * 1e-6 + 1e-30)
     else:
-        occupied, mean_hit = torch.ones_like(mean), mean
-        var_hit = torch.clamp(kappa * mean, min=1e-30)
-    shape = torch.clamp(mean_hit * mean_hit / var_hit, min=1e-12)
-    scale = var_hit / torch.clamp(mean_hit, min=1e-30)
+        occupied, d = None, torch.clamp(torch.ones_like(mean) * kappa, min=1e-30)
+    inv_shape = d / torch.clamp(mean, min=1e-30)
     # Gamma(k) = Gamma(k + 1) * U^(1/k); Gamma(k + 1) by Wilson-Hilferty from a Box-Muller normal.
-    # Gamma(a) = a * scale * cube^3, cube = 1 - 1/(9a) + g / (3 sqrt(a)); (a * scale)^(1/3) folded in.
-    a = shape + 1.0
-    size = torch.exp(torch.log(scale * a) * (1.0 / 3.0))
-    offset, slope = size * (1.0 - 1.0 / (9.0 * a)), size / (3.0 * torch.sqrt(a))
-    return offset, slope, 1.0 / shape, 1.0 / occupied
+    # Gamma(a) = a * scale * cube^3, cube = 1 - 1/(9a) + g / (3 sqrt(a)); (a * scale)^(1/3) folded in,
+    # a = shape + 1 = (m + d) / d and a * scale = (m + d) / occupied.
+    inv_a = d / (mean + d)
+    a_scale = mean + d if occupied is None else (mean + d) / occupied
+    size = torch.exp(torch.log(a_scale) * (1.0 / 3.0))
+    offset, slope = size * (1.0 - inv_a * (1.0 / 9.0)), size * torch.sqrt(inv_a) * (1.0 / 3.0)
+    return offset, slope, inv_shape, (torch.ones_like(mean) if occupied is None else 1.0 / occupied)
 
 
 def gamma_draw(offset: torch.Tensor, slope: torch.Tensor, inv_shape: torch.Tensor, inv_occupied: torch.Tensor,
