@@ -70,6 +70,34 @@ def measure(models: list[str] | None = None, *, rows: int | None = None, rounds:
             "target_ratio": TARGET_RATIO, "results": results}
 
 
+def compare_run_sizes(models: list[str], run_rows: list[int], *, rounds: int = 11, min_time: float = 0.3) -> dict:
+    """Each model decoding the same showers in runs of each of ``run_rows``, in interleaved rounds.
+
+    Every setting decodes max(run_rows) showers per call, so only the run size differs.
+    Returns ``{"us_per_shower": {model: {rows: µs}}, "round_spread": ...}``.
+    """
+    settings = {}
+    for name in models:
+        for rows in run_rows:
+            generator = fastsim.load(name, device="cpu", threads=1)
+            generator.run_rows = rows
+            feeds = bench.decode_inputs(generator.spec, max(run_rows), seed=1)
+            settings[(name, rows)] = (generator, feeds[generator.spec.io_names["z"]],
+                                      feeds[generator.spec.io_names["conditions"]])
+    per_round: dict[tuple[str, int], list[float]] = {key: [] for key in settings}
+    for _ in range(rounds):
+        for key, (generator, z, conditions) in settings.items():
+            timing = bench.time_calls(lambda g=generator, a=z, b=conditions: g.decode(a, b), min_time=min_time)
+            per_round[key].append(timing["median_s"] / len(z) * 1e6)
+    result: dict = {"machine": bench.machine_info(), "rounds": rounds, "showers_per_call": max(run_rows),
+                    "us_per_shower": {}, "round_spread": {}}
+    for (name, rows), values in per_round.items():
+        median = statistics.median(values)
+        result["us_per_shower"].setdefault(name, {})[rows] = median
+        result["round_spread"].setdefault(name, {})[rows] = float(np.std(values) / median)
+    return result
+
+
 def render_markdown(result: dict) -> str:
     machine = result["machine"]
     rows_text = "each model's CPU run size" if result["rows"] == "run size" else f"{result['rows']} rows"
@@ -98,10 +126,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=7, help="interleaved timing rounds")
     parser.add_argument("--rows", type=int, default=None,
                         help="rows per call for every model (default: each model's CPU run size)")
+    parser.add_argument("--compare-run-sizes", default=None, metavar="ROWS,ROWS",
+                        help="instead: time each model decoding the same showers in runs of these sizes, "
+                             "interleaved (e.g. 16,64)")
     parser.add_argument("--smoke", action="store_true", help="one short round (a test that the script runs)")
     parser.add_argument("--json-out", type=Path, default=None, help="write the result as JSON here")
     parser.add_argument("--md-out", type=Path, default=None, help="write the markdown table here")
     args = parser.parse_args(argv)
+    if args.compare_run_sizes:
+        sizes = [int(v) for v in args.compare_run_sizes.split(",")]
+        compared = compare_run_sizes(args.models or sorted(m.name for m in bundled_models()), sizes,
+                                     rounds=1 if args.smoke else args.rounds, min_time=0.01 if args.smoke else 0.3)
+        for name, by_rows in compared["us_per_shower"].items():
+            cells = ", ".join(f"{rows} rows {us:.1f} µs ({compared['round_spread'][name][rows]:.0%})"
+                              for rows, us in by_rows.items())
+            print(f"{name}: {cells} per shower")
+        if args.json_out:
+            args.json_out.write_text(json.dumps(compared, indent=1))
+        return 0
     result = measure(args.models or None, rows=args.rows, rounds=1 if args.smoke else args.rounds,
                      min_time=0.01 if args.smoke else 0.3)
     text = render_markdown(result)

@@ -491,6 +491,15 @@ def test_zoo_benchmark_times_every_bundled_model_against_the_default(tmp_path):
     assert "ns / voxel / core" in (tmp_path / "zoo.md").read_text()
 
 
+def test_run_size_comparison_decodes_the_same_showers_at_each_size(toy_model):
+    from benchmarks.bench_zoo import compare_run_sizes
+
+    result = compare_run_sizes([str(toy_model)], [16, 64], rounds=2, min_time=0.0)
+    assert result["showers_per_call"] == 64
+    timings = result["us_per_shower"][str(toy_model)]
+    assert set(timings) == {16, 64} and all(us > 0 for us in timings.values())
+
+
 def test_symmetric_bound_keeps_rings_and_conditions_and_shuffles_sectors(tmp_path):
     import h5py
 
