@@ -31,6 +31,22 @@ __all__ = ["measure", "render_markdown"]
 TARGET_RATIO = 1.25
 
 
+def _with_inputs(generator, rows: int) -> tuple:
+    """(generator, z, conditions): ``rows`` decoder inputs for ``generator``'s model (seed 1)."""
+    feeds = bench.decode_inputs(generator.spec, rows, seed=1)
+    return generator, feeds[generator.spec.io_names["z"]], feeds[generator.spec.io_names["conditions"]]
+
+
+def _interleaved(settings: dict, rounds: int, min_time: float) -> dict:
+    """Median seconds per decode call of each setting, per round, the settings timed in turn each round."""
+    per_round: dict = {key: [] for key in settings}
+    for _ in range(rounds):
+        for key, (generator, z, conditions) in settings.items():
+            timing = bench.time_calls(lambda g=generator, a=z, b=conditions: g.decode(a, b), min_time=min_time)
+            per_round[key].append(timing["median_s"])
+    return per_round
+
+
 def measure(models: list[str] | None = None, *, rows: int | None = None, rounds: int = 7,
             min_time: float = 0.3) -> dict:
     """Time every model (default: all bundled ones) in interleaved rounds; returns the JSON-able result.
@@ -41,14 +57,8 @@ def measure(models: list[str] | None = None, *, rows: int | None = None, rounds:
     loaded = {}
     for name in names:
         generator = fastsim.load(name, device="cpu", threads=1)
-        feeds = bench.decode_inputs(generator.spec, rows or generator.run_rows, seed=1)
-        z, conditions = feeds[generator.spec.io_names["z"]], feeds[generator.spec.io_names["conditions"]]
-        loaded[name] = (generator, z, conditions)
-    per_round: dict[str, list[float]] = {name: [] for name in names}
-    for _ in range(rounds):
-        for name, (generator, z, conditions) in loaded.items():
-            timing = bench.time_calls(lambda g=generator, a=z, b=conditions: g.decode(a, b), min_time=min_time)
-            per_round[name].append(timing["median_s"])
+        loaded[name] = _with_inputs(generator, rows or generator.run_rows)
+    per_round = _interleaved(loaded, rounds, min_time)
     results = []
     for name, (generator, z, _) in loaded.items():
         seconds = statistics.median(per_round[name])
@@ -81,17 +91,12 @@ def compare_run_sizes(models: list[str], run_rows: list[int], *, rounds: int = 1
         for rows in run_rows:
             generator = fastsim.load(name, device="cpu", threads=1)
             generator.run_rows = rows
-            feeds = bench.decode_inputs(generator.spec, max(run_rows), seed=1)
-            settings[(name, rows)] = (generator, feeds[generator.spec.io_names["z"]],
-                                      feeds[generator.spec.io_names["conditions"]])
-    per_round: dict[tuple[str, int], list[float]] = {key: [] for key in settings}
-    for _ in range(rounds):
-        for key, (generator, z, conditions) in settings.items():
-            timing = bench.time_calls(lambda g=generator, a=z, b=conditions: g.decode(a, b), min_time=min_time)
-            per_round[key].append(timing["median_s"] / len(z) * 1e6)
+            settings[(name, rows)] = _with_inputs(generator, max(run_rows))
+    per_round = _interleaved(settings, rounds, min_time)
     result: dict = {"machine": bench.machine_info(), "rounds": rounds, "showers_per_call": max(run_rows),
                     "us_per_shower": {}, "round_spread": {}}
-    for (name, rows), values in per_round.items():
+    for (name, rows), seconds in per_round.items():
+        values = [s / max(run_rows) * 1e6 for s in seconds]
         median = statistics.median(values)
         result["us_per_shower"].setdefault(name, {})[rows] = median
         result["round_spread"].setdefault(name, {})[rows] = float(np.std(values) / median)
