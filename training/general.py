@@ -596,11 +596,12 @@ class GeneralDecoder(nn.Module):
 
     Speed: the graph is element-wise bound, so the noise is drawn in the
     smallest block that holds the voxels (its "cells"). For a uniform
-    binning that is the (layer, alpha, radial) block, which is the
-    CaloChallenge order itself (no reordering at all); with symmetric
-    sectors the Gamma law's parameters depend on the ring only, so they are
-    computed once per ring and broadcast over its sectors, as the ring model
-    does. A ragged binning (dataset 1) would waste most of a padded block
+    binning with alpha harmonics that is the (layer, alpha, radial) block,
+    the CaloChallenge order itself; with symmetric sectors the Gamma law's
+    parameters depend on the ring only, so they are computed once per ring
+    and broadcast over its sectors, in (alpha, layer * radial) cells
+    transposed to the CaloChallenge order once, at the end, as the ring
+    model does. A ragged binning (dataset 1) would waste most of a padded block
     (950 slots for 368 photon voxels): its Gamma parameters are worked out
     per ring, taken to the voxels layer by layer (:meth:`to_cells`), and the
     noise is drawn per voxel. With alpha harmonics the sector softmax is one
@@ -632,8 +633,18 @@ class GeneralDecoder(nn.Module):
         self.register_buffer("slot_of_voxel", torch.as_tensor(layout.slot_of_voxel, dtype=torch.int64))
         # Broadcasts per-ring values over the sectors by multiplication (an expand would trace to shape ops).
         self.register_buffer("sector_ones", torch.ones(1, 1, layout.max_alpha, 1))
-        self.cell_shape = (layout.n_voxels,) if layout.padded else (layout.n_layers, layout.max_alpha,
-                                                                     layout.max_radial)
+        # The cells the noise is drawn in: the voxels of a ragged binning; the (layer, alpha, radial) block
+        # with alpha harmonics (per-voxel means); with symmetric sectors (alpha, layer * radial), so a ring's
+        # parameters broadcast over its sectors along the leading axis (ONNX Runtime's broadcast runs in
+        # spans of L * R floats rather than R), transposed to the CaloChallenge order at the end: a
+        # decoder shaped like calo-egamma-d2 took 0.81 of the time (docs/models.md).
+        self.alpha_major = not layout.padded and vae.harmonic_head is None
+        if layout.padded:
+            self.cell_shape = (layout.n_voxels,)
+        elif self.alpha_major:
+            self.cell_shape = (layout.max_alpha, layout.n_layers * layout.max_radial)
+        else:
+            self.cell_shape = (layout.n_layers, layout.max_alpha, layout.max_radial)
         self.register_buffer("kappa_layer", torch.as_tensor(self.noise_kappa, dtype=torch.float32).view(-1, 1, 1))
         if self.noisy:
             gen = torch.Generator().manual_seed(20221)
@@ -744,13 +755,16 @@ class GeneralDecoder(nn.Module):
         return torch.exp(powers @ self.spot_coeffs).unsqueeze(2).unsqueeze(3)
 
     def to_cells(self, block: torch.Tensor) -> torch.Tensor:
-        """A (..., L, 1 or A, R) block as the cells the noise is drawn in: itself for a uniform binning
-        (a ring's value broadcasts over its sectors later), its voxels (..., n_voxels) for a ragged one.
+        """A (..., L, 1 or A, R) block as the cells the noise is drawn in: for a uniform binning itself, or
+        per ring (..., 1, L * R) with symmetric sectors (broadcast over them later); its voxels
+        (..., n_voxels) for a ragged one.
 
         Layer by layer (slice, broadcast over the sectors, concatenate): ONNX Runtime's Gather along
         the voxels cost 6 ns a voxel, more than the rest of the noise together.
         """
         layout = self.vae.layout
+        if self.alpha_major:
+            return block.reshape(*block.shape[:-3], 1, layout.n_layers * layout.max_radial)
         if not layout.padded:
             return block
         parts = []
@@ -795,25 +809,34 @@ class GeneralDecoder(nn.Module):
         params = gamma_parameters(means, self.kappa_layer, spot)  # per ring (or slot)
         if self.vae.layout.padded:  # taken to the voxels together
             params = self.to_cells(torch.stack(params, dim=1)).unbind(1)
+        elif self.alpha_major:
+            params = [self.to_cells(p) for p in params]
         voxels = gamma_draw(*params, uniforms)
         sums = voxels.sum(tuple(range(1, voxels.dim()))).unsqueeze(1)
         return voxels * (total / torch.clamp(sums, min=1e-30)).view(-1, *([1] * len(self.cell_shape)))
 
+    def cells_to_showers(self, cells: torch.Tensor) -> torch.Tensor:
+        """Cells (N, *cell_shape) as showers (N, n_voxels) in CaloChallenge order."""
+        if not self.alpha_major:
+            return cells.flatten(1)
+        layout = self.vae.layout
+        blocks = cells.reshape(-1, layout.max_alpha, layout.n_layers, layout.max_radial)
+        return blocks.transpose(1, 2).reshape(-1, layout.n_voxels)
+
     def forward(self, z: torch.Tensor, conditions: torch.Tensor) -> torch.Tensor:
         d = self.vae.config.latent_dim
         means, total = self.slot_means(z[:, :d], conditions)
-        if self.noisy:
-            seeds = z[:, d:d + NOISE_SEED_DIMS]
-            normals = self.layer_normals(seeds) if self.spot_spread is not None else None
-            voxels = self.sample_cells(means, total, conditions, self.uniforms(seeds), normals)
-        elif self.vae.layout.padded:
-            voxels = self.to_cells(means)
-        else:
-            voxels = means * self.sector_ones
-        # The threshold, then the lost energy handed back to the surviving voxels (total exactly u E_inc).
-        # The cells are the voxels in CaloChallenge order.
-        kept = _Threshold.apply(voxels.flatten(1), self.threshold_alpha)
-        return kept * (total / torch.clamp(kept.sum(1, keepdim=True), min=1e-30))
+        if not self.noisy:
+            voxels = self.to_cells(means) if self.vae.layout.padded else means * self.sector_ones
+            kept = _Threshold.apply(voxels.flatten(1), self.threshold_alpha)
+            return kept * (total / torch.clamp(kept.sum(1, keepdim=True), min=1e-30))
+        seeds = z[:, d:d + NOISE_SEED_DIMS]
+        normals = self.layer_normals(seeds) if self.spot_spread is not None else None
+        cells = self.sample_cells(means, total, conditions, self.uniforms(seeds), normals).flatten(1)
+        # The threshold, then the lost energy handed back to the surviving voxels (total exactly u E_inc),
+        # both in cell order; then the one Transpose to CaloChallenge order, if the cells are alpha-major.
+        kept = _Threshold.apply(cells, self.threshold_alpha)
+        return self.cells_to_showers(kept * (total / torch.clamp(kept.sum(1, keepdim=True), min=1e-30)))
 
 
 def _energy_bins(energy: np.ndarray, n_bins: int, per_bin: int) -> list[np.ndarray]:
@@ -872,7 +895,7 @@ def fit_general_spot_energy(decoder: GeneralDecoder, conditions: np.ndarray, ref
             for _ in range(16):
                 mid = 0.5 * (low + high)
                 decoder.spot_coeffs = torch.cat([mid[None], torch.zeros(SPOT_DEGREE, n_layers)])
-                sample = decoder.sample_cells(means, total, cond, uniforms, normals).flatten(1)  # CaloChallenge order
+                sample = decoder.cells_to_showers(decoder.sample_cells(means, total, cond, uniforms, normals))
                 occupancy = _layer_occupancy(sample, layout, threshold, mean=True)
                 too_full = occupancy > target
                 low, high = torch.where(too_full, mid, low), torch.where(too_full, high, mid)
@@ -920,7 +943,7 @@ def fit_general_spot_spread(decoder: GeneralDecoder, conditions: np.ndarray, ref
         for _ in range(12):
             mid = 0.5 * (low + high)
             decoder.spot_spread = mid.view(-1, 1, 1)
-            sample = decoder.sample_cells(means, total, cond, uniforms, normals).flatten(1)
+            sample = decoder.cells_to_showers(decoder.sample_cells(means, total, cond, uniforms, normals))
             too_little = spread_of(_layer_occupancy(sample, layout, threshold), sizes) < target
             low, high = torch.where(too_little, mid, low), torch.where(too_little, high, mid)
         sigma = 0.5 * (low + high)
